@@ -1,0 +1,55 @@
+"""A bounded LRU for hot metadata (tag -> digest, manifests, blob links).
+
+Only positive answers are cached, and every write that could change one invalidates it, so a cached
+answer is never staler than the store. (Several replicas sharing one database will need cross-process
+invalidation; a single process needs none.)
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Hashable
+from typing import Any
+
+
+class LRUCache:
+    __slots__ = ("_data", "hits", "max_entries", "misses", "version")
+
+    def __init__(self, max_entries: int) -> None:
+        self.max_entries = max_entries
+        self._data: OrderedDict[Hashable, Any] = OrderedDict()
+        self.hits = self.misses = 0
+        # Bumped by every invalidation. A reader takes it before going to the store and caches its answer
+        # only if it is unchanged afterwards, so a read that raced a write can't cache the old value.
+        self.version = 0
+
+    def get(self, key: Hashable) -> Any:
+        try:
+            value = self._data[key]
+        except KeyError:
+            self.misses += 1
+            return None
+        self._data.move_to_end(key)
+        self.hits += 1
+        return value
+
+    def put(self, key: Hashable, value: Any) -> None:
+        self._data[key] = value
+        self._data.move_to_end(key)
+        if len(self._data) > self.max_entries:
+            self._data.popitem(last=False)
+
+    def put_if_current(self, version: int, key: Hashable, value: Any) -> None:
+        if version == self.version:
+            self.put(key, value)
+
+    def pop(self, key: Hashable) -> None:
+        self.version += 1
+        self._data.pop(key, None)
+
+    def clear(self) -> None:
+        self.version += 1
+        self._data.clear()
+
+    def __len__(self) -> int:
+        return len(self._data)

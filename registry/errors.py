@@ -1,0 +1,134 @@
+"""The one error hierarchy. Each class carries its HTTP status, OCI error code and ECR exception name;
+`registry.web.middleware` renders them (OCI JSON on /v2, `__type` JSON on the ECR API). Nothing else
+writes an error body."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class RegistryError(Exception):
+    status: ClassVar[int] = 500
+    oci_code: ClassVar[str] = "UNKNOWN"
+    ecr_code: ClassVar[str] = "ServerException"
+    default_message: ClassVar[str] = "internal error"
+
+    def __init__(
+        self, message: str | None = None, *, detail: Any = None, headers: dict[str, str] | None = None
+    ) -> None:
+        self.message = message or self.default_message
+        self.detail = detail
+        self.headers = headers or {}
+        super().__init__(self.message)
+
+
+class BlobUnknown(RegistryError):
+    status, oci_code, ecr_code = 404, "BLOB_UNKNOWN", "LayersNotFoundException"
+    default_message = "blob unknown to registry"
+
+
+class BlobUploadInvalid(RegistryError):
+    status, oci_code, ecr_code = 400, "BLOB_UPLOAD_INVALID", "InvalidLayerPartException"
+    default_message = "blob upload invalid"
+
+
+class UploadRangeInvalid(BlobUploadInvalid):
+    """A chunk that does not start where the upload ends (the spec's 416)."""
+
+    status = 416
+    default_message = "chunk out of order"
+
+
+class BlobUploadUnknown(RegistryError):
+    status, oci_code, ecr_code = 404, "BLOB_UPLOAD_UNKNOWN", "UploadNotFoundException"
+    default_message = "blob upload unknown to registry"
+
+
+class RangeNotSatisfiable(RegistryError):
+    status, oci_code, ecr_code = 416, "RANGE_INVALID", "InvalidParameterException"
+    default_message = "requested range not satisfiable"
+
+
+class DigestInvalid(RegistryError):
+    status, oci_code, ecr_code = 400, "DIGEST_INVALID", "InvalidParameterException"
+    default_message = "provided digest did not match uploaded content"
+
+
+class ManifestBlobUnknown(RegistryError):
+    status, oci_code, ecr_code = 400, "MANIFEST_BLOB_UNKNOWN", "LayersNotFoundException"
+    default_message = "manifest references a blob unknown to the repository"
+
+
+class ManifestReferenceUnknown(ManifestBlobUnknown):
+    ecr_code = "ReferencedImagesNotFoundException"
+    default_message = "index references a manifest unknown to the repository"
+
+
+class ManifestInvalid(RegistryError):
+    status, oci_code, ecr_code = 400, "MANIFEST_INVALID", "InvalidParameterException"
+    default_message = "manifest invalid"
+
+
+class ManifestTooLarge(RegistryError):
+    status, oci_code, ecr_code = 413, "SIZE_INVALID", "InvalidParameterException"
+    default_message = "manifest too large"
+
+
+class ManifestUnknown(RegistryError):
+    status, oci_code, ecr_code = 404, "MANIFEST_UNKNOWN", "ImageNotFoundException"
+    default_message = "manifest unknown to registry"
+
+
+class NameInvalid(RegistryError):
+    status, oci_code, ecr_code = 400, "NAME_INVALID", "InvalidParameterException"
+    default_message = "invalid repository name"
+
+
+class NameUnknown(RegistryError):
+    status, oci_code, ecr_code = 404, "NAME_UNKNOWN", "RepositoryNotFoundException"
+    default_message = "repository name not known to registry"
+
+
+class SizeInvalid(RegistryError):
+    status, oci_code, ecr_code = 400, "SIZE_INVALID", "InvalidParameterException"
+    default_message = "provided length did not match content length"
+
+
+class TagInvalid(RegistryError):
+    status, oci_code, ecr_code = 400, "TAG_INVALID", "InvalidParameterException"
+    default_message = "manifest tag did not match URI"
+
+
+class Unauthorized(RegistryError):
+    status, oci_code, ecr_code = 401, "UNAUTHORIZED", "UnrecognizedClientException"
+    default_message = "authentication required"
+
+
+class Denied(RegistryError):
+    status, oci_code, ecr_code = 403, "DENIED", "AccessDeniedException"
+    default_message = "requested access to the resource is denied"
+
+
+class Unsupported(RegistryError):
+    status, oci_code, ecr_code = 405, "UNSUPPORTED", "UnsupportedOperationException"
+    default_message = "the operation is unsupported"
+
+
+class NotFound(RegistryError):
+    status, oci_code, ecr_code = 404, "NOT_FOUND", "UnsupportedOperationException"
+    default_message = "no such endpoint"
+
+
+class InvalidRequest(RegistryError):
+    status, oci_code, ecr_code = 400, "UNSUPPORTED", "InvalidParameterException"
+    default_message = "invalid request"
+
+
+class TooManyRequests(RegistryError):
+    status, oci_code, ecr_code = 429, "TOOMANYREQUESTS", "ThrottlingException"
+    default_message = "too many requests"
+
+
+class PaginationInvalid(RegistryError):
+    status, oci_code, ecr_code = 400, "PAGINATION_NUMBER_INVALID", "InvalidParameterException"
+    default_message = "invalid number of results requested"

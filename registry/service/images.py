@@ -1,0 +1,232 @@
+"""Repositories, manifests, tags, blob links and referrers: the registry's domain rules.
+
+Handlers call this with plain values and get records back; storage errors are translated into registry
+errors here, once. Hot lookups (tag -> digest, manifests by digest, blob links) are served from an
+in-memory LRU that every write invalidates.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from registry import oci
+from registry.cache import LRUCache
+from registry.errors import (
+    BlobUnknown,
+    DigestInvalid,
+    ManifestBlobUnknown,
+    ManifestReferenceUnknown,
+    ManifestUnknown,
+    NameUnknown,
+)
+from storage.base import BlobStore, ManifestRecord, ManifestWrite, MetadataStore, Page, RepositoryRecord
+
+MAX_PAGE = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class PushResult:
+    digest: str
+    tags: tuple[str, ...]
+    subject: str | None
+
+
+class ImageService:
+    def __init__(
+        self,
+        meta: MetadataStore,
+        blobs: BlobStore,
+        *,
+        create_on_push: bool = True,
+        cache_entries: int = 10000,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.meta = meta
+        self.blobs = blobs
+        self.create_on_push = create_on_push
+        self.cache = LRUCache(cache_entries)
+        self.clock = clock
+
+    # -- repositories ------------------------------------------------------------------------------
+    async def repository(self, name: str) -> RepositoryRecord:
+        key = ("repo", name)
+        repo = self.cache.get(key)
+        if repo is None:
+            version = self.cache.version
+            repo = await self.meta.get_repository(name)
+            if repo is None:
+                raise NameUnknown(f"repository {name} not known to registry", detail={"name": name})
+            self.cache.put_if_current(version, key, repo)
+        return repo
+
+    async def repository_for_push(self, name: str) -> RepositoryRecord:
+        """The repository a push writes to, created on first push when `create_on_push` is set."""
+        try:
+            return await self.repository(name)
+        except NameUnknown:
+            if not self.create_on_push:
+                raise
+        return await self.meta.ensure_repository(name, self.clock())
+
+    async def catalog(self, last: str | None, n: int | None) -> Page:
+        return await self.meta.list_repositories(last, _page_size(n))
+
+    async def list_tags(self, name: str, last: str | None, n: int | None) -> Page:
+        await self.repository(name)
+        return await self.meta.list_tags(name, last, _page_size(n))
+
+    # -- manifests ---------------------------------------------------------------------------------
+    async def resolve(self, name: str, reference: str) -> str:
+        """A reference (tag or digest) to a digest known in the repository."""
+        if oci.is_digest(reference):
+            return reference
+        key = ("tag", name, reference)
+        digest = self.cache.get(key)
+        if digest is None:
+            version = self.cache.version
+            digest = await self.meta.resolve_tag(name, reference)
+            if digest is None:
+                await self.repository(name)
+                raise ManifestUnknown(
+                    f"manifest tagged {reference} is not in repository {name}",
+                    detail={"name": name, "tag": reference},
+                )
+            self.cache.put_if_current(version, key, digest)
+        return digest
+
+    async def get_manifest(self, name: str, reference: str) -> ManifestRecord:
+        digest = await self.resolve(name, reference)
+        key = ("manifest", name, digest)
+        record = self.cache.get(key)
+        if record is None:
+            version = self.cache.version
+            record = await self.meta.get_manifest(name, digest)
+            if record is None:
+                await self.repository(name)
+                raise ManifestUnknown(
+                    f"manifest {digest} is not in repository {name}", detail={"name": name, "digest": digest}
+                )
+            self.cache.put_if_current(version, key, record)
+        return record
+
+    async def put_manifest(
+        self,
+        name: str,
+        reference: str,
+        body: bytes,
+        content_type: str | None,
+        extra_tags: tuple[str, ...] = (),
+    ) -> PushResult:
+        """Store a manifest byte-exact under its digest, and tag it.
+
+        `reference` is a tag or the digest the client says the body has; `extra_tags` are the `?tag=`
+        parameters of a push by digest.
+        """
+        if oci.is_digest(reference):
+            digest = oci.validate_digest(reference)
+            actual = oci.compute_digest(body, oci.digest_algorithm(digest))
+            if actual != digest:
+                raise DigestInvalid(
+                    f"manifest digest is {actual}, not {digest}",
+                    detail={"expected": digest, "actual": actual},
+                )
+            tags = tuple(oci.validate_tag(t) for t in extra_tags)
+        else:
+            digest = oci.compute_digest(body)
+            tags = tuple(dict.fromkeys([oci.validate_tag(reference), *(oci.validate_tag(t) for t in extra_tags)]))
+        parsed = oci.parse_manifest(body, content_type)
+        await self.repository_for_push(name)
+
+        missing = set(parsed.required_blobs) - await self.meta.linked_blobs(name, parsed.required_blobs)
+        if missing:
+            raise ManifestBlobUnknown(
+                f"blob {sorted(missing)[0]} is not in repository {name}", detail={"missing": sorted(missing)}
+            )
+        if parsed.manifests:
+            children = parsed.referenced_manifests
+            missing = set(children) - await self.meta.existing_manifests(name, children)
+            if missing:
+                raise ManifestReferenceUnknown(
+                    f"manifest {sorted(missing)[0]} is not in repository {name}",
+                    detail={"missing": sorted(missing)},
+                )
+
+        await self.meta.put_manifest(
+            ManifestWrite(
+                repository=name,
+                digest=digest,
+                media_type=parsed.media_type,
+                body=body,
+                pushed_at=self.clock(),
+                artifact_type=parsed.artifact_type,
+                subject=parsed.subject.digest if parsed.subject else None,
+                annotations=parsed.annotations,
+                blobs=parsed.referenced_blobs,
+                manifests=parsed.referenced_manifests,
+                tags=tags,
+            )
+        )
+        for tag in tags:
+            self.cache.pop(("tag", name, tag))
+        return PushResult(digest, tags, parsed.subject.digest if parsed.subject else None)
+
+    async def delete_manifest(self, name: str, reference: str) -> None:
+        """By digest: the manifest and every tag on it. By tag: just the tag."""
+        if oci.is_digest(reference):
+            oci.validate_digest(reference)
+            tags = await self.meta.delete_manifest(name, reference)
+            if tags is None:
+                await self.repository(name)
+                raise ManifestUnknown(f"manifest {reference} is not in repository {name}")
+            self.cache.pop(("manifest", name, reference))
+            for tag in tags:
+                self.cache.pop(("tag", name, tag))
+        else:
+            oci.validate_tag(reference)
+            if await self.meta.delete_tag(name, reference) is None:
+                await self.repository(name)
+                raise ManifestUnknown(f"tag {reference} is not in repository {name}")
+            self.cache.pop(("tag", name, reference))
+
+    async def referrers(self, name: str, digest: str, artifact_type: str | None) -> bytes:
+        """The referrers index for `digest` (an empty one when nothing refers to it)."""
+        oci.validate_digest(digest)
+        descriptors = []
+        for m in await self.meta.referrers(name, digest):
+            if artifact_type is not None and m.artifact_type != artifact_type:
+                continue
+            d: dict[str, object] = {"mediaType": m.media_type, "digest": m.digest, "size": m.size}
+            if m.artifact_type:
+                d["artifactType"] = m.artifact_type
+            if m.annotations:
+                d["annotations"] = m.annotations
+            descriptors.append(d)
+        return json.dumps(
+            {"schemaVersion": 2, "mediaType": oci.OCI_INDEX, "manifests": descriptors}, separators=(",", ":")
+        ).encode()
+
+    # -- blobs -------------------------------------------------------------------------------------
+    async def blob_size(self, name: str, digest: str) -> int:
+        """Size of a blob linked in the repository; BlobUnknown otherwise."""
+        key = ("blob", name, digest)
+        size = self.cache.get(key)
+        if size is None:
+            version = self.cache.version
+            size = await self.meta.linked_blob_size(name, digest)
+            if size is None:
+                raise BlobUnknown(f"blob {digest} is not in repository {name}", detail={"digest": digest})
+            self.cache.put_if_current(version, key, size)
+        return size
+
+    async def delete_blob(self, name: str, digest: str) -> None:
+        """Unlink a blob from a repository; the bytes go when garbage collection finds them unreferenced."""
+        if not await self.meta.unlink_blob(name, digest):
+            raise BlobUnknown(f"blob {digest} is not in repository {name}", detail={"digest": digest})
+        self.cache.pop(("blob", name, digest))
+
+
+def _page_size(n: int | None) -> int:
+    return MAX_PAGE if n is None else min(n, MAX_PAGE)

@@ -1,0 +1,196 @@
+"""Blob upload sessions: monolithic, chunked, streamed, resumable across restarts, and cross-repository mounts.
+
+A session is a row in the metadata store (so it survives a restart) plus the bytes received so far in the
+blob store. Finishing one verifies the digest, installs the blob atomically and links it to the repository.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+from registry import oci
+from registry.errors import (
+    BlobUploadInvalid,
+    BlobUploadUnknown,
+    DigestInvalid,
+    SizeInvalid,
+    UploadRangeInvalid,
+)
+from registry.service.images import ImageService
+from storage.base import (
+    BlobStore,
+    DigestMismatch,
+    MetadataStore,
+    OffsetMismatch,
+    SizeMismatch,
+    UploadNotFound,
+    UploadRecord,
+)
+
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    """What POST /blobs/uploads/ did: either made a blob (monolithic or mount) or opened a session."""
+
+    digest: str | None = None
+    upload_id: str | None = None
+
+
+class UploadService:
+    def __init__(
+        self,
+        images: ImageService,
+        meta: MetadataStore,
+        blobs: BlobStore,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.images = images
+        self.meta = meta
+        self.blobs = blobs
+        self.clock = clock
+
+    async def start(
+        self,
+        name: str,
+        *,
+        digest: str | None = None,
+        body: AsyncIterator[bytes] | None = None,
+        length: int | None = None,
+        mount: str | None = None,
+        mount_from: str | None = None,
+    ) -> Started:
+        if mount is not None:
+            oci.validate_digest(mount)
+            if mount_from is not None:
+                oci.validate_name(mount_from)
+        if digest is not None:
+            oci.validate_digest(digest)
+        await self.images.repository_for_push(name)
+
+        if mount is not None:
+            size = await self._mountable(mount, mount_from)
+            if size is not None:
+                await self.meta.link_blob(name, mount, size, self.clock())
+                return Started(digest=mount)
+        if digest is not None and body is not None:
+            size = await self._ingest(body, digest, length)
+            await self.meta.link_blob(name, digest, size, self.clock())
+            return Started(digest=digest)
+
+        upload_id = str(uuid.uuid4())
+        await self.blobs.start_upload(upload_id)
+        await self.meta.create_upload(UploadRecord(upload_id, name, self.clock()))
+        return Started(upload_id=upload_id)
+
+    async def _mountable(self, digest: str, mount_from: str | None) -> int | None:
+        size = (
+            await self.meta.linked_blob_size(mount_from, digest)
+            if mount_from is not None
+            else await self.meta.blob_size(digest)
+        )
+        if size is None or await self.blobs.stat(digest) is None:
+            return None
+        return size
+
+    async def _ingest(self, body: AsyncIterator[bytes], digest: str, length: int | None) -> int:
+        try:
+            return await self.blobs.ingest(body, digest, length)
+        except DigestMismatch as e:
+            raise DigestInvalid(
+                f"content digest is {e.actual}, not {e.expected}",
+                detail={"expected": e.expected, "actual": e.actual},
+            ) from None
+        except SizeMismatch as e:
+            raise SizeInvalid(f"Content-Length is {e.expected} but {e.got} bytes arrived") from None
+
+    async def session(self, name: str, upload_id: str) -> UploadRecord:
+        if not _UUID.fullmatch(upload_id):
+            raise BlobUploadUnknown("no such upload", detail={"uuid": upload_id[:100]})
+        record = await self.meta.get_upload(upload_id)
+        if record is None or record.repository != name:
+            raise BlobUploadUnknown("no such upload", detail={"uuid": upload_id})
+        return record
+
+    async def size(self, name: str, upload_id: str) -> int:
+        await self.session(name, upload_id)
+        try:
+            return await self.blobs.upload_size(upload_id)
+        except UploadNotFound:
+            raise BlobUploadUnknown("upload data is gone", detail={"uuid": upload_id}) from None
+
+    async def append(
+        self,
+        name: str,
+        upload_id: str,
+        body: AsyncIterator[bytes],
+        *,
+        content_range: str | None,
+        length: int | None,
+    ) -> int:
+        await self.session(name, upload_id)
+        offset = None
+        if content_range is not None:
+            start, end = oci.parse_content_range(content_range)
+            if length is not None and length != end - start + 1:
+                raise BlobUploadInvalid(
+                    f"Content-Range {content_range} is {end - start + 1} bytes but Content-Length is {length}"
+                )
+            offset, length = start, end - start + 1
+        try:
+            return await self.blobs.append(upload_id, body, offset=offset, length=length)
+        except OffsetMismatch as e:
+            raise UploadRangeInvalid(
+                f"upload is at offset {e.expected}; chunk starts at {e.got}",
+                headers={"Range": upload_range(e.expected)},
+            ) from None
+        except SizeMismatch as e:
+            raise SizeInvalid(f"expected {e.expected} bytes, received {e.got}") from None
+        except UploadNotFound:
+            raise BlobUploadUnknown("upload data is gone", detail={"uuid": upload_id}) from None
+
+    async def finish(
+        self,
+        name: str,
+        upload_id: str,
+        digest: str | None,
+        body: AsyncIterator[bytes] | None,
+        *,
+        content_range: str | None,
+        length: int | None,
+    ) -> str:
+        if digest is None:
+            raise DigestInvalid("the digest query parameter is required to finish an upload")
+        oci.validate_digest(digest)
+        if body is not None:
+            await self.append(name, upload_id, body, content_range=content_range, length=length)
+        else:
+            await self.session(name, upload_id)
+        try:
+            size = await self.blobs.commit(upload_id, digest)
+        except DigestMismatch as e:
+            await self.meta.delete_upload(upload_id)
+            raise DigestInvalid(
+                f"content digest is {e.actual}, not {e.expected}",
+                detail={"expected": e.expected, "actual": e.actual},
+            ) from None
+        except UploadNotFound:
+            raise BlobUploadUnknown("upload data is gone", detail={"uuid": upload_id}) from None
+        await self.meta.link_blob(name, digest, size, self.clock())
+        await self.meta.delete_upload(upload_id)
+        return digest
+
+    async def cancel(self, name: str, upload_id: str) -> None:
+        await self.session(name, upload_id)
+        await self.blobs.abort(upload_id)
+        await self.meta.delete_upload(upload_id)
+
+
+def upload_range(size: int) -> str:
+    """The `Range` header of an upload holding `size` bytes (`0-0` when empty, as Distribution sends)."""
+    return f"0-{max(size - 1, 0)}"

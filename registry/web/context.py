@@ -1,0 +1,16 @@
+"""Typed keys for what the application carries (no global state: everything hangs off the app)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from registry.config import Config
+from registry.service.images import ImageService
+from registry.service.uploads import UploadService
+from storage.base import BlobStore, MetadataStore
+
+CONFIG = web.AppKey("config", Config)
+META = web.AppKey("meta", MetadataStore)
+BLOBS = web.AppKey("blobs", BlobStore)
+IMAGES = web.AppKey("images", ImageService)
+UPLOADS = web.AppKey("uploads", UploadService)

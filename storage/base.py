@@ -1,0 +1,228 @@
+"""Storage records, interfaces and errors.
+
+Two stores sit under the registry: a `BlobStore` for immutable content-addressed bytes (filesystem today,
+S3-compatible object storage later) and a `MetadataStore` for everything else (SQLite today, PostgreSQL
+later). Both are Protocols composed of small ones, so a backend implements exactly what it must, and the
+HTTP layer never knows which backend it has. This package never imports `registry`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+# -- errors ----------------------------------------------------------------------------------------
+
+
+class StorageError(Exception):
+    """Base of storage errors; the service layer translates them into registry errors once."""
+
+
+class BlobNotFound(StorageError):
+    pass
+
+
+class UploadNotFound(StorageError):
+    pass
+
+
+class DigestMismatch(StorageError):
+    def __init__(self, expected: str, actual: str) -> None:
+        super().__init__(f"expected {expected}, content is {actual}")
+        self.expected, self.actual = expected, actual
+
+
+class OffsetMismatch(StorageError):
+    """A chunk that does not start where the upload currently ends."""
+
+    def __init__(self, expected: int, got: int) -> None:
+        super().__init__(f"upload is at offset {expected}, chunk starts at {got}")
+        self.expected, self.got = expected, got
+
+
+class SizeMismatch(StorageError):
+    def __init__(self, expected: int, got: int) -> None:
+        super().__init__(f"expected {expected} bytes, received {got}")
+        self.expected, self.got = expected, got
+
+
+class Conflict(StorageError):
+    """A uniqueness rule in the metadata store refused the write."""
+
+
+# -- records ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RepositoryRecord:
+    id: int
+    name: str
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestRecord:
+    repository: str
+    digest: str
+    media_type: str
+    size: int
+    artifact_type: str | None
+    subject: str | None
+    annotations: dict[str, str] | None
+    pushed_at: float
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestWrite:
+    """One manifest push: stored with its references and tags in a single transaction."""
+
+    repository: str
+    digest: str
+    media_type: str
+    body: bytes
+    pushed_at: float
+    artifact_type: str | None = None
+    subject: str | None = None
+    annotations: dict[str, str] | None = None
+    blobs: tuple[str, ...] = ()
+    manifests: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TagRecord:
+    repository: str
+    name: str
+    digest: str
+    updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class UploadRecord:
+    id: str
+    repository: str
+    created_at: float
+
+
+@dataclass(slots=True)
+class Page:
+    items: list[str] = field(default_factory=list)
+    more: bool = False
+
+
+# -- blob store ------------------------------------------------------------------------------------
+
+
+class BlobReader(Protocol):
+    async def stat(self, digest: str) -> int | None:
+        """The blob's size, or None when it is not stored."""
+
+    def local_path(self, digest: str) -> Path | None:
+        """A path the server can sendfile() from, for backends on the local filesystem; else None."""
+
+    def read(self, digest: str, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
+        """Stream a blob (or a byte range of it). Raises BlobNotFound."""
+
+
+class BlobIngester(Protocol):
+    async def start_upload(self, upload_id: str) -> None: ...
+
+    async def upload_size(self, upload_id: str) -> int:
+        """Bytes received so far. Raises UploadNotFound."""
+
+    async def append(
+        self,
+        upload_id: str,
+        chunks: AsyncIterator[bytes],
+        *,
+        offset: int | None = None,
+        length: int | None = None,
+    ) -> int:
+        """Append a chunk stream; `offset`, when given, must equal the current size (OffsetMismatch), and
+        `length`, when given, must equal the bytes received (SizeMismatch). Returns the new size."""
+
+    async def commit(self, upload_id: str, digest: str) -> int:
+        """Verify the upload against `digest` and make it the blob `digest` (atomically; a partial blob is
+        never visible). Returns its size. DigestMismatch discards the upload."""
+
+    async def abort(self, upload_id: str) -> None: ...
+
+    async def ingest(self, chunks: AsyncIterator[bytes], digest: str, length: int | None = None) -> int:
+        """A monolithic upload: stream, verify against `digest`, install. Returns the size."""
+
+    async def put(self, digest: str, data: bytes) -> None:
+        """Store a small blob whose digest the caller has already verified."""
+
+
+class BlobDeleter(Protocol):
+    async def delete(self, digest: str) -> bool: ...
+
+    def iter_digests(self) -> AsyncIterator[str]:
+        """Every stored blob digest (for garbage collection)."""
+
+
+class BlobStore(BlobReader, BlobIngester, BlobDeleter, Protocol):
+    async def close(self) -> None: ...
+
+
+# -- metadata store --------------------------------------------------------------------------------
+
+
+class RepositoryStore(Protocol):
+    async def get_repository(self, name: str) -> RepositoryRecord | None: ...
+
+    async def ensure_repository(self, name: str, now: float) -> RepositoryRecord: ...
+
+    async def list_repositories(self, last: str | None, limit: int) -> Page: ...
+
+
+class BlobLinks(Protocol):
+    async def link_blob(self, repository: str, digest: str, size: int, now: float) -> None: ...
+
+    async def linked_blob_size(self, repository: str, digest: str) -> int | None: ...
+
+    async def linked_blobs(self, repository: str, digests: Iterable[str]) -> set[str]: ...
+
+    async def unlink_blob(self, repository: str, digest: str) -> bool: ...
+
+    async def blob_size(self, digest: str) -> int | None:
+        """Size of a blob linked in any repository (for a mount without `from`)."""
+
+
+class ManifestStore(Protocol):
+    async def put_manifest(self, write: ManifestWrite) -> None: ...
+
+    async def get_manifest(self, repository: str, digest: str) -> ManifestRecord | None: ...
+
+    async def resolve_tag(self, repository: str, tag: str) -> str | None: ...
+
+    async def existing_manifests(self, repository: str, digests: Iterable[str]) -> set[str]: ...
+
+    async def list_tags(self, repository: str, last: str | None, limit: int) -> Page: ...
+
+    async def tags_of(self, repository: str, digest: str) -> list[str]: ...
+
+    async def delete_manifest(self, repository: str, digest: str) -> list[str] | None:
+        """Delete a manifest and its tags; returns the tags removed, None when it did not exist."""
+
+    async def delete_tag(self, repository: str, tag: str) -> str | None:
+        """Delete a tag; returns the digest it pointed at, None when it did not exist."""
+
+    async def referrers(self, repository: str, subject: str) -> Sequence[ManifestRecord]: ...
+
+
+class UploadStore(Protocol):
+    async def create_upload(self, upload: UploadRecord) -> None: ...
+
+    async def get_upload(self, upload_id: str) -> UploadRecord | None: ...
+
+    async def delete_upload(self, upload_id: str) -> None: ...
+
+
+class MetadataStore(RepositoryStore, BlobLinks, ManifestStore, UploadStore, Protocol):
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,402 @@
+"""SQLite metadata store (aiosqlite).
+
+WAL mode; one writer connection whose transactions are serialized by a lock and begin with
+`BEGIN IMMEDIATE`, and a few reader connections that run in parallel with it. `synchronous=FULL`: a write
+the registry has acknowledged survives a crash or a power cut. Schema migrations are embedded below and
+applied in order on open (tracked with `PRAGMA user_version`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+from collections.abc import AsyncIterator, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from storage.base import ManifestRecord, ManifestWrite, Page, RepositoryRecord, StorageError, UploadRecord
+
+MIGRATIONS: list[str] = [
+    # 1: the core registry
+    """
+    CREATE TABLE repositories (
+        id          INTEGER PRIMARY KEY,
+        name        TEXT NOT NULL UNIQUE,
+        created_at  REAL NOT NULL
+    );
+    CREATE TABLE blobs (
+        digest      TEXT PRIMARY KEY,
+        size        INTEGER NOT NULL,
+        created_at  REAL NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE repository_blobs (
+        repository_id INTEGER NOT NULL REFERENCES repositories(id) ON DELETE CASCADE,
+        digest        TEXT NOT NULL REFERENCES blobs(digest),
+        linked_at     REAL NOT NULL,
+        PRIMARY KEY (repository_id, digest)
+    ) WITHOUT ROWID;
+    CREATE INDEX repository_blobs_by_digest ON repository_blobs(digest);
+    CREATE TABLE manifests (
+        id            INTEGER PRIMARY KEY,
+        repository_id INTEGER NOT NULL REFERENCES repositories(id) ON DELETE CASCADE,
+        digest        TEXT NOT NULL,
+        media_type    TEXT NOT NULL,
+        size          INTEGER NOT NULL,
+        artifact_type TEXT,
+        subject       TEXT,
+        annotations   TEXT,
+        pushed_at     REAL NOT NULL,
+        body          BLOB NOT NULL,
+        UNIQUE (repository_id, digest)
+    );
+    CREATE INDEX manifests_by_subject ON manifests(repository_id, subject) WHERE subject IS NOT NULL;
+    CREATE TABLE manifest_references (
+        manifest_id INTEGER NOT NULL REFERENCES manifests(id) ON DELETE CASCADE,
+        child       TEXT NOT NULL,
+        kind        TEXT NOT NULL CHECK (kind IN ('blob', 'manifest')),
+        PRIMARY KEY (manifest_id, child)
+    ) WITHOUT ROWID;
+    CREATE INDEX manifest_references_by_child ON manifest_references(child);
+    CREATE TABLE tags (
+        repository_id INTEGER NOT NULL REFERENCES repositories(id) ON DELETE CASCADE,
+        name          TEXT NOT NULL,
+        manifest_id   INTEGER NOT NULL REFERENCES manifests(id) ON DELETE CASCADE,
+        updated_at    REAL NOT NULL,
+        PRIMARY KEY (repository_id, name)
+    ) WITHOUT ROWID;
+    CREATE INDEX tags_by_manifest ON tags(manifest_id);
+    CREATE TABLE uploads (
+        id          TEXT PRIMARY KEY,
+        repository  TEXT NOT NULL,
+        created_at  REAL NOT NULL
+    ) WITHOUT ROWID;
+    """,
+]
+
+_MANIFEST_COLUMNS = (
+    "r.name, m.digest, m.media_type, m.size, m.artifact_type, m.subject, m.annotations, m.pushed_at, m.body"
+)
+_IN_CHUNK = 500  # bound the number of SQL parameters per statement
+
+
+class SQLiteMetadataStore:
+    def __init__(self, path: Path, readers: int = 2) -> None:
+        self.path = Path(path)
+        self._n_readers = readers
+        self._writer: aiosqlite.Connection | None = None
+        self._readers: list[aiosqlite.Connection] = []
+        self._next_reader = itertools.cycle(range(readers))
+        self._write_lock = asyncio.Lock()
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._writer = await self._connect()
+        await self._migrate(self._writer)
+        for _ in range(self._n_readers):
+            conn = await self._connect()
+            await conn.execute("PRAGMA query_only = ON")
+            self._readers.append(conn)
+
+    async def _connect(self) -> aiosqlite.Connection:
+        conn = await aiosqlite.connect(self.path, isolation_level=None)
+        for pragma in (
+            "journal_mode = WAL",
+            "synchronous = FULL",
+            "foreign_keys = ON",
+            "busy_timeout = 10000",
+        ):
+            await conn.execute(f"PRAGMA {pragma}")
+        return conn
+
+    async def _migrate(self, conn: aiosqlite.Connection) -> None:
+        (version,) = (await conn.execute_fetchall("PRAGMA user_version"))[0]
+        if version > len(MIGRATIONS):
+            raise StorageError(
+                f"{self.path} has schema version {version}, newer than this Moorage knows "
+                f"({len(MIGRATIONS)}); upgrade Moorage"
+            )
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            statements = [s for s in script.split(";") if s.strip()]
+            await conn.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in statements:
+                    await conn.execute(statement)
+                await conn.execute(f"PRAGMA user_version = {number}")
+                await conn.execute("COMMIT")
+            except BaseException:
+                await conn.execute("ROLLBACK")
+                raise
+
+    async def close(self) -> None:
+        for conn in [*self._readers, self._writer]:
+            if conn is not None:
+                await conn.close()
+        self._readers.clear()
+        self._writer = None
+
+    async def ping(self) -> None:
+        await self._fetchall("SELECT 1")
+
+    # -- plumbing ----------------------------------------------------------------------------------
+    async def _fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        conn = self._readers[next(self._next_reader)] if self._readers else self._writer
+        assert conn is not None, "store is not open"
+        return list(await conn.execute_fetchall(sql, params))
+
+    async def _fetchone(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        rows = await self._fetchall(sql, params)
+        return rows[0] if rows else None
+
+    @contextlib.asynccontextmanager
+    async def _tx(self) -> AsyncIterator[aiosqlite.Connection]:
+        """A write transaction. Shielded so that a cancelled caller can't leave it open."""
+        conn = self._writer
+        assert conn is not None, "store is not open"
+        async with self._write_lock:
+            await conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                await asyncio.shield(conn.execute("ROLLBACK"))
+                raise
+            await asyncio.shield(conn.execute("COMMIT"))
+
+    @staticmethod
+    async def _one(conn: aiosqlite.Connection, sql: str, params: Sequence[Any] = ()) -> Any:
+        rows = await conn.execute_fetchall(sql, params)
+        return rows[0] if rows else None
+
+    async def _in_query(self, sql: str, prefix: Sequence[Any], values: Iterable[str]) -> list[Any]:
+        """Run `sql` (containing one `{in}` placeholder) over `values` in bounded chunks."""
+        vals = list(dict.fromkeys(values))
+        out: list[Any] = []
+        for i in range(0, len(vals), _IN_CHUNK):
+            part = vals[i : i + _IN_CHUNK]
+            out += await self._fetchall(sql.format(placeholders=",".join("?" * len(part))), [*prefix, *part])
+        return out
+
+    # -- repositories ------------------------------------------------------------------------------
+    async def get_repository(self, name: str) -> RepositoryRecord | None:
+        row = await self._fetchone("SELECT id, name, created_at FROM repositories WHERE name = ?", (name,))
+        return RepositoryRecord(*row) if row else None
+
+    async def ensure_repository(self, name: str, now: float) -> RepositoryRecord:
+        existing = await self.get_repository(name)
+        if existing:
+            return existing
+        async with self._tx() as db:
+            await db.execute("INSERT OR IGNORE INTO repositories (name, created_at) VALUES (?, ?)", (name, now))
+            row = await self._one(db, "SELECT id, name, created_at FROM repositories WHERE name = ?", (name,))
+        return RepositoryRecord(*row)
+
+    async def list_repositories(self, last: str | None, limit: int) -> Page:
+        rows = await self._fetchall(
+            "SELECT name FROM repositories WHERE name > ? ORDER BY name LIMIT ?", (last or "", limit + 1)
+        )
+        return Page([r[0] for r in rows[:limit]], len(rows) > limit)
+
+    # -- blob links --------------------------------------------------------------------------------
+    async def link_blob(self, repository: str, digest: str, size: int, now: float) -> None:
+        async with self._tx() as db:
+            await db.execute(
+                "INSERT OR IGNORE INTO blobs (digest, size, created_at) VALUES (?, ?, ?)", (digest, size, now)
+            )
+            cur = await db.execute(
+                "INSERT OR IGNORE INTO repository_blobs (repository_id, digest, linked_at) "
+                "SELECT id, ?, ? FROM repositories WHERE name = ?",
+                (digest, now, repository),
+            )
+            if cur.rowcount == 0 and not await self._one(
+                db,
+                "SELECT 1 FROM repository_blobs JOIN repositories r ON r.id = repository_id "
+                "WHERE r.name = ? AND digest = ?",
+                (repository, digest),
+            ):
+                raise StorageError(f"repository {repository} does not exist")
+
+    async def linked_blob_size(self, repository: str, digest: str) -> int | None:
+        row = await self._fetchone(
+            "SELECT b.size FROM repositories r JOIN repository_blobs rb ON rb.repository_id = r.id "
+            "JOIN blobs b ON b.digest = rb.digest WHERE r.name = ? AND rb.digest = ?",
+            (repository, digest),
+        )
+        return row[0] if row else None
+
+    async def linked_blobs(self, repository: str, digests: Iterable[str]) -> set[str]:
+        rows = await self._in_query(
+            "SELECT rb.digest FROM repositories r JOIN repository_blobs rb ON rb.repository_id = r.id "
+            "WHERE r.name = ? AND rb.digest IN ({placeholders})",
+            [repository],
+            digests,
+        )
+        return {r[0] for r in rows}
+
+    async def unlink_blob(self, repository: str, digest: str) -> bool:
+        async with self._tx() as db:
+            cur = await db.execute(
+                "DELETE FROM repository_blobs WHERE digest = ? AND repository_id = "
+                "(SELECT id FROM repositories WHERE name = ?)",
+                (digest, repository),
+            )
+            return cur.rowcount > 0
+
+    async def blob_size(self, digest: str) -> int | None:
+        row = await self._fetchone(
+            "SELECT size FROM blobs WHERE digest = ? AND EXISTS (SELECT 1 FROM repository_blobs WHERE digest = ?)",
+            (digest, digest),
+        )
+        return row[0] if row else None
+
+    # -- manifests and tags ------------------------------------------------------------------------
+    async def put_manifest(self, write: ManifestWrite) -> None:
+        annotations = json.dumps(write.annotations) if write.annotations else None
+        async with self._tx() as db:
+            repo = await self._one(db, "SELECT id FROM repositories WHERE name = ?", (write.repository,))
+            if repo is None:
+                raise StorageError(f"repository {write.repository} does not exist")
+            repo_id = repo[0]
+            row = await self._one(
+                db, "SELECT id FROM manifests WHERE repository_id = ? AND digest = ?", (repo_id, write.digest)
+            )
+            if row is None:
+                cur = await db.execute(
+                    "INSERT INTO manifests (repository_id, digest, media_type, size, artifact_type, subject, "
+                    "annotations, pushed_at, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        repo_id,
+                        write.digest,
+                        write.media_type,
+                        len(write.body),
+                        write.artifact_type,
+                        write.subject,
+                        annotations,
+                        write.pushed_at,
+                        write.body,
+                    ),
+                )
+                manifest_id = cur.lastrowid
+                refs = [(manifest_id, d, "blob") for d in write.blobs]
+                refs += [(manifest_id, d, "manifest") for d in write.manifests]
+                if refs:
+                    await db.executemany(
+                        "INSERT OR IGNORE INTO manifest_references (manifest_id, child, kind) VALUES (?, ?, ?)",
+                        refs,
+                    )
+            else:
+                manifest_id = row[0]
+            if write.tags:
+                await db.executemany(
+                    "INSERT INTO tags (repository_id, name, manifest_id, updated_at) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (repository_id, name) DO UPDATE SET manifest_id = excluded.manifest_id, "
+                    "updated_at = excluded.updated_at WHERE manifest_id != excluded.manifest_id",
+                    [(repo_id, tag, manifest_id, write.pushed_at) for tag in write.tags],
+                )
+
+    @staticmethod
+    def _manifest(row: Any) -> ManifestRecord:
+        name, digest, mt, size, at, subject, ann, pushed_at, body = row
+        return ManifestRecord(
+            name, digest, mt, size, at, subject, json.loads(ann) if ann else None, pushed_at, bytes(body)
+        )
+
+    async def get_manifest(self, repository: str, digest: str) -> ManifestRecord | None:
+        row = await self._fetchone(
+            f"SELECT {_MANIFEST_COLUMNS} FROM repositories r JOIN manifests m ON m.repository_id = r.id "
+            "WHERE r.name = ? AND m.digest = ?",
+            (repository, digest),
+        )
+        return self._manifest(row) if row else None
+
+    async def resolve_tag(self, repository: str, tag: str) -> str | None:
+        row = await self._fetchone(
+            "SELECT m.digest FROM repositories r JOIN tags t ON t.repository_id = r.id "
+            "JOIN manifests m ON m.id = t.manifest_id WHERE r.name = ? AND t.name = ?",
+            (repository, tag),
+        )
+        return row[0] if row else None
+
+    async def existing_manifests(self, repository: str, digests: Iterable[str]) -> set[str]:
+        rows = await self._in_query(
+            "SELECT m.digest FROM repositories r JOIN manifests m ON m.repository_id = r.id "
+            "WHERE r.name = ? AND m.digest IN ({placeholders})",
+            [repository],
+            digests,
+        )
+        return {r[0] for r in rows}
+
+    async def list_tags(self, repository: str, last: str | None, limit: int) -> Page:
+        rows = await self._fetchall(
+            "SELECT t.name FROM repositories r JOIN tags t ON t.repository_id = r.id "
+            "WHERE r.name = ? AND t.name > ? ORDER BY t.name LIMIT ?",
+            (repository, last or "", limit + 1),
+        )
+        return Page([r[0] for r in rows[:limit]], len(rows) > limit)
+
+    async def tags_of(self, repository: str, digest: str) -> list[str]:
+        rows = await self._fetchall(
+            "SELECT t.name FROM repositories r JOIN manifests m ON m.repository_id = r.id "
+            "JOIN tags t ON t.manifest_id = m.id WHERE r.name = ? AND m.digest = ? ORDER BY t.name",
+            (repository, digest),
+        )
+        return [r[0] for r in rows]
+
+    async def delete_manifest(self, repository: str, digest: str) -> list[str] | None:
+        async with self._tx() as db:
+            row = await self._one(
+                db,
+                "SELECT m.id FROM repositories r JOIN manifests m ON m.repository_id = r.id "
+                "WHERE r.name = ? AND m.digest = ?",
+                (repository, digest),
+            )
+            if row is None:
+                return None
+            tags = [
+                r[0]
+                for r in await db.execute_fetchall(
+                    "SELECT name FROM tags WHERE manifest_id = ? ORDER BY name", (row[0],)
+                )
+            ]
+            await db.execute("DELETE FROM manifests WHERE id = ?", (row[0],))
+            return tags
+
+    async def delete_tag(self, repository: str, tag: str) -> str | None:
+        async with self._tx() as db:
+            row = await self._one(
+                db,
+                "SELECT t.repository_id, m.digest FROM repositories r JOIN tags t ON t.repository_id = r.id "
+                "JOIN manifests m ON m.id = t.manifest_id WHERE r.name = ? AND t.name = ?",
+                (repository, tag),
+            )
+            if row is None:
+                return None
+            await db.execute("DELETE FROM tags WHERE repository_id = ? AND name = ?", (row[0], tag))
+            return row[1]
+
+    async def referrers(self, repository: str, subject: str) -> Sequence[ManifestRecord]:
+        rows = await self._fetchall(
+            f"SELECT {_MANIFEST_COLUMNS} FROM repositories r JOIN manifests m ON m.repository_id = r.id "
+            "WHERE r.name = ? AND m.subject = ? ORDER BY m.pushed_at, m.digest",
+            (repository, subject),
+        )
+        return [self._manifest(r) for r in rows]
+
+    # -- upload sessions ---------------------------------------------------------------------------
+    async def create_upload(self, upload: UploadRecord) -> None:
+        async with self._tx() as db:
+            await db.execute(
+                "INSERT INTO uploads (id, repository, created_at) VALUES (?, ?, ?)",
+                (upload.id, upload.repository, upload.created_at),
+            )
+
+    async def get_upload(self, upload_id: str) -> UploadRecord | None:
+        row = await self._fetchone("SELECT id, repository, created_at FROM uploads WHERE id = ?", (upload_id,))
+        return UploadRecord(*row) if row else None
+
+    async def delete_upload(self, upload_id: str) -> None:
+        async with self._tx() as db:
+            await db.execute("DELETE FROM uploads WHERE id = ?", (upload_id,))

@@ -1,0 +1,141 @@
+"""Helpers for building OCI content and talking the /v2 API with plain HTTP (requests)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+
+import requests
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+OCI_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
+OCI_EMPTY = "application/vnd.oci.empty.v1+json"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
+DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+ALL_MANIFEST_TYPES = ", ".join([OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST])
+
+
+def digest_of(data: bytes, alg: str = "sha256") -> str:
+    return f"{alg}:{hashlib.new(alg, data).hexdigest()}"
+
+
+def random_blob(size: int = 1024) -> bytes:
+    return os.urandom(size)
+
+
+def descriptor(media_type: str, data: bytes, **extra: object) -> dict:
+    return {"mediaType": media_type, "digest": digest_of(data), "size": len(data), **extra}
+
+
+def canonical(doc: dict) -> bytes:
+    return json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
+
+
+@dataclass
+class Image:
+    config: bytes
+    layers: list[bytes]
+    manifest: bytes
+    media_type: str = OCI_MANIFEST
+
+    @property
+    def digest(self) -> str:
+        return digest_of(self.manifest)
+
+    @property
+    def blobs(self) -> list[bytes]:
+        return [self.config, *self.layers]
+
+
+def make_image(n_layers: int = 2, layer_size: int = 2048, *, docker: bool = False,
+               subject: dict | None = None, artifact_type: str | None = None,
+               annotations: dict | None = None, platform: str = "amd64") -> Image:
+    config = canonical({"architecture": platform, "os": "linux",
+                        "rootfs": {"type": "layers", "diff_ids": []}, "nonce": os.urandom(8).hex()})
+    layers = [random_blob(layer_size) for _ in range(n_layers)]
+    mt = DOCKER_MANIFEST if docker else OCI_MANIFEST
+    doc: dict = {
+        "schemaVersion": 2,
+        "mediaType": mt,
+        "config": descriptor(DOCKER_CONFIG if docker else OCI_CONFIG, config),
+        "layers": [descriptor(DOCKER_LAYER if docker else OCI_LAYER, layer) for layer in layers],
+    }
+    if subject is not None:
+        doc["subject"] = subject
+    if artifact_type is not None:
+        doc["artifactType"] = artifact_type
+    if annotations is not None:
+        doc["annotations"] = annotations
+    return Image(config, layers, json.dumps(doc, indent=2).encode(), mt)
+
+
+class Client:
+    """A thin /v2 client over requests, with every step explicit so tests can assert on each response."""
+
+    def __init__(self, base_url: str, auth: tuple[str, str] | None = None) -> None:
+        self.base = base_url.rstrip("/")
+        self.s = requests.Session()
+        if auth:
+            self.s.auth = auth
+
+    def url(self, path: str) -> str:
+        return path if path.startswith("http") else self.base + path
+
+    def request(self, method: str, path: str, **kw) -> requests.Response:
+        kw.setdefault("timeout", 60)
+        kw.setdefault("allow_redirects", False)
+        return self.s.request(method, self.url(path), **kw)
+
+    def get(self, path: str, **kw) -> requests.Response:
+        return self.request("GET", path, **kw)
+
+    def head(self, path: str, **kw) -> requests.Response:
+        return self.request("HEAD", path, **kw)
+
+    def post(self, path: str, **kw) -> requests.Response:
+        return self.request("POST", path, **kw)
+
+    def put(self, path: str, **kw) -> requests.Response:
+        return self.request("PUT", path, **kw)
+
+    def patch(self, path: str, **kw) -> requests.Response:
+        return self.request("PATCH", path, **kw)
+
+    def delete(self, path: str, **kw) -> requests.Response:
+        return self.request("DELETE", path, **kw)
+
+    # -- composite steps -------------------------------------------------------------------------
+    def push_blob(self, repo: str, data: bytes, alg: str = "sha256") -> str:
+        d = digest_of(data, alg)
+        r = self.post(f"/v2/{repo}/blobs/uploads/", params={"digest": d}, data=data,
+                      headers={"Content-Type": "application/octet-stream"})
+        assert r.status_code == 201, (r.status_code, r.text)
+        assert r.headers["Docker-Content-Digest"] == d
+        return d
+
+    def push_manifest(self, repo: str, ref: str, body: bytes, media_type: str = OCI_MANIFEST,
+                      **kw) -> requests.Response:
+        r = self.put(f"/v2/{repo}/manifests/{ref}", data=body, headers={"Content-Type": media_type}, **kw)
+        assert r.status_code == 201, (r.status_code, r.text)
+        return r
+
+    def push_image(self, repo: str, ref: str, image: Image) -> str:
+        for blob in image.blobs:
+            self.push_blob(repo, blob)
+        self.push_manifest(repo, ref, image.manifest, image.media_type)
+        return image.digest
+
+
+def error_codes(r: requests.Response) -> list[str]:
+    """The OCI error codes of a response, asserting the body has the spec's error shape."""
+    body = r.json()
+    assert isinstance(body.get("errors"), list) and body["errors"], body
+    for e in body["errors"]:
+        assert isinstance(e.get("code"), str) and isinstance(e.get("message"), str), e
+    return [e["code"] for e in body["errors"]]
