@@ -44,9 +44,21 @@ class MoorageServer:
     def start(self, timeout: float = 20.0) -> MoorageServer:
         self._log_fh = open(self.log_path, "ab")  # noqa: SIM115 - closed when the child is reaped
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "registry", "serve", "--config", str(self.config_path),
-             "--listen", self.host, "--data-dir", str(self.data_dir)],
-            stdout=self._log_fh, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            [
+                sys.executable,
+                "-m",
+                "registry",
+                "serve",
+                "--config",
+                str(self.config_path),
+                "--listen",
+                self.host,
+                "--data-dir",
+                str(self.data_dir),
+            ],
+            stdout=self._log_fh,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
