@@ -42,7 +42,7 @@ class MoorageServer:
         return f"http://{self.host}"
 
     def start(self, timeout: float = 20.0) -> MoorageServer:
-        self._log_fh = open(self.log_path, "ab")  # noqa: SIM115 - closed when the child is reaped
+        self._log_fh = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [
                 sys.executable,
