@@ -44,5 +44,5 @@ def client(server: MoorageServer) -> Client:
 def repo(request: pytest.FixtureRequest) -> str:
     """A fresh, valid repository name per test (with a namespace)."""
     base = request.node.name.lower().replace("[", "-").replace("]", "").replace("_", "-")
-    base = "".join(c for c in base if c.isalnum() or c == "-").strip("-")[:60]
+    base = "".join(c for c in base if c.isalnum() or c == "-")[:60].strip("-")
     return f"t{next(_names)}/{base}"
