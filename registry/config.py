@@ -1,7 +1,8 @@
 """Configuration: TOML parsed once into frozen dataclasses.
 
 Every key has a default (documented in config.example.toml); unknown keys and bad values fail at start with a
-message that names the key. Command-line flags override the file.
+message that names the key. Command-line flags override the file. Secrets are wrapped so that `repr` and logs
+never show them.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,9 +20,30 @@ class ConfigError(Exception):
     """A configuration problem, phrased for the user (it names the key)."""
 
 
-def _check_listen(v: str) -> str:
-    parse_listen(v)
-    return v
+class Secret:
+    """A string that never shows itself in repr, str or logs; `reveal()` gives the value."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('****')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+# -- value checks ----------------------------------------------------------------------------------
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -32,6 +55,30 @@ def parse_listen(value: str) -> tuple[str, int]:
     if not 0 <= port <= 65535:
         raise ValueError("port must be between 0 and 65535")
     return host or "0.0.0.0", port
+
+
+_DURATION_UNITS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+
+
+def parse_duration(value: str | int | float) -> float:
+    """Seconds from `"12h"`, `"1h30m"`, `"45s"`, `"2d"`, `"250ms"`, or a plain number of seconds."""
+    if isinstance(value, bool):
+        raise ValueError('expected a duration such as "12h", "30m" or "45s"')
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        parts = re.findall(r"(\d+(?:\.\d+)?)(ms|d|h|m|s)", value.strip())
+        if not parts or "".join(n + u for n, u in parts) != value.strip().replace(" ", ""):
+            raise ValueError('expected a duration such as "12h", "1h30m", "45s" or "250ms"')
+        seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+    if seconds <= 0:
+        raise ValueError("a duration must be positive")
+    return seconds
+
+
+def _check_listen(v: str) -> str:
+    parse_listen(v)
+    return v
 
 
 def _check_account(v: str) -> str:
@@ -58,33 +105,89 @@ def _check_positive(v: int) -> int:
     return v
 
 
-def _key(default: Any, check: Any = None, doc: str = "") -> Any:
-    return field(default=default, metadata={"check": check, "doc": doc})
+def _check_principal_name(v: str) -> str:
+    if not re.fullmatch(r"[\w+=,.@-]{1,64}", v):
+        raise ValueError("must be 1-64 characters of letters, digits and +=,.@_-, like an IAM user name")
+    return v
+
+
+def _check_access_key(v: str) -> str:
+    if not re.fullmatch(r"[A-Z0-9]{16,128}", v):
+        raise ValueError("must be 16-128 upper-case letters and digits, like AKIAIOSFODNN7EXAMPLE")
+    return v
+
+
+def _check_secret(v: Secret) -> Secret:
+    if len(v.reveal()) < 16:
+        raise ValueError("must be at least 16 characters")
+    return v
+
+
+def _check_policy(v: str) -> str:
+    from registry.auth.policy import PolicyError, parse_policy
+
+    try:
+        parse_policy(v)
+    except PolicyError as e:
+        raise ValueError(f"not a valid IAM policy: {e}") from None
+    return v
+
+
+# -- schema ----------------------------------------------------------------------------------------
+# Each field says its kind: str, bool, int, path, duration, secret, or a nested table list.
+
+
+def _key(default: Any, kind: str, check: Callable[[Any], Any] | None = None) -> Any:
+    return field(default=default, metadata={"kind": kind, "check": check})
+
+
+def _required(kind: str, check: Callable[[Any], Any] | None = None) -> Any:
+    return field(metadata={"kind": kind, "check": check})
+
+
+def _tables(cls: type) -> Any:
+    return field(default=(), metadata={"kind": "tables", "cls": cls})
 
 
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
-    listen: str = _key("127.0.0.1:5000", _check_listen)
-    data_dir: Path = _key(Path("./data"))  # noqa: RUF009
+    listen: str = _key("127.0.0.1:5000", "str", _check_listen)
+    data_dir: Path = _key(Path("./data"), "path")
 
 
 @dataclass(frozen=True, slots=True)
 class RegistryConfig:
-    account_id: str = _key("000000000000", _check_account)
-    region: str = _key("us-east-1", _check_region)
-    create_on_push: bool = _key(True)
-    metadata_cache_entries: int = _key(10000, _check_positive)
+    account_id: str = _key("000000000000", "str", _check_account)
+    region: str = _key("us-east-1", "str", _check_region)
+    create_on_push: bool = _key(True, "bool")
+    metadata_cache_entries: int = _key(10000, "int", _check_positive)
+
+
+@dataclass(frozen=True, slots=True)
+class PrincipalConfig:
+    name: str = _required("str", _check_principal_name)
+    access_key_id: str = _required("str", _check_access_key)
+    secret_access_key: Secret = _required("secret", _check_secret)
+    policy: str = _required("str", _check_policy)
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    enabled: bool = _key(True, "bool")
+    token_ttl: float = _key(12 * 3600.0, "duration")
+    principals: tuple[PrincipalConfig, ...] = _tables(PrincipalConfig)
 
 
 @dataclass(frozen=True, slots=True)
 class LogConfig:
-    level: str = _key("info", _check_level)
+    level: str = _key("info", "str", _check_level)
 
 
 @dataclass(frozen=True, slots=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
     @property
@@ -92,28 +195,54 @@ class Config:
         return parse_listen(self.server.listen)
 
 
-def _coerce(section: str, name: str, f: dataclasses.Field[Any], value: Any) -> Any:
-    key = f"{section}.{name}"
-    default = f.default
-    if isinstance(default, bool):
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true or false, got {value!r}")
-    elif isinstance(default, int):
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-    elif isinstance(default, Path):
-        if not isinstance(value, str) or not value:
-            raise ConfigError(f"{key}: expected a path string, got {value!r}")
-        value = Path(value)
-    elif isinstance(default, str) and not isinstance(value, str):
-        raise ConfigError(f"{key}: expected a string, got {value!r}")
-    check = f.metadata.get("check")
-    if check is not None:
-        try:
+# -- loading ---------------------------------------------------------------------------------------
+
+_TYPES: dict[str, tuple[type | tuple[type, ...], str]] = {
+    "str": (str, "a string"),
+    "bool": (bool, "true or false"),
+    "int": (int, "an integer"),
+    "path": (str, "a path string"),
+    "secret": (str, "a string"),
+    "duration": ((str, int, float), 'a duration such as "12h"'),
+}
+
+
+def _coerce(key: str, f: dataclasses.Field[Any], value: Any) -> Any:
+    kind = f.metadata["kind"]
+    if kind == "tables":
+        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+            raise ConfigError(f"{key}: expected an array of tables ([[{key}]])")
+        return tuple(_build(f.metadata["cls"], item, f"{key}[{i}]") for i, item in enumerate(value))
+    expected, wording = _TYPES[kind]
+    if not isinstance(value, expected) or (kind != "bool" and isinstance(value, bool)):
+        raise ConfigError(f"{key}: expected {wording}, got {value!r}")
+    try:
+        if kind == "path":
+            value = Path(value)
+        elif kind == "secret":
+            value = Secret(value)
+        elif kind == "duration":
+            value = parse_duration(value)
+        check = f.metadata.get("check")
+        if check is not None:
             value = check(value)
-        except ValueError as e:
-            raise ConfigError(f"{key}: {e} (got {value!r})") from None
+    except ValueError as e:
+        shown = "****" if kind == "secret" else repr(value)
+        raise ConfigError(f"{key}: {e} (got {shown})") from None
     return value
+
+
+def _build(cls: type, body: dict[str, Any], prefix: str) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values = {}
+    for name, value in body.items():
+        if name not in fields:
+            raise ConfigError(f"unknown key {prefix}.{name} (known: {', '.join(sorted(fields))})")
+        values[name] = _coerce(f"{prefix}.{name}", fields[name], value)
+    missing = [n for n, f in fields.items() if n not in values and f.default is dataclasses.MISSING]
+    if missing:
+        raise ConfigError(f"{prefix}: missing required key {', '.join(missing)}")
+    return cls(**values)
 
 
 def from_dict(raw: dict[str, Any]) -> Config:
@@ -124,15 +253,20 @@ def from_dict(raw: dict[str, Any]) -> Config:
             raise ConfigError(f"unknown section [{section}] (known: {', '.join(sorted(top))})")
         if not isinstance(body, dict):
             raise ConfigError(f"[{section}] must be a table")
-        cls = top[section].default_factory  # type: ignore[misc]
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        values = {}
-        for name, value in body.items():
-            if name not in fields:
-                raise ConfigError(f"unknown key {section}.{name} (known: {', '.join(sorted(fields))})")
-            values[name] = _coerce(section, name, fields[name], value)
-        sections[section] = cls(**values)
-    return Config(**sections)
+        sections[section] = _build(top[section].default_factory, body, section)  # type: ignore[arg-type]
+    config = Config(**sections)
+    _check_principals(config.auth.principals)
+    return config
+
+
+def _check_principals(principals: tuple[PrincipalConfig, ...]) -> None:
+    for attr in ("name", "access_key_id"):
+        seen: set[str] = set()
+        for i, p in enumerate(principals):
+            value = getattr(p, attr)
+            if value in seen:
+                raise ConfigError(f"auth.principals[{i}].{attr}: {value!r} is used by another principal")
+            seen.add(value)
 
 
 def load(path: str | Path | None = None, overrides: dict[str, dict[str, Any]] | None = None) -> Config:

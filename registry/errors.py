@@ -104,6 +104,17 @@ class Unauthorized(RegistryError):
     default_message = "authentication required"
 
 
+class AuthenticationRequired(Unauthorized):
+    """No credentials where some are needed: ECR answers 401 with a Basic challenge and `Not Authorized`."""
+
+    default_message = "Not Authorized"
+
+
+class MalformedCredentials(Unauthorized):
+    status = 400
+    default_message = "malformed Authorization header"
+
+
 class Denied(RegistryError):
     status, oci_code, ecr_code = 403, "DENIED", "AccessDeniedException"
     default_message = "requested access to the resource is denied"
@@ -132,3 +143,64 @@ class TooManyRequests(RegistryError):
 class PaginationInvalid(RegistryError):
     status, oci_code, ecr_code = 400, "PAGINATION_NUMBER_INVALID", "InvalidParameterException"
     default_message = "invalid number of results requested"
+
+
+class TagImmutable(TagInvalid):
+    ecr_code = "ImageTagAlreadyExistsException"
+    default_message = "tag is immutable"
+
+
+# -- ECR API errors (status 400 unless said) ---------------------------------------------------------
+
+
+class EcrError(RegistryError):
+    status, oci_code = 400, "UNSUPPORTED"
+
+
+def _ecr(
+    name: str, message: str, base: type[RegistryError] = EcrError, oci: str | None = None, status: int | None = None
+) -> type[RegistryError]:
+    attrs: dict[str, Any] = {"ecr_code": name, "default_message": message}
+    if oci:
+        attrs["oci_code"] = oci
+    if status:
+        attrs["status"] = status
+    return type(name.removesuffix("Exception"), (base,), attrs)
+
+
+InvalidParameter = _ecr("InvalidParameterException", "invalid parameter")
+SerializationError = _ecr("SerializationException", "the request body could not be read")
+UnknownOperation = _ecr("UnknownOperationException", "unknown operation")
+UnsupportedOperation = _ecr("UnsupportedOperationException", "operation not supported")
+RepositoryNotFound = _ecr("RepositoryNotFoundException", "repository not found", NameUnknown)
+RepositoryAlreadyExists = _ecr("RepositoryAlreadyExistsException", "repository already exists")
+RepositoryNotEmpty = _ecr("RepositoryNotEmptyException", "repository is not empty")
+RepositoryPolicyNotFound = _ecr("RepositoryPolicyNotFoundException", "repository policy not found")
+ImageNotFound = _ecr("ImageNotFoundException", "image not found", ManifestUnknown)
+ImageAlreadyExists = _ecr("ImageAlreadyExistsException", "image already exists")
+ImageDigestDoesNotMatch = _ecr("ImageDigestDoesNotMatchException", "image digest does not match")
+LayersNotFound = _ecr("LayersNotFoundException", "layers not found")
+LayerInaccessible = _ecr("LayerInaccessibleException", "layer inaccessible")
+LayerAlreadyExists = _ecr("LayerAlreadyExistsException", "layer already exists")
+InvalidLayer = _ecr("InvalidLayerException", "invalid layer")
+InvalidLayerPart = _ecr("InvalidLayerPartException", "invalid layer part")
+EmptyUpload = _ecr("EmptyUploadException", "empty upload")
+UploadNotFound = _ecr("UploadNotFoundException", "upload not found", BlobUploadUnknown)
+TooManyTags = _ecr("TooManyTagsException", "too many tags")
+InvalidTagParameter = _ecr("InvalidTagParameterException", "invalid tag parameter")
+LimitExceeded = _ecr("LimitExceededException", "limit exceeded")
+AuthFailure = _ecr(
+    "UnrecognizedClientException", "The security token included in the request is invalid.", oci="UNAUTHORIZED"
+)
+InvalidSignature = _ecr(
+    "InvalidSignatureException",
+    "The request signature we calculated does not match the signature you provided.",
+    oci="UNAUTHORIZED",
+)
+MissingAuthenticationToken = _ecr(
+    "MissingAuthenticationTokenException", "Missing Authentication Token", oci="UNAUTHORIZED"
+)
+IncompleteSignature = _ecr("IncompleteSignatureException", "the Authorization header is incomplete", oci="UNAUTHORIZED")
+SIGV4_ERRORS: dict[str, type[RegistryError]] = {
+    cls.ecr_code: cls for cls in (AuthFailure, InvalidSignature, MissingAuthenticationToken, IncompleteSignature)
+}

@@ -56,10 +56,23 @@ class Conflict(StorageError):
 
 
 @dataclass(frozen=True, slots=True)
+class RepositorySettings:
+    """What CreateRepository and friends set; defaults are ECR's."""
+
+    image_tag_mutability: str = "MUTABLE"
+    mutability_exclusions: tuple[str, ...] = ()  # wildcard tag filters that flip the mutability
+    scan_on_push: bool = False
+    encryption_type: str = "AES256"
+    kms_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class RepositoryRecord:
     id: int
     name: str
     created_at: float
+    settings: RepositorySettings = RepositorySettings()
+    policy: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +86,46 @@ class ManifestRecord:
     annotations: dict[str, str] | None
     pushed_at: float
     body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ImageRecord:
+    """A manifest as ECR's image APIs see it (no body)."""
+
+    id: int
+    repository: str
+    digest: str
+    media_type: str
+    size: int
+    image_size: int
+    config_media_type: str | None
+    artifact_type: str | None
+    subject: str | None
+    pushed_at: float
+    last_pulled_at: float | None
+    tags: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PutOutcome:
+    created: bool  # the manifest was new to the repository
+    moved_tags: tuple[str, ...]  # tags that now point at it and didn't before
+
+
+class TagConflict(StorageError):
+    """A protected (immutable) tag already points at another manifest."""
+
+    def __init__(self, tag: str, digest: str) -> None:
+        super().__init__(f"tag {tag} already points at {digest}")
+        self.tag, self.digest = tag, digest
+
+
+class RepositoryExists(Conflict):
+    pass
+
+
+class RepositoryNotEmpty(Conflict):
+    pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +143,9 @@ class ManifestWrite:
     blobs: tuple[str, ...] = ()
     manifests: tuple[str, ...] = ()
     tags: tuple[str, ...] = ()
+    image_size: int = 0
+    config_media_type: str | None = None
+    protected_tags: tuple[str, ...] = ()  # tags that may not move to this manifest if they exist elsewhere
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,9 +230,31 @@ class BlobStore(BlobReader, BlobIngester, BlobDeleter, Protocol):
 class RepositoryStore(Protocol):
     async def get_repository(self, name: str) -> RepositoryRecord | None: ...
 
-    async def ensure_repository(self, name: str, now: float) -> RepositoryRecord: ...
+    async def ensure_repository(
+        self, name: str, now: float, settings: RepositorySettings | None = None
+    ) -> RepositoryRecord: ...
+
+    async def create_repository(
+        self, name: str, now: float, settings: RepositorySettings, tags: dict[str, str]
+    ) -> RepositoryRecord:
+        """Raises RepositoryExists."""
+
+    async def delete_repository(self, name: str, force: bool) -> RepositoryRecord | None:
+        """Delete a repository with its manifests, tags and blob links; RepositoryNotEmpty unless `force`."""
+
+    async def update_settings(self, name: str, settings: RepositorySettings) -> RepositoryRecord | None: ...
+
+    async def set_policy(self, name: str, policy: str | None) -> RepositoryRecord | None: ...
 
     async def list_repositories(self, last: str | None, limit: int) -> Page: ...
+
+    async def describe_repositories(self, last: str | None, limit: int) -> list[RepositoryRecord]: ...
+
+    async def resource_tags(self, name: str) -> dict[str, str]: ...
+
+    async def tag_resource(self, name: str, tags: dict[str, str]) -> None: ...
+
+    async def untag_resource(self, name: str, keys: list[str]) -> None: ...
 
 
 class BlobLinks(Protocol):
@@ -191,9 +269,12 @@ class BlobLinks(Protocol):
     async def blob_size(self, digest: str) -> int | None:
         """Size of a blob linked in any repository (for a mount without `from`)."""
 
+    async def repositories_with_blob(self, digest: str, limit: int = 100) -> list[str]: ...
+
 
 class ManifestStore(Protocol):
-    async def put_manifest(self, write: ManifestWrite) -> None: ...
+    async def put_manifest(self, write: ManifestWrite) -> PutOutcome:
+        """Raises TagConflict (and writes nothing) when a protected tag points elsewhere."""
 
     async def get_manifest(self, repository: str, digest: str) -> ManifestRecord | None: ...
 
@@ -212,6 +293,20 @@ class ManifestStore(Protocol):
         """Delete a tag; returns the digest it pointed at, None when it did not exist."""
 
     async def referrers(self, repository: str, subject: str) -> Sequence[ManifestRecord]: ...
+
+    async def list_images(self, repository: str, after_id: int, limit: int) -> list[ImageRecord]:
+        """Images in push order (by id), after `after_id`, at most `limit`."""
+
+    async def images_by_digest(self, repository: str, digests: Iterable[str]) -> dict[str, ImageRecord]: ...
+
+    async def parents_of(self, repository: str, digests: Iterable[str]) -> dict[str, list[str]]:
+        """For each digest, the indexes in the repository that list it."""
+
+    async def blob_referenced(self, repository: str, digest: str) -> bool:
+        """Whether a manifest in the repository lists the blob."""
+
+    async def record_pulls(self, pulls: Iterable[tuple[str, str, float]]) -> None:
+        """Set last-pulled times from (repository, digest, time) triples."""
 
 
 class UploadStore(Protocol):

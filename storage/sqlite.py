@@ -18,7 +18,20 @@ from typing import Any
 
 import aiosqlite
 
-from storage.base import ManifestRecord, ManifestWrite, Page, RepositoryRecord, StorageError, UploadRecord
+from storage.base import (
+    ImageRecord,
+    ManifestRecord,
+    ManifestWrite,
+    Page,
+    PutOutcome,
+    RepositoryExists,
+    RepositoryNotEmpty,
+    RepositoryRecord,
+    RepositorySettings,
+    StorageError,
+    TagConflict,
+    UploadRecord,
+)
 
 MIGRATIONS: list[str] = [
     # 1: the core registry
@@ -75,8 +88,34 @@ MIGRATIONS: list[str] = [
         created_at  REAL NOT NULL
     ) WITHOUT ROWID;
     """,
+    # 2: ECR repository settings, resource tags, image sizes and last pull times
+    """
+    ALTER TABLE repositories ADD COLUMN image_tag_mutability TEXT NOT NULL DEFAULT 'MUTABLE';
+    ALTER TABLE repositories ADD COLUMN mutability_exclusions TEXT;
+    ALTER TABLE repositories ADD COLUMN scan_on_push INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE repositories ADD COLUMN encryption_type TEXT NOT NULL DEFAULT 'AES256';
+    ALTER TABLE repositories ADD COLUMN kms_key TEXT;
+    ALTER TABLE repositories ADD COLUMN policy TEXT;
+    CREATE TABLE repository_tags (
+        repository_id INTEGER NOT NULL REFERENCES repositories(id) ON DELETE CASCADE,
+        key           TEXT NOT NULL,
+        value         TEXT NOT NULL,
+        PRIMARY KEY (repository_id, key)
+    ) WITHOUT ROWID;
+    ALTER TABLE manifests ADD COLUMN image_size INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE manifests ADD COLUMN config_media_type TEXT;
+    ALTER TABLE manifests ADD COLUMN last_pulled_at REAL;
+    """,
 ]
 
+_REPO_COLUMNS = (
+    "id, name, created_at, image_tag_mutability, mutability_exclusions, scan_on_push, encryption_type, kms_key, policy"
+)
+_IMAGE_COLUMNS = (
+    "m.id, r.name, m.digest, m.media_type, m.size, m.image_size, m.config_media_type, m.artifact_type, m.subject, "
+    "m.pushed_at, m.last_pulled_at, (SELECT group_concat(t.name, char(0)) FROM "
+    "(SELECT name FROM tags WHERE manifest_id = m.id ORDER BY name) t)"
+)
 _MANIFEST_COLUMNS = (
     "r.name, m.digest, m.media_type, m.size, m.artifact_type, m.subject, m.annotations, m.pushed_at, m.body"
 )
@@ -181,24 +220,132 @@ class SQLiteMetadataStore:
         return out
 
     # -- repositories ------------------------------------------------------------------------------
-    async def get_repository(self, name: str) -> RepositoryRecord | None:
-        row = await self._fetchone("SELECT id, name, created_at FROM repositories WHERE name = ?", (name,))
-        return RepositoryRecord(*row) if row else None
+    @staticmethod
+    def _repo(row: Any) -> RepositoryRecord:
+        rid, name, created_at, mutability, exclusions, scan, enc, kms, policy = row
+        settings = RepositorySettings(
+            mutability, tuple(json.loads(exclusions)) if exclusions else (), bool(scan), enc, kms
+        )
+        return RepositoryRecord(rid, name, created_at, settings, policy)
 
-    async def ensure_repository(self, name: str, now: float) -> RepositoryRecord:
+    async def get_repository(self, name: str) -> RepositoryRecord | None:
+        row = await self._fetchone(f"SELECT {_REPO_COLUMNS} FROM repositories WHERE name = ?", (name,))
+        return self._repo(row) if row else None
+
+    async def ensure_repository(
+        self, name: str, now: float, settings: RepositorySettings | None = None
+    ) -> RepositoryRecord:
         existing = await self.get_repository(name)
         if existing:
             return existing
         async with self._tx() as db:
-            await db.execute("INSERT OR IGNORE INTO repositories (name, created_at) VALUES (?, ?)", (name, now))
-            row = await self._one(db, "SELECT id, name, created_at FROM repositories WHERE name = ?", (name,))
-        return RepositoryRecord(*row)
+            await self._insert_repository(db, name, now, settings or RepositorySettings(), ignore=True)
+            row = await self._one(db, f"SELECT {_REPO_COLUMNS} FROM repositories WHERE name = ?", (name,))
+        return self._repo(row)
+
+    @staticmethod
+    async def _insert_repository(
+        db: aiosqlite.Connection, name: str, now: float, s: RepositorySettings, *, ignore: bool
+    ) -> int:
+        cur = await db.execute(
+            f"INSERT {'OR IGNORE' if ignore else ''} INTO repositories (name, created_at, image_tag_mutability, "
+            "mutability_exclusions, scan_on_push, encryption_type, kms_key) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                name,
+                now,
+                s.image_tag_mutability,
+                json.dumps(list(s.mutability_exclusions)) if s.mutability_exclusions else None,
+                int(s.scan_on_push),
+                s.encryption_type,
+                s.kms_key,
+            ),
+        )
+        return cur.rowcount
+
+    async def create_repository(
+        self, name: str, now: float, settings: RepositorySettings, tags: dict[str, str]
+    ) -> RepositoryRecord:
+        async with self._tx() as db:
+            if not await self._insert_repository(db, name, now, settings, ignore=True):
+                raise RepositoryExists(name)
+            row = await self._one(db, f"SELECT {_REPO_COLUMNS} FROM repositories WHERE name = ?", (name,))
+            if tags:
+                await db.executemany(
+                    "INSERT INTO repository_tags (repository_id, key, value) VALUES (?, ?, ?)",
+                    [(row[0], k, v) for k, v in tags.items()],
+                )
+        return self._repo(row)
+
+    async def delete_repository(self, name: str, force: bool) -> RepositoryRecord | None:
+        async with self._tx() as db:
+            row = await self._one(db, f"SELECT {_REPO_COLUMNS} FROM repositories WHERE name = ?", (name,))
+            if row is None:
+                return None
+            if not force and await self._one(db, "SELECT 1 FROM manifests WHERE repository_id = ? LIMIT 1", (row[0],)):
+                raise RepositoryNotEmpty(name)
+            await db.execute("DELETE FROM repositories WHERE id = ?", (row[0],))
+            await db.execute("DELETE FROM uploads WHERE repository = ?", (name,))
+        return self._repo(row)
+
+    async def update_settings(self, name: str, settings: RepositorySettings) -> RepositoryRecord | None:
+        s = settings
+        async with self._tx() as db:
+            await db.execute(
+                "UPDATE repositories SET image_tag_mutability = ?, mutability_exclusions = ?, scan_on_push = ?, "
+                "encryption_type = ?, kms_key = ? WHERE name = ?",
+                (
+                    s.image_tag_mutability,
+                    json.dumps(list(s.mutability_exclusions)) if s.mutability_exclusions else None,
+                    int(s.scan_on_push),
+                    s.encryption_type,
+                    s.kms_key,
+                    name,
+                ),
+            )
+            row = await self._one(db, f"SELECT {_REPO_COLUMNS} FROM repositories WHERE name = ?", (name,))
+        return self._repo(row) if row else None
+
+    async def set_policy(self, name: str, policy: str | None) -> RepositoryRecord | None:
+        async with self._tx() as db:
+            await db.execute("UPDATE repositories SET policy = ? WHERE name = ?", (policy, name))
+            row = await self._one(db, f"SELECT {_REPO_COLUMNS} FROM repositories WHERE name = ?", (name,))
+        return self._repo(row) if row else None
 
     async def list_repositories(self, last: str | None, limit: int) -> Page:
         rows = await self._fetchall(
             "SELECT name FROM repositories WHERE name > ? ORDER BY name LIMIT ?", (last or "", limit + 1)
         )
         return Page([r[0] for r in rows[:limit]], len(rows) > limit)
+
+    async def describe_repositories(self, last: str | None, limit: int) -> list[RepositoryRecord]:
+        rows = await self._fetchall(
+            f"SELECT {_REPO_COLUMNS} FROM repositories WHERE name > ? ORDER BY name LIMIT ?", (last or "", limit)
+        )
+        return [self._repo(r) for r in rows]
+
+    async def resource_tags(self, name: str) -> dict[str, str]:
+        rows = await self._fetchall(
+            "SELECT key, value FROM repository_tags WHERE repository_id = (SELECT id FROM repositories "
+            "WHERE name = ?) ORDER BY key",
+            (name,),
+        )
+        return dict(rows)
+
+    async def tag_resource(self, name: str, tags: dict[str, str]) -> None:
+        async with self._tx() as db:
+            await db.executemany(
+                "INSERT INTO repository_tags (repository_id, key, value) SELECT id, ?, ? FROM repositories "
+                "WHERE name = ? ON CONFLICT (repository_id, key) DO UPDATE SET value = excluded.value",
+                [(k, v, name) for k, v in tags.items()],
+            )
+
+    async def untag_resource(self, name: str, keys: list[str]) -> None:
+        async with self._tx() as db:
+            await db.executemany(
+                "DELETE FROM repository_tags WHERE key = ? AND repository_id = "
+                "(SELECT id FROM repositories WHERE name = ?)",
+                [(k, name) for k in keys],
+            )
 
     # -- blob links --------------------------------------------------------------------------------
     async def link_blob(self, repository: str, digest: str, size: int, now: float) -> None:
@@ -245,6 +392,14 @@ class SQLiteMetadataStore:
             )
             return cur.rowcount > 0
 
+    async def repositories_with_blob(self, digest: str, limit: int = 100) -> list[str]:
+        rows = await self._fetchall(
+            "SELECT r.name FROM repository_blobs rb JOIN repositories r ON r.id = rb.repository_id "
+            "WHERE rb.digest = ? ORDER BY r.name LIMIT ?",
+            (digest, limit),
+        )
+        return [r[0] for r in rows]
+
     async def blob_size(self, digest: str) -> int | None:
         row = await self._fetchone(
             "SELECT size FROM blobs WHERE digest = ? AND EXISTS (SELECT 1 FROM repository_blobs WHERE digest = ?)",
@@ -253,7 +408,7 @@ class SQLiteMetadataStore:
         return row[0] if row else None
 
     # -- manifests and tags ------------------------------------------------------------------------
-    async def put_manifest(self, write: ManifestWrite) -> None:
+    async def put_manifest(self, write: ManifestWrite) -> PutOutcome:
         annotations = json.dumps(write.annotations) if write.annotations else None
         async with self._tx() as db:
             repo = await self._one(db, "SELECT id FROM repositories WHERE name = ?", (write.repository,))
@@ -263,10 +418,24 @@ class SQLiteMetadataStore:
             row = await self._one(
                 db, "SELECT id FROM manifests WHERE repository_id = ? AND digest = ?", (repo_id, write.digest)
             )
-            if row is None:
+            current = {}
+            if write.tags:
+                current = dict(
+                    await db.execute_fetchall(
+                        f"SELECT t.name, m.digest FROM tags t JOIN manifests m ON m.id = t.manifest_id "
+                        f"WHERE t.repository_id = ? AND t.name IN ({','.join('?' * len(write.tags))})",
+                        (repo_id, *write.tags),
+                    )
+                )
+            for tag in write.protected_tags:
+                if tag in current and current[tag] != write.digest:
+                    raise TagConflict(tag, current[tag])
+            created = row is None
+            if created:
                 cur = await db.execute(
                     "INSERT INTO manifests (repository_id, digest, media_type, size, artifact_type, subject, "
-                    "annotations, pushed_at, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "annotations, pushed_at, body, image_size, config_media_type) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         repo_id,
                         write.digest,
@@ -277,6 +446,8 @@ class SQLiteMetadataStore:
                         annotations,
                         write.pushed_at,
                         write.body,
+                        write.image_size,
+                        write.config_media_type,
                     ),
                 )
                 manifest_id = cur.lastrowid
@@ -284,18 +455,19 @@ class SQLiteMetadataStore:
                 refs += [(manifest_id, d, "manifest") for d in write.manifests]
                 if refs:
                     await db.executemany(
-                        "INSERT OR IGNORE INTO manifest_references (manifest_id, child, kind) VALUES (?, ?, ?)",
-                        refs,
+                        "INSERT OR IGNORE INTO manifest_references (manifest_id, child, kind) VALUES (?, ?, ?)", refs
                     )
             else:
                 manifest_id = row[0]
-            if write.tags:
+            moved = tuple(t for t in write.tags if current.get(t) != write.digest)
+            if moved:
                 await db.executemany(
                     "INSERT INTO tags (repository_id, name, manifest_id, updated_at) VALUES (?, ?, ?, ?) "
                     "ON CONFLICT (repository_id, name) DO UPDATE SET manifest_id = excluded.manifest_id, "
-                    "updated_at = excluded.updated_at WHERE manifest_id != excluded.manifest_id",
-                    [(repo_id, tag, manifest_id, write.pushed_at) for tag in write.tags],
+                    "updated_at = excluded.updated_at",
+                    [(repo_id, tag, manifest_id, write.pushed_at) for tag in moved],
                 )
+        return PutOutcome(created, moved)
 
     @staticmethod
     def _manifest(row: Any) -> ManifestRecord:
@@ -384,6 +556,61 @@ class SQLiteMetadataStore:
             (repository, subject),
         )
         return [self._manifest(r) for r in rows]
+
+    @staticmethod
+    def _image(row: Any) -> ImageRecord:
+        *head, tags = row
+        return ImageRecord(*head, tuple(tags.split("\0")) if tags else ())
+
+    async def list_images(self, repository: str, after_id: int, limit: int) -> list[ImageRecord]:
+        rows = await self._fetchall(
+            f"SELECT {_IMAGE_COLUMNS} FROM repositories r JOIN manifests m ON m.repository_id = r.id "
+            "WHERE r.name = ? AND m.id > ? ORDER BY m.id LIMIT ?",
+            (repository, after_id, limit),
+        )
+        return [self._image(r) for r in rows]
+
+    async def images_by_digest(self, repository: str, digests: Iterable[str]) -> dict[str, ImageRecord]:
+        rows = await self._in_query(
+            f"SELECT {_IMAGE_COLUMNS} FROM repositories r JOIN manifests m ON m.repository_id = r.id "
+            "WHERE r.name = ? AND m.digest IN ({placeholders})",
+            [repository],
+            digests,
+        )
+        return {img.digest: img for img in map(self._image, rows)}
+
+    async def parents_of(self, repository: str, digests: Iterable[str]) -> dict[str, list[str]]:
+        rows = await self._in_query(
+            "SELECT ref.child, m.digest FROM repositories r JOIN manifests m ON m.repository_id = r.id "
+            "JOIN manifest_references ref ON ref.manifest_id = m.id "
+            "WHERE r.name = ? AND ref.kind = 'manifest' AND ref.child IN ({placeholders})",
+            [repository],
+            digests,
+        )
+        out: dict[str, list[str]] = {}
+        for child, parent in rows:
+            out.setdefault(child, []).append(parent)
+        return out
+
+    async def blob_referenced(self, repository: str, digest: str) -> bool:
+        row = await self._fetchone(
+            "SELECT 1 FROM repositories r JOIN manifests m ON m.repository_id = r.id "
+            "JOIN manifest_references ref ON ref.manifest_id = m.id "
+            "WHERE r.name = ? AND ref.child = ? AND ref.kind = 'blob' LIMIT 1",
+            (repository, digest),
+        )
+        return row is not None
+
+    async def record_pulls(self, pulls: Iterable[tuple[str, str, float]]) -> None:
+        batch = [(t, repo, digest) for repo, digest, t in pulls]
+        if not batch:
+            return
+        async with self._tx() as db:
+            await db.executemany(
+                "UPDATE manifests SET last_pulled_at = max(coalesce(last_pulled_at, 0), ?) WHERE "
+                "repository_id = (SELECT id FROM repositories WHERE name = ?) AND digest = ?",
+                batch,
+            )
 
     # -- upload sessions ---------------------------------------------------------------------------
     async def create_upload(self, upload: UploadRecord) -> None:

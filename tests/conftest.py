@@ -7,15 +7,19 @@ from pathlib import Path
 import pytest
 
 from tests.oci import Client
-from tests.server import MoorageServer
+from tests.server import AUTH_OFF, MoorageServer, auth_config, login_password
 
 _names = itertools.count()
 
 
-@pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MoorageServer]:
-    """One registry shared by the whole session; tests isolate themselves by repository name."""
-    srv = MoorageServer(tmp_path_factory.mktemp("shared") / "data").start()
+@pytest.fixture(scope="session", params=["anonymous", "token"])
+def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MoorageServer]:
+    """A registry shared by the session, in two modes: auth off, and auth on with `AWS:<token>` credentials
+    from a real GetAuthorizationToken (so the whole OCI API is exercised both ways). Tests isolate themselves
+    by repository name."""
+    config = AUTH_OFF if request.param == "anonymous" else auth_config()
+    srv = MoorageServer(tmp_path_factory.mktemp(request.param) / "data", config).start()
+    srv.credentials = ("AWS", login_password(srv)) if request.param == "token" else None
     yield srv
     srv.stop()
 
@@ -25,7 +29,7 @@ def make_server(tmp_path: Path) -> Iterator[Callable[..., MoorageServer]]:
     """A factory for private servers (restarts, crashes, special configs); all stopped at teardown."""
     started: list[MoorageServer] = []
 
-    def make(config: str = "", data_dir: Path | None = None, start: bool = True) -> MoorageServer:
+    def make(config: str = AUTH_OFF, data_dir: Path | None = None, start: bool = True) -> MoorageServer:
         srv = MoorageServer(data_dir or tmp_path / f"data{len(started)}", config)
         started.append(srv)
         return srv.start() if start else srv
@@ -37,7 +41,7 @@ def make_server(tmp_path: Path) -> Iterator[Callable[..., MoorageServer]]:
 
 @pytest.fixture
 def client(server: MoorageServer) -> Client:
-    return Client(server.url)
+    return Client(server.url, server.credentials)
 
 
 @pytest.fixture

@@ -122,13 +122,13 @@ class Dockerd:
 
     # -- CLI ---------------------------------------------------------------------------------------
     def run(
-        self, *args: str, check: bool = True, timeout: float = 120, cwd: Path | None = None
+        self, *args: str, check: bool = True, timeout: float = 120, cwd: Path | None = None, input: str | None = None
     ) -> subprocess.CompletedProcess[str]:
         """Run `docker ARGS...` against this daemon; on failure (check=True) raise with full output."""
         cmd = [self.docker_bin, *args]
         try:
             proc = subprocess.run(
-                cmd, env=self.env, capture_output=True, text=True, timeout=timeout, cwd=cwd, check=False
+                cmd, env=self.env, capture_output=True, text=True, timeout=timeout, cwd=cwd, check=False, input=input
             )
         except subprocess.TimeoutExpired as e:
             raise DockerError(

@@ -53,11 +53,24 @@ class Image:
         return [self.config, *self.layers]
 
 
-def make_image(n_layers: int = 2, layer_size: int = 2048, *, docker: bool = False,
-               subject: dict | None = None, artifact_type: str | None = None,
-               annotations: dict | None = None, platform: str = "amd64") -> Image:
-    config = canonical({"architecture": platform, "os": "linux",
-                        "rootfs": {"type": "layers", "diff_ids": []}, "nonce": os.urandom(8).hex()})
+def make_image(
+    n_layers: int = 2,
+    layer_size: int = 2048,
+    *,
+    docker: bool = False,
+    subject: dict | None = None,
+    artifact_type: str | None = None,
+    annotations: dict | None = None,
+    platform: str = "amd64",
+) -> Image:
+    config = canonical(
+        {
+            "architecture": platform,
+            "os": "linux",
+            "rootfs": {"type": "layers", "diff_ids": []},
+            "nonce": os.urandom(8).hex(),
+        }
+    )
     layers = [random_blob(layer_size) for _ in range(n_layers)]
     mt = DOCKER_MANIFEST if docker else OCI_MANIFEST
     doc: dict = {
@@ -88,9 +101,12 @@ class Client:
         return path if path.startswith("http") else self.base + path
 
     def request(self, method: str, path: str, **kw) -> requests.Response:
+        """Every response is checked: a 5xx fails the test, and so does a hang (a bounded timeout)."""
         kw.setdefault("timeout", 60)
         kw.setdefault("allow_redirects", False)
-        return self.s.request(method, self.url(path), **kw)
+        r = self.s.request(method, self.url(path), **kw)
+        assert r.status_code < 500, f"{method} {path} -> {r.status_code}: {r.text[:500]}"
+        return r
 
     def get(self, path: str, **kw) -> requests.Response:
         return self.request("GET", path, **kw)
@@ -113,14 +129,19 @@ class Client:
     # -- composite steps -------------------------------------------------------------------------
     def push_blob(self, repo: str, data: bytes, alg: str = "sha256") -> str:
         d = digest_of(data, alg)
-        r = self.post(f"/v2/{repo}/blobs/uploads/", params={"digest": d}, data=data,
-                      headers={"Content-Type": "application/octet-stream"})
+        r = self.post(
+            f"/v2/{repo}/blobs/uploads/",
+            params={"digest": d},
+            data=data,
+            headers={"Content-Type": "application/octet-stream"},
+        )
         assert r.status_code == 201, (r.status_code, r.text)
         assert r.headers["Docker-Content-Digest"] == d
         return d
 
-    def push_manifest(self, repo: str, ref: str, body: bytes, media_type: str = OCI_MANIFEST,
-                      **kw) -> requests.Response:
+    def push_manifest(
+        self, repo: str, ref: str, body: bytes, media_type: str = OCI_MANIFEST, **kw
+    ) -> requests.Response:
         r = self.put(f"/v2/{repo}/manifests/{ref}", data=body, headers={"Content-Type": media_type}, **kw)
         assert r.status_code == 201, (r.status_code, r.text)
         return r

@@ -13,6 +13,24 @@ from typing import IO
 
 import requests
 
+AUTH_OFF = "[auth]\nenabled = false\n"
+ADMIN_KEY = "AKIAMOORAGETESTADMIN"
+ADMIN_SECRET = "moorage-test-admin-secret-0123456789abcdef"
+ALLOW_ALL = '{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}'
+
+
+def principal_toml(name: str, key: str, secret: str, policy: str) -> str:
+    return (
+        f'[[auth.principals]]\nname = "{name}"\naccess_key_id = "{key}"\nsecret_access_key = "{secret}"\n'
+        f"policy = '''{policy}'''\n"
+    )
+
+
+def auth_config(*principals: str, extra: str = "") -> str:
+    """A config with auth on, the test admin, and the given `principal_toml` blocks."""
+    admin = principal_toml("admin", ADMIN_KEY, ADMIN_SECRET, ALLOW_ALL)
+    return "[auth]\nenabled = true\n" + extra + admin + "".join(principals)
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -23,7 +41,7 @@ def free_port() -> int:
 class MoorageServer:
     """A `moorage serve` child process with its own data dir and config file."""
 
-    def __init__(self, data_dir: Path, config: str = "", port: int | None = None) -> None:
+    def __init__(self, data_dir: Path, config: str = AUTH_OFF, port: int | None = None) -> None:
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
@@ -31,6 +49,7 @@ class MoorageServer:
         self.config_path.write_text(config)
         self.log_path = self.data_dir.parent / f"moorage-{self.port}.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.credentials: tuple[str, str] | None = None  # what a /v2 client sends when auth is on
         self._log_fh: IO[bytes] | None = None
 
     @property
@@ -104,3 +123,50 @@ class MoorageServer:
             return self.log_path.read_text(errors="replace")[-20000:]
         except FileNotFoundError:
             return ""
+
+
+def ecr_client(srv: MoorageServer, key: str = ADMIN_KEY, secret: str = ADMIN_SECRET, region: str = "us-east-1"):
+    """A real boto3 ECR client pointed at the server."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        "ecr",
+        endpoint_url=srv.url,
+        region_name=region,
+        aws_access_key_id=key,
+        aws_secret_access_key=secret,
+        config=Config(retries={"max_attempts": 1}),
+    )
+
+
+def login_password(srv: MoorageServer, key: str = ADMIN_KEY, secret: str = ADMIN_SECRET) -> str:
+    """GetAuthorizationToken as `aws ecr get-login-password` does: the token after `AWS:`."""
+    import base64
+
+    token = ecr_client(srv, key, secret).get_authorization_token()["authorizationData"][0]["authorizationToken"]
+    user, _, password = base64.b64decode(token).decode().partition(":")
+    assert user == "AWS" and ":" not in password
+    return password
+
+
+def aws_cli(
+    srv: MoorageServer, *args: str, key: str = ADMIN_KEY, secret: str = ADMIN_SECRET, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """Run the real AWS CLI (`aws ecr ... --endpoint-url`) against the server with the given keys."""
+    aws = Path(sys.executable).with_name("aws")
+    env = {
+        **os.environ,
+        "AWS_ACCESS_KEY_ID": key,
+        "AWS_SECRET_ACCESS_KEY": secret,
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_CONFIG_FILE": os.devnull,
+        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+        "AWS_MAX_ATTEMPTS": "1",
+    }
+    p = subprocess.run(
+        [str(aws), *args, "--endpoint-url", srv.url], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    if check:
+        assert p.returncode == 0, f"aws {' '.join(args)} -> {p.returncode}\n{p.stdout}\n{p.stderr}"
+    return p

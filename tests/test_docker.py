@@ -15,7 +15,7 @@ import requests
 
 from tests.dockerd import Dockerd, dockerd_fixture  # noqa: F401 - the `dockerd` fixture
 from tests.oci import DOCKER_CONFIG, DOCKER_LAYER, DOCKER_MANIFEST, OCI_LAYER, OCI_MANIFEST
-from tests.server import MoorageServer
+from tests.server import MoorageServer, aws_cli
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -73,11 +73,21 @@ def remove_everything(d: Dockerd) -> None:
     assert not left, f"images still present after prune: {left}"
 
 
+@pytest.fixture(autouse=True)
+def docker_login(docker: Dockerd, server: MoorageServer) -> None:
+    """With auth on: `aws ecr get-login-password | docker login --username AWS --password-stdin HOST`."""
+    if server.credentials:
+        password = aws_cli(server, "ecr", "get-login-password").stdout.strip()
+        out = docker.run("login", "--username", "AWS", "--password-stdin", server.host, input=password)
+        assert "Login Succeeded" in out.stdout, out
+
+
 def get_manifest(srv: MoorageServer, repo: str, ref: str) -> requests.Response:
     r = requests.get(
         f"{srv.url}/v2/{repo}/manifests/{ref}",
         headers={"Accept": f"{DOCKER_MANIFEST}, {OCI_MANIFEST}"},
         timeout=30,
+        auth=srv.credentials,
     )
     assert r.status_code == 200, (r.status_code, r.text)
     return r
@@ -111,7 +121,7 @@ def test_build_push_rmi_pull_roundtrip(docker: Dockerd, server: MoorageServer, r
     assert all(layer["mediaType"] in (DOCKER_LAYER, OCI_LAYER) for layer in manifest["layers"]), manifest
     assert get_manifest(server, repo, digest).content == r.content
     for desc in [manifest["config"], *manifest["layers"]]:
-        b = requests.get(f"{server.url}/v2/{repo}/blobs/{desc['digest']}", timeout=30)
+        b = requests.get(f"{server.url}/v2/{repo}/blobs/{desc['digest']}", timeout=30, auth=server.credentials)
         assert b.status_code == 200, (desc, b.status_code, b.text[:500])
         assert len(b.content) == desc["size"]
         assert "sha256:" + hashlib.sha256(b.content).hexdigest() == desc["digest"]
@@ -152,7 +162,7 @@ def test_second_tag_and_second_repo_dedupe(docker: Dockerd, server: MoorageServe
     digest2, out = push(docker, ref2)
     assert digest2 == digest1, out
     assert out.count("Layer already exists") == len(built.layers), out
-    tags = requests.get(f"{server.url}/v2/{repo}/tags/list", timeout=30)
+    tags = requests.get(f"{server.url}/v2/{repo}/tags/list", timeout=30, auth=server.credentials)
     assert tags.status_code == 200, (tags.status_code, tags.text)
     assert tags.json()["name"] == repo
     assert sorted(tags.json()["tags"]) == ["v1", "v2"]

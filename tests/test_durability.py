@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.oci import Client, digest_of, error_codes, make_image, random_blob
-from tests.server import MoorageServer
+from tests.server import AUTH_OFF, MoorageServer
 
 
 def blob_files(data_dir: Path) -> set[str]:
@@ -154,7 +154,7 @@ def test_wrong_digest_stores_nothing(make_server) -> None:
 
 
 def test_create_on_push_false_gives_name_unknown(make_server) -> None:
-    srv = make_server("[registry]\ncreate_on_push = false\n")
+    srv = make_server(AUTH_OFF + "[registry]\ncreate_on_push = false\n")
     c = Client(srv.url)
     r = c.post("/v2/nope/missing/blobs/uploads/")
     assert r.status_code == 404 and error_codes(r) == ["NAME_UNKNOWN"]

@@ -5,35 +5,16 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Iterator
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
 
 from tests.oci import Client, error_codes, make_image
-from tests.server import MoorageServer
 
 # Lexical (byte) order differs from push order, from numeric order and from "natural" order here.
 TAGS = ["v10", "v2", "latest", "1.0", "beta_1", "beta-2", "beta.3", "0", "v1"]
 LINK_RE = re.compile(r'^<([^>]+)>;\s*rel="?next"?$')
-
-
-class CheckedClient(Client):
-    """A Client that fails the test on any 5xx response and never waits more than 10 s."""
-
-    def request(self, method: str, path: str, **kw) -> requests.Response:
-        kw.setdefault("timeout", 10)
-        r = super().request(method, path, **kw)
-        assert r.status_code < 500, f"{method} {path} -> {r.status_code}: {r.text[:500]}"
-        return r
-
-
-@pytest.fixture
-def client(server: MoorageServer) -> Iterator[CheckedClient]:
-    c = CheckedClient(server.url)
-    yield c
-    c.s.close()
 
 
 def push_tags(client: Client, repo: str, tags: list[str]) -> None:

@@ -4,30 +4,10 @@ tag) and blobs, and what stays retrievable afterwards."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import pytest
-import requests
 
 from tests.oci import OCI_INDEX, OCI_MANIFEST, Client, descriptor, digest_of, error_codes, make_image, random_blob
-from tests.server import MoorageServer
-
-
-class CheckedClient(Client):
-    """A Client that fails the test on any 5xx response and never waits more than 10 s."""
-
-    def request(self, method: str, path: str, **kw) -> requests.Response:
-        kw.setdefault("timeout", 10)
-        r = super().request(method, path, **kw)
-        assert r.status_code < 500, f"{method} {path} -> {r.status_code}: {r.text[:500]}"
-        return r
-
-
-@pytest.fixture
-def client(server: MoorageServer) -> Iterator[CheckedClient]:
-    c = CheckedClient(server.url)
-    yield c
-    c.s.close()
 
 
 def assert_manifest_gone(client: Client, repo: str, ref: str) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
 from urllib.parse import urljoin, urlsplit
 
 import pytest
@@ -27,27 +26,9 @@ from tests.oci import (
     make_image,
     random_blob,
 )
-from tests.server import MoorageServer
 
 MiB = 1024 * 1024
 OCTET = {"Content-Type": "application/octet-stream"}
-
-
-class CheckedClient(Client):
-    """A Client that fails the test on any 5xx response and never waits more than 10 s."""
-
-    def request(self, method: str, path: str, **kw) -> requests.Response:
-        kw.setdefault("timeout", 10)
-        r = super().request(method, path, **kw)
-        assert r.status_code < 500, f"{method} {path} -> {r.status_code}: {r.text[:500]}"
-        return r
-
-
-@pytest.fixture
-def client(server: MoorageServer) -> Iterator[CheckedClient]:
-    c = CheckedClient(server.url)
-    yield c
-    c.s.close()
 
 
 def location(r: requests.Response) -> str:

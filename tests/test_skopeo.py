@@ -66,6 +66,16 @@ def skopeo(tmp_path_factory: pytest.TempPathFactory) -> Skopeo:
     return run
 
 
+@pytest.fixture(autouse=True)
+def skopeo_login(request: pytest.FixtureRequest, skopeo: Skopeo) -> None:
+    """With auth on: `skopeo login -u AWS` with a token from GetAuthorizationToken."""
+    if "server" in request.fixturenames:
+        srv = request.getfixturevalue("server")
+        if srv.credentials:
+            out = skopeo("login", "--tls-verify=false", "-u", "AWS", "-p", srv.credentials[1], srv.host)
+            assert "Login Succeeded" in out.stdout, out
+
+
 def push(skopeo: Skopeo, layout: Path, tag: str, dest: str, *, all_images: bool = False) -> None:
     args = ["copy", "--dest-tls-verify=false", "--preserve-digests"]
     if all_images:
@@ -93,7 +103,9 @@ def assert_layout_matches(dst: Path, tag: str, top_digest: str, blobs: dict[str,
 
 
 def assert_registry_manifest(srv: MoorageServer, repo: str, ref: str, body: bytes, media_type: str) -> None:
-    r = requests.get(f"{srv.url}/v2/{repo}/manifests/{ref}", headers={"Accept": ALL_MANIFEST_TYPES}, timeout=30)
+    r = requests.get(
+        f"{srv.url}/v2/{repo}/manifests/{ref}", headers={"Accept": ALL_MANIFEST_TYPES}, timeout=30, auth=srv.credentials
+    )
     assert r.status_code == 200, (r.status_code, r.text)
     assert r.content == body, f"registry re-serialised the manifest:\n{r.content!r}\n!=\n{body!r}"
     assert r.headers.get("Docker-Content-Digest") == digest_of(body), dict(r.headers)
@@ -114,7 +126,7 @@ def test_single_platform_roundtrip_byte_exact(server: MoorageServer, repo: str, 
     for d, data in img.blobs.items():
         if d == img.digest:
             continue
-        r = requests.get(f"{server.url}/v2/{repo}/blobs/{d}", timeout=30)
+        r = requests.get(f"{server.url}/v2/{repo}/blobs/{d}", timeout=30, auth=server.credentials)
         assert r.status_code == 200 and r.content == data, (d, r.status_code, r.headers)
 
     pull(skopeo, f"{server.host}/{repo}:v1", tmp_path / "dst", "v1")

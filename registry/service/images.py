@@ -7,7 +7,9 @@ in-memory LRU that every write invalidates.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,10 +23,21 @@ from registry.errors import (
     ManifestReferenceUnknown,
     ManifestUnknown,
     NameUnknown,
+    TagImmutable,
 )
-from storage.base import BlobStore, ManifestRecord, ManifestWrite, MetadataStore, Page, RepositoryRecord
+from storage.base import (
+    BlobStore,
+    ManifestRecord,
+    ManifestWrite,
+    MetadataStore,
+    Page,
+    RepositoryRecord,
+    RepositorySettings,
+    TagConflict,
+)
 
 MAX_PAGE = 1000
+OFFLOAD_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +45,26 @@ class PushResult:
     digest: str
     tags: tuple[str, ...]
     subject: str | None
+    media_type: str
+    created: bool  # the manifest was new to the repository
+    moved_tags: tuple[str, ...]  # tags that point at it now and did not before
+
+
+def tag_is_immutable(settings: RepositorySettings, tag: str) -> bool:
+    """ECR's tag mutability: IMMUTABLE and MUTABLE, each optionally with wildcard filters that flip it."""
+    mode = settings.image_tag_mutability
+    excluded = any(_wildcard(f).fullmatch(tag) for f in settings.mutability_exclusions)
+    if mode == "IMMUTABLE":
+        return True
+    if mode == "IMMUTABLE_WITH_EXCLUSION":
+        return not excluded
+    if mode == "MUTABLE_WITH_EXCLUSION":
+        return excluded
+    return False
+
+
+def _wildcard(pattern: str) -> re.Pattern[str]:
+    return re.compile(".*".join(re.escape(part) for part in pattern.split("*")))
 
 
 class ImageService:
@@ -49,6 +82,7 @@ class ImageService:
         self.create_on_push = create_on_push
         self.cache = LRUCache(cache_entries)
         self.clock = clock
+        self._pulls: dict[tuple[str, str], float] = {}  # (repository, digest) -> last pull, not yet stored
 
     # -- repositories ------------------------------------------------------------------------------
     async def repository(self, name: str) -> RepositoryRecord:
@@ -127,18 +161,21 @@ class ImageService:
         """
         if oci.is_digest(reference):
             digest = oci.validate_digest(reference)
-            actual = oci.compute_digest(body, oci.digest_algorithm(digest))
-            if actual != digest:
-                raise DigestInvalid(
-                    f"manifest digest is {actual}, not {digest}",
-                    detail={"expected": digest, "actual": actual},
-                )
             tags = tuple(oci.validate_tag(t) for t in extra_tags)
         else:
-            digest = oci.compute_digest(body)
+            digest = None
             tags = tuple(dict.fromkeys([oci.validate_tag(reference), *(oci.validate_tag(t) for t in extra_tags)]))
-        parsed = oci.parse_manifest(body, content_type)
-        await self.repository_for_push(name)
+        algorithm = oci.digest_algorithm(digest) if digest else "sha256"
+        if len(body) > OFFLOAD_BYTES:  # parsing and hashing megabytes would stall the event loop
+            parsed, actual = await asyncio.to_thread(_inspect, body, content_type, algorithm)
+        else:
+            parsed, actual = _inspect(body, content_type, algorithm)
+        if digest is not None and actual != digest:
+            raise DigestInvalid(
+                f"manifest digest is {actual}, not {digest}", detail={"expected": digest, "actual": actual}
+            )
+        digest = actual
+        repo = await self.repository_for_push(name)
 
         missing = set(parsed.required_blobs) - await self.meta.linked_blobs(name, parsed.required_blobs)
         if missing:
@@ -154,24 +191,58 @@ class ImageService:
                     detail={"missing": sorted(missing)},
                 )
 
-        await self.meta.put_manifest(
-            ManifestWrite(
-                repository=name,
-                digest=digest,
-                media_type=parsed.media_type,
-                body=body,
-                pushed_at=self.clock(),
-                artifact_type=parsed.artifact_type,
-                subject=parsed.subject.digest if parsed.subject else None,
-                annotations=parsed.annotations,
-                blobs=parsed.referenced_blobs,
-                manifests=parsed.referenced_manifests,
-                tags=tags,
+        image_size = sum(d.size for d in parsed.layers)
+        if parsed.manifests:
+            children = await self.meta.images_by_digest(name, parsed.referenced_manifests)
+            image_size = max((c.image_size for c in children.values()), default=0)
+        protected = tuple(t for t in tags if tag_is_immutable(repo.settings, t))
+        try:
+            outcome = await self.meta.put_manifest(
+                ManifestWrite(
+                    repository=name,
+                    digest=digest,
+                    media_type=parsed.media_type,
+                    body=body,
+                    pushed_at=self.clock(),
+                    artifact_type=parsed.artifact_type,
+                    subject=parsed.subject.digest if parsed.subject else None,
+                    annotations=parsed.annotations,
+                    blobs=parsed.referenced_blobs,
+                    manifests=parsed.referenced_manifests,
+                    tags=tags,
+                    image_size=image_size,
+                    config_media_type=parsed.config.media_type if parsed.config else None,
+                    protected_tags=protected,
+                )
             )
-        )
+        except TagConflict as e:
+            raise TagImmutable(
+                f"The image tag '{e.tag}' already exists in the '{name}' repository and cannot be overwritten "
+                "because the tag is immutable.",
+                detail={"tag": e.tag, "digest": e.digest},
+            ) from None
         for tag in tags:
             self.cache.pop(("tag", name, tag))
-        return PushResult(digest, tags, parsed.subject.digest if parsed.subject else None)
+        subject = parsed.subject.digest if parsed.subject else None
+        return PushResult(digest, tags, subject, parsed.media_type, outcome.created, outcome.moved_tags)
+
+    # -- repository settings (each write invalidates the cached record) ----------------------------
+    def forget_repository(self, name: str) -> None:
+        self.cache.pop(("repo", name))
+
+    def forget_all(self) -> None:
+        """After a repository is deleted: its tags, manifests and blob links may be cached anywhere."""
+        self.cache.clear()
+
+    # -- pulls -------------------------------------------------------------------------------------
+    def note_pull(self, name: str, digest: str) -> None:
+        """Remember a pull; `flush_pulls` stores the times in one write (no database write per pull)."""
+        self._pulls[(name, digest)] = self.clock()
+
+    async def flush_pulls(self) -> int:
+        pulls, self._pulls = self._pulls, {}
+        await self.meta.record_pulls((repo, digest, t) for (repo, digest), t in pulls.items())
+        return len(pulls)
 
     async def delete_manifest(self, name: str, reference: str) -> None:
         """By digest: the manifest and every tag on it. By tag: just the tag."""
@@ -221,6 +292,9 @@ class ImageService:
             self.cache.put_if_current(version, key, size)
         return size
 
+    async def repositories_with_blob(self, digest: str) -> list[str]:
+        return await self.meta.repositories_with_blob(digest)
+
     async def delete_blob(self, name: str, digest: str) -> None:
         """Unlink a blob from a repository; the bytes go when garbage collection finds them unreferenced."""
         if not await self.meta.unlink_blob(name, digest):
@@ -230,3 +304,7 @@ class ImageService:
 
 def _page_size(n: int | None) -> int:
     return MAX_PAGE if n is None else min(n, MAX_PAGE)
+
+
+def _inspect(body: bytes, content_type: str | None, algorithm: str) -> tuple[oci.ParsedManifest, str]:
+    return oci.parse_manifest(body, content_type), oci.compute_digest(body, algorithm)

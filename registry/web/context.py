@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from registry.auth.access import AccessControl
 from registry.config import Config
+from registry.service.ecr import EcrService
 from registry.service.images import ImageService
 from registry.service.uploads import UploadService
 from storage.base import BlobStore, MetadataStore
@@ -14,3 +16,5 @@ META = web.AppKey("meta", MetadataStore)
 BLOBS = web.AppKey("blobs", BlobStore)
 IMAGES = web.AppKey("images", ImageService)
 UPLOADS = web.AppKey("uploads", UploadService)
+ACCESS = web.AppKey("access", AccessControl)
+ECR = web.AppKey("ecr", EcrService)

@@ -8,12 +8,13 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from registry.errors import NotFound, RegistryError, Unsupported
+from registry.errors import AuthenticationRequired, NotFound, RegistryError, Unsupported
 
 log = logging.getLogger("moorage.http")
 
 API_VERSION_HEADER = "Docker-Distribution-API-Version"
 ECR_TARGET_HEADER = "X-Amz-Target"
+PROTOCOL = "moorage.protocol"  # request key: "ecr" once the request is known to be an ECR API call
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -21,13 +22,15 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 def render_error(request: web.Request, err: RegistryError) -> web.Response:
     """Write `err` in the protocol's own shape: `__type` JSON on the ECR API, OCI error JSON elsewhere."""
     headers = dict(err.headers)
-    if request.method == "POST" and request.path == "/" and ECR_TARGET_HEADER in request.headers:
+    if request.get(PROTOCOL) == "ecr":
         status = 500 if err.status >= 500 else 400
         headers["X-Amzn-ErrorType"] = err.ecr_code
-        body = {"__type": err.ecr_code, "message": err.message}
+        body = {"__type": err.ecr_code, "message": err.message, **err.fields}
         return web.Response(
             status=status, headers=headers, content_type="application/x-amz-json-1.1", text=json.dumps(body)
         )
+    if isinstance(err, AuthenticationRequired):
+        return web.Response(status=401, headers=headers, content_type="text/plain", text=err.message)
     error: dict[str, object] = {"code": err.oci_code, "message": err.message}
     if err.detail is not None:
         error["detail"] = err.detail

@@ -13,9 +13,22 @@ from urllib.parse import quote
 from aiohttp import web
 
 from registry import oci
-from registry.errors import ManifestTooLarge, ManifestUnknown, NotFound, PaginationInvalid, Unsupported
+from registry.auth.access import challenge
+from registry.auth.principals import Principal
+from registry.errors import (
+    AuthenticationRequired,
+    ManifestTooLarge,
+    ManifestUnknown,
+    NameInvalid,
+    NameUnknown,
+    NotFound,
+    PaginationInvalid,
+    Unsupported,
+)
+from registry.service.images import MAX_PAGE
 from registry.service.uploads import upload_range
-from registry.web.context import BLOBS, IMAGES, UPLOADS
+from registry.web.auth import condition_keys, realm, registry_principal
+from registry.web.context import ACCESS, BLOBS, IMAGES, UPLOADS
 from registry.web.sendfile import SendfileResponse
 
 OCTET_STREAM = "application/octet-stream"
@@ -53,10 +66,13 @@ def _page_args(request: web.Request) -> tuple[str | None, int | None]:
     return request.query.get("last"), n
 
 
-def _paged(path: str, key: str, items: list[str], more: bool, n: int | None, extra: dict) -> web.Response:
+def _paged(
+    path: str, key: str, items: list[str], more: bool, n: int | None, extra: dict, next_last: str | None = None
+) -> web.Response:
     headers = {}
-    if more and items:
-        headers["Link"] = f'<{path}?n={n or len(items)}&last={quote(items[-1], safe="")}>; rel="next"'
+    last = next_last if next_last is not None else (items[-1] if items else None)
+    if (more or (next_last is not None and not items)) and last is not None:
+        headers["Link"] = f'<{path}?n={n or MAX_PAGE}&last={quote(last, safe="")}>; rel="next"'
     return web.json_response({**extra, key: items}, headers=headers)
 
 
@@ -76,6 +92,9 @@ def _upload_headers(name: str, upload_id: str, size: int) -> dict[str, str]:
 
 
 async def api_base(request: web.Request) -> web.Response:
+    access = request.app[ACCESS]
+    if access.enabled and registry_principal(request) is None:
+        raise AuthenticationRequired(headers=challenge(realm(request)))
     return web.json_response({})
 
 
@@ -83,8 +102,26 @@ async def catalog(request: web.Request) -> web.Response:
     last, n = _page_args(request)
     if n == 0:
         return web.json_response({"repositories": []})
-    page = await request.app[IMAGES].catalog(last, n)
-    return _paged("/v2/_catalog", "repositories", page.items, page.more, n, {})
+    access = request.app[ACCESS]
+    principal = registry_principal(request) if access.enabled else None
+    if access.enabled and principal is None:
+        raise AuthenticationRequired(headers=challenge(realm(request)))
+    images = request.app[IMAGES]
+    page = await images.catalog(last, n)
+    items = page.items
+    if access.enabled:
+        keys = condition_keys(request, principal)
+        visible = []
+        for name in items:
+            policy = (await images.repository(name)).policy
+            if access.allowed(principal, ("ecr:DescribeRepositories",), name, policy, keys):
+                visible.append(name)
+        if page.more and not visible:  # keep the Link moving past a page of hidden names
+            return _paged("/v2/_catalog", "repositories", [], False, n, {}, next_last=items[-1])
+        items = visible
+    return _paged(
+        "/v2/_catalog", "repositories", items, page.more, n, {}, next_last=page.items[-1] if page.items else None
+    )
 
 
 async def list_tags(request: web.Request, name: str) -> web.Response:
@@ -111,7 +148,10 @@ async def referrers(request: web.Request, name: str, digest: str) -> web.Respons
 
 async def get_manifest(request: web.Request, name: str, reference: str) -> web.Response:
     oci.validate_reference(reference)
-    record = await request.app[IMAGES].get_manifest(name, reference)
+    images = request.app[IMAGES]
+    record = await images.get_manifest(name, reference)
+    if request.method == "GET":
+        images.note_pull(name, record.digest)
     if not oci.accepts(request.headers.getall("Accept", []), record.media_type):
         raise ManifestUnknown(
             f"manifest is {record.media_type}, which the request's Accept header excludes",
@@ -198,13 +238,36 @@ async def delete_blob(request: web.Request, name: str, digest: str) -> web.Respo
 async def start_upload(request: web.Request, name: str) -> web.Response:
     q = request.query
     digest = q.get("digest")
+    mount, mount_from = q.get("mount"), q.get("from")
+    access = request.app[ACCESS]
+    if mount is not None:
+        oci.validate_digest(mount)
+    if mount is not None and access.enabled:
+        # A mount reads the source: the caller must be allowed to pull it there (without `from`: anywhere).
+        principal = registry_principal(request)
+        keys = condition_keys(request, principal)
+        images = request.app[IMAGES]
+        sources = [mount_from] if mount_from is not None else await images.repositories_with_blob(mount)
+        readable = []
+        for source in sources:
+            try:
+                oci.validate_name(source)
+                policy = (await images.repository(source)).policy
+            except (NameUnknown, NameInvalid):
+                continue
+            if access.allowed(principal, LAYER_PULL, source, policy, keys):
+                readable.append(source)
+        if not readable:
+            mount = None  # fall back to a plain upload session, as the spec says
+        elif mount_from is None:
+            mount_from = readable[0]
     started = await request.app[UPLOADS].start(
         name,
         digest=digest,
         body=request.content.iter_any() if digest is not None else None,
         length=request.content_length,
-        mount=q.get("mount"),
-        mount_from=q.get("from"),
+        mount=mount,
+        mount_from=mount_from,
     )
     if started.digest is not None:
         return web.Response(
@@ -253,29 +316,71 @@ async def cancel_upload(request: web.Request, name: str, upload_id: str) -> web.
 
 # -- routing ---------------------------------------------------------------------------------------
 
-ROUTES: list[tuple[re.Pattern[str], dict[str, RouteHandler]]] = [
+# Each method maps to its handler and the ecr:* actions that allow it (any one suffices).
+PULL = ("ecr:BatchGetImage",)
+LAYER_PULL = ("ecr:GetDownloadUrlForLayer",)
+LAYER_CHECK = ("ecr:BatchCheckLayerAvailability", "ecr:GetDownloadUrlForLayer")
+ROUTES: list[tuple[re.Pattern[str], dict[str, tuple[RouteHandler, tuple[str, ...]]]]] = [
     (
         re.compile(r"/v2/(?P<name>.+)/manifests/(?P<reference>[^/]+)"),
-        {"GET": get_manifest, "HEAD": get_manifest, "PUT": put_manifest, "DELETE": delete_manifest},
+        {
+            "GET": (get_manifest, PULL),
+            "HEAD": (get_manifest, PULL),
+            "PUT": (put_manifest, ("ecr:PutImage",)),
+            "DELETE": (delete_manifest, ("ecr:BatchDeleteImage",)),
+        },
     ),
-    (re.compile(r"/v2/(?P<name>.+)/blobs/uploads/?"), {"POST": start_upload}),
+    (re.compile(r"/v2/(?P<name>.+)/blobs/uploads/?"), {"POST": (start_upload, ("ecr:InitiateLayerUpload",))}),
     (
         re.compile(r"/v2/(?P<name>.+)/blobs/uploads/(?P<upload_id>[^/]+)"),
         {
-            "GET": upload_status,
-            "HEAD": upload_status,
-            "PATCH": upload_chunk,
-            "PUT": finish_upload,
-            "DELETE": cancel_upload,
+            "GET": (upload_status, ("ecr:UploadLayerPart",)),
+            "HEAD": (upload_status, ("ecr:UploadLayerPart",)),
+            "PATCH": (upload_chunk, ("ecr:UploadLayerPart",)),
+            "PUT": (finish_upload, ("ecr:CompleteLayerUpload",)),
+            "DELETE": (cancel_upload, ("ecr:UploadLayerPart",)),
         },
     ),
     (
         re.compile(r"/v2/(?P<name>.+)/blobs/(?P<digest>[^/]+)"),
-        {"GET": get_blob, "HEAD": get_blob, "DELETE": delete_blob},
+        {
+            "GET": (get_blob, LAYER_PULL),
+            "HEAD": (get_blob, LAYER_CHECK),
+            "DELETE": (delete_blob, ("ecr:BatchDeleteImage",)),
+        },
     ),
-    (re.compile(r"/v2/(?P<name>.+)/tags/list"), {"GET": list_tags, "HEAD": list_tags}),
-    (re.compile(r"/v2/(?P<name>.+)/referrers/(?P<digest>[^/]+)"), {"GET": referrers, "HEAD": referrers}),
+    (
+        re.compile(r"/v2/(?P<name>.+)/tags/list"),
+        {"GET": (list_tags, ("ecr:ListImages",)), "HEAD": (list_tags, ("ecr:ListImages",))},
+    ),
+    (
+        re.compile(r"/v2/(?P<name>.+)/referrers/(?P<digest>[^/]+)"),
+        {"GET": (referrers, PULL), "HEAD": (referrers, PULL)},
+    ),
 ]
+
+
+async def authorize(request: web.Request, actions: tuple[str, ...], name: str | None) -> Principal | None:
+    """Authenticate the request and check the actions on the repository (401 for anonymous, 403 otherwise)."""
+    access = request.app[ACCESS]
+    if not access.enabled:
+        return None
+    principal = registry_principal(request, allow_query_token=request.method == "GET" and "/blobs/" in request.path)
+    policy_text = None
+    if name is not None:
+        try:
+            policy_text = (await request.app[IMAGES].repository(name)).policy
+        except NameUnknown:
+            pass
+    access.check(
+        principal,
+        actions,
+        name,
+        policy_text=policy_text,
+        condition_keys=condition_keys(request, principal),
+        realm=realm(request),
+    )
+    return principal
 
 
 async def dispatch(request: web.Request) -> web.StreamResponse:
@@ -284,11 +389,13 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
         m = pattern.fullmatch(path)
         if m is None:
             continue
-        handler = methods.get(request.method)
-        if handler is None:
+        route = methods.get(request.method)
+        if route is None:
             raise Unsupported(f"{request.method} is not supported on {path}", headers={"Allow": ", ".join(methods)})
+        handler, actions = route
         args = m.groupdict()
         oci.validate_name(args["name"])
+        await authorize(request, actions, args["name"])
         return await handler(request, **args)
     raise NotFound(f"no such endpoint: {path}")
 

@@ -1,0 +1,134 @@
+"""Access control: who is asking (token or access key) and whether policy lets them (ecr:* actions).
+
+Transport-free: the /v2 routes and the ECR API both call `check`, which evaluates the principal's identity
+policies and the repository's policy as IAM does, at request time.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+from registry.auth.policy import (
+    Decision,
+    Evaluation,
+    Policy,
+    RequestContext,
+    access_denied_message,
+    evaluate,
+    parse_policy,
+)
+from registry.auth.principals import Directory, Principal
+from registry.auth.tokens import KeyRing, TokenError
+from registry.errors import AuthenticationRequired, Denied, Unauthorized
+
+EXPIRED_MESSAGE = "Your authorization token has expired. Reauthenticate and try again."
+
+
+@functools.lru_cache(maxsize=1024)
+def repository_policy(text: str) -> Policy:
+    return parse_policy(text, resource_policy=True)
+
+
+class AccessControl:
+    def __init__(
+        self,
+        *,
+        enabled: bool,
+        directory: Directory,
+        keyring: KeyRing,
+        account_id: str,
+        region: str,
+        token_ttl: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.enabled = enabled
+        self.directory = directory
+        self.keyring = keyring
+        self.account_id = account_id
+        self.region = region
+        self.token_ttl = token_ttl
+        self.clock = clock
+
+    def repository_arn(self, repository: str) -> str:
+        return f"arn:aws:ecr:{self.region}:{self.account_id}:repository/{repository}"
+
+    # -- authentication ----------------------------------------------------------------------------
+    def issue_token(self, principal: Principal) -> tuple[str, float]:
+        return self.keyring.issue(principal.name, self.clock(), self.token_ttl)
+
+    def principal_for_token(self, token: str, realm: str) -> Principal:
+        """The principal a registry token names; ECR's 403 for an expired token, a 401 saying why otherwise."""
+        try:
+            claims = self.keyring.verify(token, self.clock())
+        except TokenError as e:
+            if e.kind == "expired":
+                raise Denied(EXPIRED_MESSAGE) from None
+            raise Unauthorized(e.message, headers=challenge(realm)) from None
+        principal = self.directory.by_name.get(claims.principal)
+        if principal is None:
+            raise Unauthorized(f"principal {claims.principal!r} no longer exists", headers=challenge(realm))
+        return principal
+
+    # -- authorization -----------------------------------------------------------------------------
+    def evaluate(
+        self,
+        principal: Principal | None,
+        action: str,
+        resource: str,
+        policy_text: str | None,
+        condition_keys: Mapping[str, str],
+    ) -> tuple[RequestContext, Evaluation]:
+        ctx = RequestContext(
+            principal.arn if principal else None, self.account_id, action, resource, dict(condition_keys)
+        )
+        resource_policies = [repository_policy(policy_text)] if policy_text else []
+        identity = list(principal.policies) if principal else []
+        return ctx, evaluate(ctx, identity, resource_policies)
+
+    def allowed(
+        self,
+        principal: Principal | None,
+        actions: Sequence[str],
+        repository: str | None,
+        policy_text: str | None = None,
+        condition_keys: Mapping[str, str] | None = None,
+    ) -> bool:
+        if not self.enabled:
+            return True
+        resource = self.repository_arn(repository) if repository else "*"
+        return any(
+            self.evaluate(principal, a, resource, policy_text, condition_keys or {})[1].decision is Decision.ALLOW
+            for a in actions
+        )
+
+    def check(
+        self,
+        principal: Principal | None,
+        actions: Sequence[str],
+        repository: str | None,
+        *,
+        policy_text: str | None = None,
+        condition_keys: Mapping[str, str] | None = None,
+        realm: str = "",
+    ) -> None:
+        """Allow if any of `actions` is allowed on the repository (or `*`); else 401 (anonymous) or 403."""
+        if not self.enabled:
+            return
+        resource = self.repository_arn(repository) if repository else "*"
+        first: tuple[RequestContext, Evaluation] | None = None
+        for action in actions:
+            ctx, ev = self.evaluate(principal, action, resource, policy_text, condition_keys or {})
+            if ev.decision is Decision.ALLOW:
+                return
+            first = first or (ctx, ev)
+        assert first is not None, "check() needs at least one action"
+        if principal is None:
+            raise AuthenticationRequired(headers=challenge(realm))
+        raise Denied(access_denied_message(*first))
+
+
+def challenge(realm: str) -> dict[str, str]:
+    """ECR's answer to a registry request without (valid) credentials."""
+    return {"WWW-Authenticate": f'Basic realm="{realm}",service="ecr.amazonaws.com"'}

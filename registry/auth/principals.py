@@ -1,0 +1,95 @@
+"""Principals: IAM-style users with access keys and identity policies, from config or a generated admin.
+
+With no `[[auth.principals]]` configured, the first start creates an `admin` principal allowed everything,
+stores its keys in `<data_dir>/admin-credentials.json` (mode 0600), and later starts reuse it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import string
+from dataclasses import dataclass
+from pathlib import Path
+
+from registry.auth.policy import Policy, parse_policy
+from registry.config import AuthConfig, Secret
+
+ADMIN_FILE = "admin-credentials.json"
+ADMIN_POLICY = '{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}'
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    name: str
+    access_key_id: str
+    secret_access_key: Secret
+    arn: str
+    policies: tuple[Policy, ...]
+
+
+def principal_arn(account_id: str, name: str) -> str:
+    return f"arn:aws:iam::{account_id}:user/{name}"
+
+
+class Directory:
+    """Principals by access key id and by name."""
+
+    def __init__(self, principals: list[Principal], created_admin: Path | None = None) -> None:
+        self.by_access_key = {p.access_key_id: p for p in principals}
+        self.by_name = {p.name: p for p in principals}
+        self.created_admin = created_admin  # set on the start that generated the admin's keys
+
+    def secret_for(self, access_key_id: str) -> str | None:
+        p = self.by_access_key.get(access_key_id)
+        return p.secret_access_key.reveal() if p else None
+
+    @classmethod
+    def load(cls, auth: AuthConfig, account_id: str, data_dir: Path) -> Directory:
+        if auth.principals:
+            return cls(
+                [
+                    Principal(
+                        p.name,
+                        p.access_key_id,
+                        p.secret_access_key,
+                        principal_arn(account_id, p.name),
+                        (parse_policy(p.policy),),
+                    )
+                    for p in auth.principals
+                ]
+            )
+        path = data_dir / ADMIN_FILE
+        created = None
+        if path.exists():
+            raw = json.loads(path.read_text())
+        else:
+            raw = generate_admin()
+            write_private_json(path, raw)
+            created = path
+        admin = Principal(
+            raw["name"],
+            raw["access_key_id"],
+            Secret(raw["secret_access_key"]),
+            principal_arn(account_id, raw["name"]),
+            (parse_policy(ADMIN_POLICY),),
+        )
+        return cls([admin], created)
+
+
+def generate_admin() -> dict[str, str]:
+    alphabet = string.ascii_uppercase + string.digits
+    key_id = "AKIA" + "".join(secrets.choice(alphabet) for _ in range(16))
+    secret = "".join(secrets.choice(string.ascii_letters + string.digits + "+/") for _ in range(40))
+    return {"name": "admin", "access_key_id": key_id, "secret_access_key": secret}
+
+
+def write_private_json(path: Path, data: dict[str, str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(data, fh, indent=2)
+        fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())

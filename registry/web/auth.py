@@ -1,0 +1,89 @@
+"""Who is calling: registry tokens on /v2 (Basic `AWS:<token>` or Bearer), SigV4 on the ECR API."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+from datetime import UTC, datetime
+
+from aiohttp import web
+
+from registry.auth.principals import Principal
+from registry.auth.sigv4 import SigV4Error, verify
+from registry.errors import SIGV4_ERRORS, AuthFailure, MalformedCredentials, Unauthorized
+from registry.web.context import ACCESS
+
+PRINCIPAL = "moorage.principal"
+_HASH_OFF_LOOP = 256 * 1024
+
+
+def realm(request: web.Request) -> str:
+    return f"{request.scheme}://{request.host}/"
+
+
+def condition_keys(request: web.Request, principal: Principal | None) -> dict[str, str]:
+    keys = {"aws:SourceIp": request.remote or "", "aws:SecureTransport": str(request.secure).lower()}
+    if principal is not None:
+        keys["aws:username"] = principal.name
+        keys["aws:PrincipalArn"] = principal.arn
+    return keys
+
+
+def registry_principal(request: web.Request, *, allow_query_token: bool = False) -> Principal | None:
+    """The principal a /v2 request's credentials name; None for an anonymous request."""
+    if PRINCIPAL in request:
+        return request[PRINCIPAL]
+    access = request.app[ACCESS]
+    token = None
+    header = request.headers.get("Authorization")
+    if header:
+        scheme, _, credentials = header.strip().partition(" ")
+        if scheme.lower() == "basic":
+            try:
+                user, sep, token = base64.b64decode(credentials.strip(), validate=True).decode().partition(":")
+            except (binascii.Error, UnicodeDecodeError, ValueError):
+                raise MalformedCredentials("the Basic credentials are not valid base64 of user:password") from None
+            if not sep or user != "AWS":
+                raise Unauthorized(
+                    "the user name must be AWS (the password is a token from GetAuthorizationToken)",
+                    headers={"WWW-Authenticate": _challenge(request)},
+                )
+        elif scheme.lower() == "bearer":
+            token = credentials.strip()
+        else:
+            raise MalformedCredentials(f"unsupported authorization scheme {scheme!r}; use Basic or Bearer")
+    elif allow_query_token:
+        token = request.query.get("token")
+    principal = access.principal_for_token(token, realm(request)) if token else None
+    request[PRINCIPAL] = principal
+    return principal
+
+
+def _challenge(request: web.Request) -> str:
+    return f'Basic realm="{realm(request)}",service="ecr.amazonaws.com"'
+
+
+async def api_principal(request: web.Request, body: bytes) -> Principal | None:
+    """Verify an ECR API request's SigV4 signature; the principal whose access key signed it."""
+    access = request.app[ACCESS]
+    if not access.enabled:
+        return None
+    digest = (
+        await asyncio.to_thread(hashlib.sha256, body) if len(body) > _HASH_OFF_LOOP else hashlib.sha256(body)
+    ).hexdigest()
+    path, _, query = request.raw_path.partition("?")
+    try:
+        header = verify(
+            method=request.method,
+            raw_path=path,
+            raw_query=query,
+            headers=list(request.headers.items()),
+            body_sha256=digest,
+            secret_for=access.directory.secret_for,
+            now=datetime.fromtimestamp(access.clock(), UTC),
+        )
+    except SigV4Error as e:
+        raise SIGV4_ERRORS.get(e.code, AuthFailure)(e.message) from None
+    return access.directory.by_access_key[header.access_key_id]

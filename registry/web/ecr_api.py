@@ -1,0 +1,108 @@
+"""The ECR JSON 1.1 API: `POST` with `X-Amz-Target: AmazonEC2ContainerRegistry_V20150921.<Operation>`.
+
+botocore POSTs to the endpoint URL's path (usually `/`), so routing is on the header. Each request is
+authenticated (SigV4), validated against the service model, authorized (`ecr:<Operation>` on the repository),
+then handed to the operation of the same name in `registry.service.ecr`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from typing import Any
+
+from aiohttp import web
+
+from registry import ecr_model
+from registry.errors import InvalidParameter, NameUnknown, SerializationError, UnknownOperation, UnsupportedOperation
+from registry.service.ecr import Caller
+from registry.web.auth import api_principal, condition_keys
+from registry.web.context import ACCESS, ECR, IMAGES
+from registry.web.middleware import ECR_TARGET_HEADER, PROTOCOL
+
+MAX_BODY = 32 * 1024 * 1024  # an UploadLayerPart of 20 MiB, base64-encoded, and then some
+JSON_TYPE = "application/x-amz-json-1.1"
+# Operations whose resource is the registry, not a repository.
+REGISTRY_OPERATIONS = {"GetAuthorizationToken", "DescribeRegistry", "DescribeRepositories"}
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+def is_ecr_request(request: web.Request) -> bool:
+    return request.method == "POST" and ECR_TARGET_HEADER in request.headers
+
+
+async def _read_body(request: web.Request) -> bytes:
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise SerializationError(f"request body is over the {MAX_BODY} byte limit")
+    parts, size = [], 0
+    async for chunk in request.content.iter_any():
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise SerializationError(f"request body is over the {MAX_BODY} byte limit")
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+async def handle(request: web.Request) -> web.Response:
+    request[PROTOCOL] = "ecr"
+    prefix, _, name = request.headers.get(ECR_TARGET_HEADER, "").partition(".")
+    if prefix != ecr_model.TARGET_PREFIX or not name:
+        raise UnknownOperation(
+            f"Unknown operation: X-Amz-Target {request.headers.get(ECR_TARGET_HEADER)!r} is not "
+            f"{ecr_model.TARGET_PREFIX}.<Operation>"
+        )
+    body = await _read_body(request)
+    principal = await api_principal(request, body)
+    op = ecr_model.operation(name)
+    if op is None:
+        raise UnknownOperation(f"Unknown operation {name}")
+    operation = getattr(request.app[ECR], _snake(name), None)
+    if operation is None:
+        raise UnsupportedOperation(f"Moorage does not implement the ECR operation {name}")
+    try:
+        raw = json.loads(body) if body.strip() else {}
+    except ValueError as e:
+        raise SerializationError(f"the request body is not valid JSON: {e}") from None
+    params = ecr_model.validate(op, raw)
+
+    access = request.app[ACCESS]
+    keys = condition_keys(request, principal)
+    caller = Caller(principal.name if principal else None, f"{request.scheme}://{request.host}")
+    extra: dict[str, Any] = {}
+    repository = _repository_of(request, params)
+    if name == "DescribeRepositories" and "repositoryNames" not in params:
+        # Lists only what the caller may describe.
+        extra["visible"] = lambda r: access.allowed(principal, ["ecr:DescribeRepositories"], r.name, r.policy, keys)
+    elif repository is None:
+        access.check(principal, [f"ecr:{name}"], None, condition_keys=keys)
+    for repo in repository if isinstance(repository, list) else [repository] if repository else []:
+        access.check(principal, [f"ecr:{name}"], repo, policy_text=await _policy(request, repo), condition_keys=keys)
+
+    result = await operation(params, caller, **extra)
+    return web.Response(
+        text=json.dumps(result), content_type=JSON_TYPE, headers={"x-amzn-RequestId": str(uuid.uuid4())}
+    )
+
+
+def _repository_of(request: web.Request, params: dict[str, Any]) -> str | list[str] | None:
+    if "repositoryName" in params:
+        return params["repositoryName"]
+    if "resourceArn" in params:
+        return request.app[ECR].repository_from_arn(params["resourceArn"])
+    if "repositoryNames" in params:
+        return list(params["repositoryNames"])
+    return None
+
+
+async def _policy(request: web.Request, name: str) -> str | None:
+    try:
+        return (await request.app[IMAGES].repository(name)).policy
+    except NameUnknown:
+        return None
+
+
+__all__ = ["InvalidParameter", "handle", "is_ecr_request"]
