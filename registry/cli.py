@@ -135,8 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"moorage: configuration error: {e}", file=sys.stderr)
         return 2
+    # Only the server logs at the configured level; one-shot commands print their result and nothing else.
     logging.basicConfig(
-        level=config.log.level.upper(),
+        level=config.log.level.upper() if args.command == "serve" else "WARNING",
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
