@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -13,12 +14,15 @@ from registry.auth.access import AccessControl
 from registry.auth.principals import Directory
 from registry.auth.tokens import KeyRing
 from registry.config import Config
+from registry.proxy import rules
+from registry.proxy.pullthrough import PullThrough
 from registry.service.ecr import EcrService
 from registry.service.images import ImageService
 from registry.service.uploads import UploadService
 from registry.web import ecr_api, oci_routes
-from registry.web.context import ACCESS, BLOBS, CONFIG, ECR, IMAGES, META, UPLOADS
+from registry.web.context import ACCESS, BLOBS, CONFIG, ECR, IMAGES, META, PULL_THROUGH, UPLOADS
 from registry.web.middleware import add_api_version, error_middleware
+from storage.base import PullThroughRule
 from storage.fs import FilesystemBlobStore
 from storage.sqlite import SQLiteMetadataStore
 
@@ -55,10 +59,15 @@ def create_app(config: Config) -> web.Application:
     app[IMAGES] = images
     app[UPLOADS] = uploads
     app[ACCESS] = access
+    pull_through = PullThrough(
+        images, meta, blobs, config=config.pull_through, secrets=config.secrets, region=config.registry.region
+    )
+    app[PULL_THROUGH] = pull_through
     app[ECR] = EcrService(
         images,
         uploads,
         meta,
+        pull_through,
         account_id=config.registry.account_id,
         region=config.registry.region,
         issue_token=issue_token,
@@ -67,9 +76,12 @@ def create_app(config: Config) -> web.Application:
     async def stores(app: web.Application) -> AsyncIterator[None]:
         keyring.load()
         await meta.open()
+        await _declare_rules(config, meta)
+        await pull_through.start()
         try:
             yield
         finally:
+            await pull_through.close()
             await images.flush_pulls()
             await blobs.close()
             await meta.close()
@@ -97,6 +109,31 @@ def create_app(config: Config) -> web.Application:
     if directory.created_admin is not None:
         _announce_admin(config, directory)
     return app
+
+
+async def _declare_rules(config: Config, meta: SQLiteMetadataStore) -> None:
+    """Rules declared in the configuration are (re)written at every start."""
+    now = time.time()
+    existing = {rule.prefix: rule for rule in await meta.list_rules()}
+    for declared in config.pull_through.rules:
+        prefix = rules.normalize_prefix(declared.ecr_repository_prefix)
+        arn = (
+            rules.secret_arn(config.registry.region, config.registry.account_id, declared.credential)
+            if declared.credential
+            else None
+        )
+        created = existing[prefix].created_at if prefix in existing else now
+        await meta.upsert_rule(
+            PullThroughRule(
+                prefix,
+                declared.upstream_registry_url,
+                rules.normalize_prefix(declared.upstream_repository_prefix),
+                arn,
+                rules.infer_upstream_registry(declared.upstream_registry_url),
+                created,
+                now,
+            )
+        )
 
 
 async def _post_root(request: web.Request) -> web.StreamResponse:

@@ -178,6 +178,54 @@ class AuthConfig:
     principals: tuple[PrincipalConfig, ...] = _tables(PrincipalConfig)
 
 
+def _check_prefix(v: str) -> str:
+    if v != "ROOT" and not re.fullmatch(
+        r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*/?", v
+    ):
+        raise ValueError("must be ROOT or a repository namespace such as docker-hub or team/quay")
+    if not 2 <= len(v) <= 30:
+        raise ValueError("must be 2-30 characters")
+    return v.rstrip("/")
+
+
+def _check_upstream_url(v: str) -> str:
+    if not re.fullmatch(r"(?:https?://)?[A-Za-z0-9.-]+(?::\d+)?/?", v):
+        raise ValueError("must be a registry host, optionally with a scheme and port (http://127.0.0.1:5001)")
+    return v.rstrip("/")
+
+
+def _check_secret_name(v: str) -> str:
+    if not re.fullmatch(r"[a-zA-Z0-9/_+=.@-]+", v):
+        raise ValueError("must be a secret name from [secrets.NAME]")
+    return v
+
+
+@dataclass(frozen=True, slots=True)
+class RuleConfig:
+    ecr_repository_prefix: str = _required("str", _check_prefix)
+    upstream_registry_url: str = _required("str", _check_upstream_url)
+    upstream_repository_prefix: str = _key("ROOT", "str", _check_prefix)
+    credential: str = _key("", "str", lambda v: _check_secret_name(v) if v else v)
+
+
+@dataclass(frozen=True, slots=True)
+class PullThroughConfig:
+    max_rules: int = _key(10, "int", _check_positive)
+    tag_refresh_interval: float = _key(24 * 3600.0, "duration")
+    upstream_timeout: float = _key(30.0, "duration")
+    failure_retry_interval: float = _key(60.0, "duration")
+    offline: bool = _key(False, "bool")
+    rules: tuple[RuleConfig, ...] = _tables(RuleConfig)
+
+
+@dataclass(frozen=True, slots=True)
+class SecretConfig:
+    username: str = _key("", "str")
+    password: Secret = _key(Secret(""), "secret")
+    access_key_id: str = _key("", "str")
+    secret_access_key: Secret = _key(Secret(""), "secret")
+
+
 @dataclass(frozen=True, slots=True)
 class LogConfig:
     level: str = _key("info", "str", _check_level)
@@ -188,6 +236,8 @@ class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    pull_through: PullThroughConfig = field(default_factory=PullThroughConfig)
+    secrets: dict[str, SecretConfig] = field(default_factory=dict)
     log: LogConfig = field(default_factory=LogConfig)
 
     @property
@@ -253,10 +303,51 @@ def from_dict(raw: dict[str, Any]) -> Config:
             raise ConfigError(f"unknown section [{section}] (known: {', '.join(sorted(top))})")
         if not isinstance(body, dict):
             raise ConfigError(f"[{section}] must be a table")
+        if section == "secrets":
+            sections[section] = _secrets(body)
+            continue
         sections[section] = _build(top[section].default_factory, body, section)  # type: ignore[arg-type]
     config = Config(**sections)
     _check_principals(config.auth.principals)
+    _check_rules(config)
     return config
+
+
+def _secrets(body: dict[str, Any]) -> dict[str, SecretConfig]:
+    out = {}
+    for name, value in body.items():
+        _check_secret_name(name)
+        if not isinstance(value, dict):
+            raise ConfigError(f"[secrets.{name}] must be a table with username/password or access keys")
+        secret = _build(SecretConfig, value, f"secrets.{name}")
+        has_basic = bool(secret.username) or bool(secret.password.reveal())
+        has_keys = bool(secret.access_key_id) or bool(secret.secret_access_key.reveal())
+        if has_basic == has_keys:
+            raise ConfigError(
+                f"[secrets.{name}] needs either username and password (registry credentials) or "
+                "access_key_id and secret_access_key (an ECR-style upstream), not both"
+            )
+        out[name] = secret
+    return out
+
+
+def _check_rules(config: Config) -> None:
+    rules = config.pull_through.rules
+    if len(rules) > config.pull_through.max_rules:
+        raise ConfigError(
+            f"pull_through.rules: {len(rules)} rules, more than pull_through.max_rules "
+            f"({config.pull_through.max_rules})"
+        )
+    seen: set[str] = set()
+    for i, rule in enumerate(rules):
+        key = f"pull_through.rules[{i}]"
+        if rule.ecr_repository_prefix in seen:
+            raise ConfigError(f"{key}.ecr_repository_prefix: {rule.ecr_repository_prefix!r} is used by another rule")
+        seen.add(rule.ecr_repository_prefix)
+        if rule.ecr_repository_prefix == "ROOT" and rule.upstream_repository_prefix != "ROOT":
+            raise ConfigError(f"{key}.upstream_repository_prefix: only allowed when ecr_repository_prefix is not ROOT")
+        if rule.credential and rule.credential not in config.secrets:
+            raise ConfigError(f"{key}.credential: no [secrets.{rule.credential}] is configured")
 
 
 def _check_principals(principals: tuple[PrincipalConfig, ...]) -> None:

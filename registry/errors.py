@@ -204,3 +204,27 @@ IncompleteSignature = _ecr("IncompleteSignatureException", "the Authorization he
 SIGV4_ERRORS: dict[str, type[RegistryError]] = {
     cls.ecr_code: cls for cls in (AuthFailure, InvalidSignature, MissingAuthenticationToken, IncompleteSignature)
 }
+
+# -- pull-through cache ------------------------------------------------------------------------------
+
+
+class UpstreamFailure(RegistryError):
+    """Nothing cached, and the upstream could not supply it (down, slow, 5xx)."""
+
+    status, oci_code, ecr_code = 502, "UNKNOWN", "UnableToGetUpstreamImageException"
+    default_message = "the upstream registry could not be reached"
+
+
+class UpstreamDenied(Denied):
+    ecr_code = "UnableToGetUpstreamImageException"
+    default_message = "The authentication to the upstream registry failed."
+
+
+class UpstreamThrottled(TooManyRequests):
+    ecr_code = "UnableToGetUpstreamImageException"
+
+
+PullThroughCacheRuleAlreadyExists = _ecr("PullThroughCacheRuleAlreadyExistsException", "rule already exists")
+PullThroughCacheRuleNotFound = _ecr("PullThroughCacheRuleNotFoundException", "rule not found")
+SecretNotFound = _ecr("SecretNotFoundException", "secret not found")
+UnsupportedUpstreamRegistry = _ecr("UnsupportedUpstreamRegistryException", "unsupported upstream registry")

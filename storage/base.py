@@ -157,6 +157,19 @@ class TagRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class PullThroughRule:
+    """A pull-through cache rule (its logic is in registry.proxy.rules)."""
+
+    prefix: str  # no trailing slash; "ROOT" for every repository
+    upstream_url: str  # as configured: "registry-1.docker.io" or "http://127.0.0.1:5001"
+    upstream_prefix: str = "ROOT"
+    credential_arn: str | None = None
+    upstream_registry: str | None = None
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
 class UploadRecord:
     id: str
     repository: str
@@ -213,6 +226,14 @@ class BlobIngester(Protocol):
         """Store a small blob whose digest the caller has already verified."""
 
 
+class BlobSpooler(Protocol):
+    """For downloads that clients read while they are written (the pull-through cache)."""
+
+    def spool_path(self) -> Path: ...
+
+    async def install_spooled(self, path: Path, digest: str) -> None: ...
+
+
 class BlobDeleter(Protocol):
     async def delete(self, digest: str) -> bool: ...
 
@@ -220,7 +241,7 @@ class BlobDeleter(Protocol):
         """Every stored blob digest (for garbage collection)."""
 
 
-class BlobStore(BlobReader, BlobIngester, BlobDeleter, Protocol):
+class BlobStore(BlobReader, BlobIngester, BlobSpooler, BlobDeleter, Protocol):
     async def close(self) -> None: ...
 
 
@@ -309,6 +330,26 @@ class ManifestStore(Protocol):
         """Set last-pulled times from (repository, digest, time) triples."""
 
 
+class PullThroughStore(Protocol):
+    async def list_rules(self) -> list[PullThroughRule]: ...
+
+    async def create_rule(self, rule: PullThroughRule) -> None:
+        """Raises Conflict when the prefix is taken."""
+
+    async def upsert_rule(self, rule: PullThroughRule) -> None: ...
+
+    async def update_rule_credentials(
+        self, prefix: str, credential_arn: str | None, now: float
+    ) -> PullThroughRule | None: ...
+
+    async def delete_rule(self, prefix: str) -> PullThroughRule | None: ...
+
+    async def tag_checked_at(self, repository: str, tag: str) -> float | None:
+        """When a cached tag was last confirmed against its upstream."""
+
+    async def set_tag_checked(self, repository: str, tag: str, when: float) -> None: ...
+
+
 class UploadStore(Protocol):
     async def create_upload(self, upload: UploadRecord) -> None: ...
 
@@ -317,7 +358,7 @@ class UploadStore(Protocol):
     async def delete_upload(self, upload_id: str) -> None: ...
 
 
-class MetadataStore(RepositoryStore, BlobLinks, ManifestStore, UploadStore, Protocol):
+class MetadataStore(RepositoryStore, BlobLinks, ManifestStore, PullThroughStore, UploadStore, Protocol):
     async def open(self) -> None: ...
 
     async def close(self) -> None: ...

@@ -222,6 +222,15 @@ class FilesystemBlobStore:
 
         await asyncio.to_thread(write)
 
+    # -- spooling (a download that readers follow while it is written) -----------------------------
+    def spool_path(self) -> Path:
+        """A fresh private file path for a blob being downloaded (removed at start-up if left behind)."""
+        return self._uploads / f".ingest-{uuid.uuid4()}"
+
+    async def install_spooled(self, path: Path, digest: str) -> None:
+        """Make a verified, fsynced spool file the blob `digest` (atomically)."""
+        await asyncio.to_thread(self._install, path, self._blob_path(digest))
+
     def _install(self, src: Path, dst: Path) -> None:
         """Atomically make `src` the blob at `dst` (runs in a worker thread)."""
         if dst.exists():  # content-addressed: the same bytes are already there

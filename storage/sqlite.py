@@ -19,10 +19,12 @@ from typing import Any
 import aiosqlite
 
 from storage.base import (
+    Conflict,
     ImageRecord,
     ManifestRecord,
     ManifestWrite,
     Page,
+    PullThroughRule,
     PutOutcome,
     RepositoryExists,
     RepositoryNotEmpty,
@@ -105,6 +107,24 @@ MIGRATIONS: list[str] = [
     ALTER TABLE manifests ADD COLUMN image_size INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE manifests ADD COLUMN config_media_type TEXT;
     ALTER TABLE manifests ADD COLUMN last_pulled_at REAL;
+    """,
+    # 3: pull-through cache rules, and when each cached tag was last confirmed upstream
+    """
+    CREATE TABLE pull_through_rules (
+        prefix            TEXT PRIMARY KEY,
+        upstream_url      TEXT NOT NULL,
+        upstream_prefix   TEXT NOT NULL DEFAULT 'ROOT',
+        credential_arn    TEXT,
+        upstream_registry TEXT,
+        created_at        REAL NOT NULL,
+        updated_at        REAL NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE upstream_checks (
+        repository_id INTEGER NOT NULL REFERENCES repositories(id) ON DELETE CASCADE,
+        tag           TEXT NOT NULL,
+        checked_at    REAL NOT NULL,
+        PRIMARY KEY (repository_id, tag)
+    ) WITHOUT ROWID;
     """,
 ]
 
@@ -610,6 +630,85 @@ class SQLiteMetadataStore:
                 "UPDATE manifests SET last_pulled_at = max(coalesce(last_pulled_at, 0), ?) WHERE "
                 "repository_id = (SELECT id FROM repositories WHERE name = ?) AND digest = ?",
                 batch,
+            )
+
+    # -- pull-through rules ------------------------------------------------------------------------
+    _RULE_COLUMNS = "prefix, upstream_url, upstream_prefix, credential_arn, upstream_registry, created_at, updated_at"
+
+    async def list_rules(self) -> list[PullThroughRule]:
+        rows = await self._fetchall(f"SELECT {self._RULE_COLUMNS} FROM pull_through_rules ORDER BY prefix")
+        return [PullThroughRule(*r) for r in rows]
+
+    async def create_rule(self, rule: PullThroughRule) -> None:
+        async with self._tx() as db:
+            cur = await db.execute(
+                f"INSERT OR IGNORE INTO pull_through_rules ({self._RULE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    rule.prefix,
+                    rule.upstream_url,
+                    rule.upstream_prefix,
+                    rule.credential_arn,
+                    rule.upstream_registry,
+                    rule.created_at,
+                    rule.updated_at,
+                ),
+            )
+            if cur.rowcount == 0:
+                raise Conflict(rule.prefix)
+
+    async def upsert_rule(self, rule: PullThroughRule) -> None:
+        async with self._tx() as db:
+            await db.execute(
+                f"INSERT INTO pull_through_rules ({self._RULE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (prefix) DO UPDATE SET upstream_url = excluded.upstream_url, "
+                "upstream_prefix = excluded.upstream_prefix, credential_arn = excluded.credential_arn, "
+                "upstream_registry = excluded.upstream_registry, updated_at = excluded.updated_at",
+                (
+                    rule.prefix,
+                    rule.upstream_url,
+                    rule.upstream_prefix,
+                    rule.credential_arn,
+                    rule.upstream_registry,
+                    rule.created_at,
+                    rule.updated_at,
+                ),
+            )
+
+    async def update_rule_credentials(
+        self, prefix: str, credential_arn: str | None, now: float
+    ) -> PullThroughRule | None:
+        async with self._tx() as db:
+            await db.execute(
+                "UPDATE pull_through_rules SET credential_arn = ?, updated_at = ? WHERE prefix = ?",
+                (credential_arn, now, prefix),
+            )
+            row = await self._one(
+                db, f"SELECT {self._RULE_COLUMNS} FROM pull_through_rules WHERE prefix = ?", (prefix,)
+            )
+        return PullThroughRule(*row) if row else None
+
+    async def delete_rule(self, prefix: str) -> PullThroughRule | None:
+        async with self._tx() as db:
+            row = await self._one(
+                db, f"SELECT {self._RULE_COLUMNS} FROM pull_through_rules WHERE prefix = ?", (prefix,)
+            )
+            await db.execute("DELETE FROM pull_through_rules WHERE prefix = ?", (prefix,))
+        return PullThroughRule(*row) if row else None
+
+    async def tag_checked_at(self, repository: str, tag: str) -> float | None:
+        row = await self._fetchone(
+            "SELECT c.checked_at FROM repositories r JOIN upstream_checks c ON c.repository_id = r.id "
+            "WHERE r.name = ? AND c.tag = ?",
+            (repository, tag),
+        )
+        return row[0] if row else None
+
+    async def set_tag_checked(self, repository: str, tag: str, when: float) -> None:
+        async with self._tx() as db:
+            await db.execute(
+                "INSERT INTO upstream_checks (repository_id, tag, checked_at) SELECT id, ?, ? FROM repositories "
+                "WHERE name = ? ON CONFLICT (repository_id, tag) DO UPDATE SET checked_at = excluded.checked_at",
+                (tag, when, repository),
             )
 
     # -- upload sessions ---------------------------------------------------------------------------

@@ -47,6 +47,8 @@ class Directory:
 
     @classmethod
     def load(cls, auth: AuthConfig, account_id: str, data_dir: Path) -> Directory:
+        if not auth.enabled and not auth.principals:
+            return cls([])
         if auth.principals:
             return cls(
                 [

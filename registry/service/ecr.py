@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -29,24 +30,32 @@ from registry.errors import (
     LayerAlreadyExists,
     LayerInaccessible,
     LayersNotFound,
+    LimitExceeded,
     ManifestBlobUnknown,
     ManifestInvalid,
     ManifestUnknown,
     NameUnknown,
+    PullThroughCacheRuleAlreadyExists,
+    PullThroughCacheRuleNotFound,
     RegistryError,
     RepositoryAlreadyExists,
     RepositoryNotEmpty,
     RepositoryNotFound,
     RepositoryPolicyNotFound,
+    SecretNotFound,
     TooManyTags,
     UploadNotFound,
     UploadRangeInvalid,
 )
+from registry.proxy import rules
+from registry.proxy.pullthrough import PullThrough
+from registry.proxy.upstream import UpstreamError
 from registry.service.images import ImageService
 from registry.service.uploads import UploadService
 from storage import base as st
 
 PART_SIZE = 10 * 1024 * 1024
+UPSTREAM_URL = re.compile(r"(?:https?://)?[A-Za-z0-9.-]+(?::\d+)?")
 MAX_RESOURCE_TAGS = 50
 DEFAULT_PAGE = 100
 
@@ -63,6 +72,7 @@ class EcrService:
         images: ImageService,
         uploads: UploadService,
         meta: st.MetadataStore,
+        pull_through: PullThrough,
         *,
         account_id: str,
         region: str,
@@ -72,6 +82,7 @@ class EcrService:
         self.images = images
         self.uploads = uploads
         self.meta = meta
+        self.pull_through = pull_through
         self.account_id = account_id
         self.region = region
         self.issue_token = issue_token  # (principal name, ttl or None for the default) -> (token, expires_at)
@@ -153,6 +164,134 @@ class EcrService:
 
     async def describe_registry(self, p: dict[str, Any], caller: Caller) -> dict[str, Any]:
         return {"registryId": self.account_id, "replicationConfiguration": {"rules": []}}
+
+    # -- pull-through cache rules --------------------------------------------------------------------
+    def _rule(self, rule: st.PullThroughRule, *, created: bool = True, updated: bool = False) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "ecrRepositoryPrefix": rule.prefix,
+            "upstreamRegistryUrl": rule.upstream_url,
+            "registryId": self.account_id,
+            "upstreamRepositoryPrefix": rule.upstream_prefix,
+        }
+        if created:
+            out["createdAt"] = rule.created_at
+        if updated:
+            out["updatedAt"] = rule.updated_at
+        if rule.upstream_registry:
+            out["upstreamRegistry"] = rule.upstream_registry
+        if rule.credential_arn:
+            out["credentialArn"] = rule.credential_arn
+        return out
+
+    def _rule_not_found(self, prefix: str) -> RegistryError:
+        return PullThroughCacheRuleNotFound(
+            f"The pull through cache rule with prefix '{prefix}' does not exist in the registry with id "
+            f"'{self.account_id}'"
+        )
+
+    def _check_secret(self, credential_arn: str | None) -> None:
+        if credential_arn is None:
+            return
+        name = rules.secret_name(credential_arn)
+        if name is None or name not in self.pull_through.secrets:
+            raise SecretNotFound(
+                f"The secret '{credential_arn}' was not found: declare it as [secrets.{name}] in "
+                "the Moorage configuration"
+            )
+
+    async def create_pull_through_cache_rule(self, p: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        prefix = rules.normalize_prefix(p["ecrRepositoryPrefix"])
+        upstream_prefix = rules.normalize_prefix(p.get("upstreamRepositoryPrefix", rules.ROOT))
+        url = p["upstreamRegistryUrl"].rstrip("/")
+        if not UPSTREAM_URL.fullmatch(url):
+            raise InvalidParameter(
+                "Invalid parameter at 'upstreamRegistryUrl' failed to satisfy constraint: 'must "
+                "be a registry host, optionally with a scheme and port'"
+            )
+        if prefix == rules.ROOT and upstream_prefix != rules.ROOT:
+            raise InvalidParameter("upstreamRepositoryPrefix can only be set when ecrRepositoryPrefix is not ROOT")
+        self._check_secret(p.get("credentialArn"))
+        existing = await self.meta.list_rules()
+        if len(existing) >= self.pull_through.config.max_rules:
+            raise LimitExceeded(
+                f"The maximum number of pull through cache rules "
+                f"({self.pull_through.config.max_rules}) has been reached"
+            )
+        now = self.clock()
+        rule = st.PullThroughRule(
+            prefix,
+            url,
+            upstream_prefix,
+            p.get("credentialArn"),
+            p.get("upstreamRegistry") or rules.infer_upstream_registry(url),
+            now,
+            now,
+        )
+        try:
+            await self.meta.create_rule(rule)
+        except st.Conflict:
+            raise PullThroughCacheRuleAlreadyExists(
+                f"A pull through cache rule with prefix '{prefix}' already exists in the registry with id "
+                f"'{self.account_id}'"
+            ) from None
+        await self.pull_through.reload()
+        return self._rule(rule)
+
+    async def describe_pull_through_cache_rules(self, p: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        all_rules = {rule.prefix: rule for rule in await self.meta.list_rules()}
+        wanted = p.get("ecrRepositoryPrefixes")
+        if wanted is not None:
+            out = []
+            for prefix in wanted:
+                rule = all_rules.get(rules.normalize_prefix(prefix))
+                if rule is None:
+                    raise self._rule_not_found(prefix)
+                out.append(rule)
+            return {"pullThroughCacheRules": [self._rule(x, updated=True) for x in out]}
+        limit = p.get("maxResults", DEFAULT_PAGE)
+        after = _decode_token(p.get("nextToken"), str) or ""
+        ordered = [x for prefix, x in sorted(all_rules.items()) if prefix > after]
+        result: dict[str, Any] = {"pullThroughCacheRules": [self._rule(x, updated=True) for x in ordered[:limit]]}
+        if len(ordered) > limit:
+            result["nextToken"] = _encode_token(ordered[limit - 1].prefix)
+        return result
+
+    async def update_pull_through_cache_rule(self, p: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        prefix = rules.normalize_prefix(p["ecrRepositoryPrefix"])
+        self._check_secret(p.get("credentialArn"))
+        rule = await self.meta.update_rule_credentials(prefix, p.get("credentialArn"), self.clock())
+        if rule is None:
+            raise self._rule_not_found(prefix)
+        await self.pull_through.reload()
+        out = self._rule(rule, created=False, updated=True)
+        out.pop("upstreamRegistryUrl", None)
+        out.pop("upstreamRegistry", None)
+        return out
+
+    async def delete_pull_through_cache_rule(self, p: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        prefix = rules.normalize_prefix(p["ecrRepositoryPrefix"])
+        rule = await self.meta.delete_rule(prefix)  # the cache repositories it created stay
+        if rule is None:
+            raise self._rule_not_found(prefix)
+        await self.pull_through.reload()
+        out = self._rule(rule)
+        out.pop("upstreamRegistry", None)
+        return out
+
+    async def validate_pull_through_cache_rule(self, p: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        prefix = rules.normalize_prefix(p["ecrRepositoryPrefix"])
+        rule = next((x for x in await self.meta.list_rules() if x.prefix == prefix), None)
+        if rule is None:
+            raise self._rule_not_found(prefix)
+        out = self._rule(rule, created=False)
+        out.pop("upstreamRegistry", None)
+        try:
+            await self.pull_through.client(rule).ping()
+            out["isValid"] = True
+        except UpstreamError as e:
+            out["isValid"] = False
+            out["failure"] = e.message
+        return out
 
     # -- repositories ------------------------------------------------------------------------------
     async def create_repository(self, p: dict[str, Any], caller: Caller) -> dict[str, Any]:

@@ -153,6 +153,8 @@ class ImageService:
         body: bytes,
         content_type: str | None,
         extra_tags: tuple[str, ...] = (),
+        *,
+        trusted: bool = False,
     ) -> PushResult:
         """Store a manifest byte-exact under its digest, and tag it.
 
@@ -175,14 +177,18 @@ class ImageService:
                 f"manifest digest is {actual}, not {digest}", detail={"expected": digest, "actual": actual}
             )
         digest = actual
-        repo = await self.repository_for_push(name)
-
-        missing = set(parsed.required_blobs) - await self.meta.linked_blobs(name, parsed.required_blobs)
+        if trusted:  # a manifest from an upstream: its blobs and children arrive when first asked for
+            repo = await self.meta.ensure_repository(name, self.clock())
+        else:
+            repo = await self.repository_for_push(name)
+        missing = (
+            set() if trusted else set(parsed.required_blobs) - await self.meta.linked_blobs(name, parsed.required_blobs)
+        )
         if missing:
             raise ManifestBlobUnknown(
                 f"blob {sorted(missing)[0]} is not in repository {name}", detail={"missing": sorted(missing)}
             )
-        if parsed.manifests:
+        if parsed.manifests and not trusted:
             children = parsed.referenced_manifests
             missing = set(children) - await self.meta.existing_manifests(name, children)
             if missing:

@@ -6,6 +6,7 @@ from aiohttp import web
 
 from registry.auth.access import AccessControl
 from registry.config import Config
+from registry.proxy.pullthrough import PullThrough
 from registry.service.ecr import EcrService
 from registry.service.images import ImageService
 from registry.service.uploads import UploadService
@@ -18,3 +19,4 @@ IMAGES = web.AppKey("images", ImageService)
 UPLOADS = web.AppKey("uploads", UploadService)
 ACCESS = web.AppKey("access", AccessControl)
 ECR = web.AppKey("ecr", EcrService)
+PULL_THROUGH = web.AppKey("pull_through", PullThrough)

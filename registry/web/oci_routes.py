@@ -25,10 +25,11 @@ from registry.errors import (
     PaginationInvalid,
     Unsupported,
 )
+from registry.proxy.pullthrough import AuthorizeImport, StreamingBlob
 from registry.service.images import MAX_PAGE
 from registry.service.uploads import upload_range
 from registry.web.auth import condition_keys, realm, registry_principal
-from registry.web.context import ACCESS, BLOBS, IMAGES, UPLOADS
+from registry.web.context import ACCESS, BLOBS, IMAGES, PULL_THROUGH, UPLOADS
 from registry.web.sendfile import SendfileResponse
 
 OCTET_STREAM = "application/octet-stream"
@@ -149,7 +150,7 @@ async def referrers(request: web.Request, name: str, digest: str) -> web.Respons
 async def get_manifest(request: web.Request, name: str, reference: str) -> web.Response:
     oci.validate_reference(reference)
     images = request.app[IMAGES]
-    record = await images.get_manifest(name, reference)
+    record = await request.app[PULL_THROUGH].get_manifest(name, reference, import_authorizer(request, name))
     if request.method == "GET":
         images.note_pull(name, record.digest)
     if not oci.accepts(request.headers.getall("Accept", []), record.media_type):
@@ -197,7 +198,8 @@ async def delete_manifest(request: web.Request, name: str, reference: str) -> we
 
 async def get_blob(request: web.Request, name: str, digest: str) -> web.StreamResponse:
     oci.validate_digest(digest)
-    size = await request.app[IMAGES].blob_size(name, digest)
+    head = request.method == "HEAD"
+    blob = await request.app[PULL_THROUGH].open_blob(name, digest, import_authorizer(request, name), head=head)
     headers = {
         "Docker-Content-Digest": digest,
         "Content-Type": OCTET_STREAM,
@@ -205,25 +207,47 @@ async def get_blob(request: web.Request, name: str, digest: str) -> web.StreamRe
         "ETag": f'"{digest}"',
         "Cache-Control": "max-age=31536000",
     }
+    if isinstance(blob, StreamingBlob):  # arriving from upstream right now: stream it as it comes
+        resp = web.StreamResponse(status=200, headers=headers)
+        if blob.size is not None:
+            resp.content_length = blob.size
+        await resp.prepare(request)
+        if blob.chunks is not None:
+            async for chunk in blob.chunks:
+                await resp.write(chunk)
+        await resp.write_eof()
+        return resp
+    size = blob.size
     offset, count, status = 0, size, 200
-    if request.method == "GET":
+    if not head:
         rng = oci.parse_range(request.headers.get("Range"), size)
         if rng is not None:
             offset, count = rng
             status = 206
             headers["Content-Range"] = f"bytes {offset}-{offset + count - 1}/{size}"
+    if blob.path is not None:
+        return SendfileResponse(blob.path, offset, count, status=status, headers=headers)
     blobs = request.app[BLOBS]
-    path = blobs.local_path(digest)
-    if path is not None:
-        return SendfileResponse(path, offset, count, status=status, headers=headers)
     resp = web.StreamResponse(status=status, headers=headers)
     resp.content_length = count
     await resp.prepare(request)
-    if request.method == "GET":
+    if not head:
         async for chunk in blobs.read(digest, offset, count):
             await resp.write(chunk)
     await resp.write_eof()
     return resp
+
+
+def import_authorizer(request: web.Request, name: str) -> AuthorizeImport:
+    """What a first pull through the cache needs besides pull: ecr:BatchImportUpstreamImage, and
+    ecr:CreateRepository when the cache repository does not exist yet (as ECR requires)."""
+
+    async def check(needs_create: bool) -> None:
+        actions = ["ecr:BatchImportUpstreamImage", *(["ecr:CreateRepository"] if needs_create else [])]
+        for action in actions:
+            await authorize(request, (action,), name)
+
+    return check
 
 
 async def delete_blob(request: web.Request, name: str, digest: str) -> web.Response:
@@ -395,6 +419,8 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
         handler, actions = route
         args = m.groupdict()
         oci.validate_name(args["name"])
+        if "ns" in request.query:  # a containerd mirror names the upstream host it stands in for
+            args["name"] = request.app[PULL_THROUGH].name_for_namespace(request.query["ns"], args["name"])
         await authorize(request, actions, args["name"])
         return await handler(request, **args)
     raise NotFound(f"no such endpoint: {path}")

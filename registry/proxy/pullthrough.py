@@ -1,0 +1,486 @@
+"""The pull-through cache: repositories under a rule's prefix mirror an upstream registry.
+
+It wraps the local image service behind the same calls (`get_manifest`, `open_blob`), so handlers cannot tell
+a cache repository from a local one.
+
+- A manifest not cached yet is fetched, stored byte-exact (the cache repository is created on first pull) and
+  served. A cached tag is re-checked upstream (one HEAD; a GET only when the digest moved) at most once per
+  `tag_refresh_interval`; digest references never go upstream once cached.
+- When the upstream is down, slow, throttling or answers an error for a cached tag, the cached image is served
+  at once, a warning is logged, and the failure is remembered for `failure_retry_interval` so the next
+  requests don't wait on the upstream again.
+- Blobs are fetched when first asked for: one download per digest however many clients ask (single flight),
+  spooled to a private file and streamed to every client while it is written, verified by digest and size
+  before it becomes a blob. A client that goes away does not cancel the download; a failed or truncated one
+  leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from registry import oci
+from registry.config import PullThroughConfig, SecretConfig
+from registry.errors import (
+    BlobUnknown,
+    ManifestUnknown,
+    NameUnknown,
+    RegistryError,
+    UpstreamDenied,
+    UpstreamFailure,
+    UpstreamThrottled,
+)
+from registry.proxy import rules as r
+from registry.proxy.upstream import AwsCredentials, BasicCredentials, Credentials, UpstreamClient, UpstreamError
+from registry.service.images import ImageService
+from storage.base import BlobStore, ManifestRecord, MetadataStore, PullThroughRule
+
+log = logging.getLogger("moorage.pullthrough")
+
+AuthorizeImport = Callable[[bool], Awaitable[None]]  # called with "the repository must be created" first
+CHUNK = 256 * 1024
+
+
+async def _no_check(needs_create: bool) -> None:
+    return None
+
+
+@dataclass(slots=True)
+class RuleMetrics:
+    hits: int = 0
+    misses: int = 0
+    upstream_requests: int = 0
+    upstream_bytes: int = 0
+    stale_serves: int = 0
+    single_flight_joins: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class LocalBlob:
+    path: Path | None
+    size: int
+
+
+@dataclass(slots=True)
+class StreamingBlob:
+    size: int | None
+    chunks: AsyncIterator[bytes] | None  # None for a HEAD
+
+
+class PullThrough:
+    def __init__(
+        self,
+        images: ImageService,
+        meta: MetadataStore,
+        blobs: BlobStore,
+        *,
+        config: PullThroughConfig,
+        secrets: dict[str, SecretConfig],
+        region: str,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.images = images
+        self.meta = meta
+        self.blobs = blobs
+        self.config = config
+        self.secrets = secrets
+        self.region = region
+        self.clock = clock
+        self.rules: list[PullThroughRule] = []
+        self.metrics: dict[str, RuleMetrics] = {}
+        self._session: aiohttp.ClientSession | None = None
+        self._clients: dict[str, UpstreamClient] = {}
+        self._checked: dict[tuple[str, str], float] = {}  # (repository, tag) -> last confirmed upstream
+        self._failures: dict[Hashable, float] = {}  # upstream base URL or (repository, tag) -> when it failed
+        self._flights: dict[Hashable, asyncio.Task[Any]] = {}
+        self._downloads: dict[str, Download] = {}
+
+    # -- lifecycle and rules -----------------------------------------------------------------------
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession(auto_decompress=False)
+        await self.reload()
+
+    async def close(self) -> None:
+        for task in list(self._flights.values()):
+            task.cancel()
+        for download in list(self._downloads.values()):
+            download.cancel()
+        if self._session is not None:
+            await self._session.close()
+
+    async def reload(self) -> None:
+        self.rules = await self.meta.list_rules()
+        self._clients.clear()
+        for rule in self.rules:
+            self.metrics.setdefault(rule.prefix, RuleMetrics())
+
+    def rule_for(self, repository: str) -> PullThroughRule | None:
+        return r.match(self.rules, repository) if self.rules else None
+
+    def name_for_namespace(self, namespace: str, repository: str) -> str:
+        """A containerd mirror asks for `library/alpine?ns=docker.io`: that is `<prefix>/library/alpine` here."""
+        rule = r.for_namespace(self.rules, namespace)
+        if rule is None or rule.prefix == r.ROOT or repository.startswith(rule.prefix + "/"):
+            return repository
+        return f"{rule.prefix}/{repository}"
+
+    def credentials(self, rule: PullThroughRule) -> Credentials | None:
+        if not rule.credential_arn:
+            return None
+        secret = self.secrets.get(r.secret_name(rule.credential_arn) or "")
+        if secret is None:
+            return None
+        if secret.access_key_id:
+            return AwsCredentials(secret.access_key_id, secret.secret_access_key.reveal(), self.region)
+        return BasicCredentials(secret.username, secret.password.reveal())
+
+    def client(self, rule: PullThroughRule) -> UpstreamClient:
+        client = self._clients.get(rule.prefix)
+        if client is None:
+            assert self._session is not None, "pull-through cache not started"
+            client = UpstreamClient(
+                self._session, r.base_url(rule), self.credentials(rule), self.config.upstream_timeout, self.clock
+            )
+            self._clients[rule.prefix] = client
+        return client
+
+    def _metrics(self, rule: PullThroughRule) -> RuleMetrics:
+        return self.metrics.setdefault(rule.prefix, RuleMetrics())
+
+    # -- single flight -----------------------------------------------------------------------------
+    async def _flight(self, key: Hashable, rule: PullThroughRule, factory: Callable[[], Awaitable[Any]]) -> Any:
+        """Run `factory` once for concurrent callers with the same key; callers that leave don't cancel it."""
+        task = self._flights.get(key)
+        if task is None:
+            task = asyncio.ensure_future(factory())
+            self._flights[key] = task
+            task.add_done_callback(lambda t: (self._flights.pop(key, None), _consume(t)))
+        else:
+            self._metrics(rule).single_flight_joins += 1
+        return await asyncio.shield(task)
+
+    # -- failures ----------------------------------------------------------------------------------
+    def _recently_failed(self, *keys: Hashable) -> bool:
+        now = self.clock()
+        return any(now - self._failures.get(k, float("-inf")) < self.config.failure_retry_interval for k in keys)
+
+    def _note_failure(self, rule: PullThroughRule, repository: str, tag: str, e: UpstreamError) -> None:
+        key: Hashable = r.base_url(rule) if e.kind in ("unavailable", "throttled") else (repository, tag)
+        self._failures[key] = self.clock()
+
+    # -- manifests ---------------------------------------------------------------------------------
+    async def get_manifest(
+        self, repository: str, reference: str, authorize_import: AuthorizeImport = _no_check
+    ) -> ManifestRecord:
+        rule = self.rule_for(repository)
+        if rule is None:
+            return await self.images.get_manifest(repository, reference)
+        try:
+            local: ManifestRecord | None = await self.images.get_manifest(repository, reference)
+        except (ManifestUnknown, NameUnknown):
+            local = None
+        m = self._metrics(rule)
+        if local is None:
+            return await self._import(rule, repository, reference, authorize_import)
+        if oci.is_digest(reference):  # content addressed: never stale
+            m.hits += 1
+            return local
+        checked = await self._checked_at(repository, reference)
+        if checked is not None and self.clock() - checked < self.config.tag_refresh_interval:
+            m.hits += 1
+            return local
+        if self.config.offline or self._recently_failed(r.base_url(rule), (repository, reference)):
+            m.stale_serves += 1
+            return local
+        try:
+            fresh = await self._flight(
+                ("refresh", repository, reference), rule, lambda: self._refresh(rule, repository, reference, local)
+            )
+        except UpstreamError as e:
+            self._note_failure(rule, repository, reference, e)
+            log.warning("serving cached %s:%s: the upstream check failed: %s", repository, reference, e)
+            m.stale_serves += 1
+            return local
+        m.hits += 1
+        return fresh
+
+    async def _checked_at(self, repository: str, tag: str) -> float | None:
+        key = (repository, tag)
+        if key not in self._checked:
+            when = await self.meta.tag_checked_at(repository, tag)
+            if when is None:
+                return None
+            self._checked[key] = when
+        return self._checked[key]
+
+    async def _mark_checked(self, repository: str, tag: str) -> None:
+        now = self.clock()
+        self._checked[(repository, tag)] = now
+        self._failures.pop((repository, tag), None)
+        await self.meta.set_tag_checked(repository, tag, now)
+
+    async def _refresh(self, rule: PullThroughRule, repository: str, tag: str, local: ManifestRecord) -> ManifestRecord:
+        client, m = self.client(rule), self._metrics(rule)
+        upstream_repo = r.upstream_repository(rule, repository)
+        m.upstream_requests += 1
+        head = await client.manifest(upstream_repo, tag, head=True)
+        if head.digest == local.digest:
+            await self._mark_checked(repository, tag)
+            return local
+        record = await self._fetch_and_store(rule, repository, tag)
+        if record.digest != local.digest:
+            log.info("cached tag %s:%s moved upstream: %s -> %s", repository, tag, local.digest, record.digest)
+        return record
+
+    async def _import(
+        self, rule: PullThroughRule, repository: str, reference: str, authorize_import: AuthorizeImport
+    ) -> ManifestRecord:
+        if self.config.offline:
+            raise ManifestUnknown(
+                f"{repository}:{reference} is not cached, and the pull-through cache is offline "
+                "([pull_through] offline = true)"
+            )
+        try:
+            await self.images.repository(repository)
+            needs_create = False
+        except NameUnknown:
+            needs_create = True
+        await authorize_import(needs_create)
+        self._metrics(rule).misses += 1
+        try:
+            return await self._flight(
+                ("import", repository, reference), rule, lambda: self._fetch_and_store(rule, repository, reference)
+            )
+        except UpstreamError as e:
+            raise upstream_error(e, repository, reference) from None
+
+    async def _fetch_and_store(self, rule: PullThroughRule, repository: str, reference: str) -> ManifestRecord:
+        client, m = self.client(rule), self._metrics(rule)
+        upstream_repo = r.upstream_repository(rule, repository)
+        m.upstream_requests += 1
+        got = await client.manifest(upstream_repo, reference)
+        assert got.body is not None
+        m.upstream_bytes += len(got.body)
+        if oci.is_digest(reference) and got.digest != reference:
+            raise UpstreamError(
+                r.base_url(rule),
+                "unavailable",
+                f"sent a manifest whose digest is {got.digest}, not the {reference} asked for",
+            )
+        try:
+            await self.images.put_manifest(repository, reference, got.body, got.media_type or None, trusted=True)
+        except RegistryError as e:
+            raise UpstreamError(r.base_url(rule), "unavailable", f"sent an unusable manifest: {e.message}") from None
+        if not oci.is_digest(reference):
+            await self._mark_checked(repository, reference)
+        return await self.images.get_manifest(repository, got.digest)
+
+    # -- blobs -------------------------------------------------------------------------------------
+    async def open_blob(
+        self, repository: str, digest: str, authorize_import: AuthorizeImport = _no_check, *, head: bool = False
+    ) -> LocalBlob | StreamingBlob:
+        try:
+            size = await self.images.blob_size(repository, digest)
+            return LocalBlob(self.blobs.local_path(digest), size)
+        except BlobUnknown:
+            rule = self.rule_for(repository)
+            if rule is None:
+                raise
+        m = self._metrics(rule)
+        stored = await self.blobs.stat(digest)
+        if stored is not None and await self.meta.blob_referenced(repository, digest):
+            # Already here (another cache repository fetched it): link it, no upstream needed.
+            await self.meta.link_blob(repository, digest, stored, self.clock())
+            m.hits += 1
+            return LocalBlob(self.blobs.local_path(digest), stored)
+        if self.config.offline:
+            raise BlobUnknown(f"blob {digest} is not cached, and the pull-through cache is offline")
+        try:
+            await self.images.repository(repository)
+            needs_create = False
+        except NameUnknown:
+            needs_create = True
+        await authorize_import(needs_create)
+        download = self._downloads.get(digest)
+        if download is None or download.failed:
+            m.misses += 1
+            m.upstream_requests += 1
+            download = Download(self, rule, digest, r.upstream_repository(rule, repository))
+            self._downloads[digest] = download
+            download.start()
+        else:
+            m.single_flight_joins += 1
+        download.repositories.add(repository)
+        try:
+            await asyncio.shield(download.started)
+        except UpstreamError as e:
+            raise upstream_error(e, repository, digest, blob=True) from None
+        return StreamingBlob(download.size, None if head else download.reader())
+
+    def _download_finished(self, download: Download) -> None:
+        if self._downloads.get(download.digest) is download:
+            del self._downloads[download.digest]
+
+
+@dataclass(eq=False)
+class Download:
+    """One upstream blob fetch, spooled to a file that any number of readers follow while it grows."""
+
+    owner: PullThrough
+    rule: PullThroughRule
+    digest: str
+    upstream_repository: str
+    repositories: set[str] = field(default_factory=set)
+    size: int | None = None
+    written: int = 0
+    done: bool = False
+    error: BaseException | None = None
+    started: asyncio.Future[None] = field(init=False)
+    _changed: asyncio.Condition = field(init=False, default_factory=asyncio.Condition)
+    _task: asyncio.Task[None] | None = field(init=False, default=None)
+    _fd: int | None = field(init=False, default=None)
+    _readers: int = field(init=False, default=0)
+
+    def __post_init__(self) -> None:
+        self.started = asyncio.get_running_loop().create_future()
+        self.started.add_done_callback(_consume)
+
+    @property
+    def failed(self) -> bool:
+        return self.error is not None
+
+    def start(self) -> None:
+        self._task = asyncio.ensure_future(self._run())
+
+    def cancel(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def _run(self) -> None:
+        owner = self.owner
+        path = owner.blobs.spool_path()
+        fh = None
+        try:
+            resp = await owner.client(self.rule).blob(self.upstream_repository, self.digest)
+            try:
+                self.size = resp.content_length
+                fh = await asyncio.to_thread(open, path, "xb")
+                self._fd = await asyncio.to_thread(os.open, path, os.O_RDONLY)
+                self.started.set_result(None)
+                hasher = hashlib.new(oci.digest_algorithm(self.digest))
+                try:
+                    async for chunk in resp.content.iter_chunked(CHUNK):
+                        await asyncio.to_thread(_write, fh, hasher, chunk)
+                        self.written += len(chunk)
+                        owner._metrics(self.rule).upstream_bytes += len(chunk)
+                        await self._notify()
+                except (aiohttp.ClientError, TimeoutError) as e:
+                    raise UpstreamError(r.base_url(self.rule), "unavailable", f"blob download failed: {e}") from None
+            finally:
+                resp.release()
+            await asyncio.to_thread(_finish, fh)
+            actual = f"{hasher.name}:{hasher.hexdigest()}"
+            if self.size is not None and self.written != self.size:
+                raise UpstreamError(
+                    r.base_url(self.rule),
+                    "unavailable",
+                    f"blob {self.digest} was cut short: {self.written} of {self.size} bytes",
+                )
+            if actual != self.digest:
+                raise UpstreamError(
+                    r.base_url(self.rule), "unavailable", f"sent content with digest {actual} for blob {self.digest}"
+                )
+            await owner.blobs.install_spooled(path, self.digest)
+            for repository in self.repositories:
+                with contextlib.suppress(Exception):  # a repository deleted meanwhile
+                    await owner.meta.link_blob(repository, self.digest, self.written, owner.clock())
+            self.done = True
+        except BaseException as e:
+            self.error = e
+            if not self.started.done():
+                self.started.set_exception(e)
+            if not isinstance(e, asyncio.CancelledError | UpstreamError):
+                log.exception("pull-through download of %s failed", self.digest)
+            elif isinstance(e, UpstreamError):
+                log.warning("pull-through download of %s failed: %s", self.digest, e)
+        finally:
+            if fh is not None and not fh.closed:
+                await asyncio.to_thread(fh.close)
+            await asyncio.to_thread(path.unlink, True)
+            owner._download_finished(self)
+            await self._notify()
+            self._maybe_close()
+
+    def _maybe_close(self) -> None:
+        if self._fd is not None and self._readers == 0 and (self.done or self.error is not None):
+            os.close(self._fd)
+            self._fd = None
+
+    async def reader(self) -> AsyncIterator[bytes]:
+        """The blob's bytes as they arrive; raises if the download fails part way."""
+        self._readers += 1
+        offset = 0
+        try:
+            while True:
+                async with self._changed:
+                    await self._changed.wait_for(lambda at=offset: self.written > at or self.done or self.failed)
+                if self._fd is None and self.done:  # started after the spool closed: read the installed blob
+                    async for data in self.owner.blobs.read(self.digest, offset):
+                        yield data
+                    return
+                if self.written > offset:
+                    assert self._fd is not None
+                    data = await asyncio.to_thread(os.pread, self._fd, min(1 << 20, self.written - offset), offset)
+                    offset += len(data)
+                    yield data
+                    continue
+                if self.error is not None:
+                    raise ConnectionAbortedError(f"upstream download of {self.digest} failed: {self.error}")
+                return
+        finally:
+            self._readers -= 1
+            self._maybe_close()
+
+
+def _write(fh: Any, hasher: Any, chunk: bytes) -> None:
+    fh.write(chunk)
+    hasher.update(chunk)
+
+
+def _finish(fh: Any) -> None:
+    fh.flush()
+    os.fsync(fh.fileno())
+    fh.close()
+
+
+def _consume(task: asyncio.Future[Any]) -> None:
+    """Mark a background result as seen, so a failure nobody awaited doesn't warn at exit."""
+    if not task.cancelled():
+        task.exception()
+
+
+def upstream_error(e: UpstreamError, repository: str, reference: str, *, blob: bool = False) -> RegistryError:
+    """Nothing cached and the upstream failed: an error that names the upstream and what it said."""
+    message = f"{repository}:{reference} is not cached and upstream {e.upstream} failed: {e.message}"
+    if e.kind == "not_found":
+        return BlobUnknown(message) if blob else ManifestUnknown(message)
+    if e.kind == "denied":
+        return UpstreamDenied(f"The authentication to the upstream registry failed. {message}")
+    if e.kind == "throttled":
+        return UpstreamThrottled(message)
+    return UpstreamFailure(message)
