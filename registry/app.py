@@ -19,7 +19,7 @@ from registry.proxy.pullthrough import PullThrough
 from registry.service.ecr import EcrService
 from registry.service.images import ImageService
 from registry.service.uploads import UploadService
-from registry.web import ecr_api, oci_routes
+from registry.web import ecr_api, metrics, oci_routes
 from registry.web.context import ACCESS, BLOBS, CONFIG, ECR, IMAGES, META, PULL_THROUGH, UPLOADS
 from registry.web.middleware import add_api_version, error_middleware
 from storage.base import PullThroughRule
@@ -106,6 +106,7 @@ def create_app(config: Config) -> web.Application:
     app.on_response_prepare.append(add_api_version)
     app.router.add_post("/{tail:.*}", _post_root)
     oci_routes.add_routes(app)
+    metrics.setup(app)
     if directory.created_admin is not None:
         _announce_admin(config, directory)
     return app
