@@ -14,11 +14,17 @@ class RegistryError(Exception):
     default_message: ClassVar[str] = "internal error"
 
     def __init__(
-        self, message: str | None = None, *, detail: Any = None, headers: dict[str, str] | None = None
+        self,
+        message: str | None = None,
+        *,
+        detail: Any = None,
+        headers: dict[str, str] | None = None,
+        fields: dict[str, Any] | None = None,
     ) -> None:
         self.message = message or self.default_message
         self.detail = detail
         self.headers = headers or {}
+        self.fields = fields or {}  # extra members of the ECR error body (e.g. lastValidByteReceived)
         super().__init__(self.message)
 
 

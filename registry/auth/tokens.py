@@ -112,7 +112,7 @@ class KeyRing:
     def _verify_signature(self, token: str) -> Claims:
         try:
             header = jwt.get_unverified_header(token)
-        except jwt.DecodeError:
+        except jwt.InvalidTokenError:  # undecodable, or a header pyjwt refuses (e.g. a non-string kid)
             raise TokenError("malformed", "authorization token is malformed (not a Moorage token)") from None
         kid = header.get("kid")
         key = self._keys.get(kid) if isinstance(kid, str) else None

@@ -45,7 +45,9 @@ def registry_principal(request: web.Request, *, allow_query_token: bool = False)
                 user, sep, token = base64.b64decode(credentials.strip(), validate=True).decode().partition(":")
             except (binascii.Error, UnicodeDecodeError, ValueError):
                 raise MalformedCredentials("the Basic credentials are not valid base64 of user:password") from None
-            if not sep or user != "AWS":
+            if not user and not token:  # `Basic :` is how some clients (skopeo) say "no credentials"
+                token = None
+            elif not sep or user != "AWS":
                 raise Unauthorized(
                     "the user name must be AWS (the password is a token from GetAuthorizationToken)",
                     headers={"WWW-Authenticate": _challenge(request)},
