@@ -8,7 +8,7 @@ HTTP layer never knows which backend it has. This package never imports `registr
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -73,6 +73,8 @@ class RepositoryRecord:
     created_at: float
     settings: RepositorySettings = RepositorySettings()
     policy: str | None = None
+    lifecycle_policy: str | None = None
+    lifecycle_evaluated_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +106,9 @@ class ImageRecord:
     pushed_at: float
     last_pulled_at: float | None
     tags: tuple[str, ...]
+    storage_class: str = "STANDARD"
+    last_archived_at: float | None = None
+    last_activated_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +151,7 @@ class ManifestWrite:
     image_size: int = 0
     config_media_type: str | None = None
     protected_tags: tuple[str, ...] = ()  # tags that may not move to this manifest if they exist elsewhere
+    required_blobs: tuple[str, ...] = ()  # re-checked inside the transaction (garbage collection runs concurrently)
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +173,16 @@ class PullThroughRule:
     upstream_registry: str | None = None
     created_at: float = 0.0
     updated_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class RepositoryInit:
+    """What a repository starts with (a creation template's settings, or the defaults)."""
+
+    settings: RepositorySettings = RepositorySettings()
+    policy: str | None = None
+    lifecycle_policy: str | None = None
+    tags: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,7 +268,7 @@ class RepositoryStore(Protocol):
     async def get_repository(self, name: str) -> RepositoryRecord | None: ...
 
     async def ensure_repository(
-        self, name: str, now: float, settings: RepositorySettings | None = None
+        self, name: str, now: float, init: RepositoryInit | None = None
     ) -> RepositoryRecord: ...
 
     async def create_repository(
@@ -279,7 +295,11 @@ class RepositoryStore(Protocol):
 
 
 class BlobLinks(Protocol):
-    async def link_blob(self, repository: str, digest: str, size: int, now: float) -> None: ...
+    async def link_blob(
+        self, repository: str, digest: str, size: int, now: float, check: Callable[[], bool] | None = None
+    ) -> None:
+        """Link (and touch) a blob; `check`, run inside the write transaction, must say its bytes are still
+        stored (garbage collection removes unreferenced blobs concurrently), else BlobNotFound."""
 
     async def linked_blob_size(self, repository: str, digest: str) -> int | None: ...
 
@@ -350,6 +370,39 @@ class PullThroughStore(Protocol):
     async def set_tag_checked(self, repository: str, tag: str, when: float) -> None: ...
 
 
+class LifecycleStore(Protocol):
+    async def set_lifecycle_policy(self, name: str, text: str | None) -> RepositoryRecord | None: ...
+
+    async def mark_lifecycle_evaluated(self, name: str, when: float) -> None: ...
+
+    async def set_storage_class(self, repository: str, digest: str, storage_class: str, now: float) -> bool: ...
+
+
+class GarbageStore(Protocol):
+    async def gc_candidates(self, cutoff: float, limit: int) -> list[tuple[str, int]]:
+        """Blobs no manifest references and nothing has touched since `cutoff`."""
+
+    async def delete_unreferenced_blob(self, digest: str, cutoff: float, unlink: Callable[[], None]) -> bool:
+        """Re-check inside a write transaction, remove the blob's rows and (still inside it) its file."""
+
+    async def known_blobs(self) -> set[str]: ...
+
+    async def delete_orphan_file(self, digest: str, unlink: Callable[[], None]) -> bool:
+        """Remove a stored file that has no blob row (a crash between install and link), atomically."""
+
+    async def stale_uploads(self, before: float) -> list[str]: ...
+
+
+class TemplateStore(Protocol):
+    async def list_templates(self) -> list[tuple[str, str, float, float]]:
+        """(prefix, JSON body, created_at, updated_at) for every repository creation template."""
+
+    async def put_template(self, prefix: str, body: str, now: float, *, create: bool) -> bool:
+        """Create (False when it exists) or update (False when it does not) a template."""
+
+    async def delete_template(self, prefix: str) -> tuple[str, str, float, float] | None: ...
+
+
 class UploadStore(Protocol):
     async def create_upload(self, upload: UploadRecord) -> None: ...
 
@@ -358,7 +411,17 @@ class UploadStore(Protocol):
     async def delete_upload(self, upload_id: str) -> None: ...
 
 
-class MetadataStore(RepositoryStore, BlobLinks, ManifestStore, PullThroughStore, UploadStore, Protocol):
+class MetadataStore(
+    RepositoryStore,
+    BlobLinks,
+    ManifestStore,
+    PullThroughStore,
+    LifecycleStore,
+    GarbageStore,
+    TemplateStore,
+    UploadStore,
+    Protocol,
+):
     async def open(self) -> None: ...
 
     async def close(self) -> None: ...

@@ -12,13 +12,14 @@ import asyncio
 import contextlib
 import itertools
 import json
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 
 from storage.base import (
+    BlobNotFound,
     Conflict,
     ImageRecord,
     ManifestRecord,
@@ -27,6 +28,7 @@ from storage.base import (
     PullThroughRule,
     PutOutcome,
     RepositoryExists,
+    RepositoryInit,
     RepositoryNotEmpty,
     RepositoryRecord,
     RepositorySettings,
@@ -126,15 +128,33 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (repository_id, tag)
     ) WITHOUT ROWID;
     """,
+    # 4: lifecycle policies, archive storage class, garbage collection, repository creation templates
+    """
+    ALTER TABLE repositories ADD COLUMN lifecycle_policy TEXT;
+    ALTER TABLE repositories ADD COLUMN lifecycle_evaluated_at REAL;
+    ALTER TABLE manifests ADD COLUMN storage_class TEXT NOT NULL DEFAULT 'STANDARD';
+    ALTER TABLE manifests ADD COLUMN last_archived_at REAL;
+    ALTER TABLE manifests ADD COLUMN last_activated_at REAL;
+    ALTER TABLE blobs ADD COLUMN touched_at REAL NOT NULL DEFAULT 0;
+    UPDATE blobs SET touched_at = created_at;
+    CREATE TABLE creation_templates (
+        prefix      TEXT PRIMARY KEY,
+        body        TEXT NOT NULL,
+        created_at  REAL NOT NULL,
+        updated_at  REAL NOT NULL
+    ) WITHOUT ROWID;
+    """,
 ]
 
 _REPO_COLUMNS = (
-    "id, name, created_at, image_tag_mutability, mutability_exclusions, scan_on_push, encryption_type, kms_key, policy"
+    "id, name, created_at, image_tag_mutability, mutability_exclusions, scan_on_push, encryption_type, kms_key, "
+    "policy, lifecycle_policy, lifecycle_evaluated_at"
 )
 _IMAGE_COLUMNS = (
     "m.id, r.name, m.digest, m.media_type, m.size, m.image_size, m.config_media_type, m.artifact_type, m.subject, "
     "m.pushed_at, m.last_pulled_at, (SELECT group_concat(t.name, char(0)) FROM "
-    "(SELECT name FROM tags WHERE manifest_id = m.id ORDER BY name) t)"
+    "(SELECT name FROM tags WHERE manifest_id = m.id ORDER BY name) t), m.storage_class, m.last_archived_at, "
+    "m.last_activated_at"
 )
 _MANIFEST_COLUMNS = (
     "r.name, m.digest, m.media_type, m.size, m.artifact_type, m.subject, m.annotations, m.pushed_at, m.body"
@@ -242,24 +262,33 @@ class SQLiteMetadataStore:
     # -- repositories ------------------------------------------------------------------------------
     @staticmethod
     def _repo(row: Any) -> RepositoryRecord:
-        rid, name, created_at, mutability, exclusions, scan, enc, kms, policy = row
+        rid, name, created_at, mutability, exclusions, scan, enc, kms, policy, lifecycle, evaluated_at = row
         settings = RepositorySettings(
             mutability, tuple(json.loads(exclusions)) if exclusions else (), bool(scan), enc, kms
         )
-        return RepositoryRecord(rid, name, created_at, settings, policy)
+        return RepositoryRecord(rid, name, created_at, settings, policy, lifecycle, evaluated_at)
 
     async def get_repository(self, name: str) -> RepositoryRecord | None:
         row = await self._fetchone(f"SELECT {_REPO_COLUMNS} FROM repositories WHERE name = ?", (name,))
         return self._repo(row) if row else None
 
-    async def ensure_repository(
-        self, name: str, now: float, settings: RepositorySettings | None = None
-    ) -> RepositoryRecord:
+    async def ensure_repository(self, name: str, now: float, init: RepositoryInit | None = None) -> RepositoryRecord:
         existing = await self.get_repository(name)
         if existing:
             return existing
+        init = init or RepositoryInit()
         async with self._tx() as db:
-            await self._insert_repository(db, name, now, settings or RepositorySettings(), ignore=True)
+            if await self._insert_repository(db, name, now, init.settings, ignore=True):
+                await db.execute(
+                    "UPDATE repositories SET policy = ?, lifecycle_policy = ? WHERE name = ?",
+                    (init.policy, init.lifecycle_policy, name),
+                )
+                if init.tags:
+                    await db.executemany(
+                        "INSERT OR REPLACE INTO repository_tags (repository_id, key, value) "
+                        "SELECT id, ?, ? FROM repositories WHERE name = ?",
+                        [(k, v, name) for k, v in init.tags],
+                    )
             row = await self._one(db, f"SELECT {_REPO_COLUMNS} FROM repositories WHERE name = ?", (name,))
         return self._repo(row)
 
@@ -368,10 +397,16 @@ class SQLiteMetadataStore:
             )
 
     # -- blob links --------------------------------------------------------------------------------
-    async def link_blob(self, repository: str, digest: str, size: int, now: float) -> None:
+    async def link_blob(
+        self, repository: str, digest: str, size: int, now: float, check: Callable[[], bool] | None = None
+    ) -> None:
         async with self._tx() as db:
+            if check is not None and not check():
+                raise BlobNotFound(digest)
             await db.execute(
-                "INSERT OR IGNORE INTO blobs (digest, size, created_at) VALUES (?, ?, ?)", (digest, size, now)
+                "INSERT INTO blobs (digest, size, created_at, touched_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (digest) DO UPDATE SET touched_at = excluded.touched_at",
+                (digest, size, now, now),
             )
             cur = await db.execute(
                 "INSERT OR IGNORE INTO repository_blobs (repository_id, digest, linked_at) "
@@ -450,6 +485,17 @@ class SQLiteMetadataStore:
             for tag in write.protected_tags:
                 if tag in current and current[tag] != write.digest:
                     raise TagConflict(tag, current[tag])
+            if write.required_blobs:
+                linked = {
+                    row[0]
+                    for row in await db.execute_fetchall(
+                        f"SELECT digest FROM repository_blobs WHERE repository_id = ? AND digest IN "
+                        f"({','.join('?' * len(write.required_blobs))})",
+                        (repo_id, *write.required_blobs),
+                    )
+                }
+                if missing := [d for d in write.required_blobs if d not in linked]:
+                    raise BlobNotFound(missing[0])
             created = row is None
             if created:
                 cur = await db.execute(
@@ -579,8 +625,9 @@ class SQLiteMetadataStore:
 
     @staticmethod
     def _image(row: Any) -> ImageRecord:
-        *head, tags = row
-        return ImageRecord(*head, tuple(tags.split("\0")) if tags else ())
+        values = list(row)
+        values[11] = tuple(values[11].split("\0")) if values[11] else ()  # the tags column
+        return ImageRecord(*values)
 
     async def list_images(self, repository: str, after_id: int, limit: int) -> list[ImageRecord]:
         rows = await self._fetchall(
@@ -627,8 +674,9 @@ class SQLiteMetadataStore:
             return
         async with self._tx() as db:
             await db.executemany(
-                "UPDATE manifests SET last_pulled_at = max(coalesce(last_pulled_at, 0), ?) WHERE "
-                "repository_id = (SELECT id FROM repositories WHERE name = ?) AND digest = ?",
+                "UPDATE manifests SET last_pulled_at = max(coalesce(last_pulled_at, 0), ?1) WHERE "
+                "repository_id = (SELECT id FROM repositories WHERE name = ?2) AND digest = ?3 "
+                "AND pushed_at <= ?1",  # a pull from before a delete and re-push belongs to the old image
                 batch,
             )
 
@@ -710,6 +758,94 @@ class SQLiteMetadataStore:
                 "WHERE name = ? ON CONFLICT (repository_id, tag) DO UPDATE SET checked_at = excluded.checked_at",
                 (tag, when, repository),
             )
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+    async def set_lifecycle_policy(self, name: str, text: str | None) -> RepositoryRecord | None:
+        async with self._tx() as db:
+            await db.execute("UPDATE repositories SET lifecycle_policy = ? WHERE name = ?", (text, name))
+            row = await self._one(db, f"SELECT {_REPO_COLUMNS} FROM repositories WHERE name = ?", (name,))
+        return self._repo(row) if row else None
+
+    async def mark_lifecycle_evaluated(self, name: str, when: float) -> None:
+        async with self._tx() as db:
+            await db.execute("UPDATE repositories SET lifecycle_evaluated_at = ? WHERE name = ?", (when, name))
+
+    async def set_storage_class(self, repository: str, digest: str, storage_class: str, now: float) -> bool:
+        column = "last_archived_at" if storage_class == "ARCHIVE" else "last_activated_at"
+        async with self._tx() as db:
+            cur = await db.execute(
+                f"UPDATE manifests SET storage_class = ?, {column} = ? WHERE digest = ? AND storage_class != ? "
+                "AND repository_id = (SELECT id FROM repositories WHERE name = ?)",
+                (storage_class, now, digest, storage_class, repository),
+            )
+            return cur.rowcount > 0
+
+    # -- garbage collection ----------------------------------------------------------------------------
+    _UNREFERENCED = "NOT EXISTS (SELECT 1 FROM manifest_references WHERE child = b.digest AND kind = 'blob')"
+
+    async def gc_candidates(self, cutoff: float, limit: int) -> list[tuple[str, int]]:
+        rows = await self._fetchall(
+            f"SELECT b.digest, b.size FROM blobs b WHERE b.touched_at < ? AND {self._UNREFERENCED} "
+            "ORDER BY b.digest LIMIT ?",
+            (cutoff, limit),
+        )
+        return [(r[0], r[1]) for r in rows]
+
+    async def delete_unreferenced_blob(self, digest: str, cutoff: float, unlink: Callable[[], None]) -> bool:
+        async with self._tx() as db:
+            still = await self._one(
+                db,
+                f"SELECT 1 FROM blobs b WHERE b.digest = ? AND b.touched_at < ? AND {self._UNREFERENCED}",
+                (digest, cutoff),
+            )
+            if not still:
+                return False
+            await db.execute("DELETE FROM repository_blobs WHERE digest = ?", (digest,))
+            await db.execute("DELETE FROM blobs WHERE digest = ?", (digest,))
+            unlink()  # inside the transaction: a concurrent link of this digest waits, then finds no file
+            return True
+
+    async def known_blobs(self) -> set[str]:
+        return {r[0] for r in await self._fetchall("SELECT digest FROM blobs")}
+
+    async def delete_orphan_file(self, digest: str, unlink: Callable[[], None]) -> bool:
+        async with self._tx() as db:
+            if await self._one(db, "SELECT 1 FROM blobs WHERE digest = ?", (digest,)):
+                return False
+            unlink()
+            return True
+
+    async def stale_uploads(self, before: float) -> list[str]:
+        return [r[0] for r in await self._fetchall("SELECT id FROM uploads WHERE created_at < ?", (before,))]
+
+    # -- repository creation templates -----------------------------------------------------------------
+    async def list_templates(self) -> list[tuple[str, str, float, float]]:
+        rows = await self._fetchall(
+            "SELECT prefix, body, created_at, updated_at FROM creation_templates ORDER BY prefix"
+        )
+        return [tuple(r) for r in rows]  # type: ignore[misc]
+
+    async def put_template(self, prefix: str, body: str, now: float, *, create: bool) -> bool:
+        async with self._tx() as db:
+            if create:
+                cur = await db.execute(
+                    "INSERT OR IGNORE INTO creation_templates (prefix, body, created_at, updated_at) "
+                    "VALUES (?, ?, ?, ?)",
+                    (prefix, body, now, now),
+                )
+            else:
+                cur = await db.execute(
+                    "UPDATE creation_templates SET body = ?, updated_at = ? WHERE prefix = ?", (body, now, prefix)
+                )
+            return cur.rowcount > 0
+
+    async def delete_template(self, prefix: str) -> tuple[str, str, float, float] | None:
+        async with self._tx() as db:
+            row = await self._one(
+                db, "SELECT prefix, body, created_at, updated_at FROM creation_templates WHERE prefix = ?", (prefix,)
+            )
+            await db.execute("DELETE FROM creation_templates WHERE prefix = ?", (prefix,))
+        return tuple(row) if row else None  # type: ignore[return-value]
 
     # -- upload sessions ---------------------------------------------------------------------------
     async def create_upload(self, upload: UploadRecord) -> None:

@@ -451,30 +451,23 @@ class EcrService:
             after_id = batch[-1].id
 
     async def list_images(self, p: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        """One entry per (digest, tag) pair, an untagged image once. The token is [image id, entries of that
+        image already returned]: the next page starts at that image."""
         name = p["repositoryName"]
         await self._repo(name)
         status = (p.get("filter") or {}).get("tagStatus", "ANY")
         limit = p.get("maxResults", DEFAULT_PAGE)
-        after_id, skip = _decode_token(p.get("nextToken"), list) or (0, 0)
+        start_id, skip = _decode_token(p.get("nextToken"), list) or (0, 0)
         ids: list[dict[str, str]] = []
-        async for img in self._iter_images(name, after_id - 1 if skip else after_id):
-            entries = (
-                [{"imageDigest": img.digest, "imageTag": t} for t in img.tags]
-                if img.tags
-                else [{"imageDigest": img.digest}]
-            )
+        async for img in self._iter_images(name, start_id - 1):
             if (status == "TAGGED" and not img.tags) or (status == "UNTAGGED" and img.tags):
                 continue
-            if img.id == after_id and skip:
-                entries = entries[skip:]
-                start = skip
-            else:
-                start = 0
-            for i, entry in enumerate(entries):
+            entries = [{"imageDigest": img.digest, "imageTag": t} for t in img.tags] or [{"imageDigest": img.digest}]
+            first = skip if img.id == start_id else 0
+            for i in range(first, len(entries)):
                 if len(ids) == limit:
-                    return {"imageIds": ids, "nextToken": _encode_token([img.id, start + i])}
-                ids.append(entry)
-            skip = 0
+                    return {"imageIds": ids, "nextToken": _encode_token([img.id, i])}
+                ids.append(entries[i])
         return {"imageIds": ids}
 
     async def describe_images(self, p: dict[str, Any], caller: Caller) -> dict[str, Any]:
@@ -637,7 +630,12 @@ class EcrService:
                 raise ImageDigestDoesNotMatch(f"The provided digest {digest} does not match the manifest's {actual}")
         tag = p.get("imageTag")
         if tag is not None:
-            oci.validate_tag(tag)
+            try:
+                oci.validate_tag(tag)
+            except RegistryError as e:
+                raise InvalidParameter(
+                    f"Invalid parameter at 'imageTag' failed to satisfy constraint: '{e.message}'"
+                ) from None
         try:
             result = await self.images.put_manifest(
                 name, tag if tag is not None else oci.compute_digest(body), body, media_type
@@ -735,7 +733,7 @@ class EcrService:
             "registryId": self.account_id,
             "repositoryName": name,
             "uploadId": upload_id,
-            "lastValidByteReceived": size - 1,
+            **({"lastValidByteReceived": size - 1} if size else {}),  # the model's minimum is 0
         }
 
     def _upload_not_found(self, upload_id: str) -> RegistryError:

@@ -11,7 +11,7 @@ import asyncio
 import json
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from registry import oci
@@ -26,11 +26,13 @@ from registry.errors import (
     TagImmutable,
 )
 from storage.base import (
+    BlobNotFound,
     BlobStore,
     ManifestRecord,
     ManifestWrite,
     MetadataStore,
     Page,
+    RepositoryInit,
     RepositoryRecord,
     RepositorySettings,
     TagConflict,
@@ -76,10 +78,13 @@ class ImageService:
         create_on_push: bool = True,
         cache_entries: int = 10000,
         clock: Callable[[], float] = time.time,
+        templates: Callable[[str, str], Awaitable[RepositoryInit | None]] | None = None,
     ) -> None:
         self.meta = meta
         self.blobs = blobs
         self.create_on_push = create_on_push
+        # (repository, "CREATE_ON_PUSH" | "PULL_THROUGH_CACHE") -> what a new repository starts with
+        self.templates = templates
         self.cache = LRUCache(cache_entries)
         self.clock = clock
         self._pulls: dict[tuple[str, str], float] = {}  # (repository, digest) -> last pull, not yet stored
@@ -103,7 +108,12 @@ class ImageService:
         except NameUnknown:
             if not self.create_on_push:
                 raise
-        return await self.meta.ensure_repository(name, self.clock())
+        return await self.create_repository(name, "CREATE_ON_PUSH")
+
+    async def create_repository(self, name: str, reason: str) -> RepositoryRecord:
+        """Create (or get) a repository, with the settings of the creation template that applies, if any."""
+        init = await self.templates(name, reason) if self.templates else None
+        return await self.meta.ensure_repository(name, self.clock(), init)
 
     async def catalog(self, last: str | None, n: int | None) -> Page:
         return await self.meta.list_repositories(last, _page_size(n))
@@ -178,12 +188,13 @@ class ImageService:
             )
         digest = actual
         if trusted:  # a manifest from an upstream: its blobs and children arrive when first asked for
-            repo = await self.meta.ensure_repository(name, self.clock())
+            repo = await self.create_repository(name, "PULL_THROUGH_CACHE")
         else:
             repo = await self.repository_for_push(name)
-        missing = (
-            set() if trusted else set(parsed.required_blobs) - await self.meta.linked_blobs(name, parsed.required_blobs)
-        )
+        required = () if trusted else parsed.required_blobs
+        missing = set(required) - await self.meta.linked_blobs(name, required) if required else set()
+        if required and not missing:  # linked, but are the bytes still there? (a crash mid-GC can orphan a row)
+            missing = {d for d in required if await self.blobs.stat(d) is None}
         if missing:
             raise ManifestBlobUnknown(
                 f"blob {sorted(missing)[0]} is not in repository {name}", detail={"missing": sorted(missing)}
@@ -219,8 +230,11 @@ class ImageService:
                     image_size=image_size,
                     config_media_type=parsed.config.media_type if parsed.config else None,
                     protected_tags=protected,
+                    required_blobs=required,
                 )
             )
+        except BlobNotFound as e:  # collected as garbage between the check above and the write
+            raise ManifestBlobUnknown(f"blob {e} is not in repository {name}", detail={"missing": [str(e)]}) from None
         except TagConflict as e:
             raise TagImmutable(
                 f"The image tag '{e.tag}' already exists in the '{name}' repository and cannot be overwritten "
@@ -259,6 +273,7 @@ class ImageService:
                 await self.repository(name)
                 raise ManifestUnknown(f"manifest {reference} is not in repository {name}")
             self.cache.pop(("manifest", name, reference))
+            self._pulls.pop((name, reference), None)
             for tag in tags:
                 self.cache.pop(("tag", name, tag))
         else:

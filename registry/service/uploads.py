@@ -22,6 +22,7 @@ from registry.errors import (
 )
 from registry.service.images import ImageService
 from storage.base import (
+    BlobNotFound,
     BlobStore,
     DigestMismatch,
     MetadataStore,
@@ -76,17 +77,27 @@ class UploadService:
         if mount is not None:
             size = await self._mountable(mount, mount_from)
             if size is not None:
-                await self.meta.link_blob(name, mount, size, self.clock())
+                await self._link(name, mount, size)
                 return Started(digest=mount)
         if digest is not None and body is not None:
             size = await self._ingest(body, digest, length)
-            await self.meta.link_blob(name, digest, size, self.clock())
+            await self._link(name, digest, size)
             return Started(digest=digest)
 
         upload_id = str(uuid.uuid4())
         await self.blobs.start_upload(upload_id)
         await self.meta.create_upload(UploadRecord(upload_id, name, self.clock()))
         return Started(upload_id=upload_id)
+
+    async def _link(self, name: str, digest: str, size: int) -> None:
+        """Link a stored blob into the repository; the check inside the write makes sure garbage collection did
+        not remove the bytes in between (then the client is told to retry, and nothing is acknowledged)."""
+        path = self.blobs.local_path(digest)
+        check = (lambda: path.exists()) if path is not None else None
+        try:
+            await self.meta.link_blob(name, digest, size, self.clock(), check)
+        except BlobNotFound:
+            raise BlobUploadInvalid(f"blob {digest} was garbage-collected while it was uploaded; retry") from None
 
     async def _mountable(self, digest: str, mount_from: str | None) -> int | None:
         size = (
@@ -181,8 +192,8 @@ class UploadService:
             ) from None
         except UploadNotFound:
             raise BlobUploadUnknown("upload data is gone", detail={"uuid": upload_id}) from None
-        await self.meta.link_blob(name, digest, size, self.clock())
         await self.meta.delete_upload(upload_id)
+        await self._link(name, digest, size)
         return digest
 
     async def cancel(self, name: str, upload_id: str) -> None:
