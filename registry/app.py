@@ -1,26 +1,46 @@
-"""create_app(config): the one place that picks concrete stores and wires services, routes and jobs."""
+"""create_app(config): the one place that picks concrete stores and wires services, routes and jobs.
+
+`Services` is the set of stores and services without HTTP; the server and the offline commands
+(`moorage gc`, `moorage lifecycle ...`) build it the same way, so they work on a data dir while a server
+runs on it (SQLite serializes the writers).
+"""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 from aiohttp import web
 
+from registry import jobs
 from registry.auth.access import AccessControl
 from registry.auth.principals import Directory
 from registry.auth.tokens import KeyRing
 from registry.config import Config
+from registry.gc import GarbageCollector
 from registry.proxy import rules
+from registry.proxy.eviction import evict
 from registry.proxy.pullthrough import PullThrough
 from registry.service.ecr import EcrService
 from registry.service.images import ImageService
+from registry.service.lifecycle import LifecycleService
+from registry.service.templates import TemplateService
 from registry.service.uploads import UploadService
 from registry.web import ecr_api, metrics, oci_routes
-from registry.web.context import ACCESS, BLOBS, CONFIG, ECR, IMAGES, META, PULL_THROUGH, UPLOADS
+from registry.web.context import (
+    ACCESS,
+    BLOBS,
+    CONFIG,
+    ECR,
+    ECR_OPERATIONS,
+    IMAGES,
+    META,
+    PULL_THROUGH,
+    UPLOADS,
+)
 from registry.web.middleware import add_api_version, error_middleware
 from storage.base import PullThroughRule
 from storage.fs import FilesystemBlobStore
@@ -28,20 +48,95 @@ from storage.sqlite import SQLiteMetadataStore
 
 log = logging.getLogger("moorage")
 PULL_FLUSH_INTERVAL = 5.0  # seconds between writes of recorded pull times
+EXTERNAL_WRITE_POLL = 1.0  # seconds: how stale a cache may be after another process writes
+
+
+@dataclass(slots=True)
+class Services:
+    config: Config
+    meta: SQLiteMetadataStore
+    blobs: FilesystemBlobStore
+    images: ImageService
+    uploads: UploadService
+    templates: TemplateService
+    pull_through: PullThrough
+    lifecycle: LifecycleService
+    gc: GarbageCollector
+    _seen_version: int | None = None
+
+    @classmethod
+    def build(cls, config: Config) -> Services:
+        data_dir = config.server.data_dir
+        account = config.registry.account_id
+        meta = SQLiteMetadataStore(data_dir / "moorage.db")
+        blobs = FilesystemBlobStore(data_dir)
+        templates = TemplateService(meta, account_id=account)
+        images = ImageService(
+            meta,
+            blobs,
+            create_on_push=config.registry.create_on_push,
+            cache_entries=config.registry.metadata_cache_entries,
+            templates=templates.init_for,
+        )
+        pull_through = PullThrough(
+            images, meta, blobs, config=config.pull_through, secrets=config.secrets, region=config.registry.region
+        )
+        return cls(
+            config,
+            meta,
+            blobs,
+            images,
+            UploadService(images, meta, blobs),
+            templates,
+            pull_through,
+            LifecycleService(images, meta, account_id=account),
+            GarbageCollector(meta, blobs, grace_period=config.gc.grace_period, on_removed=images.forget_all),
+        )
+
+    async def open(self) -> None:
+        await self.meta.open()
+        await _declare_rules(self.config, self.meta)
+        await self.pull_through.start()
+        self._seen_version = await self.meta.external_version()
+
+    async def close(self) -> None:
+        await self.pull_through.close()
+        await self.images.flush_pulls()
+        await self.blobs.close()
+        await self.meta.close()
+
+    async def evict_cache(self) -> int:
+        return await evict(self.pull_through, self.lifecycle, self.meta, self.config.pull_through.max_cache_bytes)
+
+    async def watch_external_writes(self) -> None:
+        """Drop in-memory caches when another process (an offline command) changed the database."""
+        version = await self.meta.external_version()
+        if version != self._seen_version:
+            self.images.forget_all()
+            self.pull_through.forget_checks()
+        self._seen_version = version
+
+    async def collect(self) -> None:
+        await self.evict_cache()
+        await self.gc.run()
+
+
+@contextlib.asynccontextmanager
+async def open_services(config: Config) -> AsyncIterator[Services]:
+    services = Services.build(config)
+    await services.open()
+    try:
+        yield services
+    finally:
+        await services.close()
 
 
 def create_app(config: Config) -> web.Application:
     app = web.Application(middlewares=[error_middleware], client_max_size=1024**2)
     app[CONFIG] = config
-    data_dir = config.server.data_dir
-    meta = SQLiteMetadataStore(data_dir / "moorage.db")
-    blobs = FilesystemBlobStore(data_dir)
-    images = ImageService(
-        meta, blobs, create_on_push=config.registry.create_on_push, cache_entries=config.registry.metadata_cache_entries
-    )
-    uploads = UploadService(images, meta, blobs)
-    keyring = KeyRing(data_dir / "keys")
-    directory = Directory.load(config.auth, config.registry.account_id, data_dir)
+    s = Services.build(config)
+    keyring = KeyRing(config.server.data_dir / "keys")
+    directory = Directory.load(config.auth, config.registry.account_id, config.server.data_dir)
     access = AccessControl(
         enabled=config.auth.enabled,
         directory=directory,
@@ -54,55 +149,32 @@ def create_app(config: Config) -> web.Application:
     def issue_token(principal: str | None, ttl: float | None) -> tuple[str, float]:
         return keyring.issue(principal or "anonymous", access.clock(), ttl or config.auth.token_ttl)
 
-    app[META] = meta
-    app[BLOBS] = blobs
-    app[IMAGES] = images
-    app[UPLOADS] = uploads
-    app[ACCESS] = access
-    pull_through = PullThrough(
-        images, meta, blobs, config=config.pull_through, secrets=config.secrets, region=config.registry.region
-    )
-    app[PULL_THROUGH] = pull_through
-    app[ECR] = EcrService(
-        images,
-        uploads,
-        meta,
-        pull_through,
+    ecr = EcrService(
+        s.images,
+        s.uploads,
+        s.meta,
+        s.pull_through,
         account_id=config.registry.account_id,
         region=config.registry.region,
         issue_token=issue_token,
     )
+    app[META], app[BLOBS], app[IMAGES], app[UPLOADS] = s.meta, s.blobs, s.images, s.uploads
+    app[ACCESS], app[PULL_THROUGH], app[ECR] = access, s.pull_through, ecr
+    app[ECR_OPERATIONS] = (ecr, s.lifecycle, s.templates)
 
-    async def stores(app: web.Application) -> AsyncIterator[None]:
+    async def lifespan(app: web.Application) -> AsyncIterator[None]:
         keyring.load()
-        await meta.open()
-        await _declare_rules(config, meta)
-        await pull_through.start()
+        await s.open()
         try:
             yield
         finally:
-            await pull_through.close()
-            await images.flush_pulls()
-            await blobs.close()
-            await meta.close()
+            await s.close()
 
-    async def pull_recorder(app: web.Application) -> AsyncIterator[None]:
-        async def run() -> None:
-            while True:
-                await asyncio.sleep(PULL_FLUSH_INTERVAL)
-                try:
-                    await images.flush_pulls()
-                except Exception:  # a failed flush must not stop later ones
-                    log.exception("recording pull times failed")
-
-        task = asyncio.create_task(run())
-        yield
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-    app.cleanup_ctx.append(stores)
-    app.cleanup_ctx.append(pull_recorder)
+    app.cleanup_ctx.append(lifespan)
+    app.cleanup_ctx.append(jobs.every("record pull times", PULL_FLUSH_INTERVAL, s.images.flush_pulls))
+    app.cleanup_ctx.append(jobs.every("watch for other writers", EXTERNAL_WRITE_POLL, s.watch_external_writes))
+    app.cleanup_ctx.append(jobs.every("lifecycle sweep", config.lifecycle.evaluation_interval, s.lifecycle.sweep))
+    app.cleanup_ctx.append(jobs.every("garbage collection", config.gc.interval, s.collect))
     app.on_response_prepare.append(add_api_version)
     app.router.add_post("/{tail:.*}", _post_root)
     oci_routes.add_routes(app)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 from registry import __version__
 from registry.config import Config, ConfigError, load
@@ -90,6 +92,82 @@ def _rotate_signing_key(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def _offline(config: Config, job: Any) -> int:
+    """Run `job(services)` against the data dir (works while a server runs on it) and print its JSON."""
+    import asyncio
+    import json
+
+    from registry.app import open_services
+
+    async def main() -> Any:
+        async with open_services(config) as services:
+            return await job(services)
+
+    try:
+        print(json.dumps(asyncio.run(main()), indent=2))
+    except ValueError as e:
+        print(f"moorage: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _lifecycle_preview(args: argparse.Namespace, config: Config) -> int:
+    from registry import lifecycle as lc
+    from registry.service.lifecycle import report_json
+
+    as_of = _parse_time(args.as_of) if args.as_of else time.time()
+
+    async def job(s: Any) -> Any:
+        repo = await s.meta.get_repository(args.repository)
+        if repo is None:
+            raise ValueError(f"repository {args.repository} does not exist")
+        if not repo.lifecycle_policy:
+            raise ValueError(f"repository {args.repository} has no lifecycle policy")
+        planned = await s.lifecycle.plan(repo.name, lc.parse_policy(repo.lifecycle_policy), as_of)
+        from registry.service.lifecycle import SweepReport
+
+        report = SweepReport(
+            repo.name,
+            [p for p in planned if p.action.action == "expire"],
+            [p for p in planned if p.action.action == "transition"],
+        )
+        return {
+            "asOf": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(as_of)),
+            "lifecyclePolicyText": repo.lifecycle_policy,
+            **report_json([report])[0],
+        }
+
+    return _offline(config, job)
+
+
+def _lifecycle_run(args: argparse.Namespace, config: Config) -> int:
+    from registry.service.lifecycle import report_json
+
+    async def job(s: Any) -> Any:
+        return report_json(await s.lifecycle.sweep(dry_run=args.dry_run, repository=args.repository))
+
+    return _offline(config, job)
+
+
+def _gc(args: argparse.Namespace, config: Config) -> int:
+    async def job(s: Any) -> Any:
+        evicted = 0 if args.dry_run else await s.evict_cache()
+        report = (await s.gc.run(dry_run=args.dry_run)).as_dict()
+        return {**report, "cacheImagesEvicted": evicted}
+
+    return _offline(config, job)
+
+
+def _parse_time(value: str) -> float:
+    from datetime import UTC, datetime
+
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise SystemExit(f"moorage: --as-of {value!r} is not an ISO-8601 time (e.g. 2026-12-01T00:00:00Z)") from None
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="moorage", description="A local OCI registry that speaks Amazon ECR.")
     parser.add_argument("--version", action="version", version=f"moorage {__version__}")
@@ -108,6 +186,24 @@ def build_parser() -> argparse.ArgumentParser:
     _common(login)
     login.add_argument("--endpoint", help="the registry's URL (default: from --config, else http://127.0.0.1:5000)")
     login.set_defaults(func=_get_login_password)
+
+    lifecycle = sub.add_parser("lifecycle", help="lifecycle policies: preview what would go, or apply them now")
+    lsub = lifecycle.add_subparsers(dest="lifecycle_command", required=True)
+    preview = lsub.add_parser("preview", help="print, as JSON, what a repository's policy would expire")
+    _common(preview)
+    preview.add_argument("--repository", required=True)
+    preview.add_argument("--as-of", help="evaluate at this ISO-8601 time instead of now (see what goes next week)")
+    preview.set_defaults(func=_lifecycle_preview)
+    run = lsub.add_parser("run", help="apply every repository's lifecycle policy now")
+    _common(run)
+    run.add_argument("--dry-run", action="store_true", help="report what would be expired, change nothing")
+    run.add_argument("--repository", help="only this repository")
+    run.set_defaults(func=_lifecycle_run)
+
+    gc = sub.add_parser("gc", help="garbage-collect unreferenced blobs now (and evict the cache to its bound)")
+    _common(gc)
+    gc.add_argument("--dry-run", action="store_true", help="report what would be freed, remove nothing")
+    gc.set_defaults(func=_gc)
 
     rotate = sub.add_parser("rotate-signing-key", help="create a new token signing key and make it current")
     _common(rotate)

@@ -215,7 +215,19 @@ class PullThroughConfig:
     upstream_timeout: float = _key(30.0, "duration")
     failure_retry_interval: float = _key(60.0, "duration")
     offline: bool = _key(False, "bool")
+    max_cache_bytes: int = _key(0, "int", lambda v: _check_positive(v) if v else v)
     rules: tuple[RuleConfig, ...] = _tables(RuleConfig)
+
+
+@dataclass(frozen=True, slots=True)
+class LifecycleConfig:
+    evaluation_interval: float = _key(24 * 3600.0, "duration")
+
+
+@dataclass(frozen=True, slots=True)
+class GcConfig:
+    interval: float = _key(3600.0, "duration")
+    grace_period: float = _key(3600.0, "duration")
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,6 +249,8 @@ class Config:
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     pull_through: PullThroughConfig = field(default_factory=PullThroughConfig)
+    lifecycle: LifecycleConfig = field(default_factory=LifecycleConfig)
+    gc: GcConfig = field(default_factory=GcConfig)
     secrets: dict[str, SecretConfig] = field(default_factory=dict)
     log: LogConfig = field(default_factory=LogConfig)
 

@@ -234,3 +234,15 @@ PullThroughCacheRuleAlreadyExists = _ecr("PullThroughCacheRuleAlreadyExistsExcep
 PullThroughCacheRuleNotFound = _ecr("PullThroughCacheRuleNotFoundException", "rule not found")
 SecretNotFound = _ecr("SecretNotFoundException", "secret not found")
 UnsupportedUpstreamRegistry = _ecr("UnsupportedUpstreamRegistryException", "unsupported upstream registry")
+
+# -- lifecycle, archive, templates ---------------------------------------------------------------------
+LifecyclePolicyNotFound = _ecr("LifecyclePolicyNotFoundException", "lifecycle policy not found")
+LifecyclePolicyPreviewNotFound = _ecr("LifecyclePolicyPreviewNotFoundException", "lifecycle policy preview not found")
+LifecyclePolicyPreviewInProgress = _ecr("LifecyclePolicyPreviewInProgressException", "a preview is in progress")
+TemplateAlreadyExists = _ecr("TemplateAlreadyExistsException", "template already exists")
+TemplateNotFound = _ecr("TemplateNotFoundException", "template not found")
+
+
+class ImageArchived(Denied):
+    ecr_code = "ImageArchivedException"
+    default_message = "The image is archived; restore it with UpdateImageStorageClass before pulling it."

@@ -88,6 +88,7 @@ class ManifestRecord:
     annotations: dict[str, str] | None
     pushed_at: float
     body: bytes
+    storage_class: str = "STANDARD"
 
 
 @dataclass(frozen=True, slots=True)
@@ -346,6 +347,12 @@ class ManifestStore(Protocol):
     async def blob_referenced(self, repository: str, digest: str) -> bool:
         """Whether a manifest in the repository lists the blob."""
 
+    async def manifest_blobs(self, repository: str, digest: str) -> list[tuple[str, int]]:
+        """(digest, size) of the blobs a manifest references."""
+
+    async def blob_reference_counts(self, digests: Iterable[str]) -> dict[str, int]:
+        """How many manifests, in all repositories, reference each blob."""
+
     async def record_pulls(self, pulls: Iterable[tuple[str, str, float]]) -> None:
         """Set last-pulled times from (repository, digest, time) triples."""
 
@@ -425,3 +432,6 @@ class MetadataStore(
     async def open(self) -> None: ...
 
     async def close(self) -> None: ...
+
+    async def external_version(self) -> int:
+        """A value that changes when another process writes (so in-memory caches can be dropped)."""

@@ -157,7 +157,8 @@ _IMAGE_COLUMNS = (
     "m.last_activated_at"
 )
 _MANIFEST_COLUMNS = (
-    "r.name, m.digest, m.media_type, m.size, m.artifact_type, m.subject, m.annotations, m.pushed_at, m.body"
+    "r.name, m.digest, m.media_type, m.size, m.artifact_type, m.subject, m.annotations, m.pushed_at, m.body, "
+    "m.storage_class"
 )
 _IN_CHUNK = 500  # bound the number of SQL parameters per statement
 
@@ -217,6 +218,13 @@ class SQLiteMetadataStore:
                 await conn.close()
         self._readers.clear()
         self._writer = None
+
+    async def external_version(self) -> int:
+        """Changes whenever another process (e.g. `moorage gc`) commits: PRAGMA data_version on the writer
+        connection ignores this process's own writes."""
+        assert self._writer is not None, "store is not open"
+        async with self._write_lock:
+            return (await self._writer.execute_fetchall("PRAGMA data_version"))[0][0]
 
     async def ping(self) -> None:
         await self._fetchall("SELECT 1")
@@ -537,9 +545,9 @@ class SQLiteMetadataStore:
 
     @staticmethod
     def _manifest(row: Any) -> ManifestRecord:
-        name, digest, mt, size, at, subject, ann, pushed_at, body = row
+        name, digest, mt, size, at, subject, ann, pushed_at, body, storage_class = row
         return ManifestRecord(
-            name, digest, mt, size, at, subject, json.loads(ann) if ann else None, pushed_at, bytes(body)
+            name, digest, mt, size, at, subject, json.loads(ann) if ann else None, pushed_at, bytes(body), storage_class
         )
 
     async def get_manifest(self, repository: str, digest: str) -> ManifestRecord | None:
@@ -667,6 +675,24 @@ class SQLiteMetadataStore:
             (repository, digest),
         )
         return row is not None
+
+    async def manifest_blobs(self, repository: str, digest: str) -> list[tuple[str, int]]:
+        rows = await self._fetchall(
+            "SELECT ref.child, coalesce(b.size, 0) FROM repositories r JOIN manifests m ON m.repository_id = r.id "
+            "JOIN manifest_references ref ON ref.manifest_id = m.id LEFT JOIN blobs b ON b.digest = ref.child "
+            "WHERE r.name = ? AND m.digest = ? AND ref.kind = 'blob'",
+            (repository, digest),
+        )
+        return [(row[0], row[1]) for row in rows]
+
+    async def blob_reference_counts(self, digests: Iterable[str]) -> dict[str, int]:
+        rows = await self._in_query(
+            "SELECT child, count(*) FROM manifest_references WHERE kind = 'blob' AND child IN ({placeholders}) "
+            "GROUP BY child",
+            [],
+            digests,
+        )
+        return {row[0]: row[1] for row in rows}
 
     async def record_pulls(self, pulls: Iterable[tuple[str, str, float]]) -> None:
         batch = [(t, repo, digest) for repo, digest, t in pulls]

@@ -125,6 +125,9 @@ class PullThrough:
         for rule in self.rules:
             self.metrics.setdefault(rule.prefix, RuleMetrics())
 
+    def forget_checks(self) -> None:
+        self._checked.clear()
+
     def rule_for(self, repository: str) -> PullThroughRule | None:
         return r.match(self.rules, repository) if self.rules else None
 
@@ -298,8 +301,12 @@ class PullThrough:
             if rule is None:
                 raise
         m = self._metrics(rule)
+        if not await self.meta.blob_referenced(repository, digest):
+            # Only blobs a cached manifest lists come from the upstream: a push's existence checks (and
+            # arbitrary digests) get a plain 404 and never wait on the upstream.
+            raise BlobUnknown(f"blob {digest} is not in repository {repository}", detail={"digest": digest})
         stored = await self.blobs.stat(digest)
-        if stored is not None and await self.meta.blob_referenced(repository, digest):
+        if stored is not None:
             # Already here (another cache repository fetched it): link it, no upstream needed.
             await self.meta.link_blob(repository, digest, stored, self.clock())
             m.hits += 1
@@ -438,14 +445,17 @@ class Download:
         try:
             while True:
                 async with self._changed:
-                    await self._changed.wait_for(lambda at=offset: self.written > at or self.done or self.failed)
+                    await self._changed.wait_for(lambda at=offset: self.written - 1 > at or self.done or self.failed)
                 if self._fd is None and self.done:  # started after the spool closed: read the installed blob
                     async for data in self.owner.blobs.read(self.digest, offset):
                         yield data
                     return
-                if self.written > offset:
+                # The last byte is held back until the download is verified, so a client can never receive
+                # a complete body for a blob whose digest turns out wrong.
+                readable = self.written if self.done else self.written - 1
+                if readable > offset:
                     assert self._fd is not None
-                    data = await asyncio.to_thread(os.pread, self._fd, min(1 << 20, self.written - offset), offset)
+                    data = await asyncio.to_thread(os.pread, self._fd, min(1 << 20, readable - offset), offset)
                     offset += len(data)
                     yield data
                     continue

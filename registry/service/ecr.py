@@ -149,6 +149,11 @@ class EcrService:
             d["lastRecordedPullTime"] = img.last_pulled_at
         if img.subject:
             d["subjectManifestDigest"] = img.subject
+        d["imageStatus"] = "ARCHIVED" if img.storage_class == "ARCHIVE" else "ACTIVE"
+        if img.last_archived_at:
+            d["lastArchivedAt"] = img.last_archived_at
+        if img.last_activated_at:
+            d["lastActivatedAt"] = img.last_activated_at
         return d
 
     # -- auth and registry -------------------------------------------------------------------------
@@ -552,6 +557,13 @@ class EcrService:
                     )
                 )
                 continue
+            if record.storage_class == "ARCHIVE":
+                failures.append(
+                    self._failure(
+                        image_id, "ImageInaccessible", "The image is archived; restore it with UpdateImageStorageClass"
+                    )
+                )
+                continue
             if accepted and record.media_type not in accepted:
                 failures.append(
                     self._failure(
@@ -839,6 +851,15 @@ def _tags(tags: list[dict[str, str]]) -> dict[str, str]:
 def _jackson(doc: Any) -> str:
     """Re-serialise a policy the way ECR returns it (Jackson's pretty printer)."""
     return json.dumps(doc, indent=2, separators=(",", " : "))
+
+
+def page_offset(token: str | None) -> int:
+    """A nextToken that is a plain offset into a list (previews, templates)."""
+    if token is None:
+        return 0
+    if not token.isdigit():
+        raise InvalidParameter("Invalid parameter at 'nextToken' failed to satisfy constraint: 'Invalid token'")
+    return int(token)
 
 
 def _encode_token(value: Any) -> str:

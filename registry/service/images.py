@@ -250,6 +250,9 @@ class ImageService:
     def forget_repository(self, name: str) -> None:
         self.cache.pop(("repo", name))
 
+    def forget_manifest(self, name: str, digest: str) -> None:
+        self.cache.pop(("manifest", name, digest))
+
     def forget_all(self) -> None:
         """After a repository is deleted: its tags, manifests and blob links may be cached anywhere."""
         self.cache.clear()

@@ -18,7 +18,7 @@ from registry import ecr_model
 from registry.errors import InvalidParameter, NameUnknown, SerializationError, UnknownOperation, UnsupportedOperation
 from registry.service.ecr import Caller
 from registry.web.auth import api_principal, condition_keys
-from registry.web.context import ACCESS, ECR, IMAGES
+from registry.web.context import ACCESS, ECR, ECR_OPERATIONS, IMAGES
 from registry.web.middleware import ECR_TARGET_HEADER, PROTOCOL
 
 MAX_BODY = 32 * 1024 * 1024  # an UploadLayerPart of 20 MiB, base64-encoded, and then some
@@ -60,7 +60,14 @@ async def handle(request: web.Request) -> web.Response:
     op = ecr_model.operation(name)
     if op is None:
         raise UnknownOperation(f"Unknown operation {name}")
-    operation = getattr(request.app[ECR], _snake(name), None)
+    operation = next(
+        (
+            getattr(provider, _snake(name))
+            for provider in request.app[ECR_OPERATIONS]
+            if hasattr(provider, _snake(name))
+        ),
+        None,
+    )
     if operation is None:
         raise UnsupportedOperation(f"Moorage does not implement the ECR operation {name}")
     try:

@@ -58,7 +58,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return render_error(request, NotFound(f"no such endpoint: {request.path}"))
     except web.HTTPException:
         raise
-    except (ConnectionResetError, web.HTTPClientError) as exc:  # the client went away mid-request
+    except ConnectionError as exc:  # the client went away, or a stream was cut after its headers were sent
         log.info("%s %s: client went away: %s", request.method, request.path, exc)
         raise
     except Exception:

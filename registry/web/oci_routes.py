@@ -17,6 +17,7 @@ from registry.auth.access import challenge
 from registry.auth.principals import Principal
 from registry.errors import (
     AuthenticationRequired,
+    ImageArchived,
     ManifestTooLarge,
     ManifestUnknown,
     NameInvalid,
@@ -151,6 +152,11 @@ async def get_manifest(request: web.Request, name: str, reference: str) -> web.R
     oci.validate_reference(reference)
     images = request.app[IMAGES]
     record = await request.app[PULL_THROUGH].get_manifest(name, reference, import_authorizer(request, name))
+    if record.storage_class == "ARCHIVE":
+        raise ImageArchived(
+            f"{name}@{record.digest} is archived; restore it with UpdateImageStorageClass "
+            "(targetStorageClass STANDARD) before pulling it"
+        )
     if request.method == "GET":
         images.note_pull(name, record.digest)
     if not oci.accepts(request.headers.getall("Accept", []), record.media_type):
@@ -213,8 +219,15 @@ async def get_blob(request: web.Request, name: str, digest: str) -> web.StreamRe
             resp.content_length = blob.size
         await resp.prepare(request)
         if blob.chunks is not None:
-            async for chunk in blob.chunks:
-                await resp.write(chunk)
+            try:
+                async for chunk in blob.chunks:
+                    await resp.write(chunk)
+            except ConnectionError:
+                # The upstream download failed after the headers went out: cut the connection, so the client
+                # sees a truncated body (and retries) rather than a complete one or a second response.
+                if request.transport is not None:
+                    request.transport.abort()
+                raise
         await resp.write_eof()
         return resp
     size = blob.size

@@ -1,0 +1,41 @@
+"""Periodic background jobs (pull-time flushes, lifecycle sweeps, cache eviction, garbage collection)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from aiohttp import web
+
+log = logging.getLogger("moorage.jobs")
+
+
+def every(
+    name: str, interval: float, job: Callable[[], Awaitable[object]]
+) -> Callable[[web.Application], contextlib.AbstractAsyncContextManager[None]]:
+    """A cleanup_ctx entry that runs `job` every `interval` seconds while the app lives. One failure is
+    logged and does not stop later runs; shutdown cancels the loop."""
+
+    @contextlib.asynccontextmanager
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        async def loop() -> None:
+            while True:
+                await asyncio.sleep(interval)
+                try:
+                    await job()
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("background job %s failed", name)
+
+        task = asyncio.ensure_future(loop())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    return ctx

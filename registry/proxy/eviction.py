@@ -1,0 +1,56 @@
+"""Keep pull-through cache repositories under `[pull_through] max_cache_bytes`.
+
+Usage is the bytes of the distinct blobs the cache repositories' images reference. Past the bound, the least
+recently pulled cached images (never pulled: by push time) are deleted first, skipping images an index still
+lists; a blob counts as freed only when no other image anywhere references it. Garbage collection then
+reclaims the bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from registry.proxy import rules as r
+from registry.proxy.pullthrough import PullThrough
+from registry.service.lifecycle import LifecycleService
+from storage import base as st
+
+log = logging.getLogger("moorage.eviction")
+
+
+async def evict(pull_through: PullThrough, lifecycle: LifecycleService, meta: st.MetadataStore, max_bytes: int) -> int:
+    """Evict until the cache fits; returns the number of images evicted."""
+    if max_bytes <= 0 or not pull_through.rules:
+        return 0
+    images: list[st.ImageRecord] = []
+    last: str | None = None
+    while batch := await meta.describe_repositories(last, 500):
+        for repo in batch:
+            if r.match(pull_through.rules, repo.name) is not None:
+                images += await lifecycle.images_of(repo.name)
+        last = batch[-1].name
+    blobs = {img.digest: await meta.manifest_blobs(img.repository, img.digest) for img in images}
+    sizes = {d: s for refs in blobs.values() for d, s in refs}
+    refcount = await meta.blob_reference_counts(list(sizes))
+    usage = sum(sizes.values())
+    evicted = 0
+    for img in sorted(images, key=lambda i: (i.last_pulled_at or i.pushed_at, i.id)):
+        if usage <= max_bytes:
+            break
+        if (await meta.parents_of(img.repository, [img.digest])).get(img.digest):
+            continue
+        await pull_through.images.delete_manifest(img.repository, img.digest)
+        evicted += 1
+        for digest, size in blobs[img.digest]:
+            refcount[digest] = refcount.get(digest, 1) - 1
+            if refcount[digest] == 0:
+                usage -= size
+        log.info(
+            "cache eviction: removed %s@%s (last pulled %s); cache now %d bytes of %d",
+            img.repository,
+            img.digest,
+            img.last_pulled_at,
+            usage,
+            max_bytes,
+        )
+    return evicted

@@ -1,0 +1,356 @@
+"""Lifecycle policies: storage, previews, the sweep that applies them, and their ECR operations.
+
+The rules themselves live in the pure `registry.lifecycle`; this module feeds it a repository's images as
+they are now and carries out what it decides: expire (delete the image and its tags; garbage collection
+reclaims the bytes) or transition to the archive storage class (pulls refused until restored).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from registry import lifecycle as lc
+from registry.errors import (
+    ImageNotFound,
+    InvalidParameter,
+    LifecyclePolicyNotFound,
+    LifecyclePolicyPreviewInProgress,
+    LifecyclePolicyPreviewNotFound,
+    NameUnknown,
+    RegistryError,
+    RepositoryNotFound,
+)
+from registry.service.ecr import page_offset
+from registry.service.images import ImageService
+from storage import base as st
+
+log = logging.getLogger("moorage.lifecycle")
+PAGE = 500
+
+
+@dataclass(frozen=True, slots=True)
+class Planned:
+    action: lc.Action
+    image: st.ImageRecord
+
+
+@dataclass(slots=True)
+class Preview:
+    policy_text: str
+    status: str = "IN_PROGRESS"
+    results: list[Planned] = field(default_factory=list)
+    task: asyncio.Task[None] | None = None
+
+
+@dataclass(slots=True)
+class SweepReport:
+    repository: str
+    expired: list[Planned] = field(default_factory=list)
+    transitioned: list[Planned] = field(default_factory=list)
+    bytes: int = 0
+
+
+class LifecycleService:
+    def __init__(
+        self, images: ImageService, meta: st.MetadataStore, *, account_id: str, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.images = images
+        self.meta = meta
+        self.account_id = account_id
+        self.clock = clock
+        self._previews: dict[str, Preview] = {}
+
+    # -- planning ----------------------------------------------------------------------------------
+    async def images_of(self, repository: str) -> list[st.ImageRecord]:
+        out: list[st.ImageRecord] = []
+        after = 0
+        while batch := await self.meta.list_images(repository, after, PAGE):
+            out += batch
+            after = batch[-1].id
+        return out
+
+    async def plan(self, repository: str, policy: lc.Policy, now: float) -> list[Planned]:
+        records = await self.images_of(repository)
+        parents = await self.meta.parents_of(repository, [r.digest for r in records])
+        by_digest = {r.digest: r for r in records}
+        images = [
+            lc.Image(
+                digest=r.digest,
+                tags=r.tags,
+                pushed_at=r.pushed_at,
+                last_pulled_at=r.last_pulled_at,
+                storage_class=r.storage_class.lower(),
+                last_archived_at=r.last_archived_at,
+                last_activated_at=r.last_activated_at,
+                referenced_by_index=bool(parents.get(r.digest)),
+            )
+            for r in records
+        ]
+        return [Planned(a, by_digest[a.digest]) for a in lc.evaluate(policy, images, now)]
+
+    async def apply(self, repository: str, planned: list[Planned], *, reason: str) -> SweepReport:
+        report = SweepReport(repository)
+        now = self.clock()
+        for p in planned:
+            image, action = p.image, p.action
+            tags = ",".join(image.tags) or "untagged"
+            if action.action == "expire":
+                try:
+                    await self.images.delete_manifest(repository, image.digest)
+                except RegistryError:
+                    continue  # deleted meanwhile
+                report.expired.append(p)
+                report.bytes += image.image_size
+                log.info(
+                    "lifecycle (%s): expired %s@%s (%s, pushed %s) by rule %d",
+                    reason,
+                    repository,
+                    image.digest,
+                    tags,
+                    _iso(image.pushed_at),
+                    action.rule_priority,
+                )
+            else:
+                if await self.meta.set_storage_class(repository, image.digest, "ARCHIVE", now):
+                    self.images.forget_manifest(repository, image.digest)
+                    report.transitioned.append(p)
+                    log.info(
+                        "lifecycle (%s): archived %s@%s (%s) by rule %d",
+                        reason,
+                        repository,
+                        image.digest,
+                        tags,
+                        action.rule_priority,
+                    )
+        return report
+
+    async def repositories_with_policies(self) -> list[st.RepositoryRecord]:
+        out: list[st.RepositoryRecord] = []
+        last: str | None = None
+        while batch := await self.meta.describe_repositories(last, PAGE):
+            out += [r for r in batch if r.lifecycle_policy]
+            last = batch[-1].name
+        return out
+
+    async def sweep(
+        self, *, now: float | None = None, dry_run: bool = False, repository: str | None = None
+    ) -> list[SweepReport]:
+        """Apply every repository's policy (or one's); `dry_run` plans without acting."""
+        now = self.clock() if now is None else now
+        repos = await self.repositories_with_policies()
+        if repository is not None:
+            repos = [r for r in repos if r.name == repository]
+        reports = []
+        for repo in repos:
+            assert repo.lifecycle_policy is not None
+            try:
+                policy = lc.parse_policy(repo.lifecycle_policy)
+            except lc.LifecyclePolicyError as e:  # stored before a validation rule changed
+                log.error("lifecycle: the policy of %s is no longer valid, skipped: %s", repo.name, e)
+                continue
+            planned = await self.plan(repo.name, policy, now)
+            if dry_run:
+                report = SweepReport(
+                    repo.name,
+                    [p for p in planned if p.action.action == "expire"],
+                    [p for p in planned if p.action.action == "transition"],
+                )
+            else:
+                report = await self.apply(repo.name, planned, reason="scheduled sweep")
+                await self.meta.mark_lifecycle_evaluated(repo.name, now)
+                self.images.forget_repository(repo.name)
+            reports.append(report)
+        return reports
+
+    # -- ECR operations ----------------------------------------------------------------------------
+    async def _repo(self, name: str) -> st.RepositoryRecord:
+        try:
+            return await self.images.repository(name)
+        except NameUnknown:
+            raise RepositoryNotFound(
+                f"The repository with name '{name}' does not exist in the registry with id '{self.account_id}'"
+            ) from None
+
+    def _no_policy(self, name: str) -> RegistryError:
+        return LifecyclePolicyNotFound(
+            f"Lifecycle policy does not exist for the repository with name '{name}' in the registry with id "
+            f"'{self.account_id}'"
+        )
+
+    @staticmethod
+    def _parse(text: str) -> lc.Policy:
+        try:
+            return lc.parse_policy(text)
+        except lc.LifecyclePolicyError as e:
+            raise InvalidParameter(lc.error_message(e)) from None
+
+    async def put_lifecycle_policy(self, p: dict[str, Any], caller: Any) -> dict[str, Any]:
+        name = p["repositoryName"]
+        await self._repo(name)
+        self._parse(p["lifecyclePolicyText"])
+        text = lc.minify(p["lifecyclePolicyText"])
+        await self.meta.set_lifecycle_policy(name, text)
+        self.images.forget_repository(name)
+        return {"registryId": self.account_id, "repositoryName": name, "lifecyclePolicyText": text}
+
+    async def get_lifecycle_policy(self, p: dict[str, Any], caller: Any) -> dict[str, Any]:
+        name = p["repositoryName"]
+        repo = await self._repo(name)
+        if not repo.lifecycle_policy:
+            raise self._no_policy(name)
+        return {
+            "registryId": self.account_id,
+            "repositoryName": name,
+            "lifecyclePolicyText": repo.lifecycle_policy,
+            "lastEvaluatedAt": repo.lifecycle_evaluated_at or 0,
+        }
+
+    async def delete_lifecycle_policy(self, p: dict[str, Any], caller: Any) -> dict[str, Any]:
+        out = await self.get_lifecycle_policy(p, caller)
+        await self.meta.set_lifecycle_policy(p["repositoryName"], None)
+        self.images.forget_repository(p["repositoryName"])
+        return out
+
+    async def start_lifecycle_policy_preview(self, p: dict[str, Any], caller: Any) -> dict[str, Any]:
+        name = p["repositoryName"]
+        repo = await self._repo(name)
+        text = p.get("lifecyclePolicyText") or repo.lifecycle_policy
+        if not text:
+            raise self._no_policy(name)
+        policy = self._parse(text)
+        current = self._previews.get(name)
+        if current is not None and current.status == "IN_PROGRESS":
+            raise LifecyclePolicyPreviewInProgress(
+                f"A lifecycle policy preview is already in progress for the repository with name '{name}'"
+            )
+        preview = Preview(text)
+        self._previews[name] = preview
+
+        async def run() -> None:
+            try:
+                preview.results = await self.plan(name, policy, self.clock())
+                preview.status = "COMPLETE"
+            except Exception:
+                log.exception("lifecycle preview of %s failed", name)
+                preview.status = "FAILED"
+
+        preview.task = asyncio.ensure_future(run())
+        return {
+            "registryId": self.account_id,
+            "repositoryName": name,
+            "lifecyclePolicyText": text,
+            "status": "IN_PROGRESS",
+        }
+
+    async def get_lifecycle_policy_preview(self, p: dict[str, Any], caller: Any) -> dict[str, Any]:
+        name = p["repositoryName"]
+        await self._repo(name)
+        preview = self._previews.get(name)
+        if preview is None:
+            raise LifecyclePolicyPreviewNotFound(
+                f"There is no dry run for the repository with name '{name}' in the registry with id '{self.account_id}'"
+            )
+        out: dict[str, Any] = {
+            "registryId": self.account_id,
+            "repositoryName": name,
+            "lifecyclePolicyText": preview.policy_text,
+            "status": preview.status,
+        }
+        if preview.status != "COMPLETE":
+            return out
+        results = preview.results
+        status = (p.get("filter") or {}).get("tagStatus", "ANY")
+        if status == "TAGGED":
+            results = [r for r in results if r.image.tags]
+        elif status == "UNTAGGED":
+            results = [r for r in results if not r.image.tags]
+        if p.get("imageIds") is not None:
+            wanted = {i.get("imageDigest") for i in p["imageIds"]} | {i.get("imageTag") for i in p["imageIds"]}
+            results = [r for r in results if r.image.digest in wanted or set(r.image.tags) & wanted]
+        start = page_offset(p.get("nextToken"))
+        limit = p.get("maxResults", 100)
+        page = results[start : start + limit]
+        out["previewResults"] = [_preview_result(r) for r in page]
+        if start + limit < len(results):
+            out["nextToken"] = str(start + limit)
+        transitioning = sum(1 for r in preview.results if r.action.action == "transition")
+        out["summary"] = {"expiringImageTotalCount": sum(1 for r in preview.results if r.action.action == "expire")}
+        if transitioning:
+            out["summary"]["transitioningImageTotalCounts"] = [
+                {"targetStorageClass": "ARCHIVE", "imageTotalCount": transitioning}
+            ]
+        return out
+
+    async def update_image_storage_class(self, p: dict[str, Any], caller: Any) -> dict[str, Any]:
+        name = p["repositoryName"]
+        await self._repo(name)
+        image_id = p["imageId"]
+        digest = image_id.get("imageDigest")
+        if image_id.get("imageTag") is not None:
+            digest = await self.meta.resolve_tag(name, image_id["imageTag"])
+        records = await self.meta.images_by_digest(name, [digest]) if digest else {}
+        if digest not in records:
+            raise ImageNotFound(
+                f"The image with imageId {image_id} does not exist within the repository with name "
+                f"'{name}' in the registry with id '{self.account_id}'"
+            )
+        target = p["targetStorageClass"]
+        await self.meta.set_storage_class(name, digest, target, self.clock())
+        self.images.forget_manifest(name, digest)
+        return {
+            "registryId": self.account_id,
+            "repositoryName": name,
+            "imageId": {
+                "imageDigest": digest,
+                **({"imageTag": image_id["imageTag"]} if image_id.get("imageTag") else {}),
+            },
+            "imageStatus": "ARCHIVED" if target == "ARCHIVE" else "ACTIVE",
+        }
+
+
+def _preview_result(r: Planned) -> dict[str, Any]:
+    action: dict[str, Any] = {"type": r.action.action.upper()}
+    if r.action.target_storage_class:
+        action["targetStorageClass"] = r.action.target_storage_class.upper()
+    out: dict[str, Any] = {
+        "imageDigest": r.image.digest,
+        "imagePushedAt": r.image.pushed_at,
+        "action": action,
+        "appliedRulePriority": r.action.rule_priority,
+        "storageClass": r.image.storage_class,
+    }
+    if r.image.tags:
+        out["imageTags"] = list(r.image.tags)
+    return out
+
+
+def _iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+def report_json(reports: list[SweepReport]) -> list[dict[str, Any]]:
+    """What the CLI prints."""
+
+    def entry(p: Planned) -> dict[str, Any]:
+        return {
+            "imageDigest": p.image.digest,
+            "imageTags": list(p.image.tags),
+            "imagePushedAt": _iso(p.image.pushed_at),
+            "action": p.action.action,
+            "appliedRulePriority": p.action.rule_priority,
+            "imageSizeInBytes": p.image.image_size,
+        }
+
+    return [
+        {
+            "repository": r.repository,
+            "expired": [entry(p) for p in r.expired],
+            "transitioned": [entry(p) for p in r.transitioned],
+        }
+        for r in reports
+    ]

@@ -1,0 +1,150 @@
+"""Repository creation templates: the settings a repository starts with when Moorage creates it for you.
+
+As in ECR: a template applies to repositories under its `prefix` (`ROOT`: every repository without a more
+specific template) when it lists the reason in `appliedFor` (PULL_THROUGH_CACHE for cache repositories created
+on first pull, CREATE_ON_PUSH for repositories a /v2 push creates). Its settings are applied once, at creation.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+from registry import lifecycle as lc
+from registry.auth.policy import PolicyError, parse_policy
+from registry.errors import InvalidParameter, RegistryError, TemplateAlreadyExists, TemplateNotFound
+from registry.proxy import rules
+from registry.service.ecr import _settings, _tags, page_offset
+from storage import base as st
+
+FIELDS = (
+    "description",
+    "encryptionConfiguration",
+    "resourceTags",
+    "imageTagMutability",
+    "imageTagMutabilityExclusionFilters",
+    "repositoryPolicy",
+    "lifecyclePolicy",
+    "appliedFor",
+    "customRoleArn",
+)
+
+
+def _matches(prefix: str, name: str) -> bool:
+    return prefix == rules.ROOT or name.startswith(prefix + "/")
+
+
+class TemplateService:
+    def __init__(self, meta: st.MetadataStore, *, account_id: str, clock: Callable[[], float] = time.time) -> None:
+        self.meta = meta
+        self.account_id = account_id
+        self.clock = clock
+
+    async def init_for(self, name: str, reason: str) -> st.RepositoryInit | None:
+        """The most specific template for `name` that applies for `reason`, as a RepositoryInit."""
+        best: tuple[str, dict[str, Any]] | None = None
+        for prefix, body, _, _ in await self.meta.list_templates():
+            doc = json.loads(body)
+            if reason not in doc.get("appliedFor", []) or not _matches(prefix, name):
+                continue
+            if best is None or best[0] == rules.ROOT or (prefix != rules.ROOT and len(prefix) > len(best[0])):
+                best = (prefix, doc)
+        if best is None:
+            return None
+        doc = best[1]
+        settings = _settings(doc, st.RepositorySettings())
+        tags = tuple((t["Key"], t["Value"]) for t in doc.get("resourceTags", []))
+        return st.RepositoryInit(
+            settings,
+            doc.get("repositoryPolicy") or None,
+            lc.minify(doc["lifecyclePolicy"]) if doc.get("lifecyclePolicy") else None,
+            tags,
+        )
+
+    # -- ECR operations ----------------------------------------------------------------------------
+    def _validate(self, doc: dict[str, Any]) -> None:
+        try:
+            _settings(doc, st.RepositorySettings())
+            _tags(doc.get("resourceTags") or [])
+        except RegistryError as e:
+            raise InvalidParameter(e.message) from None
+        if doc.get("lifecyclePolicy"):
+            try:
+                lc.parse_policy(doc["lifecyclePolicy"])
+            except lc.LifecyclePolicyError as e:
+                raise InvalidParameter(lc.error_message(e)) from None
+        if doc.get("repositoryPolicy"):
+            try:
+                parse_policy(doc["repositoryPolicy"], resource_policy=True)
+            except PolicyError as e:
+                raise InvalidParameter(
+                    "Invalid parameter at 'repositoryPolicy' failed to satisfy constraint: "
+                    f"'Invalid repository policy provided': {e}"
+                ) from None
+
+    def _shape(self, prefix: str, doc: dict[str, Any], created_at: float, updated_at: float) -> dict[str, Any]:
+        out = {
+            "prefix": prefix,
+            **{k: doc[k] for k in FIELDS if doc.get(k) not in (None, "", [])},
+            "createdAt": created_at,
+            "updatedAt": updated_at,
+        }
+        out.setdefault("imageTagMutability", "MUTABLE")
+        out.setdefault("encryptionConfiguration", {"encryptionType": "AES256"})
+        return out
+
+    def _not_found(self, prefix: str) -> RegistryError:
+        return TemplateNotFound(
+            f"The repository creation template with prefix '{prefix}' does not exist in the "
+            f"registry with id '{self.account_id}'"
+        )
+
+    async def create_repository_creation_template(self, p: dict[str, Any], caller: Any) -> dict[str, Any]:
+        prefix = rules.normalize_prefix(p["prefix"])
+        doc = {k: p[k] for k in FIELDS if k in p}
+        self._validate(doc)
+        now = self.clock()
+        if not await self.meta.put_template(prefix, json.dumps(doc), now, create=True):
+            raise TemplateAlreadyExists(f"A repository creation template with prefix '{prefix}' already exists")
+        return {"registryId": self.account_id, "repositoryCreationTemplate": self._shape(prefix, doc, now, now)}
+
+    async def update_repository_creation_template(self, p: dict[str, Any], caller: Any) -> dict[str, Any]:
+        prefix = rules.normalize_prefix(p["prefix"])
+        current = {t[0]: t for t in await self.meta.list_templates()}.get(prefix)
+        if current is None:
+            raise self._not_found(prefix)
+        doc = {**json.loads(current[1]), **{k: p[k] for k in FIELDS if k in p}}
+        self._validate(doc)
+        now = self.clock()
+        await self.meta.put_template(prefix, json.dumps(doc), now, create=False)
+        return {"registryId": self.account_id, "repositoryCreationTemplate": self._shape(prefix, doc, current[2], now)}
+
+    async def delete_repository_creation_template(self, p: dict[str, Any], caller: Any) -> dict[str, Any]:
+        prefix = rules.normalize_prefix(p["prefix"])
+        deleted = await self.meta.delete_template(prefix)
+        if deleted is None:
+            raise self._not_found(prefix)
+        return {
+            "registryId": self.account_id,
+            "repositoryCreationTemplate": self._shape(prefix, json.loads(deleted[1]), deleted[2], deleted[3]),
+        }
+
+    async def describe_repository_creation_templates(self, p: dict[str, Any], caller: Any) -> dict[str, Any]:
+        templates = await self.meta.list_templates()
+        wanted = p.get("prefixes")
+        if wanted is not None:
+            wanted = {rules.normalize_prefix(x) for x in wanted}
+            templates = [t for t in templates if t[0] in wanted]
+        start = page_offset(p.get("nextToken"))
+        limit = p.get("maxResults", 100)
+        out: dict[str, Any] = {
+            "registryId": self.account_id,
+            "repositoryCreationTemplates": [
+                self._shape(prefix, json.loads(body), c, u) for prefix, body, c, u in templates[start : start + limit]
+            ],
+        }
+        if start + limit < len(templates):
+            out["nextToken"] = str(start + limit)
+        return out
