@@ -7,8 +7,10 @@ runs on it (SQLite serializes the writers).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import signal
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -29,7 +31,7 @@ from registry.service.images import ImageService
 from registry.service.lifecycle import LifecycleService
 from registry.service.templates import TemplateService
 from registry.service.uploads import UploadService
-from registry.web import ecr_api, metrics, oci_routes
+from registry.web import ecr_api, health, metrics, oci_routes
 from registry.web.context import (
     ACCESS,
     BLOBS,
@@ -41,12 +43,13 @@ from registry.web.context import (
     PULL_THROUGH,
     UPLOADS,
 )
-from registry.web.middleware import add_api_version, error_middleware
+from registry.web.middleware import InFlight, access_middleware, add_api_version, error_middleware
 from storage.base import PullThroughRule
 from storage.fs import FilesystemBlobStore
 from storage.sqlite import SQLiteMetadataStore
 
 log = logging.getLogger("moorage")
+IN_FLIGHT = web.AppKey("in_flight", InFlight)
 PULL_FLUSH_INTERVAL = 5.0  # seconds between writes of recorded pull times
 EXTERNAL_WRITE_POLL = 1.0  # seconds: how stale a cache may be after another process writes
 
@@ -62,6 +65,7 @@ class Services:
     pull_through: PullThrough
     lifecycle: LifecycleService
     gc: GarbageCollector
+    metrics: metrics.Metrics | None = None
     _seen_version: int | None = None
 
     @classmethod
@@ -117,8 +121,21 @@ class Services:
         self._seen_version = version
 
     async def collect(self) -> None:
-        await self.evict_cache()
-        await self.gc.run()
+        evicted = await self.evict_cache()
+        report = await self.gc.run()
+        if self.metrics is not None:
+            self.metrics.evictions.inc(evicted)
+            self.metrics.gc_runs.inc()
+            self.metrics.gc_blobs.inc(report.blobs)
+            self.metrics.gc_bytes.inc(report.bytes)
+
+    async def sweep(self) -> None:
+        reports = await self.lifecycle.sweep()
+        if self.metrics is not None:
+            self.metrics.lifecycle_runs.inc()
+            self.metrics.lifecycle_images.inc(sum(len(r.expired) for r in reports))
+            self.metrics.lifecycle_archived.inc(sum(len(r.transitioned) for r in reports))
+            self.metrics.lifecycle_bytes.inc(sum(r.bytes for r in reports))
 
 
 @contextlib.asynccontextmanager
@@ -132,9 +149,15 @@ async def open_services(config: Config) -> AsyncIterator[Services]:
 
 
 def create_app(config: Config) -> web.Application:
-    app = web.Application(middlewares=[error_middleware], client_max_size=1024**2)
-    app[CONFIG] = config
     s = Services.build(config)
+    s.metrics = metrics.Metrics()
+    in_flight = InFlight()
+    app = web.Application(
+        middlewares=[access_middleware(s.metrics.observe, in_flight, config.log.access), error_middleware],
+        client_max_size=1024**2,
+    )
+    app[IN_FLIGHT] = in_flight
+    app[CONFIG] = config
     keyring = KeyRing(config.server.data_dir / "keys")
     directory = Directory.load(config.auth, config.registry.account_id, config.server.data_dir)
     access = AccessControl(
@@ -173,15 +196,39 @@ def create_app(config: Config) -> web.Application:
     app.cleanup_ctx.append(lifespan)
     app.cleanup_ctx.append(jobs.every("record pull times", PULL_FLUSH_INTERVAL, s.images.flush_pulls))
     app.cleanup_ctx.append(jobs.every("watch for other writers", EXTERNAL_WRITE_POLL, s.watch_external_writes))
-    app.cleanup_ctx.append(jobs.every("lifecycle sweep", config.lifecycle.evaluation_interval, s.lifecycle.sweep))
+    app.cleanup_ctx.append(jobs.every("lifecycle sweep", config.lifecycle.evaluation_interval, s.sweep))
     app.cleanup_ctx.append(jobs.every("garbage collection", config.gc.interval, s.collect))
     app.on_response_prepare.append(add_api_version)
     app.router.add_post("/{tail:.*}", _post_root)
     oci_routes.add_routes(app)
-    metrics.setup(app)
+    health.add_routes(app)
+    metrics.setup(app, s.metrics)
     if directory.created_admin is not None:
         _announce_admin(config, directory)
     return app
+
+
+async def serve(app: web.Application, host: str, port: int, drain_timeout: float) -> None:
+    """Serve until SIGTERM or SIGINT, then drain: stop listening, let in-flight requests (uploads whose
+    bodies are still arriving included) finish for up to `drain_timeout`, then shut down."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=drain_timeout)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_address=True)
+    try:
+        await site.start()
+        await stop.wait()
+        in_flight = app[IN_FLIGHT]
+        log.info("shutting down: draining %d in-flight requests (up to %gs)", in_flight.count, drain_timeout)
+        await site.stop()  # no new connections
+        if not await in_flight.wait_idle(drain_timeout):
+            log.warning("drain timed out with %d requests still in flight", in_flight.count)
+    finally:
+        await runner.cleanup()
+        log.info("stopped")
 
 
 async def _declare_rules(config: Config, meta: SQLiteMetadataStore) -> None:

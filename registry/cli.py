@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -14,9 +15,9 @@ from registry.config import Config, ConfigError, load
 
 
 def _serve(args: argparse.Namespace, config: Config) -> int:
-    from aiohttp import web
+    import asyncio
 
-    from registry.app import create_app
+    from registry.app import create_app, serve
 
     host, port = config.listen
     config.server.data_dir.mkdir(parents=True, exist_ok=True)
@@ -29,7 +30,7 @@ def _serve(args: argparse.Namespace, config: Config) -> int:
         port,
         config.server.data_dir.resolve(),
     )
-    web.run_app(app, host=host, port=port, print=None, access_log=None, shutdown_timeout=30, handle_signals=True)
+    asyncio.run(serve(app, host, port, config.server.drain_timeout))
     return 0
 
 
@@ -168,6 +169,14 @@ def _parse_time(value: str) -> float:
     return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
 
 
+def _check_config(args: argparse.Namespace, config: Config) -> int:
+    from registry.config import render
+
+    print(f"# {args.file}: valid. Effective settings (defaults, then the file, then MOORAGE_* variables):")
+    print(render(config), end="")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="moorage", description="A local OCI registry that speaks Amazon ECR.")
     parser.add_argument("--version", action="version", version=f"moorage {__version__}")
@@ -205,6 +214,10 @@ def build_parser() -> argparse.ArgumentParser:
     gc.add_argument("--dry-run", action="store_true", help="report what would be freed, remove nothing")
     gc.set_defaults(func=_gc)
 
+    check = sub.add_parser("check-config", help="validate a configuration file and print the effective settings")
+    check.add_argument("file", type=Path, help="the TOML configuration file")
+    check.set_defaults(func=_check_config)
+
     rotate = sub.add_parser("rotate-signing-key", help="create a new token signing key and make it current")
     _common(rotate)
     rotate.set_defaults(func=_rotate_signing_key)
@@ -220,21 +233,22 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = load(
-            args.config,
+            getattr(args, "file", None)
+            or args.config
+            or (Path(os.environ["MOORAGE_CONFIG"]) if os.environ.get("MOORAGE_CONFIG") else None),
             {
                 "server": {
                     "listen": getattr(args, "listen", None),
                     "data_dir": str(args.data_dir) if getattr(args, "data_dir", None) else None,
                 }
             },
+            os.environ,
         )
     except ConfigError as e:
         print(f"moorage: configuration error: {e}", file=sys.stderr)
         return 2
     # Only the server logs at the configured level; one-shot commands print their result and nothing else.
-    logging.basicConfig(
-        level=config.log.level.upper() if args.command == "serve" else "WARNING",
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    from registry import logs
+
+    logs.setup(config.log.level if args.command == "serve" else "warning", config.log.format)
     return int(args.func(args, config))

@@ -8,9 +8,10 @@ never show them.
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -153,6 +154,7 @@ def _tables(cls: type) -> Any:
 class ServerConfig:
     listen: str = _key("127.0.0.1:5000", "str", _check_listen)
     data_dir: Path = _key(Path("./data"), "path")
+    drain_timeout: float = _key(30.0, "duration")
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,9 +240,17 @@ class SecretConfig:
     secret_access_key: Secret = _key(Secret(""), "secret")
 
 
+def _check_format(v: str) -> str:
+    if v not in ("auto", "json", "text"):
+        raise ValueError("must be auto (JSON when not a terminal), json or text")
+    return v
+
+
 @dataclass(frozen=True, slots=True)
 class LogConfig:
     level: str = _key("info", "str", _check_level)
+    format: str = _key("auto", "str", _check_format)
+    access: bool = _key(True, "bool")
 
 
 @dataclass(frozen=True, slots=True)
@@ -374,8 +384,75 @@ def _check_principals(principals: tuple[PrincipalConfig, ...]) -> None:
             seen.add(value)
 
 
-def load(path: str | Path | None = None, overrides: dict[str, dict[str, Any]] | None = None) -> Config:
-    """Read a TOML file (or nothing: all defaults) and apply `{section: {key: value}}` overrides."""
+def render(config: Config) -> str:
+    """The effective configuration as TOML, secrets masked (what `moorage check-config` prints)."""
+
+    def value(v: Any) -> str:
+        if isinstance(v, Secret):
+            return '"****"' if v.reveal() else '""'
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, int | float):
+            return repr(v)
+        return json.dumps(str(v))
+
+    def table(header: str, obj: Any) -> list[str]:
+        lines = [header]
+        nested: list[str] = []
+        for f in dataclasses.fields(obj):
+            v = getattr(obj, f.name)
+            if f.metadata.get("kind") == "tables":
+                for item in v:
+                    nested += ["", *table(f"[[{header.strip('[]')}.{f.name}]]", item)]
+                continue
+            shown = value(v)
+            if f.metadata.get("kind") == "duration":
+                shown += f"  # {v:g} seconds"
+            lines.append(f"{f.name} = {shown}")
+        return lines + nested
+
+    out: list[str] = []
+    for section in dataclasses.fields(config):
+        body = getattr(config, section.name)
+        if section.name == "secrets":
+            for name, secret in body.items():
+                out += [*table(f"[secrets.{name}]", secret), ""]
+            continue
+        out += [*table(f"[{section.name}]", body), ""]
+    return "\n".join(out).rstrip() + "\n"
+
+
+ENV_PREFIX = "MOORAGE_"
+
+
+def from_environ(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    """`MOORAGE_<SECTION>_<KEY>=value` settings, e.g. MOORAGE_SERVER_LISTEN=0.0.0.0:5000,
+    MOORAGE_AUTH_ENABLED=false, MOORAGE_PULL_THROUGH_OFFLINE=true. Values are read as TOML values when they
+    parse as one (true, 10, "x"), else as plain strings. Unknown names fail like unknown keys."""
+    sections = sorted((f.name for f in dataclasses.fields(Config) if f.name != "secrets"), key=len, reverse=True)
+    out: dict[str, dict[str, Any]] = {}
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or name in ("MOORAGE_CONFIG",):
+            continue
+        rest = name[len(ENV_PREFIX) :].lower()
+        section = next((s for s in sections if rest.startswith(s + "_")), None)
+        if section is None:
+            raise ConfigError(f"environment variable {name}: no such section (known: {', '.join(sorted(sections))})")
+        try:
+            parsed: Any = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            parsed = value
+        out.setdefault(section, {})[rest[len(section) + 1 :]] = parsed
+    return out
+
+
+def load(
+    path: str | Path | None = None,
+    overrides: dict[str, dict[str, Any]] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """Read a TOML file (or nothing: all defaults), then `MOORAGE_*` environment variables, then
+    `{section: {key: value}}` overrides (the command line), each winning over the one before."""
     raw: dict[str, Any] = {}
     if path is not None:
         try:
@@ -385,6 +462,7 @@ def load(path: str | Path | None = None, overrides: dict[str, dict[str, Any]] | 
             raise ConfigError(f"config file not found: {path}") from None
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{path}: invalid TOML: {e}") from None
-    for section, values in (overrides or {}).items():
-        raw.setdefault(section, {}).update({k: v for k, v in values.items() if v is not None})
+    for layer in (from_environ(environ or {}), overrides or {}):
+        for section, values in layer.items():
+            raw.setdefault(section, {}).update({k: v for k, v in values.items() if v is not None})
     return from_dict(raw)

@@ -433,5 +433,11 @@ class MetadataStore(
 
     async def close(self) -> None: ...
 
+    async def storage_stats(self) -> dict[str, int]:
+        """uploads_in_progress, blobs, blob_bytes, repositories, images."""
+
+    async def ping(self) -> None:
+        """Raise if the store can't answer a query."""
+
     async def external_version(self) -> int:
         """A value that changes when another process writes (so in-memory caches can be dropped)."""

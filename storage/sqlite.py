@@ -226,6 +226,14 @@ class SQLiteMetadataStore:
         async with self._write_lock:
             return (await self._writer.execute_fetchall("PRAGMA data_version"))[0][0]
 
+    async def storage_stats(self) -> dict[str, int]:
+        row = await self._fetchone(
+            "SELECT (SELECT count(*) FROM uploads), (SELECT count(*) FROM blobs), "
+            "(SELECT coalesce(sum(size), 0) FROM blobs), (SELECT count(*) FROM repositories), "
+            "(SELECT count(*) FROM manifests)"
+        )
+        return dict(zip(("uploads_in_progress", "blobs", "blob_bytes", "repositories", "images"), row, strict=True))
+
     async def ping(self) -> None:
         await self._fetchall("SELECT 1")
 

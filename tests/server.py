@@ -101,6 +101,13 @@ class MoorageServer:
                 self.proc.wait()
         self._reaped()
 
+    def wait(self, timeout: float) -> int:
+        """Wait for the process to exit on its own; its exit code."""
+        assert self.proc is not None
+        code = self.proc.wait(timeout)
+        self._reaped()
+        return code
+
     def kill(self) -> None:
         """SIGKILL: the crash case."""
         if self.proc and self.proc.poll() is None:
@@ -120,7 +127,7 @@ class MoorageServer:
 
     def log(self) -> str:
         try:
-            return self.log_path.read_text(errors="replace")[-20000:]
+            return self.log_path.read_text(errors="replace")
         except FileNotFoundError:
             return ""
 

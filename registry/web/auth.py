@@ -14,8 +14,8 @@ from registry.auth.principals import Principal
 from registry.auth.sigv4 import SigV4Error, verify
 from registry.errors import SIGV4_ERRORS, AuthFailure, MalformedCredentials, Unauthorized
 from registry.web.context import ACCESS
+from registry.web.middleware import PRINCIPAL
 
-PRINCIPAL = "moorage.principal"
 _HASH_OFF_LOOP = 256 * 1024
 
 
@@ -88,4 +88,6 @@ async def api_principal(request: web.Request, body: bytes) -> Principal | None:
         )
     except SigV4Error as e:
         raise SIGV4_ERRORS.get(e.code, AuthFailure)(e.message) from None
-    return access.directory.by_access_key[header.access_key_id]
+    principal = access.directory.by_access_key[header.access_key_id]
+    request[PRINCIPAL] = principal
+    return principal

@@ -19,7 +19,7 @@ from registry.errors import InvalidParameter, NameUnknown, SerializationError, U
 from registry.service.ecr import Caller
 from registry.web.auth import api_principal, condition_keys
 from registry.web.context import ACCESS, ECR, ECR_OPERATIONS, IMAGES
-from registry.web.middleware import ECR_TARGET_HEADER, PROTOCOL
+from registry.web.middleware import ACTION, ECR_TARGET_HEADER, PROTOCOL, REPOSITORY, REQUEST_ID, ROUTE
 
 MAX_BODY = 32 * 1024 * 1024  # an UploadLayerPart of 20 MiB, base64-encoded, and then some
 JSON_TYPE = "application/x-amz-json-1.1"
@@ -50,6 +50,7 @@ async def _read_body(request: web.Request) -> bytes:
 async def handle(request: web.Request) -> web.Response:
     request[PROTOCOL] = "ecr"
     prefix, _, name = request.headers.get(ECR_TARGET_HEADER, "").partition(".")
+    request[ROUTE], request[ACTION] = f"ecr:{name[:64]}", f"ecr:{name[:64]}"
     if prefix != ecr_model.TARGET_PREFIX or not name:
         raise UnknownOperation(
             f"Unknown operation: X-Amz-Target {request.headers.get(ECR_TARGET_HEADER)!r} is not "
@@ -81,6 +82,7 @@ async def handle(request: web.Request) -> web.Response:
     caller = Caller(principal.name if principal else None, f"{request.scheme}://{request.host}")
     extra: dict[str, Any] = {}
     repository = _repository_of(request, params)
+    request[REPOSITORY] = repository if isinstance(repository, str) else None
     if name == "DescribeRepositories" and "repositoryNames" not in params:
         # Lists only what the caller may describe.
         extra["visible"] = lambda r: access.allowed(principal, ["ecr:DescribeRepositories"], r.name, r.policy, keys)
@@ -91,7 +93,9 @@ async def handle(request: web.Request) -> web.Response:
 
     result = await operation(params, caller, **extra)
     return web.Response(
-        text=json.dumps(result), content_type=JSON_TYPE, headers={"x-amzn-RequestId": str(uuid.uuid4())}
+        text=json.dumps(result),
+        content_type=JSON_TYPE,
+        headers={"x-amzn-RequestId": request.get(REQUEST_ID) or str(uuid.uuid4())},
     )
 
 

@@ -1,18 +1,21 @@
-"""Prometheus metrics on /metrics (prometheus-client), from a registry owned by the app (no global state)."""
+"""Prometheus metrics on /metrics (prometheus-client), from a registry owned by the app (no global state).
+
+Request metrics are recorded by the access-log middleware; pull-through counters come from the cache itself;
+storage gauges are read from the metadata store when scraped; lifecycle and GC runs are counted by the jobs.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from registry.proxy.pullthrough import PullThrough
-from registry.web.context import PULL_THROUGH
-
-METRICS_REGISTRY = web.AppKey("metrics_registry", CollectorRegistry)
+from registry.web.context import META, PULL_THROUGH
 
 _RULE_COUNTERS = {
     "hits": "Pulls served from the cache without asking the upstream",
@@ -22,6 +25,79 @@ _RULE_COUNTERS = {
     "stale_serves": "Cached content served because the upstream failed or was not asked (offline, recent failure)",
     "single_flight_joins": "Requests that joined an upstream fetch already in progress",
 }
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+@dataclass(slots=True)
+class StorageGauges:
+    """Values read from the store just before a scrape (collectors are synchronous)."""
+
+    uploads_in_progress: int = 0
+    blobs: int = 0
+    blob_bytes: int = 0
+    repositories: int = 0
+    images: int = 0
+
+
+@dataclass
+class Metrics:
+    registry: CollectorRegistry = field(default_factory=lambda: CollectorRegistry(auto_describe=True))
+    storage: StorageGauges = field(default_factory=StorageGauges)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.requests = Counter(
+            "moorage_http_requests", "HTTP requests served", ["route", "method", "status"], registry=r
+        )
+        self.latency = Histogram(
+            "moorage_http_request_duration_seconds",
+            "Time to serve a request",
+            ["route", "method"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.bytes_in = Counter("moorage_http_request_bytes", "Request body bytes received", ["route"], registry=r)
+        self.bytes_out = Counter("moorage_http_response_bytes", "Response body bytes sent", ["route"], registry=r)
+        self.lifecycle_runs = Counter("moorage_lifecycle_runs", "Lifecycle sweeps run", registry=r)
+        self.lifecycle_images = Counter(
+            "moorage_lifecycle_images_expired", "Images expired by lifecycle policies", registry=r
+        )
+        self.lifecycle_archived = Counter(
+            "moorage_lifecycle_images_archived",
+            "Images moved to the archive storage class by lifecycle policies",
+            registry=r,
+        )
+        self.lifecycle_bytes = Counter(
+            "moorage_lifecycle_bytes_expired", "Image bytes expired by lifecycle policies", registry=r
+        )
+        self.gc_runs = Counter("moorage_gc_runs", "Garbage collection runs", registry=r)
+        self.gc_blobs = Counter("moorage_gc_blobs_removed", "Blobs removed by garbage collection", registry=r)
+        self.gc_bytes = Counter("moorage_gc_bytes_removed", "Bytes removed by garbage collection", registry=r)
+        self.evictions = Counter(
+            "moorage_pull_through_evictions", "Cached images evicted to stay under max_cache_bytes", registry=r
+        )
+        r.register(_StorageCollector(self.storage))
+
+    def observe(self, route: str, method: str, status: int, seconds: float, bytes_in: int, bytes_out: int) -> None:
+        self.requests.labels(route, method, str(status)).inc()
+        self.latency.labels(route, method).observe(seconds)
+        if bytes_in:
+            self.bytes_in.labels(route).inc(bytes_in)
+        if bytes_out:
+            self.bytes_out.labels(route).inc(bytes_out)
+
+
+class _StorageCollector:
+    def __init__(self, gauges: StorageGauges) -> None:
+        self.gauges = gauges
+
+    def collect(self) -> Iterator[Metric]:
+        g = self.gauges
+        yield GaugeMetricFamily("moorage_uploads_in_progress", "Open blob upload sessions", value=g.uploads_in_progress)
+        yield GaugeMetricFamily("moorage_storage_blobs", "Blobs stored (each once)", value=g.blobs)
+        yield GaugeMetricFamily("moorage_storage_bytes", "Bytes of blobs stored", value=g.blob_bytes)
+        yield GaugeMetricFamily("moorage_repositories", "Repositories", value=g.repositories)
+        yield GaugeMetricFamily("moorage_images", "Images (manifests) in all repositories", value=g.images)
 
 
 class PullThroughCollector:
@@ -36,17 +112,22 @@ class PullThroughCollector:
             yield family
 
 
-def setup(app: web.Application) -> None:
-    registry = CollectorRegistry(auto_describe=True)
-    app[METRICS_REGISTRY] = registry
+METRICS = web.AppKey("metrics", Metrics)
+
+
+def setup(app: web.Application, metrics: Metrics) -> None:
+    app[METRICS] = metrics
 
     async def register(app: web.Application) -> None:
-        registry.register(PullThroughCollector(app[PULL_THROUGH]))
+        metrics.registry.register(PullThroughCollector(app[PULL_THROUGH]))
 
     app.on_startup.append(register)
-    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/metrics", serve_metrics)
 
 
-async def metrics(request: web.Request) -> web.Response:
-    body = generate_latest(request.app[METRICS_REGISTRY])
+async def serve_metrics(request: web.Request) -> web.Response:
+    metrics = request.app[METRICS]
+    for name, value in (await request.app[META].storage_stats()).items():
+        setattr(metrics.storage, name, value)
+    body = generate_latest(metrics.registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import re
+import time
+import uuid
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -11,10 +15,18 @@ from aiohttp import web
 from registry.errors import AuthenticationRequired, NotFound, RegistryError, Unsupported
 
 log = logging.getLogger("moorage.http")
+access_log = logging.getLogger("moorage.access")
 
 API_VERSION_HEADER = "Docker-Distribution-API-Version"
 ECR_TARGET_HEADER = "X-Amz-Target"
 PROTOCOL = "moorage.protocol"  # request key: "ecr" once the request is known to be an ECR API call
+# What handlers record about a request, for the access log and metrics.
+REQUEST_ID = "moorage.request_id"
+ROUTE = "moorage.route"
+REPOSITORY = "moorage.repository"
+ACTION = "moorage.action"
+PRINCIPAL = "moorage.principal"
+_INCOMING_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -67,6 +79,98 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 
 async def add_api_version(request: web.Request, response: web.StreamResponse) -> None:
-    """on_response_prepare: every /v2 response says which API it speaks (streamed ones included)."""
+    """on_response_prepare: every /v2 response says which API it speaks (streamed ones included), and every
+    response carries its request id."""
     if request.path.startswith("/v2"):
         response.headers[API_VERSION_HEADER] = "registry/2.0"
+    if REQUEST_ID in request:
+        response.headers["X-Request-Id"] = request[REQUEST_ID]
+
+
+class InFlight:
+    """Requests being served right now; shutdown waits for them to finish (draining)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def enter(self) -> None:
+        self.count += 1
+        self._idle.clear()
+
+    def leave(self) -> None:
+        self.count -= 1
+        if self.count == 0:
+            self._idle.set()
+
+    async def wait_idle(self, seconds: float) -> bool:
+        try:
+            await asyncio.wait_for(self._idle.wait(), seconds)
+            return True
+        except TimeoutError:
+            return False
+
+
+def access_middleware(
+    observe: Callable[[str, str, int, float, int, int], None], in_flight: InFlight, enabled: bool = True
+):
+    """One log line and one metrics observation per request: id, principal, repository, action, status, bytes
+    and duration. The path is logged without its query string (download URLs carry tokens there)."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        incoming = request.headers.get("X-Request-Id", "")
+        request[REQUEST_ID] = incoming if _INCOMING_ID.fullmatch(incoming) else uuid.uuid4().hex[:16]
+        start = time.perf_counter()
+        status, resp = 499, None
+        in_flight.enter()
+        try:
+            resp = await handler(request)
+            status = resp.status
+            return resp
+        except web.HTTPException as e:
+            status = e.status
+            raise
+        except (ConnectionError, asyncio.CancelledError):
+            status = 499  # the client went away (nginx's convention)
+            raise
+        finally:
+            in_flight.leave()
+            seconds = time.perf_counter() - start
+            route = request.get(ROUTE) or _route_of(request)
+            bytes_in = getattr(request.content, "total_bytes", 0) if request.body_exists else 0
+            bytes_out = (resp.body_length if resp.prepared else (resp.content_length or 0)) if resp is not None else 0
+            observe(route, request.method, status, seconds, bytes_in, bytes_out)
+            if enabled:
+                principal = request.get(PRINCIPAL)
+                access_log.info(
+                    "%s %s %d",
+                    request.method,
+                    request.path,
+                    status,
+                    extra={
+                        "fields": {
+                            "request_id": request[REQUEST_ID],
+                            "method": request.method,
+                            "path": request.path,
+                            "route": route,
+                            "status": status,
+                            "bytes_in": bytes_in,
+                            "bytes_out": bytes_out,
+                            "duration_ms": round(seconds * 1000, 3),
+                            "principal": principal.name if principal else None,
+                            "repository": request.get(REPOSITORY),
+                            "action": request.get(ACTION),
+                            "remote": request.remote,
+                            "user_agent": request.headers.get("User-Agent", "")[:200],
+                        }
+                    },
+                )
+
+    return middleware
+
+
+def _route_of(request: web.Request) -> str:
+    info = request.match_info.route.resource
+    return info.canonical if info is not None else "unmatched"

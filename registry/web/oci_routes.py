@@ -31,6 +31,7 @@ from registry.service.images import MAX_PAGE
 from registry.service.uploads import upload_range
 from registry.web.auth import condition_keys, realm, registry_principal
 from registry.web.context import ACCESS, BLOBS, IMAGES, PULL_THROUGH, UPLOADS
+from registry.web.middleware import ACTION, REPOSITORY, ROUTE
 from registry.web.sendfile import SendfileResponse
 
 OCTET_STREAM = "application/octet-stream"
@@ -420,6 +421,14 @@ async def authorize(request: web.Request, actions: tuple[str, ...], name: str | 
     return principal
 
 
+def _template(pattern: re.Pattern[str]) -> str:
+    """A route's readable name for logs and metrics: /v2/{name}/manifests/{reference}."""
+    return re.sub(r"\(\?P<(\w+)>[^)]*\)", r"{\1}", pattern.pattern).replace("/?", "/")
+
+
+ROUTE_NAMES = {pattern: _template(pattern) for pattern, _ in ROUTES}
+
+
 async def dispatch(request: web.Request) -> web.StreamResponse:
     path = request.path
     for pattern, methods in ROUTES:
@@ -431,9 +440,11 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
             raise Unsupported(f"{request.method} is not supported on {path}", headers={"Allow": ", ".join(methods)})
         handler, actions = route
         args = m.groupdict()
+        request[ROUTE], request[ACTION], request[REPOSITORY] = ROUTE_NAMES[pattern], actions[0], args["name"]
         oci.validate_name(args["name"])
         if "ns" in request.query:  # a containerd mirror names the upstream host it stands in for
             args["name"] = request.app[PULL_THROUGH].name_for_namespace(request.query["ns"], args["name"])
+            request[REPOSITORY] = args["name"]
         await authorize(request, actions, args["name"])
         return await handler(request, **args)
     raise NotFound(f"no such endpoint: {path}")

@@ -1,0 +1,296 @@
+"""Operations: health checks, /metrics after a scripted workload, structured access logs, check-config,
+MOORAGE_* configuration and graceful shutdown, against real server processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.oci import Client, digest_of, make_image
+from tests.server import (
+    ADMIN_KEY,
+    ADMIN_SECRET,
+    AUTH_OFF,
+    MoorageServer,
+    auth_config,
+    ecr_client,
+    free_port,
+    login_password,
+)
+
+MANIFESTS = "/v2/{name}/manifests/{reference}"
+
+
+def scrape(srv: MoorageServer) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """/metrics as {(name, labels): value}."""
+    r = requests.get(f"{srv.url}/metrics", timeout=10)
+    assert r.status_code == 200 and r.headers["Content-Type"].startswith("text/plain")
+    out = {}
+    for line in r.text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        m = re.fullmatch(r"([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)", line)
+        assert m, line
+        labels = frozenset(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
+        out[(m.group(1), labels)] = float(m.group(3))
+    return out
+
+
+def metric(samples: dict, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def wait_for(predicate, timeout: float = 10.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_health_and_readiness(make_server) -> None:
+    srv = make_server()
+    assert requests.get(f"{srv.url}/healthz", timeout=5).json() == {"status": "ok"}
+    r = requests.get(f"{srv.url}/readyz", timeout=5)
+    assert r.status_code == 200 and r.json() == {"status": "ready"}
+
+
+def test_health_endpoints_need_no_credentials(make_server) -> None:
+    srv = make_server(auth_config())
+    assert requests.get(f"{srv.url}/v2/", timeout=5).status_code == 401
+    assert requests.get(f"{srv.url}/healthz", timeout=5).status_code == 200
+    assert requests.get(f"{srv.url}/readyz", timeout=5).status_code == 200
+
+
+def test_metrics_after_a_scripted_workload(make_server) -> None:
+    srv = make_server(
+        AUTH_OFF + '[gc]\ninterval = "300ms"\ngrace_period = "2s"\n[lifecycle]\nevaluation_interval = "300ms"\n'
+    )
+    c = Client(srv.url)
+    images = [make_image(n_layers=2, layer_size=3000 + i) for i in range(3)]
+    for i, img in enumerate(images):
+        c.push_image("ops/app", f"v{i}", img)
+    for _ in range(5):
+        assert c.get("/v2/ops/app/manifests/v0", headers={"Accept": images[0].media_type}).status_code == 200
+    not_found = [c.get("/v2/ops/app/manifests/nope") for _ in range(2)]
+    assert all(r.status_code == 404 for r in not_found)
+    blob = images[1].layers[0]
+    assert c.get(f"/v2/ops/app/blobs/{digest_of(blob)}").content == blob
+
+    s = scrape(srv)
+    assert metric(s, "moorage_http_requests_total", route=MANIFESTS, method="PUT", status="201") == 3
+    assert metric(s, "moorage_http_requests_total", route=MANIFESTS, method="GET", status="200") == 5
+    assert metric(s, "moorage_http_requests_total", route=MANIFESTS, method="GET", status="404") == 2
+    assert metric(s, "moorage_http_request_duration_seconds_count", route=MANIFESTS, method="GET") == 7
+    error_bytes = sum(len(r.content) for r in not_found)
+    assert metric(s, "moorage_http_response_bytes_total", route=MANIFESTS) == 5 * len(images[0].manifest) + error_bytes
+    assert metric(s, "moorage_http_response_bytes_total", route="/v2/{name}/blobs/{digest}") == len(blob)
+    pushed = sum(len(b) for img in images for b in img.blobs)
+    assert metric(s, "moorage_http_request_bytes_total", route="/v2/{name}/blobs/uploads/") == pushed
+    assert metric(s, "moorage_storage_blobs") == 9 and metric(s, "moorage_storage_bytes") == pushed
+    assert metric(s, "moorage_images") == 3 and metric(s, "moorage_repositories") == 1
+    assert metric(s, "moorage_uploads_in_progress") == 0
+    c.post("/v2/ops/app/blobs/uploads/")
+    assert metric(scrape(srv), "moorage_uploads_in_progress") == 1
+
+    # Lifecycle expires the two oldest; GC then removes their six blobs.
+    ecr = ecr_client(srv)
+    policy = {
+        "rules": [
+            {
+                "rulePriority": 1,
+                "description": "keep the newest image",
+                "selection": {"tagStatus": "any", "countType": "imageCountMoreThan", "countNumber": 1},
+                "action": {"type": "expire"},
+            }
+        ]
+    }
+    ecr.put_lifecycle_policy(repositoryName="ops/app", lifecyclePolicyText=json.dumps(policy))
+    wait_for(lambda: metric(scrape(srv), "moorage_lifecycle_images_expired_total") == 2, what="lifecycle expiry")
+
+    def collected() -> dict | None:
+        samples = scrape(srv)
+        return samples if metric(samples, "moorage_gc_blobs_removed_total") == 6 else None
+
+    s = wait_for(collected, what="garbage collection")
+    assert metric(s, "moorage_gc_runs_total") >= 1
+    expired_bytes = sum(len(b) for img in images[:2] for b in img.blobs)
+    assert metric(s, "moorage_gc_bytes_removed_total") == expired_bytes
+    assert metric(s, "moorage_lifecycle_bytes_expired_total") == sum(len(x) for img in images[:2] for x in img.layers)
+    assert metric(s, "moorage_storage_blobs") == 3 and metric(s, "moorage_images") == 1
+
+
+def test_pull_through_metrics(make_server) -> None:
+    upstream = make_server()
+    img = make_image(n_layers=1)
+    Client(upstream.url).push_image("team/app", "v1", img)
+    rule = f'[[pull_through.rules]]\necr_repository_prefix = "up"\nupstream_registry_url = "{upstream.url}"\n'
+    srv = make_server(AUTH_OFF + "[pull_through]\n" + rule)
+    c = Client(srv.url)
+    for _ in range(3):
+        assert c.get("/v2/up/team/app/manifests/v1", headers={"Accept": img.media_type}).content == img.manifest
+    for blob in img.blobs:
+        assert c.get(f"/v2/up/team/app/blobs/{digest_of(blob)}").content == blob
+    s = scrape(srv)
+    assert metric(s, "moorage_pull_through_misses_total", rule="up") == 1 + len(img.blobs)
+    assert metric(s, "moorage_pull_through_hits_total", rule="up") == 2
+    assert metric(s, "moorage_pull_through_upstream_requests_total", rule="up") == 1 + len(img.blobs)
+    assert metric(s, "moorage_pull_through_upstream_bytes_total", rule="up") == len(img.manifest) + sum(
+        len(b) for b in img.blobs
+    )
+    assert metric(s, "moorage_pull_through_stale_serves_total", rule="up") == 0
+
+
+def access_lines(srv: MoorageServer) -> list[dict]:
+    out = []
+    for line in srv.log().splitlines():
+        if line.startswith("{"):
+            doc = json.loads(line)
+            if doc.get("logger") == "moorage.access":
+                out.append(doc)
+    return out
+
+
+def test_structured_access_log_without_secrets(make_server) -> None:
+    srv = make_server(auth_config())
+    token = login_password(srv)
+    c = Client(srv.url, ("AWS", token))
+    img = make_image(n_layers=1)
+    c.push_image("logs/app", "v1", img)
+    r = c.get("/v2/logs/app/manifests/v1", headers={"Accept": img.media_type, "X-Request-Id": "trace-42"})
+    assert r.headers["X-Request-Id"] == "trace-42"
+    assert requests.get(f"{srv.url}/v2/logs/app/manifests/v1", timeout=5).status_code == 401
+    url = ecr_client(srv).get_download_url_for_layer(repositoryName="logs/app", layerDigest=digest_of(img.layers[0]))[
+        "downloadUrl"
+    ]
+    assert requests.get(url, timeout=5).content == img.layers[0]
+    time.sleep(0.3)
+
+    lines = access_lines(srv)
+    pull = next(x for x in lines if x["request_id"] == "trace-42")
+    assert pull["method"] == "GET" and pull["status"] == 200 and pull["principal"] == "admin"
+    assert pull["repository"] == "logs/app" and pull["action"] == "ecr:BatchGetImage"
+    assert pull["route"] == MANIFESTS and pull["bytes_out"] == len(img.manifest) and pull["duration_ms"] >= 0
+    put = next(x for x in lines if x["method"] == "PUT" and x["route"] == MANIFESTS)
+    assert put["status"] == 201 and put["action"] == "ecr:PutImage" and put["bytes_in"] == len(img.manifest)
+    denied = [x for x in lines if x["status"] == 401 and x["repository"] == "logs/app"]
+    assert denied and denied[0]["principal"] is None
+    api = [x for x in lines if x["route"] == "ecr:GetDownloadUrlForLayer"]
+    assert api and api[0]["principal"] == "admin" and api[0]["status"] == 200
+    assert all(len(x["request_id"]) >= 8 for x in lines)
+    text = srv.log()
+    assert token not in text and ADMIN_SECRET not in text
+    assert "token=" not in text  # download URLs carry a token in the query string: paths are logged without it
+
+
+def test_check_config_prints_effective_settings_with_secrets_masked(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(
+        auth_config() + '[secrets.hub]\nusername = "me"\npassword = "hunter2-very-secret"\n'
+        '[pull_through]\ntag_refresh_interval = "3h"\n'
+    )
+    p = subprocess.run(
+        [sys.executable, "-m", "registry", "check-config", str(cfg)], capture_output=True, text=True, timeout=30
+    )
+    assert p.returncode == 0, p.stderr
+    assert "valid" in p.stdout and 'name = "admin"' in p.stdout and "tag_refresh_interval = 10800.0" in p.stdout
+    assert ADMIN_SECRET not in p.stdout and "hunter2-very-secret" not in p.stdout
+    assert p.stdout.count('"****"') >= 2
+    cfg.write_text('[gc]\ngrace_period = "forever"\n')
+    p = subprocess.run(
+        [sys.executable, "-m", "registry", "check-config", str(cfg)], capture_output=True, text=True, timeout=30
+    )
+    assert p.returncode == 2 and "gc.grace_period" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_configuration_from_environment(tmp_path: Path) -> None:
+    port = free_port()
+    env = {
+        **os.environ,
+        "MOORAGE_AUTH_ENABLED": "false",
+        "MOORAGE_SERVER_LISTEN": f"127.0.0.1:{port}",
+        "MOORAGE_SERVER_DATA_DIR": str(tmp_path / "d"),
+        "MOORAGE_LOG_FORMAT": "json",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "registry", "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_for(lambda: _up(url), what="the server")
+        c = Client(url)
+        c.push_image("env/app", "v1", make_image(n_layers=1))  # anonymous push: auth is off
+        assert (tmp_path / "d" / "moorage.db").exists()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    bad = subprocess.run(
+        [sys.executable, "-m", "registry", "check-config", os.devnull],
+        env={**os.environ, "MOORAGE_NOPE_X": "1"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert bad.returncode == 2 and "MOORAGE_NOPE_X" in bad.stderr
+
+
+def _up(url: str) -> bool:
+    try:
+        return requests.get(url + "/healthz", timeout=1).status_code == 200
+    except requests.ConnectionError:
+        return False
+
+
+def test_sigterm_drains_in_flight_requests(make_server) -> None:
+    srv = make_server()
+    c = Client(srv.url)
+    loc = c.post("/v2/drain/app/blobs/uploads/").headers["Location"]
+    data = os.urandom(300_000)
+    sock = socket.create_connection(("127.0.0.1", srv.port))
+    sock.sendall(
+        f"PATCH {loc} HTTP/1.1\r\nHost: {srv.host}\r\nContent-Length: {len(data)}\r\n\r\n".encode() + data[:100_000]
+    )
+    time.sleep(0.3)
+    assert srv.proc is not None
+    srv.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    sock.sendall(data[100_000:])  # the rest arrives after SIGTERM: the request must still complete
+    sock.settimeout(10)
+    reply = sock.recv(4096).decode()
+    sock.close()
+    assert reply.startswith("HTTP/1.1 202"), reply
+    assert srv.wait(15) == 0
+    srv.start()
+    assert Client(srv.url).get(loc).headers["Range"] == f"0-{len(data) - 1}"
+
+
+@pytest.mark.parametrize("command", [["gc", "--dry-run"], ["lifecycle", "run", "--dry-run"]])
+def test_offline_commands_take_the_config_like_serve(make_server, command: list[str]) -> None:
+    srv = make_server()
+    p = subprocess.run(
+        [sys.executable, "-m", "registry", *command, "--config", str(srv.config_path), "--data-dir", str(srv.data_dir)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert p.returncode == 0, p.stderr
+    assert isinstance(json.loads(p.stdout), dict | list)
+
+
+def test_ecr_api_request_id_matches_access_log(make_server) -> None:
+    srv = make_server(auth_config())
+    resp = ecr_client(srv, ADMIN_KEY, ADMIN_SECRET).describe_registry()
+    request_id = resp["ResponseMetadata"]["RequestId"]
+    time.sleep(0.2)
+    assert any(x["request_id"] == request_id and x["route"] == "ecr:DescribeRegistry" for x in access_lines(srv))
