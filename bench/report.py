@@ -1,0 +1,265 @@
+"""Results: rows of samples per server, their medians and Moorage/Distribution ratios, targets met or missed,
+the scale curves, and the machine they ran on; rendered as Markdown (RESULTS.md) and JSON (raw samples).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+MOORAGE, MOORAGE_AUTH, DISTRIBUTION = "moorage", "moorage-auth", "distribution"
+SUBJECTS = (MOORAGE, MOORAGE_AUTH)  # what targets are checked for
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+@dataclass
+class Target:
+    """A target for a row: `text` says what it is; `check(row, label)` says whether `label` meets it (None:
+    not measured)."""
+
+    text: str
+    check: Callable[[Row, str], bool | None]
+
+
+def ratio_target(minimum: float) -> Target:
+    def check(row: Row, label: str) -> bool | None:
+        r = row.ratio(label)
+        return None if r is None else r >= minimum
+
+    return Target(f"≥ {minimum:g}x", check)
+
+
+@dataclass
+class Row:
+    key: str
+    title: str
+    unit: str
+    better: str = "higher"  # "higher" (rates), "lower" (times, counts) or "none" (no ratio): how it is taken
+    fmt: str = ",.0f"
+    values: dict[str, list[float]] = field(default_factory=dict)
+    rss: dict[str, list[float]] = field(default_factory=dict)  # peak MiB per run
+    target: Target | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, label: str, value: float, rss: float | None = None) -> None:
+        self.values.setdefault(label, []).append(value)
+        if rss is not None:
+            self.rss.setdefault(label, []).append(rss)
+
+    def median(self, label: str) -> float | None:
+        return median(self.values.get(label, []))
+
+    def ratio(self, label: str = MOORAGE, base: str = DISTRIBUTION) -> float | None:
+        """How many times better `label` did than `base`: value ratio for throughput, time ratio inverted."""
+        m, d = self.median(label), self.median(base)
+        if self.better == "none" or m is None or d is None or m == 0 or d == 0:
+            return None
+        return m / d if self.better == "higher" else d / m
+
+    def verdict(self) -> str:
+        if self.target is None:
+            return ""
+        parts = []
+        for label in SUBJECTS:
+            if label not in self.values:
+                continue
+            ok = self.target.check(self, label)
+            word = "n/a" if ok is None else ("met" if ok else "**missed**")
+            parts.append(word if label == MOORAGE else f"auth: {word}")
+        return " / ".join(parts)
+
+
+@dataclass
+class Table:
+    title: str
+    headers: list[str]
+    rows: list[list[str]] = field(default_factory=list)
+    note: str = ""
+
+
+@dataclass
+class Results:
+    runs: int
+    quick: bool
+    rows: dict[str, Row] = field(default_factory=dict)
+    tables: list[Table] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    samples: dict[str, object] = field(default_factory=dict)  # extra raw numbers for the JSON
+    started: float = field(default_factory=time.time)
+    interrupted: bool = False
+
+    def row(self, key: str, title: str, unit: str, **kw: object) -> Row:
+        if key not in self.rows:
+            self.rows[key] = Row(key, title, unit, **kw)  # type: ignore[arg-type]
+        return self.rows[key]
+
+    def note(self, text: str) -> None:
+        print(f"bench: {text}", flush=True)
+        self.notes.append(text)
+
+
+# -- the machine ------------------------------------------------------------------------------------------
+
+
+def command_output(*args: str) -> str:
+    try:
+        p = subprocess.run(list(args), capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return "not installed"
+    out = (p.stdout.strip() or p.stderr.strip()).splitlines()
+    return out[0].strip() if out else "?"
+
+
+def _proc_field(path: str, key: str) -> str:
+    try:
+        with open(path) as fh:
+            for line in fh:
+                if line.startswith(key):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "?"
+
+
+def machine_info(baseline: str) -> dict[str, str]:
+    mem_kb = _proc_field("/proc/meminfo", "MemTotal").split()[0]
+    try:
+        import aiohttp
+
+        aiohttp_version = aiohttp.__version__
+    except ImportError:
+        aiohttp_version = "?"
+    commit = command_output("git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD")
+    dirty = command_output("git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no")
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "cpu": _proc_field("/proc/cpuinfo", "model name"),
+        "cores": f"{os.cpu_count()} (usable: {len(os.sched_getaffinity(0))})",
+        "memory": f"{int(mem_kb) / 1024**2:.1f} GiB" if mem_kb.isdigit() else "?",
+        "kernel": platform.release(),
+        "load average at start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "python": platform.python_version() + f" (aiohttp {aiohttp_version})",
+        "moorage commit": commit + (" + uncommitted changes" if dirty not in ("", "?") else ""),
+        "distribution": command_output("docker-registry", "--version"),
+        "wrk": command_output("wrk", "-v"),
+        "skopeo": command_output("skopeo", "--version"),
+        "sendfile baseline": baseline,
+    }
+
+
+# -- rendering --------------------------------------------------------------------------------------------
+
+
+def _fmt(value: float | None, fmt: str) -> str:
+    return "—" if value is None else format(value, fmt)
+
+
+def _md_table(headers: list[str], rows: list[list[str]]) -> list[str]:
+    out = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    out += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
+    return out
+
+
+def main_table(results: Results) -> list[str]:
+    headers = [
+        "benchmark",
+        "unit",
+        "Moorage",
+        "Moorage (auth)",
+        "Distribution",
+        "ratio",
+        "ratio (auth)",
+        "target",
+        "met",
+        "peak RSS MiB (M / M auth / D)",
+        "notes",
+    ]
+    rows = []
+    for row in results.rows.values():
+        ratio, ratio_auth = row.ratio(MOORAGE), row.ratio(MOORAGE_AUTH)
+        rss = " / ".join(_fmt(max(row.rss[lb]), ".0f") if row.rss.get(lb) else "—" for lb in (*SUBJECTS, DISTRIBUTION))
+        runs = {lb: len(v) for lb, v in row.values.items()}
+        notes = list(row.notes)
+        if any(n != results.runs for n in runs.values()):
+            notes.append("runs: " + ", ".join(f"{lb} {n}" for lb, n in runs.items()))
+        rows.append(
+            [
+                row.title,
+                row.unit,
+                _fmt(row.median(MOORAGE), row.fmt),
+                _fmt(row.median(MOORAGE_AUTH), row.fmt),
+                _fmt(row.median(DISTRIBUTION), row.fmt),
+                "—" if ratio is None else f"{ratio:.2f}x",
+                "—" if ratio_auth is None else f"{ratio_auth:.2f}x",
+                row.target.text if row.target else "",
+                row.verdict(),
+                rss,
+                "; ".join(notes),
+            ]
+        )
+    return _md_table(headers, rows)
+
+
+def render(results: Results, machine: dict[str, str], command: str) -> str:
+    lines = ["# Moorage vs Distribution: benchmark results", ""]
+    if results.quick:
+        lines += ["**`--quick` run: tiny sizes, one run, short durations. A smoke test, not a measurement.**", ""]
+    if results.interrupted:
+        lines += ["**Interrupted: the tables hold what finished.**", ""]
+    lines += [f"Command: `{command}`. Duration: {time.time() - results.started:.0f} s.", ""]
+    lines += ["## Machine", ""]
+    lines += _md_table(["", ""], [[k, v] for k, v in machine.items()])
+    lines += ["", f"## Medians of {results.runs} run(s)", ""]
+    lines += [
+        "Ratio = Moorage ÷ Distribution for rates; Distribution ÷ Moorage for times and counts; so above 1x "
+        "always means Moorage did better. `ratio (auth)` compares Moorage with auth on (a token in "
+        "`Authorization: Basic`) to Distribution without auth. Peak RSS is the largest VmRSS sampled every "
+        "20 ms during the runs.",
+        "",
+    ]
+    if results.rows:
+        lines += main_table(results)
+    else:
+        lines.append("(no benchmark rows)")
+    for table in results.tables:
+        lines += ["", f"## {table.title}", ""]
+        if table.note:
+            lines += [table.note, ""]
+        lines += _md_table(table.headers, table.rows)
+    if results.notes:
+        lines += ["", "## Notes and errors", ""]
+        lines += [f"- {n}" for n in results.notes]
+    return "\n".join(lines) + "\n"
+
+
+def write(results: Results, machine: dict[str, str], command: str, out: Path) -> str:
+    text = render(results, machine, command)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    raw = {
+        "machine": machine,
+        "command": command,
+        "runs": results.runs,
+        "quick": results.quick,
+        "interrupted": results.interrupted,
+        "rows": {
+            k: {"title": r.title, "unit": r.unit, "better": r.better, "values": r.values, "rss_mib": r.rss}
+            for k, r in results.rows.items()
+        },
+        "tables": [{"title": t.title, "headers": t.headers, "rows": t.rows} for t in results.tables],
+        "samples": results.samples,
+        "notes": results.notes,
+    }
+    out.with_suffix(".json").write_text(json.dumps(raw, indent=1, default=str))
+    return text

@@ -1,0 +1,404 @@
+"""The servers under test, started on free loopback ports, and RSS sampling of their processes.
+
+- `Moorage`: `python -m registry serve` (tests/server.py's MoorageServer), auth off or on; with auth on it
+  logs in once (GetAuthorizationToken) and hands out `Authorization: Basic base64(AWS:<token>)`.
+- `Distribution`: `docker-registry serve` (CNCF Distribution 2.8) with its own YAML config: a plain registry
+  (in-memory blob descriptor cache as in Debian's default config, no per-request logging), optionally in
+  proxy mode (`proxy: {remoteurl: ...}`), optionally with its access log on (the local upstream).
+- `SendfileBaseline`: the physical limit for a large blob GET: nginx (`sendfile on`, one process) when
+  installed, else `python -m bench.sendfile_server` (a socket server answering GET with os.sendfile).
+- `Lab`: a working directory and the servers started in it, stopped in reverse order by `close()`.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO
+
+import requests
+
+from tests.server import AUTH_OFF, MoorageServer, auth_config, free_port, login_password
+
+DISTRIBUTION_BIN = shutil.which("docker-registry") or "/usr/bin/docker-registry"
+# `127.0.0.1 - - [date] "GET /v2/x/blobs/sha256:... HTTP/1.1" 200 91 "" "agent"` (Distribution's access log)
+ACCESS_LINE = re.compile(r'"(?P<method>[A-Z]+) (?P<path>\S+) HTTP/[\d.]+" (?P<status>\d{3}) ')
+
+
+def nginx_bin() -> str | None:
+    return shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
+
+
+class BenchError(Exception):
+    """A benchmark could not produce a valid number (a server error, a failed client run)."""
+
+
+def _terminate(proc: subprocess.Popen[bytes] | None, timeout: float = 10) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+def _wait_http(url: str, proc: subprocess.Popen[bytes], what: str, log: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise BenchError(f"{what} exited with {proc.returncode}: {_tail(log)}")
+        try:
+            if requests.get(url, timeout=1).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.05)
+    raise BenchError(f"{what} did not answer {url} within {timeout}s: {_tail(log)}")
+
+
+def _tail(path: Path, n: int = 2000) -> str:
+    try:
+        return path.read_text(errors="replace")[-n:]
+    except FileNotFoundError:
+        return "(no log)"
+
+
+class Server:
+    """What the benchmarks need of any server: where it listens, its process, how to authenticate."""
+
+    label = "server"
+    port: int
+    log_path: Path
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}"
+
+    @property
+    def pid(self) -> int | None:
+        raise NotImplementedError
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """Headers every request to it carries (credentials)."""
+        return {}
+
+    @property
+    def creds(self) -> str | None:
+        """`user:password` for skopeo's --src-creds/--dest-creds."""
+        return None
+
+    def start(self) -> Server:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def log_tail(self) -> str:
+        return _tail(self.log_path)
+
+
+class Moorage(Server):
+    def __init__(self, label: str, root: Path, *, auth: bool = False, extra_config: str = "") -> None:
+        self.label = label
+        self.auth = auth
+        config = (auth_config() if auth else AUTH_OFF) + extra_config
+        self.srv = MoorageServer(root / "data", config)
+        self.port = self.srv.port
+        self.log_path = self.srv.log_path
+        self.token: str | None = None
+
+    @property
+    def data_dir(self) -> Path:
+        return self.srv.data_dir
+
+    def start(self) -> Moorage:
+        try:
+            self.srv.start(timeout=30)
+        except RuntimeError as e:
+            raise BenchError(str(e)[-2000:]) from None
+        if self.auth:
+            self.token = login_password(self.srv)
+        # MoorageServer.start() only waits for the port: a server that fails every request must stop us here.
+        r = requests.get(self.url + "/v2/", headers=self.headers, timeout=10)
+        if r.status_code != 200:
+            raise BenchError(f"{self.label}: GET /v2/ answered {r.status_code}: {self.log_tail()[-1500:]}")
+        return self
+
+    def blob_path(self, digest: str) -> Path:
+        hexd = digest.split(":", 1)[1]
+        return self.data_dir / "blobs" / "sha256" / hexd[:2] / hexd
+
+    @property
+    def pid(self) -> int | None:
+        return self.srv.proc.pid if self.srv.proc is not None else None
+
+    @property
+    def headers(self) -> dict[str, str]:
+        if self.token is None:
+            return {}
+        return {"Authorization": "Basic " + base64.b64encode(f"AWS:{self.token}".encode()).decode()}
+
+    @property
+    def creds(self) -> str | None:
+        return f"AWS:{self.token}" if self.token else None
+
+    def stop(self) -> None:
+        self.srv.stop()
+
+
+class Distribution(Server):
+    def __init__(self, label: str, root: Path, *, proxy_url: str | None = None, access_log: bool = False) -> None:
+        self.label = label
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.config_path = root / "config.yml"
+        self.log_path = root / "registry.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+        log = (
+            "{level: info, accesslog: {disabled: false}}"
+            if access_log
+            else "{level: error, accesslog: {disabled: true}}"
+        )
+        text = (
+            "version: 0.1\n"
+            f"log: {log}\n"
+            "storage:\n"
+            f"  filesystem: {{rootdirectory: {root / 'reg'}}}\n"
+            "  delete: {enabled: true}\n"
+            "  cache: {blobdescriptor: inmemory}\n"
+            f"http: {{addr: {self.host}}}\n"
+        )
+        if proxy_url:
+            text += f"proxy: {{remoteurl: {proxy_url}}}\n"
+        self.config_path.write_text(text)
+
+    def start(self) -> Distribution:
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [DISTRIBUTION_BIN, "serve", str(self.config_path)],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        try:
+            _wait_http(self.url + "/v2/", self.proc, f"docker-registry ({self.label})", self.log_path, 30)
+        except BenchError:
+            self.stop()
+            raise
+        return self
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    def stop(self) -> None:
+        _terminate(self.proc)
+        self.proc = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    # -- the access log (only with access_log=True) ---------------------------------------------------
+    def log_size(self) -> int:
+        return self.log_path.stat().st_size if self.log_path.exists() else 0
+
+    def accesses_since(self, offset: int, settle: float = 0.3) -> list[tuple[str, str, int]]:
+        """(method, path, status) of the requests logged after byte `offset`, once the log is quiet."""
+        deadline = time.monotonic() + 10
+        last = -1
+        while time.monotonic() < deadline:  # a line is written just after its response
+            size = self.log_size()
+            if size == last:
+                break
+            last = size
+            time.sleep(settle)
+        with open(self.log_path, "rb") as fh:
+            fh.seek(offset)
+            text = fh.read().decode(errors="replace")
+        return [(m["method"], m["path"], int(m["status"])) for m in ACCESS_LINE.finditer(text)]
+
+
+NGINX_CONF = """\
+daemon off;
+master_process off;
+worker_processes 1;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log error;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_requests 1000000;
+    default_type application/octet-stream;
+    client_body_temp_path {dir}/body;
+    server {{
+        listen 127.0.0.1:{port};
+        root {root};
+        location / {{ }}
+    }}
+}}
+"""
+
+
+class SendfileBaseline(Server):
+    """Serves the files under `root` as `/<relative path>` with sendfile(2): the fastest a GET can be here."""
+
+    def __init__(self, root: Path, workdir: Path) -> None:
+        self.label = "sendfile"
+        self.root = root
+        self.dir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.log_path = workdir / "baseline.log"
+        self.nginx = nginx_bin()
+        self.kind = "nginx" if self.nginx else "python os.sendfile"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    def start(self) -> SendfileBaseline:
+        self._log = open(self.log_path, "ab")
+        if self.nginx:
+            conf = self.dir / "nginx.conf"
+            conf.write_text(NGINX_CONF.format(dir=self.dir, port=self.port, root=self.root))
+            cmd = [self.nginx, "-p", str(self.dir), "-e", str(self.dir / "error.log"), "-c", str(conf)]
+        else:
+            cmd = [sys.executable, "-m", "bench.sendfile_server", "--port", str(self.port), "--root", str(self.root)]
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise BenchError(f"{self.kind} baseline exited: {_tail(self.log_path)} {_tail(self.dir / 'error.log')}")
+            try:
+                requests.get(self.url + "/", timeout=1)
+                return self
+            except requests.RequestException:
+                time.sleep(0.05)
+        self.stop()
+        raise BenchError(f"{self.kind} baseline did not start")
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    def url_for(self, path: Path) -> str:
+        return f"{self.url}/{path.relative_to(self.root)}"
+
+    def stop(self) -> None:
+        _terminate(self.proc)
+        self.proc = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+
+# -- RSS -----------------------------------------------------------------------------------------------
+
+
+def status_mib(pid: int | None, key: str = "VmRSS") -> float | None:
+    """A /proc/<pid>/status memory line (VmRSS, VmHWM) in MiB; None when the process is gone."""
+    if pid is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) / 1024
+    except (FileNotFoundError, ProcessLookupError, ValueError):
+        return None
+    return None
+
+
+class RssSampler:
+    """Samples VmRSS of some processes every `interval` seconds on a thread; `peak` is the largest seen."""
+
+    def __init__(self, pids: dict[str, int | None], interval: float = 0.02) -> None:
+        self.pids = {label: pid for label, pid in pids.items() if pid is not None}
+        self.interval = interval
+        self.before: dict[str, float] = {}
+        self.peak: dict[str, float] = {}
+        self.after: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+
+    def _sample(self) -> dict[str, float]:
+        out = {}
+        for label, pid in self.pids.items():
+            rss = status_mib(pid)
+            if rss is not None:
+                out[label] = rss
+                self.peak[label] = max(self.peak.get(label, 0.0), rss)
+        return out
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def __enter__(self) -> RssSampler:
+        self.before = self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.after = self._sample()
+
+
+@contextmanager
+def sampling(*servers: Server) -> Iterator[RssSampler]:
+    with RssSampler({s.label: s.pid for s in servers}) as sampler:
+        yield sampler
+
+
+# -- the lab -------------------------------------------------------------------------------------------
+
+
+class Lab:
+    """A working directory and the servers started in it (each once, on first use)."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.servers: dict[str, Server] = {}
+        self._factories: dict[str, Callable[[], Server]] = {}
+
+    def define(self, label: str, factory: Callable[[], Server]) -> None:
+        self._factories[label] = factory
+
+    def get(self, label: str) -> Server:
+        if label not in self.servers:
+            server = self._factories[label]()
+            try:
+                server.start()
+            except BaseException:
+                server.stop()  # whatever start() left half-running; the next get() tries again
+                raise
+            self.servers[label] = server
+        return self.servers[label]
+
+    def close(self) -> None:
+        for label in reversed(list(self.servers)):
+            try:
+                self.servers[label].stop()
+            except Exception as e:  # keep stopping the others
+                print(f"bench: stopping {label}: {e}", file=sys.stderr)
+        self.servers.clear()
