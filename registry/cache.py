@@ -53,3 +53,32 @@ class LRUCache:
 
     def __len__(self) -> int:
         return len(self._data)
+
+
+class BytesLRU:
+    """An LRU of small immutable values bounded by their total size (small blobs served from memory)."""
+
+    __slots__ = ("_data", "max_bytes", "size")
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.size = 0
+        self._data: OrderedDict[Hashable, bytes] = OrderedDict()
+
+    def get(self, key: Hashable) -> bytes | None:
+        value = self._data.get(key)
+        if value is not None:
+            self._data.move_to_end(key)
+        return value
+
+    def put(self, key: Hashable, value: bytes) -> None:
+        if len(value) > self.max_bytes:
+            return
+        old = self._data.pop(key, None)
+        if old is not None:
+            self.size -= len(old)
+        self._data[key] = value
+        self.size += len(value)
+        while self.size > self.max_bytes:
+            _, evicted = self._data.popitem(last=False)
+            self.size -= len(evicted)

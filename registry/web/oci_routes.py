@@ -6,6 +6,7 @@ raw (un-normalised) path; every handler gets a validated name.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from urllib.parse import quote
@@ -15,8 +16,10 @@ from aiohttp import web
 from registry import oci
 from registry.auth.access import challenge
 from registry.auth.principals import Principal
+from registry.cache import BytesLRU
 from registry.errors import (
     AuthenticationRequired,
+    BlobUnknown,
     ImageArchived,
     ManifestTooLarge,
     ManifestUnknown,
@@ -35,6 +38,8 @@ from registry.web.middleware import ACTION, REPOSITORY, ROUTE
 from registry.web.sendfile import SendfileResponse
 
 OCTET_STREAM = "application/octet-stream"
+SMALL_BLOB = 64 * 1024  # blobs up to this size are served from memory
+SMALL_BLOBS = web.AppKey("small_blobs", BytesLRU)
 
 RouteHandler = Callable[..., Awaitable[web.StreamResponse]]
 
@@ -239,6 +244,20 @@ async def get_blob(request: web.Request, name: str, digest: str) -> web.StreamRe
             offset, count = rng
             status = 206
             headers["Content-Range"] = f"bytes {offset}-{offset + count - 1}/{size}"
+    if blob.path is not None and size <= SMALL_BLOB and not head:
+        # Small blobs (configs, tiny layers) from memory: a thread-pool open and a sendfile set-up cost more
+        # than the bytes. Content-addressed, so a cached copy is never stale.
+        small = request.app[SMALL_BLOBS]
+        data = small.get(digest)
+        if data is None:
+            try:
+                data = await asyncio.to_thread(blob.path.read_bytes)
+            except FileNotFoundError:
+                data = b""
+            if len(data) != size:  # the file is not what the metadata says: don't cache it
+                raise BlobUnknown(f"blob {digest} is not readable", detail={"digest": digest})
+            small.put(digest, data)
+        return web.Response(body=data[offset : offset + count], status=status, headers=headers)
     if blob.path is not None:
         return SendfileResponse(blob.path, offset, count, status=status, headers=headers)
     blobs = request.app[BLOBS]
@@ -451,6 +470,7 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
 
 
 def add_routes(app: web.Application) -> None:
+    app[SMALL_BLOBS] = BytesLRU(64 * 1024 * 1024)
     app.router.add_get("/v2", api_base)
     app.router.add_get("/v2/", api_base)
     app.router.add_get("/v2/_catalog", catalog)

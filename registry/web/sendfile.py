@@ -9,6 +9,8 @@ from pathlib import Path
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 
+from registry.errors import BlobUnknown
+
 READ_CHUNK = 1 << 20
 
 
@@ -26,7 +28,10 @@ class SendfileResponse(web.StreamResponse):
         if self._count == 0 or request.method == "HEAD":
             return await super().prepare(request)
         loop = asyncio.get_running_loop()
-        fh = await loop.run_in_executor(None, open, self._path, "rb")
+        try:
+            fh = await loop.run_in_executor(None, open, self._path, "rb")
+        except FileNotFoundError:  # removed by garbage collection in another process since the link check
+            raise BlobUnknown("blob is no longer stored", detail={"path": self._path.name}) from None
         try:
             writer = await super().prepare(request)
             assert writer is not None
