@@ -215,7 +215,9 @@ async def serve(app: web.Application, host: str, port: int, drain_timeout: float
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=drain_timeout)
+    # Our own drain below does the waiting; aiohttp's shutdown (which drops request bodies still arriving)
+    # then only needs a moment, so the worst case stays drain_timeout, not twice that.
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)
     try:

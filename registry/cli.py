@@ -221,6 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
     rotate = sub.add_parser("rotate-signing-key", help="create a new token signing key and make it current")
     _common(rotate)
     rotate.set_defaults(func=_rotate_signing_key)
+
+    from registry.cli_transfer import add_parsers
+
+    add_parsers(sub, _common)
     return parser
 
 

@@ -70,16 +70,18 @@ def _run(config: Config, verb: str, prepare: Callable[[], Any], job: Callable[[A
     print its JSON summary, or one line on failure."""
     import asyncio
     import json
+    import sqlite3
     import tarfile
 
     from registry import transfer
-    from registry.app import open_services
     from registry.errors import RegistryError
     from storage.base import StorageError
 
     progress = transfer.Progress(verb, sys.stderr if sys.stderr.isatty() else None)
 
     async def main(prepared: Any) -> Any:
+        from registry.app import open_services  # the server's whole stack: only once the arguments are good
+
         async with open_services(config) as services:
             return await job(services, prepared, progress)
 
@@ -98,8 +100,11 @@ def _run(config: Config, verb: str, prepare: Callable[[], Any], job: Callable[[A
         where = f": {e.filename}" if e.filename else ""
         print(f"moorage: {verb} failed: {e.strerror or e}{where}", file=sys.stderr)
         return 1
-    except (StorageError, tarfile.TarError, ValueError) as e:
+    except (StorageError, tarfile.TarError, sqlite3.Error, ValueError) as e:
         print(f"moorage: {verb} failed: {e}", file=sys.stderr)
+        return 1
+    except Exception as e:  # a bug: still one line, and what it was
+        print(f"moorage: {verb} failed unexpectedly: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
     print(json.dumps(summary, indent=2))
     return 0

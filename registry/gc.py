@@ -10,6 +10,7 @@ sessions abandoned for a day.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -85,6 +86,7 @@ class GarbageCollector:
                 await self.blobs.abort(upload_id)
                 await self.meta.delete_upload(upload_id)
                 report.uploads += 1
+            report.orphan_files += await asyncio.to_thread(self.blobs.remove_leftovers)
             if report.blobs:
                 self.on_removed()
         report.seconds = time.monotonic() - started

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from registry import oci
-from registry.errors import ManifestUnknown, NameUnknown, RegistryError
+from registry.errors import NameUnknown, RegistryError
 from registry.service.images import tag_is_immutable
 from storage.base import BlobNotFound, DigestMismatch, SizeMismatch
 
@@ -528,7 +528,6 @@ def _plan_referrers(source: Source, plan: _Plan, loose: list[oci.Descriptor]) ->
     """Untagged manifests of the layout whose `subject` is part of an imported image (signatures, SBOMs,
     attestations, and their own referrers) go with that image, stored before its tags move."""
     while loose:
-        owners = {d: image for image in plan.images for d in image.manifests}
         found = []
         for desc in loose:
             path = source.resolve(_blob_member(desc.digest))
@@ -538,9 +537,20 @@ def _plan_referrers(source: Source, plan: _Plan, loose: list[oci.Descriptor]) ->
                 subject = oci.parse_manifest(source.read(path, oci.MAX_MANIFEST_BYTES), None).subject
             except RegistryError:
                 continue
-            if subject is not None and subject.digest in owners:
-                image = owners[subject.digest]
-                _walk_oci(source, plan, image, desc, set(image.manifests))
+            for image in plan.images:
+                if subject is None or subject.digest not in image.manifests:
+                    continue
+                # Walked on the side: a referrer the layout holds only in part is left out, not an error.
+                side = _Plan(plan.kind, manifests=dict(plan.manifests))
+                part = _Image(image.repository, image.tags, manifests=list(image.manifests))
+                try:
+                    _walk_oci(source, side, part, desc, set(image.manifests))
+                except _MissingContent:
+                    continue
+                plan.manifests.update(side.manifests)
+                plan.blobs.update(side.blobs)
+                image.manifests = part.manifests
+                image.blobs += [d for d in part.blobs if d not in image.blobs]
                 image.referrers += 1
                 found.append(desc)
         if not found:
@@ -1194,31 +1204,36 @@ class ArchiveWriter(_Writer):
         chunks: AsyncIterator[bytes],
         progress: Progress | None,
         digest: str | None,
+        *,
+        journal: bool = True,
     ) -> None:
         """Append one member (header, data, padding), then record it in the journal. On any failure the file is
         cut back to where the member started."""
         fh = self.fh
         assert fh is not None
         start = self.offset
-        header = info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+        header: bytes | None = info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
         hasher = hashlib.new(oci.digest_algorithm(digest)) if digest else None
         comp: Any = None
         written = 0
         try:
             async for chunk in chunks:
+                if not chunk:
+                    continue
                 if comp is None and self.compress:
                     # Compressed layers don't shrink: store them (fast); compress the rest.
                     level = 0 if chunk[:2] == GZIP_MAGIC or chunk[:4] == ZSTD_MAGIC else 6
                     comp = zlib.compressobj(level, zlib.DEFLATED, 31)
-                if written == 0:
+                if header is not None:
                     await asyncio.to_thread(self._emit, comp, header, None)
+                    header = None
                 await asyncio.to_thread(self._emit, comp, chunk, hasher)
                 written += len(chunk)
                 if progress is not None:
                     progress.add(len(chunk))
             if self.compress and comp is None:
                 comp = zlib.compressobj(6, zlib.DEFLATED, 31)
-            if written == 0:
+            if header is not None:
                 await asyncio.to_thread(self._emit, comp, header, None)
             if digest is not None:
                 assert hasher is not None
@@ -1239,8 +1254,9 @@ class ArchiveWriter(_Writer):
             self.offset = start
             raise
         self.offset = fh.tell()
-        self.members[name] = info.size
-        await asyncio.to_thread(self._save_journal)
+        if journal:
+            self.members[name] = info.size
+            await asyncio.to_thread(self._save_journal)
 
     def _emit(self, comp: Any, data: bytes, hasher: Any) -> None:
         if hasher is not None:
@@ -1260,7 +1276,7 @@ class ArchiveWriter(_Writer):
         index = _index_json(entries)
         info = tarfile.TarInfo(INDEX_FILE)
         info.size, info.mode, info.mtime = len(index), 0o644, 0
-        await self._add_member(INDEX_FILE, info, _one(index), None, None)
+        await self._add_member(INDEX_FILE, info, _one(index), None, None, journal=False)  # a re-run rewrites it
         end = b"\0" * (2 * tarfile.BLOCKSIZE)
         await asyncio.to_thread(self._emit_raw, gzip.compress(end, mtime=0) if self.compress else end)
         assert self.fh is not None
@@ -1322,8 +1338,11 @@ async def export_images(s: Services, request: ExportRequest, progress: Progress)
     for repository, tag in dict.fromkeys(wanted):
         ref = f"{repository}:{tag}"
         try:
-            digest = await s.images.resolve(repository, tag)
-        except (ManifestUnknown, NameUnknown) as e:
+            if s.pull_through.rule_for(repository) is not None:  # a cache: pulled through it if need be
+                digest = (await s.pull_through.get_manifest(repository, tag)).digest
+            else:
+                digest = await s.images.resolve(repository, tag)
+        except RegistryError as e:
             raise TransferError(f"{ref}: {e.message}") from None
         media_type, _ = await _walk_export(s, repository, digest, ref, manifests, blobs, walked)
         entries.append(

@@ -28,6 +28,7 @@ import contextlib
 import errno
 import hashlib
 import os
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from pathlib import Path
 from storage.base import BlobNotFound, DigestMismatch, OffsetMismatch, SizeMismatch, UploadNotFound
 
 WRITE_BUFFER = 1 << 20  # coalesce request chunks into 1 MiB writes
+LEFTOVER_AGE = 3600.0  # a spool file untouched this long belongs to no live writer
 READ_CHUNK = 1 << 20
 
 
@@ -56,9 +58,21 @@ class FilesystemBlobStore:
         self._uploads.mkdir(parents=True, exist_ok=True)
         self._locks: dict[str, asyncio.Lock] = {}
         self._hashes: dict[str, _HashState] = {}
-        # Leftovers of monolithic uploads interrupted by a crash are never acknowledged: remove them.
+        self.remove_leftovers()
+
+    def remove_leftovers(self, older_than: float = LEFTOVER_AGE) -> int:
+        """Remove spool files of monolithic uploads and downloads interrupted by a crash (never acknowledged).
+        Only stale ones: another process on the same data dir (a server, `moorage import`) may be writing."""
+        cutoff = time.time() - older_than
+        removed = 0
         for leftover in self._uploads.glob(".ingest-*"):
-            leftover.unlink(missing_ok=True)
+            try:
+                if leftover.stat().st_mtime < cutoff:
+                    leftover.unlink()
+                    removed += 1
+            except FileNotFoundError:
+                pass
+        return removed
 
     # -- paths -------------------------------------------------------------------------------------
     def _blob_path(self, digest: str) -> Path:

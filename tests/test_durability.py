@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import socket
 import subprocess
 import sys
@@ -121,9 +123,22 @@ def test_sigkill_mid_monolithic_upload_leaves_nothing(make_server) -> None:
     sock.close()
     srv.start()
     assert digest not in blob_files(srv.data_dir)
-    assert not list((srv.data_dir / "uploads").glob(".ingest-*"))
     c = Client(srv.url)
     assert c.head(f"/v2/dur/mono/blobs/{digest}").status_code == 404
+    # The spool file is left alone while it might belong to a live writer, and removed once stale.
+    leftovers = list((srv.data_dir / "uploads").glob(".ingest-*"))
+    assert leftovers
+    for path in leftovers:
+        os.utime(path, (time.time() - 7200, time.time() - 7200))
+    p = subprocess.run(
+        [sys.executable, "-m", "registry", "gc", "--config", str(srv.config_path), "--data-dir", str(srv.data_dir)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert p.returncode == 0, p.stderr
+    assert not list((srv.data_dir / "uploads").glob(".ingest-*"))
+    assert json.loads(p.stdout)["orphanFilesRemoved"] >= len(leftovers)
 
 
 def test_blob_is_stored_once_across_repositories(make_server) -> None:
