@@ -109,8 +109,10 @@ class Services:
         await self.blobs.close()
         await self.meta.close()
 
-    async def evict_cache(self) -> int:
-        return await evict(self.pull_through, self.lifecycle, self.meta, self.config.pull_through.max_cache_bytes)
+    async def evict_cache(self, *, dry_run: bool = False) -> int:
+        return await evict(
+            self.pull_through, self.lifecycle, self.meta, self.config.pull_through.max_cache_bytes, dry_run=dry_run
+        )
 
     async def watch_external_writes(self) -> None:
         """Drop in-memory caches when another process (an offline command) changed the database."""

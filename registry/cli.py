@@ -152,7 +152,7 @@ def _lifecycle_run(args: argparse.Namespace, config: Config) -> int:
 
 def _gc(args: argparse.Namespace, config: Config) -> int:
     async def job(s: Any) -> Any:
-        evicted = 0 if args.dry_run else await s.evict_cache()
+        evicted = await s.evict_cache(dry_run=args.dry_run)
         report = (await s.gc.run(dry_run=args.dry_run)).as_dict()
         return {**report, "cacheImagesEvicted": evicted}
 

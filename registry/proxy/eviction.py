@@ -18,8 +18,15 @@ from storage import base as st
 log = logging.getLogger("moorage.eviction")
 
 
-async def evict(pull_through: PullThrough, lifecycle: LifecycleService, meta: st.MetadataStore, max_bytes: int) -> int:
-    """Evict until the cache fits; returns the number of images evicted."""
+async def evict(
+    pull_through: PullThrough,
+    lifecycle: LifecycleService,
+    meta: st.MetadataStore,
+    max_bytes: int,
+    *,
+    dry_run: bool = False,
+) -> int:
+    """Evict until the cache fits; returns the number of images evicted (that would be, with `dry_run`)."""
     if max_bytes <= 0 or not pull_through.rules:
         return 0
     images: list[st.ImageRecord] = []
@@ -39,14 +46,16 @@ async def evict(pull_through: PullThrough, lifecycle: LifecycleService, meta: st
             break
         if (await meta.parents_of(img.repository, [img.digest])).get(img.digest):
             continue
-        await pull_through.images.delete_manifest(img.repository, img.digest)
+        if not dry_run:
+            await pull_through.images.delete_manifest(img.repository, img.digest)
         evicted += 1
         for digest, size in blobs[img.digest]:
             refcount[digest] = refcount.get(digest, 1) - 1
             if refcount[digest] == 0:
                 usage -= size
         log.info(
-            "cache eviction: removed %s@%s (last pulled %s); cache now %d bytes of %d",
+            "cache eviction%s: removed %s@%s (last pulled %s); cache now %d bytes of %d",
+            " (dry run)" if dry_run else "",
             img.repository,
             img.digest,
             img.last_pulled_at,
