@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import json
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -725,15 +726,7 @@ class SQLiteMetadataStore:
         async with self._tx() as db:
             cur = await db.execute(
                 f"INSERT OR IGNORE INTO pull_through_rules ({self._RULE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    rule.prefix,
-                    rule.upstream_url,
-                    rule.upstream_prefix,
-                    rule.credential_arn,
-                    rule.upstream_registry,
-                    rule.created_at,
-                    rule.updated_at,
-                ),
+                dataclasses.astuple(rule),
             )
             if cur.rowcount == 0:
                 raise Conflict(rule.prefix)
@@ -745,15 +738,7 @@ class SQLiteMetadataStore:
                 "ON CONFLICT (prefix) DO UPDATE SET upstream_url = excluded.upstream_url, "
                 "upstream_prefix = excluded.upstream_prefix, credential_arn = excluded.credential_arn, "
                 "upstream_registry = excluded.upstream_registry, updated_at = excluded.updated_at",
-                (
-                    rule.prefix,
-                    rule.upstream_url,
-                    rule.upstream_prefix,
-                    rule.credential_arn,
-                    rule.upstream_registry,
-                    rule.created_at,
-                    rule.updated_at,
-                ),
+                dataclasses.astuple(rule),
             )
 
     async def update_rule_credentials(

@@ -11,7 +11,6 @@ import base64
 import json
 import os
 import re
-import shutil
 import stat
 import subprocess
 import sys
@@ -42,6 +41,7 @@ from tests.server import (
     login_password,
     principal_toml,
 )
+from tests.skopeo import SKOPEO, Skopeo, isolated_skopeo
 
 ACCOUNT = "000000000000"
 REGION = "us-east-1"
@@ -86,7 +86,6 @@ ANON_PULL_POLICY = json.dumps(
     }
 )
 
-SKOPEO = shutil.which("skopeo")
 needs_skopeo = pytest.mark.skipif(SKOPEO is None, reason="skopeo is not on PATH (apt-get install skopeo)")
 
 
@@ -301,45 +300,10 @@ def pushed(srv: MoorageServer, admin_token: str) -> tuple[str, Image]:
     return repo, image
 
 
-Skopeo = Callable[..., subprocess.CompletedProcess[str]]
-
-
 @pytest.fixture(scope="module")
 def skopeo(tmp_path_factory: pytest.TempPathFactory) -> Skopeo:
     """skopeo isolated from the machine's config: own policy, registries.conf, (empty) auth file and tmpdir."""
-    cfg = tmp_path_factory.mktemp("skopeo-cfg")
-    (cfg / "policy.json").write_text(json.dumps({"default": [{"type": "insecureAcceptAnything"}]}))
-    (cfg / "registries.conf").write_text("")
-    (cfg / "auth.json").write_text("{}")
-    (cfg / "registries.d").mkdir()
-    (cfg / "tmp").mkdir()
-    env = {
-        **os.environ,
-        "CONTAINERS_REGISTRIES_CONF": str(cfg / "registries.conf"),
-        "REGISTRY_AUTH_FILE": str(cfg / "auth.json"),
-        "DOCKER_CONFIG": str(cfg),  # no ~/.docker/config.json credentials either
-    }
-    base = [
-        str(SKOPEO),
-        "--policy", str(cfg / "policy.json"),
-        "--registries.d", str(cfg / "registries.d"),
-        "--tmpdir", str(cfg / "tmp"),
-    ]  # fmt: skip
-
-    def run(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        cmd = [*base, *args]
-        try:
-            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
-        except subprocess.TimeoutExpired as e:
-            pytest.fail(f"$ {' '.join(cmd)}\ntimed out after {timeout}s\nstdout: {e.stdout!r}\nstderr: {e.stderr!r}")
-        if check and proc.returncode != 0:
-            pytest.fail(
-                f"$ {' '.join(cmd)}\nexit {proc.returncode}\n--- stdout ---\n{proc.stdout}\n"
-                f"--- stderr ---\n{proc.stderr}"
-            )
-        return proc
-
-    return run
+    return isolated_skopeo(tmp_path_factory.mktemp("skopeo-cfg"))
 
 
 def layout_top_digest(layout: Path, tag: str) -> str:

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +29,7 @@ from tests.base_image import BaseImageUnavailable, load_base_image
 from tests.dockerd import Dockerd, dockerd_fixture  # noqa: F401 - the `dockerd` fixture
 from tests.layouts import read_layout, write_single_image
 from tests.server import auth_config, free_port, login_password
+from tests.skopeo import Skopeo, isolated_skopeo
 from tests.test_docker import build_image
 from tests.test_docker import push as docker_push
 
@@ -37,7 +38,6 @@ pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(900)]
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = "/var/lib/moorage"
 MAX_IMAGE_BYTES = 250 * 1000 * 1000
-SKOPEO = shutil.which("skopeo")
 # What a graceful stop says in the server's log.
 SHUTDOWN_LOG = re.compile(r"shutting down|shut down|shutdown|stopping|stopped|draining", re.I)
 # Files of the source tree a build needs when it isn't a git checkout.
@@ -214,35 +214,10 @@ def anonymous(containers: Containers) -> Container:
     return containers.start(env={"MOORAGE_AUTH_ENABLED": "false"})
 
 
-Skopeo = Callable[..., subprocess.CompletedProcess[str]]
-
-
 @pytest.fixture(scope="module")
 def skopeo(tmp_path_factory: pytest.TempPathFactory) -> Skopeo:
     """skopeo isolated from the machine's config (own policy, registries.conf, auth file, tmpdir)."""
-    if SKOPEO is None:
-        pytest.skip("skopeo is not on PATH (apt-get install skopeo)")
-    cfg = tmp_path_factory.mktemp("skopeo-cfg")
-    (cfg / "policy.json").write_text(json.dumps({"default": [{"type": "insecureAcceptAnything"}]}))
-    (cfg / "registries.conf").write_text("")
-    (cfg / "auth.json").write_text("{}")
-    (cfg / "registries.d").mkdir()
-    (cfg / "tmp").mkdir()
-    env = {
-        **os.environ,
-        "CONTAINERS_REGISTRIES_CONF": str(cfg / "registries.conf"),
-        "REGISTRY_AUTH_FILE": str(cfg / "auth.json"),
-    }
-    base = [SKOPEO, "--policy", str(cfg / "policy.json"), "--registries.d", str(cfg / "registries.d")]
-    base += ["--tmpdir", str(cfg / "tmp")]
-
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
-        cmd = [*base, *args]
-        p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, check=False)
-        assert p.returncode == 0, f"$ {' '.join(cmd)}\nexit {p.returncode}\n{p.stdout}\n{p.stderr}"
-        return p
-
-    return run
+    return isolated_skopeo(tmp_path_factory.mktemp("skopeo-cfg"))
 
 
 def skopeo_roundtrip(skopeo: Skopeo, c: Container, repo: str, tmp: Path) -> str:

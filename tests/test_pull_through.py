@@ -13,9 +13,7 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -53,6 +51,7 @@ from tests.server import (
     login_password,
     principal_toml,
 )
+from tests.skopeo import SKOPEO, Skopeo, isolated_skopeo
 from tests.upstreams import (
     DISTRIBUTION_BIN,
     MOORAGE_USER_AGENT,
@@ -61,13 +60,11 @@ from tests.upstreams import (
     push_image,
 )
 
-SKOPEO = shutil.which("skopeo")
 pytestmark = [
     pytest.mark.skipif(SKOPEO is None, reason="skopeo is not on PATH (apt-get install skopeo)"),
     pytest.mark.skipif(not os.path.exists(DISTRIBUTION_BIN), reason="docker-registry (Distribution) is not installed"),
 ]
 
-Skopeo = Callable[..., subprocess.CompletedProcess[str]]
 MakeServer = Callable[..., MoorageServer]
 MISSING_SECRET_ARN = "arn:aws:secretsmanager:us-east-1:000000000000:secret:ecr-pullthroughcache/nope"
 UP_SECRET_ARN = "arn:aws:secretsmanager:us-east-1:000000000000:secret:ecr-pullthroughcache/up"
@@ -166,38 +163,7 @@ def uploads_left(srv: MoorageServer) -> list[str]:
 @pytest.fixture(scope="module")
 def skopeo(tmp_path_factory: pytest.TempPathFactory) -> Skopeo:
     """Run skopeo isolated from the machine's config: own policy, registries.conf, auth file and tmpdir."""
-    cfg = tmp_path_factory.mktemp("skopeo-cfg")
-    (cfg / "policy.json").write_text(json.dumps({"default": [{"type": "insecureAcceptAnything"}]}))
-    (cfg / "registries.conf").write_text("")
-    (cfg / "auth.json").write_text("{}")
-    (cfg / "registries.d").mkdir()
-    (cfg / "tmp").mkdir()
-    env = {
-        **os.environ,
-        "CONTAINERS_REGISTRIES_CONF": str(cfg / "registries.conf"),
-        "REGISTRY_AUTH_FILE": str(cfg / "auth.json"),
-    }
-    base = [
-        str(SKOPEO),
-        "--policy", str(cfg / "policy.json"),
-        "--registries.d", str(cfg / "registries.d"),
-        "--tmpdir", str(cfg / "tmp"),
-    ]  # fmt: skip
-
-    def run(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        cmd = [*base, *args]
-        try:
-            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
-        except subprocess.TimeoutExpired as e:
-            pytest.fail(f"$ {' '.join(cmd)}\ntimed out after {timeout}s\nstdout: {e.stdout!r}\nstderr: {e.stderr!r}")
-        if check and proc.returncode != 0:
-            pytest.fail(
-                f"$ {' '.join(cmd)}\nexit {proc.returncode}\n--- stdout ---\n{proc.stdout}\n"
-                f"--- stderr ---\n{proc.stderr}"
-            )
-        return proc
-
-    return run
+    return isolated_skopeo(tmp_path_factory.mktemp("skopeo-cfg"))
 
 
 @pytest.fixture(scope="module")

@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -22,48 +18,15 @@ from tests.layouts import (
 )
 from tests.oci import ALL_MANIFEST_TYPES, OCI_INDEX, OCI_MANIFEST, digest_of
 from tests.server import MoorageServer
+from tests.skopeo import SKOPEO, Skopeo, isolated_skopeo
 
-SKOPEO = shutil.which("skopeo")
 pytestmark = pytest.mark.skipif(SKOPEO is None, reason="skopeo is not on PATH (apt-get install skopeo)")
-
-Skopeo = Callable[..., subprocess.CompletedProcess[str]]
 
 
 @pytest.fixture(scope="module")
 def skopeo(tmp_path_factory: pytest.TempPathFactory) -> Skopeo:
     """Run skopeo isolated from the machine's config: own policy, registries.conf, auth file and tmpdir."""
-    cfg = tmp_path_factory.mktemp("skopeo-cfg")
-    (cfg / "policy.json").write_text(json.dumps({"default": [{"type": "insecureAcceptAnything"}]}))
-    (cfg / "registries.conf").write_text("")
-    (cfg / "auth.json").write_text("{}")
-    (cfg / "registries.d").mkdir()
-    (cfg / "tmp").mkdir()
-    env = {
-        **os.environ,
-        "CONTAINERS_REGISTRIES_CONF": str(cfg / "registries.conf"),
-        "REGISTRY_AUTH_FILE": str(cfg / "auth.json"),
-    }
-    base = [
-        str(SKOPEO),
-        "--policy", str(cfg / "policy.json"),
-        "--registries.d", str(cfg / "registries.d"),
-        "--tmpdir", str(cfg / "tmp"),
-    ]  # fmt: skip
-
-    def run(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        cmd = [*base, *args]
-        try:
-            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
-        except subprocess.TimeoutExpired as e:
-            pytest.fail(f"$ {' '.join(cmd)}\ntimed out after {timeout}s\nstdout: {e.stdout!r}\nstderr: {e.stderr!r}")
-        if check and proc.returncode != 0:
-            pytest.fail(
-                f"$ {' '.join(cmd)}\nexit {proc.returncode}\n--- stdout ---\n{proc.stdout}\n"
-                f"--- stderr ---\n{proc.stderr}"
-            )
-        return proc
-
-    return run
+    return isolated_skopeo(tmp_path_factory.mktemp("skopeo-cfg"))
 
 
 @pytest.fixture(autouse=True)

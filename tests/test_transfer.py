@@ -46,11 +46,10 @@ from tests.oci import (
     make_image,
 )
 from tests.server import AUTH_OFF, MoorageServer
+from tests.skopeo import SKOPEO, Skopeo, isolated_skopeo
 
-SKOPEO = shutil.which("skopeo")
 pytestmark = pytest.mark.skipif(SKOPEO is None, reason="skopeo is not on PATH (apt-get install skopeo)")
 
-Skopeo = Callable[..., subprocess.CompletedProcess[str]]
 MakeServer = Callable[..., MoorageServer]
 REPOSITORY_ANNOTATION = "io.moorage.repository"
 DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
@@ -191,32 +190,7 @@ def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.
 @pytest.fixture(scope="module")
 def skopeo(tmp_path_factory: pytest.TempPathFactory) -> Skopeo:
     """skopeo isolated from the machine's config: own policy, registries.conf, auth file and tmpdir."""
-    cfg = tmp_path_factory.mktemp("skopeo-cfg")
-    (cfg / "policy.json").write_text(json.dumps({"default": [{"type": "insecureAcceptAnything"}]}))
-    (cfg / "registries.conf").write_text("")
-    (cfg / "auth.json").write_text("{}")
-    (cfg / "registries.d").mkdir()
-    (cfg / "tmp").mkdir()
-    env = {
-        **os.environ,
-        "CONTAINERS_REGISTRIES_CONF": str(cfg / "registries.conf"),
-        "REGISTRY_AUTH_FILE": str(cfg / "auth.json"),
-    }
-    base = [
-        str(SKOPEO),
-        "--policy", str(cfg / "policy.json"),
-        "--registries.d", str(cfg / "registries.d"),
-        "--tmpdir", str(cfg / "tmp"),
-    ]  # fmt: skip
-
-    def run(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        cmd = [*base, *args]
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
-        if check and proc.returncode != 0:
-            pytest.fail(f"$ {' '.join(cmd)}\nexit {proc.returncode}\nstdout: {proc.stdout}\nstderr: {proc.stderr}")
-        return proc
-
-    return run
+    return isolated_skopeo(tmp_path_factory.mktemp("skopeo-cfg"))
 
 
 @dataclass

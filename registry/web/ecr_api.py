@@ -19,7 +19,15 @@ from registry.errors import InvalidParameter, NameUnknown, SerializationError, U
 from registry.service.ecr import Caller
 from registry.web.auth import api_principal, condition_keys
 from registry.web.context import ACCESS, ECR, ECR_OPERATIONS, IMAGES
-from registry.web.middleware import ACTION, ECR_TARGET_HEADER, PROTOCOL, REPOSITORY, REQUEST_ID, ROUTE
+from registry.web.middleware import (
+    ACTION,
+    ECR_TARGET_HEADER,
+    PROTOCOL,
+    REPOSITORY,
+    REQUEST_ID,
+    ROUTE,
+    read_body,
+)
 
 MAX_BODY = 32 * 1024 * 1024  # an UploadLayerPart of 20 MiB, base64-encoded, and then some
 JSON_TYPE = "application/x-amz-json-1.1"
@@ -35,18 +43,6 @@ def is_ecr_request(request: web.Request) -> bool:
     return request.method == "POST" and ECR_TARGET_HEADER in request.headers
 
 
-async def _read_body(request: web.Request) -> bytes:
-    if request.content_length is not None and request.content_length > MAX_BODY:
-        raise SerializationError(f"request body is over the {MAX_BODY} byte limit")
-    parts, size = [], 0
-    async for chunk in request.content.iter_any():
-        size += len(chunk)
-        if size > MAX_BODY:
-            raise SerializationError(f"request body is over the {MAX_BODY} byte limit")
-        parts.append(chunk)
-    return b"".join(parts)
-
-
 async def handle(request: web.Request) -> web.Response:
     request[PROTOCOL] = "ecr"
     prefix, _, name = request.headers.get(ECR_TARGET_HEADER, "").partition(".")
@@ -56,7 +52,7 @@ async def handle(request: web.Request) -> web.Response:
             f"Unknown operation: X-Amz-Target {request.headers.get(ECR_TARGET_HEADER)!r} is not "
             f"{ecr_model.TARGET_PREFIX}.<Operation>"
         )
-    body = await _read_body(request)
+    body = await read_body(request, MAX_BODY, SerializationError)
     principal = await api_principal(request, body)
     op = ecr_model.operation(name)
     if op is None:

@@ -171,6 +171,20 @@ def access_middleware(
     return middleware
 
 
+async def read_body(request: web.Request, limit: int, too_large: Callable[[str], RegistryError]) -> bytes:
+    """The whole request body, refusing (with `too_large(message)`) anything over `limit` bytes, before reading
+    it when Content-Length says so."""
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large(f"the body is {request.content_length} bytes; the limit is {limit}")
+    parts, size = [], 0
+    async for chunk in request.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            raise too_large(f"the body is over the {limit} byte limit")
+        parts.append(chunk)
+    return b"".join(parts)
+
+
 def _route_of(request: web.Request) -> str:
     info = request.match_info.route.resource
     return info.canonical if info is not None else "unmatched"

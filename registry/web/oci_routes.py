@@ -34,7 +34,7 @@ from registry.service.images import MAX_PAGE
 from registry.service.uploads import upload_range
 from registry.web.auth import condition_keys, realm, registry_principal
 from registry.web.context import ACCESS, BLOBS, IMAGES, PULL_THROUGH, UPLOADS
-from registry.web.middleware import ACTION, REPOSITORY, ROUTE
+from registry.web.middleware import ACTION, REPOSITORY, ROUTE, read_body
 from registry.web.sendfile import SendfileResponse
 
 OCTET_STREAM = "application/octet-stream"
@@ -49,19 +49,6 @@ RouteHandler = Callable[..., Awaitable[web.StreamResponse]]
 
 def _body(request: web.Request) -> AsyncIterator[bytes] | None:
     return request.content.iter_any() if request.body_exists else None
-
-
-async def _read_manifest(request: web.Request) -> bytes:
-    limit = oci.MAX_MANIFEST_BYTES
-    if request.content_length is not None and request.content_length > limit:
-        raise ManifestTooLarge(f"manifest is {request.content_length} bytes; the limit is {limit}")
-    parts, size = [], 0
-    async for chunk in request.content.iter_any():
-        size += len(chunk)
-        if size > limit:
-            raise ManifestTooLarge(f"manifest is over the {limit} byte limit")
-        parts.append(chunk)
-    return b"".join(parts)
 
 
 def _page_args(request: web.Request) -> tuple[str | None, int | None]:
@@ -182,7 +169,7 @@ async def get_manifest(request: web.Request, name: str, reference: str) -> web.R
 
 async def put_manifest(request: web.Request, name: str, reference: str) -> web.Response:
     oci.validate_reference(reference)
-    body = await _read_manifest(request)
+    body = await read_body(request, oci.MAX_MANIFEST_BYTES, lambda m: ManifestTooLarge(f"manifest: {m}"))
     extra_tags = tuple(request.query.getall("tag", []))
     result = await request.app[IMAGES].put_manifest(
         name, reference, body, request.headers.get("Content-Type"), extra_tags
