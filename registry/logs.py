@@ -1,22 +1,70 @@
 """Logging: JSON lines when stderr is not a terminal (or `[log] format = "json"`), readable text otherwise.
 
+Every line goes through one writer thread that drains a queue in batches, so the event loop never waits on
+stderr (a full pipe to a container log driver would otherwise stall every request). The per-request access log
+skips the `logging` machinery altogether: the loop renders one JSON line with the C encoder and queues it.
 Extra fields passed as `logging` extras (`extra={"fields": {...}}`) become JSON members; secrets are never
 passed (tokens, keys and Authorization headers are not logged anywhere).
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
+import queue
 import sys
+import threading
 import time
-from typing import Any
+from typing import Any, TextIO
+
+
+def _timestamp(created: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{int(created * 1000) % 1000:03d}Z"
+
+
+class LineWriter:
+    """Writes lines to a stream from a background thread, in batches."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._lines: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="moorage-log-writer", daemon=True)
+        self._thread.start()
+        atexit.register(self.close)
+
+    def write(self, line: str) -> None:
+        self._lines.put(line)
+
+    def _run(self) -> None:
+        while True:
+            line = self._lines.get()
+            batch = []
+            while line is not None:
+                batch.append(line)
+                try:
+                    line = self._lines.get_nowait()
+                except queue.Empty:
+                    break
+            if batch:
+                try:
+                    self._stream.write("\n".join(batch) + "\n")
+                    self._stream.flush()
+                except (OSError, ValueError):  # stderr closed: nothing sensible left to do with the lines
+                    pass
+            if line is None:
+                return
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._lines.put(None)
+            self._thread.join(timeout=5)
 
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "ts": _timestamp(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
@@ -39,11 +87,56 @@ class TextFormatter(logging.Formatter):
         return text
 
 
+class _WriterHandler(logging.Handler):
+    def __init__(self, writer: LineWriter) -> None:
+        super().__init__()
+        self.writer = writer
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.writer.write(self.format(record))
+        except Exception:
+            self.handleError(record)
+
+
+class AccessLog:
+    """One line per request, rendered on the loop and written by the writer thread."""
+
+    def __init__(self, writer: LineWriter, use_json: bool) -> None:
+        self.writer = writer
+        self.use_json = use_json
+
+    def __call__(self, message: str, fields: dict[str, Any]) -> None:
+        now = time.time()
+        if self.use_json:
+            self.writer.write(
+                json.dumps(
+                    {"ts": _timestamp(now), "level": "info", "logger": "moorage.access", "msg": message, **fields},
+                    default=str,
+                )
+            )
+        else:
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
+            extra = " ".join(f"{k}={v}" for k, v in fields.items() if v not in (None, ""))
+            self.writer.write(f"{stamp} INFO moorage.access: {message} {extra}")
+
+
+_access: AccessLog | None = None
+
+
 def setup(level: str, fmt: str = "auto") -> None:
+    global _access
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
-    handler = logging.StreamHandler(sys.stderr)
+    writer = LineWriter(sys.stderr)
+    handler = _WriterHandler(writer)
     handler.setFormatter(JsonFormatter() if use_json else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # we write our own access log
+    _access = AccessLog(writer, use_json)
+
+
+def access_logger() -> AccessLog | None:
+    """The access log set up by `setup` (None when logging was not set up, e.g. in-process tests)."""
+    return _access

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from registry import logs
 from registry.errors import AuthenticationRequired, NotFound, RegistryError, Unsupported
 
 log = logging.getLogger("moorage.http")
@@ -144,29 +145,26 @@ def access_middleware(
             observe(route, request.method, status, seconds, bytes_in, bytes_out)
             if enabled:
                 principal = request.get(PRINCIPAL)
-                access_log.info(
-                    "%s %s %d",
-                    request.method,
-                    request.path,
-                    status,
-                    extra={
-                        "fields": {
-                            "request_id": request[REQUEST_ID],
-                            "method": request.method,
-                            "path": request.path,
-                            "route": route,
-                            "status": status,
-                            "bytes_in": bytes_in,
-                            "bytes_out": bytes_out,
-                            "duration_ms": round(seconds * 1000, 3),
-                            "principal": principal.name if principal else None,
-                            "repository": request.get(REPOSITORY),
-                            "action": request.get(ACTION),
-                            "remote": request.remote,
-                            "user_agent": request.headers.get("User-Agent", "")[:200],
-                        }
-                    },
-                )
+                write_line = logs.access_logger()
+                fields = {
+                    "request_id": request[REQUEST_ID],
+                    "method": request.method,
+                    "path": request.path,
+                    "route": route,
+                    "status": status,
+                    "bytes_in": bytes_in,
+                    "bytes_out": bytes_out,
+                    "duration_ms": round(seconds * 1000, 3),
+                    "principal": principal.name if principal else None,
+                    "repository": request.get(REPOSITORY),
+                    "action": request.get(ACTION),
+                    "remote": request.remote,
+                    "user_agent": request.headers.get("User-Agent", "")[:200],
+                }
+                if write_line is not None:
+                    write_line(f"{request.method} {request.path} {status}", fields)
+                else:  # logging not set up through registry.logs (e.g. an embedding application)
+                    access_log.info("%s %s %d", request.method, request.path, status, extra={"fields": fields})
 
     return middleware
 
