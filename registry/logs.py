@@ -18,9 +18,19 @@ import threading
 import time
 from typing import Any, TextIO
 
+_second: tuple[int, str] = (-1, "")
+
 
 def _timestamp(created: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{int(created * 1000) % 1000:03d}Z"
+    """ISO-8601 UTC with milliseconds; the formatted second is reused (strftime is costly per line)."""
+    global _second
+    whole = int(created)
+    if _second[0] != whole:
+        _second = (whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)))
+    return f"{_second[1]}.{int(created * 1000) % 1000:03d}Z"
+
+
+_dumps = json.JSONEncoder().encode
 
 
 class LineWriter:
@@ -110,10 +120,8 @@ class AccessLog:
         now = time.time()
         if self.use_json:
             self.writer.write(
-                json.dumps(
-                    {"ts": _timestamp(now), "level": "info", "logger": "moorage.access", "msg": message, **fields},
-                    default=str,
-                )
+                # Plain values only, so the encoder is the C one, built once.
+                _dumps({"ts": _timestamp(now), "level": "info", "logger": "moorage.access", "msg": message, **fields})
             )
         else:
             stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))

@@ -7,6 +7,7 @@ client pushed are the bytes it gets back.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -305,6 +306,12 @@ def parse_manifest(body: bytes, content_type: str | None) -> ParsedManifest:
 
 
 def accepts(accept_headers: list[str], media_type: str) -> bool:
+    """Cached wrapper of `_accepts` (clients send the same few Accept headers over and over)."""
+    return _accepts(tuple(accept_headers), media_type)
+
+
+@functools.lru_cache(maxsize=512)
+def _accepts(accept_headers: tuple[str, ...], media_type: str) -> bool:
     """Whether a manifest of `media_type` may be served to a client that sent these Accept headers.
 
     No Accept header, a wildcard, or the type itself: yes. A client that lists only other manifest types

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -45,6 +46,7 @@ class Metrics:
     storage: StorageGauges = field(default_factory=StorageGauges)
 
     def __post_init__(self) -> None:
+        self._children: dict[tuple[str, str, int], tuple[Any, Any, Any, Any]] = {}
         r = self.registry
         self.requests = Counter(
             "moorage_http_requests", "HTTP requests served", ["route", "method", "status"], registry=r
@@ -79,12 +81,22 @@ class Metrics:
         r.register(_StorageCollector(self.storage))
 
     def observe(self, route: str, method: str, status: int, seconds: float, bytes_in: int, bytes_out: int) -> None:
-        self.requests.labels(route, method, str(status)).inc()
-        self.latency.labels(route, method).observe(seconds)
+        key = (route, method, status)
+        children = self._children.get(key)
+        if children is None:  # resolve the labelled children once per (route, method, status)
+            children = self._children[key] = (
+                self.requests.labels(route, method, str(status)),
+                self.latency.labels(route, method),
+                self.bytes_in.labels(route),
+                self.bytes_out.labels(route),
+            )
+        requests, latency, received, sent = children
+        requests.inc()
+        latency.observe(seconds)
         if bytes_in:
-            self.bytes_in.labels(route).inc(bytes_in)
+            received.inc(bytes_in)
         if bytes_out:
-            self.bytes_out.labels(route).inc(bytes_out)
+            sent.inc(bytes_out)
 
 
 class _StorageCollector:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import re
@@ -28,6 +29,8 @@ REPOSITORY = "moorage.repository"
 ACTION = "moorage.action"
 PRINCIPAL = "moorage.principal"
 _INCOMING_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+# Request ids: a random per-process prefix and a counter (unique, and far cheaper than uuid4 per request).
+_request_ids = (f"{uuid.uuid4().hex[:8]}{n:08x}" for n in itertools.count())
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -122,7 +125,7 @@ def access_middleware(
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         incoming = request.headers.get("X-Request-Id", "")
-        request[REQUEST_ID] = incoming if _INCOMING_ID.fullmatch(incoming) else uuid.uuid4().hex[:16]
+        request[REQUEST_ID] = incoming if incoming and _INCOMING_ID.fullmatch(incoming) else next(_request_ids)
         start = time.perf_counter()
         status, resp = 499, None
         in_flight.enter()
