@@ -43,7 +43,7 @@ from registry.web.context import (
     PULL_THROUGH,
     UPLOADS,
 )
-from registry.web.middleware import InFlight, access_middleware, add_api_version, error_middleware
+from registry.web.middleware import InFlight, access_middleware, add_api_version
 from storage.base import PullThroughRule
 from storage.fs import FilesystemBlobStore
 from storage.sqlite import SQLiteMetadataStore
@@ -155,7 +155,7 @@ def create_app(config: Config) -> web.Application:
     s.metrics = metrics.Metrics()
     in_flight = InFlight()
     app = web.Application(
-        middlewares=[access_middleware(s.metrics.observe, in_flight, config.log.access), error_middleware],
+        middlewares=[access_middleware(s.metrics.observe, in_flight, config.log.access)],
         client_max_size=1024**2,
     )
     app[IN_FLIGHT] = in_flight
@@ -201,10 +201,11 @@ def create_app(config: Config) -> web.Application:
     app.cleanup_ctx.append(jobs.every("lifecycle sweep", config.lifecycle.evaluation_interval, s.sweep))
     app.cleanup_ctx.append(jobs.every("garbage collection", config.gc.interval, s.collect))
     app.on_response_prepare.append(add_api_version)
-    app.router.add_post("/{tail:.*}", _post_root)
     oci_routes.add_routes(app)
     health.add_routes(app)
     metrics.setup(app, s.metrics)
+    # Last: a catch-all costs a regex match for every request routed after it.
+    app.router.add_post("/{tail:.*}", _post_root)
     if directory.created_admin is not None:
         _announce_admin(config, directory)
     return app

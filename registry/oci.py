@@ -52,6 +52,7 @@ _CONTENT_RANGE = re.compile(r"(?:bytes )?(\d+)-(\d+)(?:/(?:\d+|\*))?")
 # -- names, tags, digests ----------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=4096)  # valid values repeat; invalid ones raise and are not cached
 def validate_name(name: str) -> str:
     if len(name) > MAX_NAME_LENGTH:
         raise NameInvalid(f"repository name is longer than {MAX_NAME_LENGTH} characters", detail={"name": name})
@@ -64,6 +65,7 @@ def validate_name(name: str) -> str:
     return name
 
 
+@functools.lru_cache(maxsize=4096)  # valid values repeat; invalid ones raise and are not cached
 def validate_tag(tag: str) -> str:
     if not TAG_RE.fullmatch(tag):
         raise TagInvalid("tag must match [a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}", detail={"tag": tag[: MAX_TAG_LENGTH + 8]})
@@ -74,6 +76,7 @@ def is_digest(reference: str) -> bool:
     return ":" in reference
 
 
+@functools.lru_cache(maxsize=4096)  # valid values repeat; invalid ones raise and are not cached
 def validate_digest(digest: str) -> str:
     """Return the digest if it is well formed and uses an algorithm this registry verifies."""
     m = DIGEST_RE.fullmatch(digest)

@@ -130,7 +130,7 @@ def access_middleware(
         status, resp = 499, None
         in_flight.enter()
         try:
-            resp = await handler(request)
+            resp = await error_middleware(request, handler)  # one middleware layer, not two
             status = resp.status
             return resp
         except web.HTTPException as e:
