@@ -29,6 +29,7 @@ from typing import IO
 import requests
 
 from tests.server import AUTH_OFF, MoorageServer, auth_config, free_port, login_password
+from tests.upstreams import log_tail, wait_http
 
 DISTRIBUTION_BIN = shutil.which("docker-registry") or "/usr/bin/docker-registry"
 # `127.0.0.1 - - [date] "GET /v2/x/blobs/sha256:... HTTP/1.1" 200 91 "" "agent"` (Distribution's access log)
@@ -55,24 +56,14 @@ def _terminate(proc: subprocess.Popen[bytes] | None, timeout: float = 10) -> Non
 
 
 def _wait_http(url: str, proc: subprocess.Popen[bytes], what: str, log: Path, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise BenchError(f"{what} exited with {proc.returncode}: {_tail(log)}")
-        try:
-            if requests.get(url, timeout=1).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.05)
-    raise BenchError(f"{what} did not answer {url} within {timeout}s: {_tail(log)}")
-
-
-def _tail(path: Path, n: int = 2000) -> str:
     try:
-        return path.read_text(errors="replace")[-n:]
-    except FileNotFoundError:
-        return "(no log)"
+        wait_http(url, proc, what, log, timeout)
+    except RuntimeError as e:
+        raise BenchError(str(e)) from None
+
+
+def _tail(path: Path) -> str:
+    return log_tail(path, 2000)
 
 
 class Server:

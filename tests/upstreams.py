@@ -99,21 +99,21 @@ class _AccessLogged:
             time.sleep(quiet)
 
 
-def _wait_http(url: str, proc: subprocess.Popen[bytes], what: str, log: Path, timeout: float) -> None:
+def wait_http(url: str, proc: subprocess.Popen[bytes], what: str, log: Path, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with {proc.returncode}:\n{_tail(log)}")
+            raise RuntimeError(f"{what} exited with {proc.returncode}:\n{log_tail(log)}")
         try:
             if requests.get(url, timeout=1).status_code == 200:
                 return
         except requests.ConnectionError:
             pass
         time.sleep(0.05)
-    raise RuntimeError(f"{what} did not answer {url} within {timeout}s:\n{_tail(log)}")
+    raise RuntimeError(f"{what} did not answer {url} within {timeout}s:\n{log_tail(log)}")
 
 
-def _tail(path: Path, n: int = 4000) -> str:
+def log_tail(path: Path, n: int = 4000) -> str:
     try:
         return path.read_text(errors="replace")[-n:]
     except FileNotFoundError:
@@ -158,7 +158,7 @@ class DistributionRegistry(_AccessLogged):
             stdin=subprocess.DEVNULL,
         )
         try:
-            _wait_http(self.url + "/v2/", self.proc, "docker-registry", self.log_path, timeout)
+            wait_http(self.url + "/v2/", self.proc, "docker-registry", self.log_path, timeout)
         except RuntimeError:
             self.stop()
             raise
@@ -267,7 +267,7 @@ class MisbehavingUpstream(_AccessLogged):
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         try:
-            _wait_http(self.url + "/v2/", self.proc, "misbehaving upstream", self.stderr_path, timeout)
+            wait_http(self.url + "/v2/", self.proc, "misbehaving upstream", self.stderr_path, timeout)
         except RuntimeError:
             self.stop()
             raise
