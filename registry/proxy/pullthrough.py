@@ -254,12 +254,7 @@ class PullThrough:
                 f"{repository}:{reference} is not cached, and the pull-through cache is offline "
                 "([pull_through] offline = true)"
             )
-        try:
-            await self.images.repository(repository)
-            needs_create = False
-        except NameUnknown:
-            needs_create = True
-        await authorize_import(needs_create)
+        await authorize_import(not await self.images.has_repository(repository))
         self._metrics(rule).misses += 1
         try:
             return await self._flight(
@@ -313,12 +308,7 @@ class PullThrough:
             return LocalBlob(self.blobs.local_path(digest), stored)
         if self.config.offline:
             raise BlobUnknown(f"blob {digest} is not cached, and the pull-through cache is offline")
-        try:
-            await self.images.repository(repository)
-            needs_create = False
-        except NameUnknown:
-            needs_create = True
-        await authorize_import(needs_create)
+        await authorize_import(not await self.images.has_repository(repository))
         download = self._downloads.get(digest)
         if download is None or download.failed:
             m.misses += 1

@@ -115,15 +115,10 @@ class EcrService:
         return out
 
     def _not_found(self, name: str) -> RegistryError:
-        return RepositoryNotFound(
-            f"The repository with name '{name}' does not exist in the registry with id '{self.account_id}'"
-        )
+        return repository_not_found(name, self.account_id)
 
     async def _repo(self, name: str) -> st.RepositoryRecord:
-        try:
-            return await self.images.repository(name)
-        except NameUnknown:
-            raise self._not_found(name) from None
+        return await existing_repository(self.images, name, self.account_id)
 
     def _image_not_found(self, name: str, image_id: dict[str, str]) -> RegistryError:
         return ImageNotFound(
@@ -446,15 +441,6 @@ class EcrService:
         return {"tags": [{"Key": k, "Value": v} for k, v in (await self.meta.resource_tags(name)).items()]}
 
     # -- images ------------------------------------------------------------------------------------
-    async def _iter_images(self, name: str, after_id: int) -> AsyncIterator[st.ImageRecord]:
-        while True:
-            batch = await self.meta.list_images(name, after_id, 500)
-            for img in batch:
-                yield img
-            if len(batch) < 500:
-                return
-            after_id = batch[-1].id
-
     async def list_images(self, p: dict[str, Any], caller: Caller) -> dict[str, Any]:
         """One entry per (digest, tag) pair, an untagged image once. The token is [image id, entries of that
         image already returned]: the next page starts at that image."""
@@ -464,7 +450,7 @@ class EcrService:
         limit = p.get("maxResults", DEFAULT_PAGE)
         start_id, skip = _decode_token(p.get("nextToken"), list) or (0, 0)
         ids: list[dict[str, str]] = []
-        async for img in self._iter_images(name, start_id - 1):
+        async for img in self.images.iter_images(name, start_id - 1):
             if (status == "TAGGED" and not img.tags) or (status == "UNTAGGED" and img.tags):
                 continue
             entries = [{"imageDigest": img.digest, "imageTag": t} for t in img.tags] or [{"imageDigest": img.digest}]
@@ -492,7 +478,7 @@ class EcrService:
         limit = p.get("maxResults", DEFAULT_PAGE)
         after_id = _decode_token(p.get("nextToken"), int) or 0
         details = []
-        async for img in self._iter_images(name, after_id):
+        async for img in self.images.iter_images(name, after_id):
             if (status == "TAGGED" and not img.tags) or (status == "UNTAGGED" and img.tags):
                 continue
             if len(details) == limit:
@@ -851,6 +837,20 @@ def _tags(tags: list[dict[str, str]]) -> dict[str, str]:
 def _jackson(doc: Any) -> str:
     """Re-serialise a policy the way ECR returns it (Jackson's pretty printer)."""
     return json.dumps(doc, indent=2, separators=(",", " : "))
+
+
+async def existing_repository(images: ImageService, name: str, account_id: str) -> st.RepositoryRecord:
+    """The repository, or ECR's RepositoryNotFoundException."""
+    try:
+        return await images.repository(name)
+    except NameUnknown:
+        raise repository_not_found(name, account_id) from None
+
+
+def repository_not_found(name: str, account_id: str) -> RegistryError:
+    return RepositoryNotFound(
+        f"The repository with name '{name}' does not exist in the registry with id '{account_id}'"
+    )
 
 
 def page_offset(token: str | None) -> int:

@@ -11,7 +11,7 @@ import asyncio
 import json
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from registry import oci
@@ -28,6 +28,7 @@ from registry.errors import (
 from storage.base import (
     BlobNotFound,
     BlobStore,
+    ImageRecord,
     ManifestRecord,
     ManifestWrite,
     MetadataStore,
@@ -39,6 +40,7 @@ from storage.base import (
 )
 
 MAX_PAGE = 1000
+IMAGE_PAGE = 500
 OFFLOAD_BYTES = 64 * 1024
 
 
@@ -100,6 +102,27 @@ class ImageService:
                 raise NameUnknown(f"repository {name} not known to registry", detail={"name": name})
             self.cache.put_if_current(version, key, repo)
         return repo
+
+    async def has_repository(self, name: str) -> bool:
+        try:
+            await self.repository(name)
+            return True
+        except NameUnknown:
+            return False
+
+    async def policy_of(self, name: str) -> str | None:
+        """The repository's policy text (None without one, or without the repository)."""
+        try:
+            return (await self.repository(name)).policy
+        except NameUnknown:
+            return None
+
+    async def iter_images(self, name: str, after_id: int = 0) -> AsyncIterator[ImageRecord]:
+        """The repository's images in push order (by id) after `after_id`, read a page at a time."""
+        while batch := await self.meta.list_images(name, after_id, IMAGE_PAGE):
+            for img in batch:
+                yield img
+            after_id = batch[-1].id
 
     async def repository_for_push(self, name: str) -> RepositoryRecord:
         """The repository a push writes to, created on first push when `create_on_push` is set."""

@@ -21,11 +21,9 @@ from registry.errors import (
     LifecyclePolicyNotFound,
     LifecyclePolicyPreviewInProgress,
     LifecyclePolicyPreviewNotFound,
-    NameUnknown,
     RegistryError,
-    RepositoryNotFound,
 )
-from registry.service.ecr import page_offset
+from registry.service.ecr import existing_repository, page_offset
 from registry.service.images import ImageService
 from storage import base as st
 
@@ -67,12 +65,7 @@ class LifecycleService:
 
     # -- planning ----------------------------------------------------------------------------------
     async def images_of(self, repository: str) -> list[st.ImageRecord]:
-        out: list[st.ImageRecord] = []
-        after = 0
-        while batch := await self.meta.list_images(repository, after, PAGE):
-            out += batch
-            after = batch[-1].id
-        return out
+        return [img async for img in self.images.iter_images(repository)]
 
     async def plan(self, repository: str, policy: lc.Policy, now: float) -> list[Planned]:
         records = await self.images_of(repository)
@@ -169,12 +162,7 @@ class LifecycleService:
 
     # -- ECR operations ----------------------------------------------------------------------------
     async def _repo(self, name: str) -> st.RepositoryRecord:
-        try:
-            return await self.images.repository(name)
-        except NameUnknown:
-            raise RepositoryNotFound(
-                f"The repository with name '{name}' does not exist in the registry with id '{self.account_id}'"
-            ) from None
+        return await existing_repository(self.images, name, self.account_id)
 
     def _no_policy(self, name: str) -> RegistryError:
         return LifecyclePolicyNotFound(

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 
+from registry.auth.access import challenge
 from registry.auth.principals import Principal
 from registry.auth.sigv4 import SigV4Error, verify
 from registry.errors import SIGV4_ERRORS, AuthFailure, MalformedCredentials, Unauthorized
@@ -50,7 +51,7 @@ def registry_principal(request: web.Request, *, allow_query_token: bool = False)
             elif not sep or user != "AWS":
                 raise Unauthorized(
                     "the user name must be AWS (the password is a token from GetAuthorizationToken)",
-                    headers={"WWW-Authenticate": _challenge(request)},
+                    headers=challenge(realm(request)),
                 )
         elif scheme.lower() == "bearer":
             token = credentials.strip()
@@ -61,10 +62,6 @@ def registry_principal(request: web.Request, *, allow_query_token: bool = False)
     principal = access.principal_for_token(token, realm(request)) if token else None
     request[PRINCIPAL] = principal
     return principal
-
-
-def _challenge(request: web.Request) -> str:
-    return f'Basic realm="{realm(request)}",service="ecr.amazonaws.com"'
 
 
 async def api_principal(request: web.Request, body: bytes) -> Principal | None:

@@ -15,7 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from registry import ecr_model
-from registry.errors import InvalidParameter, NameUnknown, SerializationError, UnknownOperation, UnsupportedOperation
+from registry.errors import InvalidParameter, SerializationError, UnknownOperation, UnsupportedOperation
 from registry.service.ecr import Caller
 from registry.web.auth import api_principal, condition_keys
 from registry.web.context import ACCESS, ECR, ECR_OPERATIONS, IMAGES
@@ -85,7 +85,9 @@ async def handle(request: web.Request) -> web.Response:
     elif repository is None:
         access.check(principal, [f"ecr:{name}"], None, condition_keys=keys)
     for repo in repository if isinstance(repository, list) else [repository] if repository else []:
-        access.check(principal, [f"ecr:{name}"], repo, policy_text=await _policy(request, repo), condition_keys=keys)
+        access.check(
+            principal, [f"ecr:{name}"], repo, policy_text=await request.app[IMAGES].policy_of(repo), condition_keys=keys
+        )
 
     result = await operation(params, caller, **extra)
     return web.Response(
@@ -103,13 +105,6 @@ def _repository_of(request: web.Request, params: dict[str, Any]) -> str | list[s
     if "repositoryNames" in params:
         return list(params["repositoryNames"])
     return None
-
-
-async def _policy(request: web.Request, name: str) -> str | None:
-    try:
-        return (await request.app[IMAGES].repository(name)).policy
-    except NameUnknown:
-        return None
 
 
 __all__ = ["InvalidParameter", "handle", "is_ecr_request"]

@@ -108,8 +108,7 @@ async def catalog(request: web.Request) -> web.Response:
         keys = condition_keys(request, principal)
         visible = []
         for name in items:
-            policy = (await images.repository(name)).policy
-            if access.allowed(principal, ("ecr:DescribeRepositories",), name, policy, keys):
+            if access.allowed(principal, ("ecr:DescribeRepositories",), name, await images.policy_of(name), keys):
                 visible.append(name)
         if page.more and not visible:  # keep the Link moving past a page of hidden names
             return _paged("/v2/_catalog", "repositories", [], False, n, {}, next_last=items[-1])
@@ -410,12 +409,7 @@ async def authorize(request: web.Request, actions: tuple[str, ...], name: str | 
     if not access.enabled:
         return None
     principal = registry_principal(request, allow_query_token=request.method == "GET" and "/blobs/" in request.path)
-    policy_text = None
-    if name is not None:
-        try:
-            policy_text = (await request.app[IMAGES].repository(name)).policy
-        except NameUnknown:
-            pass
+    policy_text = await request.app[IMAGES].policy_of(name) if name is not None else None
     access.check(
         principal,
         actions,
