@@ -225,7 +225,8 @@ def render(results: Results, machine: dict[str, str], command: str) -> str:
         "Ratio = Moorage ÷ Distribution for rates; Distribution ÷ Moorage for times and counts; so above 1x "
         "always means Moorage did better. `ratio (auth)` compares Moorage with auth on (a token in "
         "`Authorization: Basic`) to Distribution without auth. Peak RSS is the largest VmRSS sampled every "
-        "20 ms during the runs.",
+        "20 ms during the runs, summed over a server's processes (Moorage runs its default `workers = 0`: a "
+        "supervisor and one worker per CPU).",
         "",
     ]
     if results.rows:

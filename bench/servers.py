@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import base64
+import glob
 import os
 import re
 import shutil
@@ -110,7 +111,7 @@ class Moorage(Server):
         self.label = label
         self.auth = auth
         config = (auth_config() if auth else AUTH_OFF) + extra_config
-        self.srv = MoorageServer(root / "data", config)
+        self.srv = MoorageServer(root / "data", config, workers=0)  # the default: one worker per CPU, up to 4
         self.port = self.srv.port
         self.log_path = self.srv.log_path
         self.token: str | None = None
@@ -305,18 +306,39 @@ class SendfileBaseline(Server):
 # -- RSS -----------------------------------------------------------------------------------------------
 
 
-def status_mib(pid: int | None, key: str = "VmRSS") -> float | None:
-    """A /proc/<pid>/status memory line (VmRSS, VmHWM) in MiB; None when the process is gone."""
-    if pid is None:
-        return None
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants (a Moorage supervisor and its workers)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        for task in glob.glob(f"/proc/{p}/task/*/children"):
+            try:
+                with open(task) as fh:
+                    todo.extend(int(c) for c in fh.read().split())
+            except (FileNotFoundError, ProcessLookupError, ValueError):
+                pass
+    return out
+
+
+def _status_kib(pid: int, key: str) -> int | None:
     try:
         with open(f"/proc/{pid}/status") as fh:
             for line in fh:
                 if line.startswith(key + ":"):
-                    return int(line.split()[1]) / 1024
+                    return int(line.split()[1])
     except (FileNotFoundError, ProcessLookupError, ValueError):
         return None
     return None
+
+
+def status_mib(pid: int | None, key: str = "VmRSS") -> float | None:
+    """A /proc/<pid>/status memory line (VmRSS, VmHWM) in MiB, summed over the process and its descendants
+    (for VmHWM the sum of each process's own peak); None when the process is gone."""
+    if pid is None:
+        return None
+    values = [v for p in process_tree(pid) if (v := _status_kib(p, key)) is not None]
+    return sum(values) / 1024 if values else None
 
 
 class RssSampler:

@@ -1,8 +1,9 @@
 """create_app(config): the one place that picks concrete stores and wires services, routes and jobs.
 
-`Services` is the set of stores and services without HTTP; the server and the offline commands
-(`moorage gc`, `moorage lifecycle ...`) build it the same way, so they work on a data dir while a server
-runs on it (SQLite serializes the writers).
+`Services` is the set of stores and services without HTTP; the server (each of its workers) and the offline
+commands (`moorage gc`, `moorage lifecycle ...`) build it the same way, so they work on a data dir while a
+server runs on it: SQLite serializes the writers, and `storage.shared` carries locks and cache invalidation
+between the processes.
 """
 
 from __future__ import annotations
@@ -10,10 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 
@@ -43,15 +47,17 @@ from registry.web.context import (
     PULL_THROUGH,
     UPLOADS,
 )
-from registry.web.middleware import InFlight, access_middleware, add_api_version
+from registry.web.middleware import InFlight, access_middleware
 from storage.base import PullThroughRule
 from storage.fs import FilesystemBlobStore
+from storage.shared import ProcessLocks
 from storage.sqlite import SQLiteMetadataStore
 
 log = logging.getLogger("moorage")
 IN_FLIGHT = web.AppKey("in_flight", InFlight)
 PULL_FLUSH_INTERVAL = 5.0  # seconds between writes of recorded pull times
-EXTERNAL_WRITE_POLL = 1.0  # seconds: how stale a cache may be after another process writes
+PARENT_POLL = 0.5  # seconds between a worker's checks that its supervisor is alive
+STARTUP_LOCK = "startup"  # held while a process creates keys, the admin principal, or migrates the database
 
 
 @dataclass(slots=True)
@@ -65,15 +71,16 @@ class Services:
     pull_through: PullThrough
     lifecycle: LifecycleService
     gc: GarbageCollector
+    locks: ProcessLocks
     metrics: metrics.Metrics | None = None
-    _seen_version: int | None = None
 
     @classmethod
     def build(cls, config: Config) -> Services:
         data_dir = config.server.data_dir
         account = config.registry.account_id
+        locks = ProcessLocks(data_dir / "moorage.locks")
         meta = SQLiteMetadataStore(data_dir / "moorage.db")
-        blobs = FilesystemBlobStore(data_dir)
+        blobs = FilesystemBlobStore(data_dir, locks)
         templates = TemplateService(meta, account_id=account)
         images = ImageService(
             meta,
@@ -83,7 +90,13 @@ class Services:
             templates=templates.init_for,
         )
         pull_through = PullThrough(
-            images, meta, blobs, config=config.pull_through, secrets=config.secrets, region=config.registry.region
+            images,
+            meta,
+            blobs,
+            config=config.pull_through,
+            secrets=config.secrets,
+            region=config.registry.region,
+            locks=locks,
         )
         return cls(
             config,
@@ -95,32 +108,26 @@ class Services:
             pull_through,
             LifecycleService(images, meta, account_id=account),
             GarbageCollector(meta, blobs, grace_period=config.gc.grace_period, on_removed=images.forget_all),
+            locks,
         )
 
     async def open(self) -> None:
-        await self.meta.open()
-        await _declare_rules(self.config, self.meta)
+        async with self.locks.hold(STARTUP_LOCK):  # one process at a time migrates and declares the rules
+            await self.meta.open()
+            await _declare_rules(self.config, self.meta)
         await self.pull_through.start()
-        self._seen_version = await self.meta.external_version()
 
     async def close(self) -> None:
         await self.pull_through.close()
         await self.images.flush_pulls()
         await self.blobs.close()
         await self.meta.close()
+        self.locks.close()
 
     async def evict_cache(self, *, dry_run: bool = False) -> int:
         return await evict(
             self.pull_through, self.lifecycle, self.meta, self.config.pull_through.max_cache_bytes, dry_run=dry_run
         )
-
-    async def watch_external_writes(self) -> None:
-        """Drop in-memory caches when another process (an offline command) changed the database."""
-        version = await self.meta.external_version()
-        if version != self._seen_version:
-            self.images.forget_all()
-            self.pull_through.forget_checks()
-        self._seen_version = version
 
     async def collect(self) -> None:
         evicted = await self.evict_cache()
@@ -150,18 +157,22 @@ async def open_services(config: Config) -> AsyncIterator[Services]:
         await services.close()
 
 
-def create_app(config: Config) -> web.Application:
+def create_app(config: Config, worker: int | None = None) -> web.Application:
+    """The HTTP application. `worker` is the worker's index under a supervisor (None: a single process);
+    only worker 0 (or the single process) runs the scheduled jobs."""
     s = Services.build(config)
-    s.metrics = metrics.Metrics()
+    s.metrics = metrics.Metrics(multiprocess=metrics.multiprocess_dir())
     in_flight = InFlight()
     app = web.Application(
-        middlewares=[access_middleware(s.metrics.observe, in_flight, config.log.access)],
+        middlewares=[access_middleware(s.metrics.observe, in_flight, config.log.access, worker)],
         client_max_size=1024**2,
     )
     app[IN_FLIGHT] = in_flight
     app[CONFIG] = config
     keyring = KeyRing(config.server.data_dir / "keys")
-    directory = Directory.load(config.auth, config.registry.account_id, config.server.data_dir)
+    with s.locks.hold_blocking(STARTUP_LOCK):  # workers starting together create one key and one admin
+        keyring.load()
+        directory = Directory.load(config.auth, config.registry.account_id, config.server.data_dir)
     access = AccessControl(
         enabled=config.auth.enabled,
         directory=directory,
@@ -188,7 +199,6 @@ def create_app(config: Config) -> web.Application:
     app[ECR_OPERATIONS] = (ecr, s.lifecycle, s.templates)
 
     async def lifespan(app: web.Application) -> AsyncIterator[None]:
-        keyring.load()
         await s.open()
         try:
             yield
@@ -197,10 +207,10 @@ def create_app(config: Config) -> web.Application:
 
     app.cleanup_ctx.append(lifespan)
     app.cleanup_ctx.append(jobs.every("record pull times", PULL_FLUSH_INTERVAL, s.images.flush_pulls))
-    app.cleanup_ctx.append(jobs.every("watch for other writers", EXTERNAL_WRITE_POLL, s.watch_external_writes))
-    app.cleanup_ctx.append(jobs.every("lifecycle sweep", config.lifecycle.evaluation_interval, s.sweep))
-    app.cleanup_ctx.append(jobs.every("garbage collection", config.gc.interval, s.collect))
-    app.on_response_prepare.append(add_api_version)
+    app.cleanup_ctx.append(jobs.every("pull-through counters", metrics.SYNC_INTERVAL, s.metrics.sync_pull_through))
+    if worker in (None, 0):
+        app.cleanup_ctx.append(jobs.every("lifecycle sweep", config.lifecycle.evaluation_interval, s.sweep))
+        app.cleanup_ctx.append(jobs.every("garbage collection", config.gc.interval, s.collect))
     oci_routes.add_routes(app)
     health.add_routes(app)
     metrics.setup(app, s.metrics)
@@ -211,9 +221,18 @@ def create_app(config: Config) -> web.Application:
     return app
 
 
-async def serve(app: web.Application, host: str, port: int, drain_timeout: float) -> None:
+async def serve(
+    app: web.Application,
+    host: str,
+    port: int,
+    drain_timeout: float,
+    sockets: list[socket.socket] | None = None,
+    supervisor: int | None = None,
+) -> None:
     """Serve until SIGTERM or SIGINT, then drain: stop listening, let in-flight requests (uploads whose
-    bodies are still arriving included) finish for up to `drain_timeout`, then shut down."""
+    bodies are still arriving included) finish for up to `drain_timeout`, then shut down. A worker serves the
+    `sockets` its supervisor bound, and stops by itself when the `supervisor` process is gone (even if that
+    happened while the worker was still starting)."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -222,18 +241,45 @@ async def serve(app: web.Application, host: str, port: int, drain_timeout: float
     # then only needs a moment, so the worst case stays drain_timeout, not twice that.
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_address=True)
+    sites: list[web.BaseSite] = (
+        [web.SockSite(runner, sock) for sock in sockets]
+        if sockets is not None
+        else [web.TCPSite(runner, host, port, reuse_address=True)]
+    )
+    watch = asyncio.ensure_future(_watch_parent(supervisor, stop)) if supervisor is not None else None
     try:
-        await site.start()
+        for site in sites:
+            await site.start()
         await stop.wait()
         in_flight = app[IN_FLIGHT]
         log.info("shutting down: draining %d in-flight requests (up to %gs)", in_flight.count, drain_timeout)
-        await site.stop()  # no new connections
+        for site in sites:
+            await site.stop()  # no new connections
         if not await in_flight.wait_idle(drain_timeout):
             log.warning("drain timed out with %d requests still in flight", in_flight.count)
     finally:
+        if watch is not None:
+            watch.cancel()
         await runner.cleanup()
         log.info("stopped")
+
+
+def run(main: Coroutine[Any, Any, None], event_loop: str) -> None:
+    """Run the server on uvloop (libuv: fewer CPU cycles per request) or asyncio's own loop."""
+    if event_loop == "uvloop":
+        import uvloop
+
+        uvloop.run(main)
+    else:
+        asyncio.run(main)
+
+
+async def _watch_parent(parent: int, stop: asyncio.Event) -> None:
+    """A worker whose supervisor died (SIGKILL) is re-parented: then it drains and exits like on SIGTERM."""
+    while os.getppid() == parent:  # noqa: ASYNC110 - nothing to wait on: the kernel re-parents silently
+        await asyncio.sleep(PARENT_POLL)
+    log.warning("the supervisor (pid %d) is gone; stopping", parent)
+    stop.set()
 
 
 async def _declare_rules(config: Config, meta: SQLiteMetadataStore) -> None:

@@ -1,8 +1,8 @@
 """A bounded LRU for hot metadata (tag -> digest, manifests, blob links).
 
 Only positive answers are cached, and every write that could change one invalidates it, so a cached
-answer is never staler than the store. (Several replicas sharing one database will need cross-process
-invalidation; a single process needs none.)
+answer is never staler than the store. Writes by other processes (workers, offline commands) empty the cache
+before its next use: see `MetadataStore.epoch` and `storage.shared.ChangeCounter`.
 """
 
 from __future__ import annotations

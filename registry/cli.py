@@ -15,22 +15,40 @@ from registry.config import Config, ConfigError, load
 
 
 def _serve(args: argparse.Namespace, config: Config) -> int:
-    import asyncio
-
-    from registry.app import create_app, serve
-
     host, port = config.listen
     config.server.data_dir.mkdir(parents=True, exist_ok=True)
-    app = create_app(config)
+    count = config.server.worker_count
     log = logging.getLogger("moorage")
-    log.info(
-        "Moorage %s serving on http://%s:%d with data in %s",
-        __version__,
-        host,
-        port,
-        config.server.data_dir.resolve(),
-    )
-    asyncio.run(serve(app, host, port, config.server.drain_timeout))
+    if args.worker_fds is None and count > 1:
+        from registry.workers import supervise
+
+        log.info(
+            "Moorage %s serving on http://%s:%d with %d workers, data in %s",
+            __version__,
+            host,
+            port,
+            count,
+            config.server.data_dir.resolve(),
+        )
+        return supervise(config, count, args.argv)
+
+    from registry.app import create_app, run, serve
+
+    sockets = None
+    if args.worker_fds is not None:
+        from registry.workers import inherited_sockets
+
+        sockets = inherited_sockets(args.worker_fds)
+    app = create_app(config, worker=args.worker_index)
+    if sockets is None:
+        log.info(
+            "Moorage %s serving on http://%s:%d with data in %s",
+            __version__,
+            host,
+            port,
+            config.server.data_dir.resolve(),
+        )
+    run(serve(app, host, port, config.server.drain_timeout, sockets, args.supervisor_pid), config.server.event_loop)
     return 0
 
 
@@ -185,6 +203,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", type=Path, help="TOML configuration file (see config.example.toml)")
     serve.add_argument("--listen", help="HOST:PORT to listen on (default 127.0.0.1:5000)")
     serve.add_argument("--data-dir", type=Path, help="where blobs and metadata live (default ./data)")
+    serve.add_argument("--workers", type=int, help="worker processes (default: [server] workers; 0 = one per CPU)")
+    # Set by the supervisor when it starts a worker: the inherited listening sockets and the worker's index.
+    serve.add_argument("--worker-fds", help=argparse.SUPPRESS)
+    serve.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
+    serve.add_argument("--supervisor-pid", type=int, help=argparse.SUPPRESS)
     serve.set_defaults(func=_serve)
 
     creds = sub.add_parser("credentials", help="print export lines for the generated admin principal's keys")
@@ -235,6 +258,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what a supervisor passes on to its workers
     try:
         config = load(
             getattr(args, "file", None)
@@ -244,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
                 "server": {
                     "listen": getattr(args, "listen", None),
                     "data_dir": str(args.data_dir) if getattr(args, "data_dir", None) else None,
+                    "workers": getattr(args, "workers", None),
                 }
             },
             os.environ,

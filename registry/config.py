@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 import tomllib
 from collections.abc import Callable, Mapping
@@ -106,6 +107,21 @@ def _check_positive(v: int) -> int:
     return v
 
 
+AUTO_WORKERS_MAX = 4
+
+
+def _check_event_loop(v: str) -> str:
+    if v not in ("uvloop", "asyncio"):
+        raise ValueError('must be "uvloop" or "asyncio"')
+    return v
+
+
+def _check_workers(v: int) -> int:
+    if not 0 <= v <= 64:
+        raise ValueError("must be 0 (one per CPU, up to 4) or a number of processes from 1 to 64")
+    return v
+
+
 def _check_principal_name(v: str) -> str:
     if not re.fullmatch(r"[\w+=,.@-]{1,64}", v):
         raise ValueError("must be 1-64 characters of letters, digits and +=,.@_-, like an IAM user name")
@@ -155,6 +171,15 @@ class ServerConfig:
     listen: str = _key("127.0.0.1:5000", "str", _check_listen)
     data_dir: Path = _key(Path("./data"), "path")
     drain_timeout: float = _key(30.0, "duration")
+    workers: int = _key(0, "int", _check_workers)
+    event_loop: str = _key("uvloop", "str", _check_event_loop)
+
+    @property
+    def worker_count(self) -> int:
+        """`workers`, with 0 (auto) meaning one per usable CPU, at most AUTO_WORKERS_MAX."""
+        if self.workers:
+            return self.workers
+        return max(1, min(len(os.sched_getaffinity(0)), AUTO_WORKERS_MAX))
 
 
 @dataclass(frozen=True, slots=True)

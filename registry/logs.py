@@ -16,6 +16,7 @@ import queue
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any, TextIO
 
 _second: tuple[int, str] = (-1, "")
@@ -31,6 +32,7 @@ def _timestamp(created: float) -> str:
 
 
 _dumps = json.JSONEncoder().encode
+PIPE_BUF = 4096  # POSIX: writes up to this size to a pipe are atomic
 
 
 class LineWriter:
@@ -58,8 +60,9 @@ class LineWriter:
                     break
             if batch:
                 try:
-                    self._stream.write("\n".join(batch) + "\n")
-                    self._stream.flush()
+                    for chunk in _chunks(batch):
+                        self._stream.write(chunk)
+                        self._stream.flush()
                 except (OSError, ValueError):  # stderr closed: nothing sensible left to do with the lines
                     pass
             if line is None:
@@ -69,6 +72,22 @@ class LineWriter:
         if self._thread.is_alive():
             self._lines.put(None)
             self._thread.join(timeout=5)
+
+
+def _chunks(lines: list[str]) -> Iterator[str]:
+    """Whole lines, joined into writes of at most PIPE_BUF bytes where they fit: several workers share one
+    stderr, and a pipe keeps a write that small in one piece, so lines from different processes never mix."""
+    out: list[str] = []
+    size = 0
+    for line in lines:
+        n = len(line) + 1
+        if out and size + n > PIPE_BUF:
+            yield "\n".join(out) + "\n"
+            out, size = [], 0
+        out.append(line)
+        size += n
+    if out:
+        yield "\n".join(out) + "\n"
 
 
 class JsonFormatter(logging.Formatter):

@@ -67,6 +67,16 @@ class RepositorySettings:
 
 
 @dataclass(frozen=True, slots=True)
+class LifecyclePreview:
+    """A lifecycle policy preview: IN_PROGRESS, then COMPLETE (with ECR's preview result objects) or FAILED."""
+
+    policy_text: str
+    status: str
+    started_at: float
+    results: list[dict] | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class RepositoryRecord:
     id: int
     name: str
@@ -246,7 +256,9 @@ class BlobIngester(Protocol):
 class BlobSpooler(Protocol):
     """For downloads that clients read while they are written (the pull-through cache)."""
 
-    def spool_path(self) -> Path: ...
+    def spool_path(self, digest: str | None = None) -> Path:
+        """A local file to spool into: at a known path for `digest` (other processes follow a pull-through
+        download there), a fresh private one without."""
 
     async def install_spooled(self, path: Path, digest: str) -> None: ...
 
@@ -380,6 +392,16 @@ class PullThroughStore(Protocol):
 class LifecycleStore(Protocol):
     async def set_lifecycle_policy(self, name: str, text: str | None) -> RepositoryRecord | None: ...
 
+    async def put_lifecycle_preview(self, name: str, preview: LifecyclePreview) -> None: ...
+
+    async def note_upstream_failure(self, key: str, when: float) -> None: ...
+
+    async def upstream_failed_at(self, keys: Sequence[str]) -> float | None: ...
+
+    async def clear_upstream_failure(self, key: str) -> None: ...
+
+    async def get_lifecycle_preview(self, name: str) -> LifecyclePreview | None: ...
+
     async def mark_lifecycle_evaluated(self, name: str, when: float) -> None: ...
 
     async def set_storage_class(self, repository: str, digest: str, storage_class: str, now: float) -> bool: ...
@@ -439,5 +461,7 @@ class MetadataStore(
     async def ping(self) -> None:
         """Raise if the store can't answer a query."""
 
-    async def external_version(self) -> int:
-        """A value that changes when another process writes (so in-memory caches can be dropped)."""
+    def epoch(self) -> int:
+        """A number that grows each time this process notices that another process (another worker, an
+        offline command) committed a write; a cache filled at an older epoch must be dropped. Cheap enough to
+        call before every cache lookup."""

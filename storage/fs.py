@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from storage.base import BlobNotFound, DigestMismatch, OffsetMismatch, SizeMismatch, UploadNotFound
+from storage.shared import ProcessLocks
 
 WRITE_BUFFER = 1 << 20  # coalesce request chunks into 1 MiB writes
 LEFTOVER_AGE = 3600.0  # a spool file untouched this long belongs to no live writer
@@ -50,8 +51,9 @@ class _HashState:
 
 
 class FilesystemBlobStore:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, locks: ProcessLocks | None = None) -> None:
         self.root = Path(root)
+        self.locks = locks  # upload sessions are written by one process at a time
         self._blobs = self.root / "blobs"
         self._uploads = self.root / "uploads"
         self._blobs.mkdir(parents=True, exist_ok=True)
@@ -113,11 +115,18 @@ class FilesystemBlobStore:
             await asyncio.to_thread(fh.close)
 
     # -- uploads -----------------------------------------------------------------------------------
-    def _lock(self, upload_id: str) -> asyncio.Lock:
+    @contextlib.asynccontextmanager
+    async def _lock(self, upload_id: str) -> AsyncIterator[None]:
+        """One writer per upload session: within this process, then across the processes on the data dir."""
         lock = self._locks.get(upload_id)
         if lock is None:
             lock = self._locks[upload_id] = asyncio.Lock()
-        return lock
+        async with lock:
+            if self.locks is None:
+                yield
+                return
+            async with self.locks.hold(f"upload {upload_id}"):
+                yield
 
     async def start_upload(self, upload_id: str) -> None:
         def create() -> None:
@@ -237,9 +246,14 @@ class FilesystemBlobStore:
         await asyncio.to_thread(write)
 
     # -- spooling (a download that readers follow while it is written) -----------------------------
-    def spool_path(self) -> Path:
-        """A fresh private file path for a blob being downloaded (removed at start-up if left behind)."""
-        return self._uploads / f".ingest-{uuid.uuid4()}"
+    def spool_path(self, digest: str | None = None) -> Path:
+        """Where a blob is spooled before `install_spooled`. For a known `digest` (a pull-through download) a
+        known path, so other processes can follow it: the downloader holds the digest's lock, and a file left
+        by a crash is replaced (or removed at start-up). Without one, a fresh private path."""
+        if digest is None:
+            return self._uploads / f".ingest-{uuid.uuid4()}"
+        alg, _, hexpart = digest.partition(":")
+        return self._uploads / f".ingest-pull-{alg}-{hexpart}"
 
     async def install_spooled(self, path: Path, digest: str) -> None:
         """Make a verified, fsynced spool file the blob `digest` (atomically)."""

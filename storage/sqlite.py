@@ -23,6 +23,7 @@ from storage.base import (
     BlobNotFound,
     Conflict,
     ImageRecord,
+    LifecyclePreview,
     ManifestRecord,
     ManifestWrite,
     Page,
@@ -37,6 +38,7 @@ from storage.base import (
     TagConflict,
     UploadRecord,
 )
+from storage.shared import ChangeCounter
 
 MIGRATIONS: list[str] = [
     # 1: the core registry
@@ -145,6 +147,21 @@ MIGRATIONS: list[str] = [
         updated_at  REAL NOT NULL
     ) WITHOUT ROWID;
     """,
+    # 5: state every worker must see: lifecycle policy previews (any worker answers GetLifecyclePolicyPreview)
+    # and recent upstream failures (no worker waits on an upstream another one just found down)
+    """
+    CREATE TABLE lifecycle_previews (
+        repository_id INTEGER PRIMARY KEY REFERENCES repositories(id) ON DELETE CASCADE,
+        policy_text   TEXT NOT NULL,
+        status        TEXT NOT NULL,
+        started_at    REAL NOT NULL,
+        results       TEXT
+    );
+    CREATE TABLE upstream_failures (
+        key        TEXT PRIMARY KEY,
+        failed_at  REAL NOT NULL
+    ) WITHOUT ROWID;
+    """,
 ]
 
 _REPO_COLUMNS = (
@@ -172,12 +189,17 @@ class SQLiteMetadataStore:
         self._readers: list[aiosqlite.Connection] = []
         self._next_reader = itertools.cycle(range(readers))
         self._write_lock = asyncio.Lock()
+        self._changes: ChangeCounter | None = None
+        self._seen_changes = 0
+        self._epoch = 0
 
     # -- lifecycle ---------------------------------------------------------------------------------
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._writer = await self._connect()
         await self._migrate(self._writer)
+        self._changes = ChangeCounter(self.path.with_name(self.path.name + "-changes"))
+        self._seen_changes = self._changes.value()
         for _ in range(self._n_readers):
             conn = await self._connect()
             await conn.execute("PRAGMA query_only = ON")
@@ -219,13 +241,26 @@ class SQLiteMetadataStore:
                 await conn.close()
         self._readers.clear()
         self._writer = None
+        if self._changes is not None:
+            self._changes.close()
+            self._changes = None
 
-    async def external_version(self) -> int:
-        """Changes whenever another process (e.g. `moorage gc`) commits: PRAGMA data_version on the writer
-        connection ignores this process's own writes."""
-        assert self._writer is not None, "store is not open"
-        async with self._write_lock:
-            return (await self._writer.execute_fetchall("PRAGMA data_version"))[0][0]
+    def epoch(self) -> int:
+        """Grows when another process has committed since this one last looked (see `storage.shared`)."""
+        if self._changes is not None:
+            now = self._changes.value()
+            if now != self._seen_changes:
+                self._seen_changes = now
+                self._epoch += 1
+        return self._epoch
+
+    def _committed(self) -> None:
+        """After each commit: tell the other processes. When nobody else wrote since we last looked, our own
+        write needs no epoch change (the write path already invalidated exactly what it changed)."""
+        if self._changes is not None:
+            now = self._changes.bump()
+            if now - 1 == self._seen_changes:
+                self._seen_changes = now
 
     async def storage_stats(self) -> dict[str, int]:
         row = await self._fetchone(
@@ -261,6 +296,7 @@ class SQLiteMetadataStore:
                 await asyncio.shield(conn.execute("ROLLBACK"))
                 raise
             await asyncio.shield(conn.execute("COMMIT"))
+            self._committed()
 
     @staticmethod
     async def _one(conn: aiosqlite.Connection, sql: str, params: Sequence[Any] = ()) -> Any:
@@ -784,6 +820,41 @@ class SQLiteMetadataStore:
             await db.execute("UPDATE repositories SET lifecycle_policy = ? WHERE name = ?", (text, name))
             row = await self._one(db, f"SELECT {_REPO_COLUMNS} FROM repositories WHERE name = ?", (name,))
         return self._repo(row) if row else None
+
+    async def note_upstream_failure(self, key: str, when: float) -> None:
+        async with self._tx() as db:
+            await db.execute("INSERT OR REPLACE INTO upstream_failures (key, failed_at) VALUES (?, ?)", (key, when))
+
+    async def upstream_failed_at(self, keys: Sequence[str]) -> float | None:
+        """The latest failure noted for any of `keys` (an upstream's base URL, a repository:tag)."""
+        row = await self._fetchone(
+            f"SELECT max(failed_at) FROM upstream_failures WHERE key IN ({','.join('?' * len(keys))})", list(keys)
+        )
+        return row[0] if row else None
+
+    async def clear_upstream_failure(self, key: str) -> None:
+        async with self._tx() as db:
+            await db.execute("DELETE FROM upstream_failures WHERE key = ?", (key,))
+
+    async def put_lifecycle_preview(self, name: str, preview: LifecyclePreview) -> None:
+        results = json.dumps(preview.results) if preview.results is not None else None
+        async with self._tx() as db:
+            await db.execute(
+                "INSERT OR REPLACE INTO lifecycle_previews (repository_id, policy_text, status, started_at, results) "
+                "SELECT id, ?, ?, ?, ? FROM repositories WHERE name = ?",
+                (preview.policy_text, preview.status, preview.started_at, results, name),
+            )
+
+    async def get_lifecycle_preview(self, name: str) -> LifecyclePreview | None:
+        row = await self._fetchone(
+            "SELECT p.policy_text, p.status, p.started_at, p.results FROM lifecycle_previews p "
+            "JOIN repositories r ON r.id = p.repository_id WHERE r.name = ?",
+            (name,),
+        )
+        if row is None:
+            return None
+        text, status, started_at, results = row
+        return LifecyclePreview(text, status, started_at, json.loads(results) if results is not None else None)
 
     async def mark_lifecycle_evaluated(self, name: str, when: float) -> None:
         async with self._tx() as db:

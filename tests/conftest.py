@@ -29,8 +29,10 @@ def make_server(tmp_path: Path) -> Iterator[Callable[..., MoorageServer]]:
     """A factory for private servers (restarts, crashes, special configs); all stopped at teardown."""
     started: list[MoorageServer] = []
 
-    def make(config: str = AUTH_OFF, data_dir: Path | None = None, start: bool = True) -> MoorageServer:
-        srv = MoorageServer(data_dir or tmp_path / f"data{len(started)}", config)
+    def make(
+        config: str = AUTH_OFF, data_dir: Path | None = None, start: bool = True, workers: int | None = None
+    ) -> MoorageServer:
+        srv = MoorageServer(data_dir or tmp_path / f"data{len(started)}", config, workers=workers)
         started.append(srv)
         return srv.start() if start else srv
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -41,8 +42,13 @@ def free_port() -> int:
 class MoorageServer:
     """A `moorage serve` child process with its own data dir and config file."""
 
-    def __init__(self, data_dir: Path, config: str = AUTH_OFF, port: int | None = None) -> None:
+    def __init__(
+        self, data_dir: Path, config: str = AUTH_OFF, port: int | None = None, workers: int | None = None
+    ) -> None:
         self.data_dir = Path(data_dir)
+        # One process unless a test asks for more (test_workers.py) or TEST_WORKERS says so for the whole
+        # suite (`TEST_WORKERS=2 make test`): workers double every start's cost.
+        self.workers = workers if workers is not None else int(os.environ.get("TEST_WORKERS", "1"))
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         self.config_path = self.data_dir.parent / f"moorage-{self.port}.toml"
@@ -74,10 +80,13 @@ class MoorageServer:
                 self.host,
                 "--data-dir",
                 str(self.data_dir),
+                "--workers",
+                str(self.workers),
             ],
             stdout=self._log_fh,
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            start_new_session=True,  # kill() takes the whole process group (a supervisor and its workers)
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -87,7 +96,7 @@ class MoorageServer:
             try:
                 requests.get(self.url + "/v2/", timeout=1)
                 return self
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # workers still starting behind a bound socket
                 time.sleep(0.05)
         raise RuntimeError(f"moorage did not start in {timeout}s:\n{self.log()}")
 
@@ -109,9 +118,10 @@ class MoorageServer:
         return code
 
     def kill(self) -> None:
-        """SIGKILL: the crash case."""
-        if self.proc and self.proc.poll() is None:
-            self.proc.kill()
+        """SIGKILL to every process of the server: the crash case."""
+        if self.proc:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
         self._reaped()
 

@@ -349,7 +349,12 @@ def _docker_clean(d: Dockerd) -> None:
 # == 3. single flight ======================================================================================
 
 
-def test_concurrent_cold_pulls_fetch_each_blob_once(make_server: MakeServer, upstream: DistributionRegistry):
+@pytest.mark.parametrize("processes", ["one process", "two workers", "two servers on one data dir"])
+def test_concurrent_cold_pulls_fetch_each_blob_once(
+    make_server: MakeServer, upstream: DistributionRegistry, processes: str
+):
+    """Six clients pull one cold image at once: the upstream sees one manifest GET and one blob GET, also when
+    the clients reach different processes (followers stream the leader's spool as it grows)."""
     repo = unique("big")
     layer = os.urandom(64 << 20)
     config = json.dumps({"architecture": "amd64", "os": "linux", "nonce": os.urandom(8).hex()}).encode()
@@ -364,17 +369,22 @@ def test_concurrent_cold_pulls_fetch_each_blob_once(make_server: MakeServer, ups
     ).encode()
     layer_digest = digest_of(layer)
     push_image(upstream.url, repo, "v1", manifest, OCI_MANIFEST, [config, layer])
-    srv = make_server(cache_config(rule_toml("hub", upstream.url)))
+    cfg = cache_config(rule_toml("hub", upstream.url))
+    srv = make_server(cfg, workers=2 if processes == "two workers" else 1)
+    urls = [srv.url]
+    if processes == "two servers on one data dir":
+        urls.append(make_server(cfg, data_dir=srv.data_dir).url)
     n = 6
     at_manifest, at_blob = threading.Barrier(n, timeout=30), threading.Barrier(n, timeout=30)
 
-    def pull(_: int) -> tuple[int, str, int, int, str]:
+    def pull(i: int) -> tuple[int, str, int, int, str]:
+        url = urls[i % len(urls)]
         with requests.Session() as s:
             at_manifest.wait()
-            m = s.get(f"{srv.url}/v2/hub/{repo}/manifests/v1", headers={"Accept": OCI_MANIFEST}, timeout=60)
+            m = s.get(f"{url}/v2/hub/{repo}/manifests/v1", headers={"Accept": OCI_MANIFEST}, timeout=60)
             at_blob.wait()
             h, size = hashlib.sha256(), 0
-            with s.get(f"{srv.url}/v2/hub/{repo}/blobs/{layer_digest}", stream=True, timeout=60) as b:
+            with s.get(f"{url}/v2/hub/{repo}/blobs/{layer_digest}", stream=True, timeout=60) as b:
                 for chunk in b.iter_content(1 << 20):
                     h.update(chunk)
                     size += len(chunk)

@@ -1,7 +1,9 @@
 """Access control: who is asking (token or access key) and whether policy lets them (ecr:* actions).
 
 Transport-free: the /v2 routes and the ECR API both call `check`, which evaluates the principal's identity
-policies and the repository's policy as IAM does, at request time.
+policies and the repository's policy as IAM does, at request time. An evaluation is a pure function of the
+principal, action, resource, repository policy text and condition keys, so recent ones are remembered (the
+same client pulling layer after layer asks the same question many times).
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ from registry.auth.policy import (
 )
 from registry.auth.principals import Directory, Principal
 from registry.auth.tokens import KeyRing, TokenError
+from registry.cache import LRUCache
 from registry.errors import AuthenticationRequired, Denied, Unauthorized
 
+EVALUATION_CACHE = 4096
 EXPIRED_MESSAGE = "Your authorization token has expired. Reauthenticate and try again."
 
 
@@ -50,6 +54,7 @@ class AccessControl:
         self.region = region
         self.token_ttl = token_ttl
         self.clock = clock
+        self._evaluations = LRUCache(EVALUATION_CACHE)
 
     def repository_arn(self, repository: str) -> str:
         return f"arn:aws:ecr:{self.region}:{self.account_id}:repository/{repository}"
@@ -80,12 +85,18 @@ class AccessControl:
         policy_text: str | None,
         condition_keys: Mapping[str, str],
     ) -> tuple[RequestContext, Evaluation]:
+        key = (principal.name if principal else None, action, resource, policy_text, tuple(condition_keys.items()))
+        hit = self._evaluations.get(key)
+        if hit is not None:
+            return hit
         ctx = RequestContext(
             principal.arn if principal else None, self.account_id, action, resource, dict(condition_keys)
         )
         resource_policies = [repository_policy(policy_text)] if policy_text else []
         identity = list(principal.policies) if principal else []
-        return ctx, evaluate(ctx, identity, resource_policies)
+        result = ctx, evaluate(ctx, identity, resource_policies)
+        self._evaluations.put(key, result)
+        return result
 
     def allowed(
         self,

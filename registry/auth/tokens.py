@@ -13,8 +13,10 @@ grants more than its principal has now. Verified tokens are cached until they ex
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +45,9 @@ class Claims:
     issued_at: float
     expires_at: float
     kid: str
+
+
+_KID = re.compile(r"[0-9a-f]{16}")
 
 
 def _kid(key: ec.EllipticCurvePrivateKey) -> str:
@@ -84,6 +89,18 @@ class KeyRing:
         self._current = kid
         return kid
 
+    def _key(self, kid: str) -> ec.EllipticCurvePrivateKey | None:
+        """The key `kid`, read from the folder when another process (a worker restarted after
+        `moorage rotate-signing-key`) created it after this one loaded the ring."""
+        key = self._keys.get(kid)
+        if key is None and _KID.fullmatch(kid):
+            pem = self.directory / f"{kid}.pem"
+            with contextlib.suppress(OSError, ValueError):
+                loaded = serialization.load_pem_private_key(pem.read_bytes(), password=None)
+                if isinstance(loaded, ec.EllipticCurvePrivateKey) and _kid(loaded) == kid:
+                    key = self._keys[kid] = loaded
+        return key
+
     @property
     def current_kid(self) -> str:
         assert self._current is not None, "key ring not loaded"
@@ -115,7 +132,7 @@ class KeyRing:
         except jwt.InvalidTokenError:  # undecodable, or a header pyjwt refuses (e.g. a non-string kid)
             raise TokenError("malformed", "authorization token is malformed (not a Moorage token)") from None
         kid = header.get("kid")
-        key = self._keys.get(kid) if isinstance(kid, str) else None
+        key = self._key(kid) if isinstance(kid, str) else None
         if key is None:
             raise TokenError(
                 "unknown_key", f"authorization token was signed by an unknown key (kid {kid!r}); get a new token"

@@ -10,9 +10,13 @@ a cache repository from a local one.
   at once, a warning is logged, and the failure is remembered for `failure_retry_interval` so the next
   requests don't wait on the upstream again.
 - Blobs are fetched when first asked for: one download per digest however many clients ask (single flight),
-  spooled to a private file and streamed to every client while it is written, verified by digest and size
-  before it becomes a blob. A client that goes away does not cancel the download; a failed or truncated one
-  leaves nothing behind.
+  spooled to a file and streamed to every client while it is written, verified by digest and size before it
+  becomes a blob. A client that goes away does not cancel the download; a failed or truncated one leaves
+  nothing behind.
+- Single flight holds across processes too (`[server] workers`, an offline `moorage import`): the process
+  that takes a digest's lock (`storage.shared.ProcessLocks`) downloads; the others follow its spool file as it
+  grows, and learn that it finished when the blob appears (or that it failed when the lock is free and no
+  blob is there). Manifest fetches take a lock per (repository, reference) and look again before fetching.
 """
 
 from __future__ import annotations
@@ -45,11 +49,13 @@ from registry.proxy import rules as r
 from registry.proxy.upstream import AwsCredentials, BasicCredentials, Credentials, UpstreamClient, UpstreamError
 from registry.service.images import ImageService
 from storage.base import BlobStore, ManifestRecord, MetadataStore, PullThroughRule
+from storage.shared import ProcessLocks
 
 log = logging.getLogger("moorage.pullthrough")
 
 AuthorizeImport = Callable[[bool], Awaitable[None]]  # called with "the repository must be created" first
 CHUNK = 256 * 1024
+FOLLOW_POLL = 0.01  # seconds between looks at another process's download
 
 
 async def _no_check(needs_create: bool) -> None:
@@ -88,8 +94,10 @@ class PullThrough:
         config: PullThroughConfig,
         secrets: dict[str, SecretConfig],
         region: str,
+        locks: ProcessLocks,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        self.locks = locks
         self.images = images
         self.meta = meta
         self.blobs = blobs
@@ -102,9 +110,10 @@ class PullThrough:
         self._session: aiohttp.ClientSession | None = None
         self._clients: dict[str, UpstreamClient] = {}
         self._checked: dict[tuple[str, str], float] = {}  # (repository, tag) -> last confirmed upstream
-        self._failures: dict[Hashable, float] = {}  # upstream base URL or (repository, tag) -> when it failed
+        self._failures: dict[str, float] = {}  # upstream base URL or "repository:tag" -> when it failed
         self._flights: dict[Hashable, asyncio.Task[Any]] = {}
-        self._downloads: dict[str, Download] = {}
+        self._downloads: dict[str, Download | Follower] = {}
+        self._epoch = 0
 
     # -- lifecycle and rules -----------------------------------------------------------------------
     async def start(self) -> None:
@@ -120,10 +129,20 @@ class PullThrough:
             await self._session.close()
 
     async def reload(self) -> None:
-        self.rules = await self.meta.list_rules()
-        self._clients.clear()
+        rules = await self.meta.list_rules()
+        if rules != self.rules:  # keep the upstream clients (and their tokens) while nothing changed
+            self._clients.clear()
+        self.rules = rules
         for rule in self.rules:
             self.metrics.setdefault(rule.prefix, RuleMetrics())
+
+    async def sync(self) -> None:
+        """Catch up with writes by other processes: their rules, and the tag checks they made."""
+        epoch = self.meta.epoch()
+        if epoch != self._epoch:
+            self._epoch = epoch
+            self._checked.clear()
+            await self.reload()
 
     def forget_checks(self) -> None:
         self._checked.clear()
@@ -174,18 +193,25 @@ class PullThrough:
         return await asyncio.shield(task)
 
     # -- failures ----------------------------------------------------------------------------------
-    def _recently_failed(self, *keys: Hashable) -> bool:
-        now = self.clock()
-        return any(now - self._failures.get(k, float("-inf")) < self.config.failure_retry_interval for k in keys)
+    async def _recently_failed(self, *keys: str) -> bool:
+        """Whether any of `keys` failed within `failure_retry_interval`, here or in another worker (failures are
+        noted in the shared database, so no worker waits on an upstream another one just found down)."""
+        now, window = self.clock(), self.config.failure_retry_interval
+        if any(now - self._failures.get(k, float("-inf")) < window for k in keys):
+            return True
+        shared = await self.meta.upstream_failed_at(keys)
+        return shared is not None and now - shared < window
 
-    def _note_failure(self, rule: PullThroughRule, repository: str, tag: str, e: UpstreamError) -> None:
-        key: Hashable = r.base_url(rule) if e.kind in ("unavailable", "throttled") else (repository, tag)
+    async def _note_failure(self, rule: PullThroughRule, repository: str, tag: str, e: UpstreamError) -> None:
+        key = r.base_url(rule) if e.kind in ("unavailable", "throttled") else f"{repository}:{tag}"
         self._failures[key] = self.clock()
+        await self.meta.note_upstream_failure(key, self._failures[key])
 
     # -- manifests ---------------------------------------------------------------------------------
     async def get_manifest(
         self, repository: str, reference: str, authorize_import: AuthorizeImport = _no_check
     ) -> ManifestRecord:
+        await self.sync()
         rule = self.rule_for(repository)
         if rule is None:
             return await self.images.get_manifest(repository, reference)
@@ -203,7 +229,7 @@ class PullThrough:
         if checked is not None and self.clock() - checked < self.config.tag_refresh_interval:
             m.hits += 1
             return local
-        if self.config.offline or self._recently_failed(r.base_url(rule), (repository, reference)):
+        if self.config.offline or await self._recently_failed(r.base_url(rule), f"{repository}:{reference}"):
             m.stale_serves += 1
             return local
         try:
@@ -211,7 +237,7 @@ class PullThrough:
                 ("refresh", repository, reference), rule, lambda: self._refresh(rule, repository, reference, local)
             )
         except UpstreamError as e:
-            self._note_failure(rule, repository, reference, e)
+            await self._note_failure(rule, repository, reference, e)
             log.warning("serving cached %s:%s: the upstream check failed: %s", repository, reference, e)
             m.stale_serves += 1
             return local
@@ -230,10 +256,21 @@ class PullThrough:
     async def _mark_checked(self, repository: str, tag: str) -> None:
         now = self.clock()
         self._checked[(repository, tag)] = now
-        self._failures.pop((repository, tag), None)
+        if self._failures.pop(f"{repository}:{tag}", None) is not None:
+            await self.meta.clear_upstream_failure(f"{repository}:{tag}")
         await self.meta.set_tag_checked(repository, tag, now)
 
     async def _refresh(self, rule: PullThroughRule, repository: str, tag: str, local: ManifestRecord) -> ManifestRecord:
+        async with self.locks.hold(f"manifest {repository}:{tag}"):
+            checked = await self.meta.tag_checked_at(repository, tag)
+            if checked is not None and self.clock() - checked < self.config.tag_refresh_interval:
+                self._checked[(repository, tag)] = checked  # another process checked it just now
+                return await self.images.get_manifest(repository, tag)
+            return await self._refresh_locked(rule, repository, tag, local)
+
+    async def _refresh_locked(
+        self, rule: PullThroughRule, repository: str, tag: str, local: ManifestRecord
+    ) -> ManifestRecord:
         client, m = self.client(rule), self._metrics(rule)
         upstream_repo = r.upstream_repository(rule, repository)
         m.upstream_requests += 1
@@ -258,10 +295,17 @@ class PullThrough:
         self._metrics(rule).misses += 1
         try:
             return await self._flight(
-                ("import", repository, reference), rule, lambda: self._fetch_and_store(rule, repository, reference)
+                ("import", repository, reference), rule, lambda: self._import_once(rule, repository, reference)
             )
         except UpstreamError as e:
             raise upstream_error(e, repository, reference) from None
+
+    async def _import_once(self, rule: PullThroughRule, repository: str, reference: str) -> ManifestRecord:
+        """Fetch and store a manifest unless another process stored it while this one waited for the lock."""
+        async with self.locks.hold(f"manifest {repository}:{reference}"):
+            with contextlib.suppress(ManifestUnknown, NameUnknown):
+                return await self.images.get_manifest(repository, reference)
+            return await self._fetch_and_store(rule, repository, reference)
 
     async def _fetch_and_store(self, rule: PullThroughRule, repository: str, reference: str) -> ManifestRecord:
         client, m = self.client(rule), self._metrics(rule)
@@ -292,52 +336,90 @@ class PullThrough:
             size = await self.images.blob_size(repository, digest)
             return LocalBlob(self.blobs.local_path(digest), size)
         except BlobUnknown:
+            await self.sync()
             rule = self.rule_for(repository)
             if rule is None:
                 raise
-        m = self._metrics(rule)
         if not await self.meta.blob_referenced(repository, digest):
             # Only blobs a cached manifest lists come from the upstream: a push's existence checks (and
             # arbitrary digests) get a plain 404 and never wait on the upstream.
             raise BlobUnknown(f"blob {digest} is not in repository {repository}", detail={"digest": digest})
-        stored = await self.blobs.stat(digest)
-        if stored is not None:
-            # Already here (another cache repository fetched it): link it, no upstream needed.
-            await self.meta.link_blob(repository, digest, stored, self.clock())
-            m.hits += 1
-            return LocalBlob(self.blobs.local_path(digest), stored)
+        if (local := await self._link_stored(rule, repository, digest)) is not None:
+            return local
         if self.config.offline:
             raise BlobUnknown(f"blob {digest} is not cached, and the pull-through cache is offline")
         await authorize_import(not await self.images.has_repository(repository))
-        download = self._downloads.get(digest)
-        if download is None or download.failed:
+        for _ in range(2):
+            download = self._downloads.get(digest)
+            if download is None or download.failed:
+                download = self._start_download(rule, repository, digest)
+                if download is None:  # another process finished it a moment ago
+                    if (local := await self._link_stored(rule, repository, digest)) is not None:
+                        return local
+                    continue
+            else:
+                self._metrics(rule).single_flight_joins += 1
+            download.repositories.add(repository)
+            try:
+                await asyncio.shield(download.started)
+            except FollowFailed:
+                continue  # the process we followed failed before any bytes: try again, leading this time
+            except UpstreamError as e:
+                raise upstream_error(e, repository, digest, blob=True) from None
+            return StreamingBlob(download.size, None if head else download.reader())
+        raise upstream_error(
+            UpstreamError(r.base_url(rule), "unavailable", "the download failed in another process"),
+            repository,
+            digest,
+            blob=True,
+        )
+
+    async def _link_stored(self, rule: PullThroughRule, repository: str, digest: str) -> LocalBlob | None:
+        """The blob is already here (another cache repository or process fetched it): link it, no upstream."""
+        stored = await self.blobs.stat(digest)
+        if stored is None:
+            return None
+        await self.meta.link_blob(repository, digest, stored, self.clock())
+        self._metrics(rule).hits += 1
+        return LocalBlob(self.blobs.local_path(digest), stored)
+
+    def _start_download(self, rule: PullThroughRule, repository: str, digest: str) -> Download | Follower | None:
+        """Lead the download when this process gets the digest's lock, else follow the process that has it."""
+        m = self._metrics(rule)
+        lock = f"blob {digest}"
+        download: Download | Follower
+        if self.locks.try_acquire(lock):
+            path = self.blobs.local_path(digest)
+            if path is not None and path.exists():  # stored between our look and the lock
+                self.locks.release(lock)
+                return None
             m.misses += 1
             m.upstream_requests += 1
-            download = Download(self, rule, digest, r.upstream_repository(rule, repository))
-            self._downloads[digest] = download
-            download.start()
+            download = Download(self, rule, digest, lock, upstream_repository=r.upstream_repository(rule, repository))
         else:
             m.single_flight_joins += 1
-        download.repositories.add(repository)
-        try:
-            await asyncio.shield(download.started)
-        except UpstreamError as e:
-            raise upstream_error(e, repository, digest, blob=True) from None
-        return StreamingBlob(download.size, None if head else download.reader())
+            download = Follower(self, rule, digest, lock)
+        self._downloads[digest] = download
+        download.start()
+        return download
 
-    def _download_finished(self, download: Download) -> None:
+    def _download_finished(self, download: Spool) -> None:
         if self._downloads.get(download.digest) is download:
             del self._downloads[download.digest]
 
 
+class FollowFailed(Exception):
+    """The process whose download this one followed stopped before sending any bytes."""
+
+
 @dataclass(eq=False)
-class Download:
-    """One upstream blob fetch, spooled to a file that any number of readers follow while it grows."""
+class Spool:
+    """A blob arriving in a spool file that any number of readers follow while it grows."""
 
     owner: PullThrough
     rule: PullThroughRule
     digest: str
-    upstream_repository: str
+    lock: str
     repositories: set[str] = field(default_factory=set)
     size: int | None = None
     written: int = 0
@@ -364,64 +446,17 @@ class Download:
         if self._task is not None:
             self._task.cancel()
 
+    async def _run(self) -> None:
+        raise NotImplementedError
+
     async def _notify(self) -> None:
         async with self._changed:
             self._changed.notify_all()
 
-    async def _run(self) -> None:
-        owner = self.owner
-        path = owner.blobs.spool_path()
-        fh = None
-        try:
-            resp = await owner.client(self.rule).blob(self.upstream_repository, self.digest)
-            try:
-                self.size = resp.content_length
-                fh = await asyncio.to_thread(open, path, "xb")
-                self._fd = await asyncio.to_thread(os.open, path, os.O_RDONLY)
-                self.started.set_result(None)
-                hasher = hashlib.new(oci.digest_algorithm(self.digest))
-                try:
-                    async for chunk in resp.content.iter_chunked(CHUNK):
-                        await asyncio.to_thread(_write, fh, hasher, chunk)
-                        self.written += len(chunk)
-                        owner._metrics(self.rule).upstream_bytes += len(chunk)
-                        await self._notify()
-                except (aiohttp.ClientError, TimeoutError) as e:
-                    raise UpstreamError(r.base_url(self.rule), "unavailable", f"blob download failed: {e}") from None
-            finally:
-                resp.release()
-            await asyncio.to_thread(_finish, fh)
-            actual = f"{hasher.name}:{hasher.hexdigest()}"
-            if self.size is not None and self.written != self.size:
-                raise UpstreamError(
-                    r.base_url(self.rule),
-                    "unavailable",
-                    f"blob {self.digest} was cut short: {self.written} of {self.size} bytes",
-                )
-            if actual != self.digest:
-                raise UpstreamError(
-                    r.base_url(self.rule), "unavailable", f"sent content with digest {actual} for blob {self.digest}"
-                )
-            await owner.blobs.install_spooled(path, self.digest)
-            for repository in self.repositories:
-                with contextlib.suppress(Exception):  # a repository deleted meanwhile
-                    await owner.meta.link_blob(repository, self.digest, self.written, owner.clock())
-            self.done = True
-        except BaseException as e:
-            self.error = e
-            if not self.started.done():
-                self.started.set_exception(e)
-            if not isinstance(e, asyncio.CancelledError | UpstreamError):
-                log.exception("pull-through download of %s failed", self.digest)
-            elif isinstance(e, UpstreamError):
-                log.warning("pull-through download of %s failed: %s", self.digest, e)
-        finally:
-            if fh is not None and not fh.closed:
-                await asyncio.to_thread(fh.close)
-            await asyncio.to_thread(path.unlink, True)
-            owner._download_finished(self)
-            await self._notify()
-            self._maybe_close()
+    def _fail(self, e: BaseException) -> None:
+        self.error = e
+        if not self.started.done():
+            self.started.set_exception(e)
 
     def _maybe_close(self) -> None:
         if self._fd is not None and self._readers == 0 and (self.done or self.error is not None):
@@ -455,6 +490,145 @@ class Download:
         finally:
             self._readers -= 1
             self._maybe_close()
+
+    async def _link_all(self) -> None:
+        owner = self.owner
+        for repository in self.repositories:
+            with contextlib.suppress(Exception):  # a repository deleted meanwhile
+                await owner.meta.link_blob(repository, self.digest, self.written, owner.clock())
+
+
+@dataclass(eq=False)
+class Download(Spool):
+    """This process's upstream fetch of one blob (it holds the digest's lock until the end)."""
+
+    upstream_repository: str = ""
+
+    async def _run(self) -> None:
+        owner = self.owner
+        path = owner.blobs.spool_path(self.digest)
+        size_path = _size_path(path)
+        fh = None
+        try:
+            resp = await owner.client(self.rule).blob(self.upstream_repository, self.digest)
+            try:
+                self.size = resp.content_length
+                # Processes following this download read the size first, then the spool (both at known paths).
+                fh = await asyncio.to_thread(_create_spool, path, size_path, self.size)
+                self._fd = await asyncio.to_thread(os.open, path, os.O_RDONLY)
+                self.started.set_result(None)
+                hasher = hashlib.new(oci.digest_algorithm(self.digest))
+                try:
+                    async for chunk in resp.content.iter_chunked(CHUNK):
+                        await asyncio.to_thread(_write, fh, hasher, chunk)
+                        self.written += len(chunk)
+                        owner._metrics(self.rule).upstream_bytes += len(chunk)
+                        await self._notify()
+                except (aiohttp.ClientError, TimeoutError) as e:
+                    raise UpstreamError(r.base_url(self.rule), "unavailable", f"blob download failed: {e}") from None
+            finally:
+                resp.release()
+            await asyncio.to_thread(_finish, fh)
+            actual = f"{hasher.name}:{hasher.hexdigest()}"
+            if self.size is not None and self.written != self.size:
+                raise UpstreamError(
+                    r.base_url(self.rule),
+                    "unavailable",
+                    f"blob {self.digest} was cut short: {self.written} of {self.size} bytes",
+                )
+            if actual != self.digest:
+                raise UpstreamError(
+                    r.base_url(self.rule), "unavailable", f"sent content with digest {actual} for blob {self.digest}"
+                )
+            await owner.blobs.install_spooled(path, self.digest)
+            await self._link_all()
+            self.done = True
+        except BaseException as e:
+            self._fail(e)
+            if not isinstance(e, asyncio.CancelledError | UpstreamError):
+                log.exception("pull-through download of %s failed", self.digest)
+            elif isinstance(e, UpstreamError):
+                log.warning("pull-through download of %s failed: %s", self.digest, e)
+        finally:
+            if fh is not None and not fh.closed:
+                await asyncio.to_thread(fh.close)
+            await asyncio.to_thread(path.unlink, True)
+            await asyncio.to_thread(size_path.unlink, True)
+            owner.locks.release(self.lock)
+            owner._download_finished(self)
+            await self._notify()
+            self._maybe_close()
+
+
+@dataclass(eq=False)
+class Follower(Spool):
+    """Another process's download of a blob, followed through its spool file."""
+
+    async def _run(self) -> None:
+        owner = self.owner
+        path = owner.blobs.spool_path(self.digest)
+        try:
+            while self._fd is None:  # wait for the leader's spool (or its end)
+                if (stored := await owner.blobs.stat(self.digest)) is not None:
+                    self.size = self.written = stored
+                    self.done = True
+                    self.started.set_result(None)
+                    await self._link_all()
+                    return
+                try:
+                    self._fd, self.size = await asyncio.to_thread(_open_spool, path)
+                except FileNotFoundError:
+                    if not owner.locks.held_elsewhere(self.lock):
+                        if await owner.blobs.stat(self.digest) is None:
+                            raise FollowFailed(f"the download of {self.digest} in another process stopped") from None
+                        continue
+                    await asyncio.sleep(FOLLOW_POLL)
+            self.started.set_result(None)
+            while True:
+                written = os.fstat(self._fd).st_size
+                if written != self.written:
+                    self.written = written
+                    await self._notify()
+                if (stored := await owner.blobs.stat(self.digest)) is not None:
+                    self.written = stored  # installed: verified by the leader
+                    self.done = True
+                    await self._link_all()
+                    return
+                if not owner.locks.held_elsewhere(self.lock) and await owner.blobs.stat(self.digest) is None:
+                    raise UpstreamError(
+                        r.base_url(self.rule), "unavailable", f"the download of {self.digest} in another process failed"
+                    )
+                await asyncio.sleep(FOLLOW_POLL)
+        except BaseException as e:
+            self._fail(e)
+            if not isinstance(e, asyncio.CancelledError | UpstreamError | FollowFailed):
+                log.exception("following the download of %s failed", self.digest)
+        finally:
+            owner._download_finished(self)
+            await self._notify()
+            self._maybe_close()
+
+
+def _size_path(spool: Path) -> Path:
+    return spool.with_name(spool.name + ".size")
+
+
+def _create_spool(path: Path, size_path: Path, size: int | None) -> Any:
+    """Start a download's spool (this process holds the digest's lock, so a file there is a crash's leftover)."""
+    path.unlink(missing_ok=True)
+    size_path.write_text("" if size is None else str(size))
+    return open(path, "xb")
+
+
+def _open_spool(path: Path) -> tuple[int, int | None]:
+    """Open another process's spool, then read its size (written before the spool was created)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        text = _size_path(path).read_text().strip()
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, int(text) if text else None
 
 
 def _write(fh: Any, hasher: Any, chunk: bytes) -> None:

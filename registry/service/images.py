@@ -90,11 +90,20 @@ class ImageService:
         self.cache = LRUCache(cache_entries)
         self.clock = clock
         self._pulls: dict[tuple[str, str], float] = {}  # (repository, digest) -> last pull, not yet stored
+        self._epoch = 0
+
+    def _cache(self) -> LRUCache:
+        """The cache, emptied first if another process (a worker, an offline command) wrote since it was filled."""
+        epoch = self.meta.epoch()
+        if epoch != self._epoch:
+            self._epoch = epoch
+            self.cache.clear()
+        return self.cache
 
     # -- repositories ------------------------------------------------------------------------------
     async def repository(self, name: str) -> RepositoryRecord:
         key = ("repo", name)
-        repo = self.cache.get(key)
+        repo = self._cache().get(key)
         if repo is None:
             version = self.cache.version
             repo = await self.meta.get_repository(name)
@@ -151,7 +160,7 @@ class ImageService:
         if oci.is_digest(reference):
             return reference
         key = ("tag", name, reference)
-        digest = self.cache.get(key)
+        digest = self._cache().get(key)
         if digest is None:
             version = self.cache.version
             digest = await self.meta.resolve_tag(name, reference)
@@ -167,7 +176,7 @@ class ImageService:
     async def get_manifest(self, name: str, reference: str) -> ManifestRecord:
         digest = await self.resolve(name, reference)
         key = ("manifest", name, digest)
-        record = self.cache.get(key)
+        record = self._cache().get(key)
         if record is None:
             version = self.cache.version
             record = await self.meta.get_manifest(name, digest)
@@ -330,7 +339,7 @@ class ImageService:
     async def blob_size(self, name: str, digest: str) -> int:
         """Size of a blob linked in the repository; BlobUnknown otherwise."""
         key = ("blob", name, digest)
-        size = self.cache.get(key)
+        size = self._cache().get(key)
         if size is None:
             version = self.cache.version
             size = await self.meta.linked_blob_size(name, digest)

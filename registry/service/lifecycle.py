@@ -8,6 +8,7 @@ reclaims the bytes) or transition to the archive storage class (pulls refused un
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -29,20 +30,13 @@ from storage import base as st
 
 log = logging.getLogger("moorage.lifecycle")
 PAGE = 500
+PREVIEW_STALE = 600.0  # seconds: a preview still "in progress" after this was lost with its process
 
 
 @dataclass(frozen=True, slots=True)
 class Planned:
     action: lc.Action
     image: st.ImageRecord
-
-
-@dataclass(slots=True)
-class Preview:
-    policy_text: str
-    status: str = "IN_PROGRESS"
-    results: list[Planned] = field(default_factory=list)
-    task: asyncio.Task[None] | None = None
 
 
 @dataclass(slots=True)
@@ -61,7 +55,7 @@ class LifecycleService:
         self.meta = meta
         self.account_id = account_id
         self.clock = clock
-        self._previews: dict[str, Preview] = {}
+        self._preview_tasks: set[asyncio.Task[None]] = set()
 
     # -- planning ----------------------------------------------------------------------------------
     async def images_of(self, repository: str) -> list[st.ImageRecord]:
@@ -211,23 +205,27 @@ class LifecycleService:
         if not text:
             raise self._no_policy(name)
         policy = self._parse(text)
-        current = self._previews.get(name)
-        if current is not None and current.status == "IN_PROGRESS":
+        current = await self.meta.get_lifecycle_preview(name)
+        now = self.clock()
+        if current is not None and current.status == "IN_PROGRESS" and now - current.started_at < PREVIEW_STALE:
             raise LifecyclePolicyPreviewInProgress(
                 f"A lifecycle policy preview is already in progress for the repository with name '{name}'"
             )
-        preview = Preview(text)
-        self._previews[name] = preview
+        # Stored, not kept in memory: with several workers the next call may reach another process.
+        await self.meta.put_lifecycle_preview(name, st.LifecyclePreview(text, "IN_PROGRESS", now))
 
         async def run() -> None:
             try:
-                preview.results = await self.plan(name, policy, self.clock())
-                preview.status = "COMPLETE"
+                results = [_preview_result(x) for x in await self.plan(name, policy, now)]
+                await self.meta.put_lifecycle_preview(name, st.LifecyclePreview(text, "COMPLETE", now, results))
             except Exception:
                 log.exception("lifecycle preview of %s failed", name)
-                preview.status = "FAILED"
+                with contextlib.suppress(Exception):  # the repository may be gone
+                    await self.meta.put_lifecycle_preview(name, st.LifecyclePreview(text, "FAILED", now))
 
-        preview.task = asyncio.ensure_future(run())
+        task = asyncio.ensure_future(run())
+        self._preview_tasks.add(task)
+        task.add_done_callback(self._preview_tasks.discard)
         return {
             "registryId": self.account_id,
             "repositoryName": name,
@@ -238,7 +236,7 @@ class LifecycleService:
     async def get_lifecycle_policy_preview(self, p: dict[str, Any], caller: Any) -> dict[str, Any]:
         name = p["repositoryName"]
         await self._repo(name)
-        preview = self._previews.get(name)
+        preview = await self.meta.get_lifecycle_preview(name)
         if preview is None:
             raise LifecyclePolicyPreviewNotFound(
                 f"There is no dry run for the repository with name '{name}' in the registry with id '{self.account_id}'"
@@ -249,25 +247,25 @@ class LifecycleService:
             "lifecyclePolicyText": preview.policy_text,
             "status": preview.status,
         }
-        if preview.status != "COMPLETE":
+        if preview.status != "COMPLETE" or preview.results is None:
             return out
-        results = preview.results
+        everything = preview.results
+        results = everything
         status = (p.get("filter") or {}).get("tagStatus", "ANY")
         if status == "TAGGED":
-            results = [r for r in results if r.image.tags]
+            results = [r for r in results if r.get("imageTags")]
         elif status == "UNTAGGED":
-            results = [r for r in results if not r.image.tags]
+            results = [r for r in results if not r.get("imageTags")]
         if p.get("imageIds") is not None:
             wanted = {i.get("imageDigest") for i in p["imageIds"]} | {i.get("imageTag") for i in p["imageIds"]}
-            results = [r for r in results if r.image.digest in wanted or set(r.image.tags) & wanted]
+            results = [r for r in results if r["imageDigest"] in wanted or set(r.get("imageTags", ())) & wanted]
         start = page_offset(p.get("nextToken"))
         limit = p.get("maxResults", 100)
-        page = results[start : start + limit]
-        out["previewResults"] = [_preview_result(r) for r in page]
+        out["previewResults"] = results[start : start + limit]
         if start + limit < len(results):
             out["nextToken"] = str(start + limit)
-        transitioning = sum(1 for r in preview.results if r.action.action == "transition")
-        out["summary"] = {"expiringImageTotalCount": sum(1 for r in preview.results if r.action.action == "expire")}
+        transitioning = sum(1 for r in everything if r["action"]["type"] == "TRANSITION")
+        out["summary"] = {"expiringImageTotalCount": sum(1 for r in everything if r["action"]["type"] == "EXPIRE")}
         if transitioning:
             out["summary"]["transitioningImageTotalCounts"] = [
                 {"targetStorageClass": "ARCHIVE", "imageTotalCount": transitioning}

@@ -1,19 +1,25 @@
 """Prometheus metrics on /metrics (prometheus-client), from a registry owned by the app (no global state).
 
-Request metrics are recorded by the access-log middleware; pull-through counters come from the cache itself;
-storage gauges are read from the metadata store when scraped; lifecycle and GC runs are counted by the jobs.
+Request metrics are recorded by the access-log middleware; pull-through counters are copied from the cache's
+own tallies every second; storage gauges are read from the metadata store when scraped; lifecycle and GC runs
+are counted by the jobs.
+
+With several workers (`[server] workers`), each process keeps its values in prometheus-client's multiprocess
+files (the supervisor sets PROMETHEUS_MULTIPROC_DIR) and a scrape, whichever worker answers it, sums them all.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from registry.proxy.pullthrough import PullThrough
 from registry.web.context import META, PULL_THROUGH
@@ -26,6 +32,7 @@ _RULE_COUNTERS = {
     "stale_serves": "Cached content served because the upstream failed or was not asked (offline, recent failure)",
     "single_flight_joins": "Requests that joined an upstream fetch already in progress",
 }
+SYNC_INTERVAL = 1.0  # seconds between copies of the pull-through tallies into their counters
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
@@ -40,13 +47,22 @@ class StorageGauges:
     images: int = 0
 
 
+def multiprocess_dir() -> str | None:
+    """Where worker processes keep their values (set by the supervisor), or None in a single process."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
 @dataclass
 class Metrics:
     registry: CollectorRegistry = field(default_factory=lambda: CollectorRegistry(auto_describe=True))
     storage: StorageGauges = field(default_factory=StorageGauges)
+    multiprocess: str | None = None
 
     def __post_init__(self) -> None:
+        multiprocess = self.multiprocess
         self._children: dict[tuple[str, str, int], tuple[Any, Any, Any, Any]] = {}
+        self._pull_through: PullThrough | None = None
+        self._synced: dict[tuple[str, str], int] = {}
         r = self.registry
         self.requests = Counter(
             "moorage_http_requests", "HTTP requests served", ["route", "method", "status"], registry=r
@@ -78,7 +94,31 @@ class Metrics:
         self.evictions = Counter(
             "moorage_pull_through_evictions", "Cached images evicted to stay under max_cache_bytes", registry=r
         )
-        r.register(_StorageCollector(self.storage))
+        self.pull_through_counters = {
+            name: Counter(f"moorage_pull_through_{name}", doc, ["rule"], registry=r)
+            for name, doc in _RULE_COUNTERS.items()
+        }
+        if multiprocess is None:
+            self.exposition = r
+        else:  # every worker's files, summed; the storage gauges are read from the shared database anyway
+            self.exposition = CollectorRegistry()
+            MultiProcessCollector(self.exposition, multiprocess)
+        self.exposition.register(_StorageCollector(self.storage))
+
+    def attach(self, pull_through: PullThrough) -> None:
+        self._pull_through = pull_through
+
+    async def sync_pull_through(self) -> None:
+        """Add what the pull-through cache counted since the last copy to its counters."""
+        if self._pull_through is None:
+            return
+        for prefix, tallies in list(self._pull_through.metrics.items()):
+            for name, counter in self.pull_through_counters.items():
+                value = getattr(tallies, name)
+                delta = value - self._synced.get((prefix, name), 0)
+                if delta > 0:
+                    counter.labels(prefix).inc(delta)
+                    self._synced[(prefix, name)] = value
 
     def observe(self, route: str, method: str, status: int, seconds: float, bytes_in: int, bytes_out: int) -> None:
         key = (route, method, status)
@@ -112,18 +152,6 @@ class _StorageCollector:
         yield GaugeMetricFamily("moorage_images", "Images (manifests) in all repositories", value=g.images)
 
 
-class PullThroughCollector:
-    def __init__(self, pull_through: PullThrough) -> None:
-        self.pull_through = pull_through
-
-    def collect(self) -> Iterator[Metric]:
-        for name, doc in _RULE_COUNTERS.items():
-            family = CounterMetricFamily(f"moorage_pull_through_{name}", doc, labels=["rule"])
-            for prefix, counters in sorted(self.pull_through.metrics.items()):
-                family.add_metric([prefix], getattr(counters, name))
-            yield family
-
-
 METRICS = web.AppKey("metrics", Metrics)
 
 
@@ -131,7 +159,7 @@ def setup(app: web.Application, metrics: Metrics) -> None:
     app[METRICS] = metrics
 
     async def register(app: web.Application) -> None:
-        metrics.registry.register(PullThroughCollector(app[PULL_THROUGH]))
+        metrics.attach(app[PULL_THROUGH])
 
     app.on_startup.append(register)
     app.router.add_get("/metrics", serve_metrics)
@@ -141,5 +169,6 @@ async def serve_metrics(request: web.Request) -> web.Response:
     metrics = request.app[METRICS]
     for name, value in (await request.app[META].storage_stats()).items():
         setattr(metrics.storage, name, value)
-    body = generate_latest(metrics.registry)
+    await metrics.sync_pull_through()
+    body = generate_latest(metrics.exposition)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

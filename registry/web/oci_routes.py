@@ -34,7 +34,7 @@ from registry.service.images import MAX_PAGE
 from registry.service.uploads import upload_range
 from registry.web.auth import condition_keys, realm, registry_principal
 from registry.web.context import ACCESS, BLOBS, IMAGES, PULL_THROUGH, UPLOADS
-from registry.web.middleware import ACTION, REPOSITORY, ROUTE, read_body
+from registry.web.middleware import ACTION, REPOSITORY, ROUTE, read_body, stamp
 from registry.web.sendfile import SendfileResponse
 
 OCTET_STREAM = "application/octet-stream"
@@ -209,6 +209,7 @@ async def get_blob(request: web.Request, name: str, digest: str) -> web.StreamRe
         resp = web.StreamResponse(status=200, headers=headers)
         if blob.size is not None:
             resp.content_length = blob.size
+        stamp(request, resp)
         await resp.prepare(request)
         if blob.chunks is not None:
             try:
@@ -249,6 +250,7 @@ async def get_blob(request: web.Request, name: str, digest: str) -> web.StreamRe
     blobs = request.app[BLOBS]
     resp = web.StreamResponse(status=status, headers=headers)
     resp.content_length = count
+    stamp(request, resp)
     await resp.prepare(request)
     if not head:
         async for chunk in blobs.read(digest, offset, count):

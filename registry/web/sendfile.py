@@ -1,9 +1,22 @@
-"""A response that sends a byte range of a local file with sendfile(2), opening it off the event loop."""
+"""A response that sends a byte range of a local file with sendfile(2), on any event loop.
+
+asyncio's `loop.sendfile` exists only on the standard loop; uvloop (faster for everything else) has none. So
+this module calls `os.sendfile` itself, on the connection's socket, once aiohttp has sent the headers and the
+transport's buffer is empty. When the socket is full it waits for it to become writable through one private
+epoll instance per loop (`_Writable`), whose own descriptor the loop watches: a socket that belongs to a
+transport cannot be given to `loop.add_writer`, but an epoll descriptor can, on either loop.
+
+The bytes never enter Python, and the file is opened off the loop. As with asyncio's own sendfile, the
+system call itself runs on the loop thread (blob files are read from the page cache; a cold read is one
+readahead at a time).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import select
+import weakref
 from pathlib import Path
 
 from aiohttp import web
@@ -11,7 +24,86 @@ from aiohttp.abc import AbstractStreamWriter
 
 from registry.errors import BlobUnknown
 
-READ_CHUNK = 1 << 20
+MAX_CALL = 1 << 30  # bytes per sendfile call (the kernel caps one call near 2 GiB anyway)
+
+
+class _Writable:
+    """Futures resolved when sockets become writable, through a private epoll watched by the loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.epoll = select.epoll()
+        self.waiters: dict[int, asyncio.Future[None]] = {}
+        loop.add_reader(self.epoll.fileno(), self._ready)
+
+    def wait(self, fd: int) -> asyncio.Future[None]:
+        future = self.loop.create_future()
+        self.waiters[fd] = future
+        try:
+            self.epoll.register(fd, select.EPOLLOUT | select.EPOLLONESHOT)
+        except FileExistsError:
+            self.epoll.modify(fd, select.EPOLLOUT | select.EPOLLONESHOT)
+        return future
+
+    def forget(self, fd: int) -> None:
+        self.waiters.pop(fd, None)
+        try:
+            self.epoll.unregister(fd)
+        except (FileNotFoundError, OSError):
+            pass
+
+    def _ready(self) -> None:
+        for fd, _ in self.epoll.poll(0):
+            future = self.waiters.pop(fd, None)
+            if future is not None and not future.done():
+                future.set_result(None)
+
+
+_pollers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Writable] = weakref.WeakKeyDictionary()
+
+
+def _poller(loop: asyncio.AbstractEventLoop) -> _Writable:
+    poller = _pollers.get(loop)
+    if poller is None:
+        poller = _pollers[loop] = _Writable(loop)
+    return poller
+
+
+async def sendfile(transport: asyncio.Transport, fd: int, offset: int, count: int) -> None:
+    """Send `count` bytes of file descriptor `fd` from `offset` on the transport's socket."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        raise ConnectionResetError("connection lost")
+    sock_fd = sock.fileno()
+    poller = _poller(asyncio.get_running_loop())
+
+    async def writable() -> None:
+        # A connection closed meanwhile takes its socket out of the epoll silently: look every second.
+        waiter = poller.wait(sock_fd)
+        while not waiter.done():
+            await asyncio.wait([waiter], timeout=1.0)
+            if transport.is_closing():
+                raise ConnectionResetError("connection lost")
+
+    try:
+        while transport.get_write_buffer_size():  # the headers (or anything queued) go out first
+            await writable()
+        end = offset + count
+        while offset < end:
+            if transport.is_closing():
+                raise ConnectionResetError("connection lost")
+            try:
+                sent = os.sendfile(sock_fd, fd, offset, min(end - offset, MAX_CALL))
+            except BlockingIOError:
+                await writable()
+                continue
+            except (BrokenPipeError, ConnectionResetError) as e:
+                raise ConnectionResetError(f"client went away: {e}") from None
+            if sent == 0:
+                raise BlobUnknown("blob file ended early", detail={"missing": end - offset})
+            offset += sent
+    finally:
+        poller.forget(sock_fd)
 
 
 class SendfileResponse(web.StreamResponse):
@@ -29,32 +121,17 @@ class SendfileResponse(web.StreamResponse):
             return await super().prepare(request)
         loop = asyncio.get_running_loop()
         try:
-            fh = await loop.run_in_executor(None, open, self._path, "rb")
+            fd = await loop.run_in_executor(None, os.open, self._path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:  # removed by garbage collection in another process since the link check
             raise BlobUnknown("blob is no longer stored", detail={"path": self._path.name}) from None
         try:
-            writer = await super().prepare(request)
+            writer = await super().prepare(request)  # sends the headers
             assert writer is not None
             transport = request.transport
             if transport is None:
                 raise ConnectionResetError("connection lost")
-            try:
-                await loop.sendfile(transport, fh, self._offset, self._count)
-            except NotImplementedError:  # an event loop or transport without sendfile support
-                await self._copy(writer, fh)
+            await sendfile(transport, fd, self._offset, self._count)
             await super().write_eof()
             return writer
         finally:
-            await loop.run_in_executor(None, fh.close)
-
-    async def _copy(self, writer: AbstractStreamWriter, fh) -> None:
-        loop = asyncio.get_running_loop()
-        remaining = self._count
-        await loop.run_in_executor(None, fh.seek, self._offset, os.SEEK_SET)
-        while remaining > 0:
-            chunk = await loop.run_in_executor(None, fh.read, min(READ_CHUNK, remaining))
-            if not chunk:
-                break
-            remaining -= len(chunk)
-            await writer.write(chunk)
-        await writer.drain()
+            os.close(fd)

@@ -1,0 +1,139 @@
+"""What the processes on one data dir share besides the stores: named locks and a change counter.
+
+Several processes work on one data dir at once: the server's workers (`[server] workers`) and the offline
+commands (`moorage gc`, `moorage import`). They coordinate through two small files:
+
+- `ProcessLocks`: named exclusive locks (one pull-through download per blob, one writer per upload session).
+  Each name is one byte of a POSIX record lock on a shared file, at an offset hashed from the name, so no lock
+  files pile up, and the kernel releases a lock the moment its process dies (a crashed worker never leaves a
+  lock behind). POSIX locks don't exclude within a process, so names held here are tracked here too.
+- `ChangeCounter`: a counter in a memory-mapped file that each process bumps after every commit. A process
+  that keeps caches reads it (one memory load, no system call) before trusting them, so a push answered by one
+  worker is seen at once by the others.
+
+A PostgreSQL backend would use advisory locks and LISTEN/NOTIFY for the same two jobs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import hashlib
+import mmap
+import os
+import struct
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+_COUNTER = struct.Struct("<Q")
+_OFFSET_BITS = 56  # offsets stay well inside off_t
+
+
+class ProcessLocks:
+    """Named exclusive locks shared by every process that opens the same lock file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # One descriptor for the process's lifetime: closing any descriptor of the file drops all its locks.
+        self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self._held: set[int] = set()
+
+    @staticmethod
+    def _offset(name: str) -> int:
+        digest = hashlib.blake2b(name.encode(), digest_size=8).digest()
+        return int.from_bytes(digest, "big") >> (64 - _OFFSET_BITS)
+
+    def try_acquire(self, name: str) -> bool:
+        """Take the lock if nobody (in this process or another) holds it; never waits."""
+        assert self._fd is not None, "locks are closed"
+        offset = self._offset(name)
+        if offset in self._held:
+            return False
+        try:
+            fcntl.lockf(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, offset)
+        except OSError:  # EAGAIN or EACCES: another process holds it
+            return False
+        self._held.add(offset)
+        return True
+
+    def release(self, name: str) -> None:
+        offset = self._offset(name)
+        if offset in self._held and self._fd is not None:
+            self._held.discard(offset)
+            fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, offset)
+
+    def held_elsewhere(self, name: str) -> bool:
+        """Whether someone else holds the lock right now (taking and dropping it when free)."""
+        if self.try_acquire(name):
+            self.release(name)
+            return False
+        return True
+
+    async def acquire(self, name: str) -> None:
+        """Wait (polling, without blocking the loop) for the lock."""
+        delay = 0.002
+        while not self.try_acquire(name):
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+    @contextlib.asynccontextmanager
+    async def hold(self, name: str) -> AsyncIterator[None]:
+        await self.acquire(name)
+        try:
+            yield
+        finally:
+            self.release(name)
+
+    @contextlib.contextmanager
+    def hold_blocking(self, name: str) -> Iterator[None]:
+        """Hold the lock, waiting for it in this thread (start-up code that runs before the event loop)."""
+        assert self._fd is not None, "locks are closed"
+        offset = self._offset(name)
+        assert offset not in self._held, f"lock {name!r} is already held by this process"
+        fcntl.lockf(self._fd, fcntl.LOCK_EX, 1, offset)
+        self._held.add(offset)
+        try:
+            yield
+        finally:
+            self.release(name)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # drops every lock still held
+            self._fd = None
+            self._held.clear()
+
+
+class ChangeCounter:
+    """A counter in a shared memory-mapped file: bumped after each commit, read before trusting a cache."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        if os.fstat(self._fd).st_size < _COUNTER.size:
+            os.ftruncate(self._fd, _COUNTER.size)  # zero-filled
+        self._map: mmap.mmap | None = mmap.mmap(self._fd, _COUNTER.size)
+
+    def value(self) -> int:
+        assert self._map is not None, "counter is closed"
+        return _COUNTER.unpack_from(self._map)[0]
+
+    def bump(self) -> int:
+        """Add one (atomically across processes) and return the new value."""
+        assert self._map is not None, "counter is closed"
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        try:
+            value = _COUNTER.unpack_from(self._map)[0] + 1
+            _COUNTER.pack_into(self._map, 0, value)
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        return value
+
+    def close(self) -> None:
+        if self._map is not None:
+            self._map.close()
+            self._map = None
+            os.close(self._fd)
