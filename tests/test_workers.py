@@ -15,15 +15,27 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from tests.layouts import read_layout, write_single_image
-from tests.oci import OCI_MANIFEST, Client, digest_of, make_image, random_blob
+from tests.oci import (
+    OCI_CONFIG,
+    OCI_LAYER,
+    OCI_MANIFEST,
+    Client,
+    canonical,
+    descriptor,
+    digest_of,
+    make_image,
+    random_blob,
+)
 from tests.server import AUTH_OFF, MoorageServer, auth_config, ecr_client
 from tests.skopeo import isolated_skopeo
+from tests.upstreams import MisbehavingUpstream
 
 MakeServer = Callable[..., MoorageServer]
 
@@ -256,3 +268,46 @@ def test_a_second_server_on_the_same_port_fails_instead_of_sharing_it(two: Moora
     )
     assert p.returncode == 1
     assert re.search(r"cannot listen on 127\.0\.0\.1:\d+", p.stderr), p.stderr
+
+
+@pytest.fixture(scope="module")
+def slow_upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MisbehavingUpstream]:
+    upstream = MisbehavingUpstream(tmp_path_factory.mktemp("slow-upstream")).start()
+    yield upstream
+    upstream.stop()
+
+
+def test_a_crashed_downloads_leftovers_are_never_served(make_server: MakeServer, slow_upstream: MisbehavingUpstream):
+    """A process killed mid-download leaves its spool and size note behind. The next download replaces them;
+    a process following it must wait for the new spool, never stream the dead one's (wrong) bytes."""
+    layer = random_blob(2 * 1024 * 1024)
+    digest = slow_upstream.put_blob(layer, "slow", delay=1.5)  # the new leader waits 1.5 s for its response
+    config = canonical({"architecture": "amd64", "os": "linux", "nonce": os.urandom(4).hex()})
+    slow_upstream.put_blob(config)
+    manifest = canonical(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": descriptor(OCI_CONFIG, config),
+            "layers": [descriptor(OCI_LAYER, layer)],
+        }
+    )
+    slow_upstream.put_manifest("team/app", "v1", manifest, OCI_MANIFEST)
+    rule = f'[[pull_through.rules]]\necr_repository_prefix = "up"\nupstream_registry_url = "{slow_upstream.url}"\n'
+    a = make_server(AUTH_OFF + "[pull_through]\n" + rule)
+    b = make_server(AUTH_OFF + "[pull_through]\n" + rule, data_dir=a.data_dir)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    spool = a.data_dir / "uploads" / f".ingest-pull-sha256-{digest.split(':')[1]}"
+    spool.write_bytes(bytes(len(layer)))  # all the bytes, all wrong
+    spool.with_name(spool.name + ".size").write_text(f"{dead.pid} {len(layer)}")
+    ca, cb = Client(a.url), Client(b.url)
+    assert ca.get("/v2/up/team/app/manifests/v1", headers={"Accept": OCI_MANIFEST}).content == manifest
+    with ThreadPoolExecutor(2) as pool:
+        leader = pool.submit(ca.get, f"/v2/up/team/app/blobs/{digest}")
+        time.sleep(0.4)  # a holds the lock and waits on the upstream; b follows
+        follower = pool.submit(cb.get, f"/v2/up/team/app/blobs/{digest}")
+        results = [leader.result(), follower.result()]
+    for r in results:
+        assert r.status_code == 200 and r.content == layer
+    assert slow_upstream.count(rf"^GET /v2/team/app/blobs/{re.escape(digest)}") == 1

@@ -481,6 +481,8 @@ class Spool:
                 if readable > offset:
                     assert self._fd is not None
                     data = await asyncio.to_thread(os.pread, self._fd, min(1 << 20, readable - offset), offset)
+                    if not data:
+                        raise ConnectionAbortedError(f"the spool of {self.digest} ended at {offset} bytes")
                     offset += len(data)
                     yield data
                     continue
@@ -614,25 +616,39 @@ def _size_path(spool: Path) -> Path:
 
 
 def _create_spool(path: Path, size_path: Path, size: int | None) -> Any:
-    """Start a download's spool (this process holds the digest's lock, so a file there is a crash's leftover)."""
+    """Start a download's spool. This process holds the digest's lock, so files there are a crashed process's
+    leftovers: the old spool goes first, then the sidecar names this process (and the size), then the new
+    spool appears. A follower that reads a sidecar naming a live process can therefore only open this spool."""
     path.unlink(missing_ok=True)
-    size_path.write_text("" if size is None else str(size))
+    tmp = size_path.with_name(size_path.name + ".tmp")
+    tmp.write_text(f"{os.getpid()} {'' if size is None else size}")
+    os.replace(tmp, size_path)
     return open(path, "xb")
 
 
 def _open_spool(path: Path) -> tuple[int, int | None]:
-    """Open another process's spool, then read its size (written before the spool was created)."""
+    """Open the spool of the live process downloading into it, and its size. FileNotFoundError until there
+    is one (a sidecar left by a crashed process names a dead one)."""
+    pid, _, size = _size_path(path).read_text().partition(" ")
+    if not pid.isdigit() or not _alive(int(pid)):
+        raise FileNotFoundError(f"{path}: left by process {pid}, which is gone")
     fd = os.open(path, os.O_RDONLY)
+    return fd, int(size) if size.strip() else None
+
+
+def _alive(pid: int) -> bool:
     try:
-        text = _size_path(path).read_text().strip()
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd, int(text) if text else None
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _write(fh: Any, hasher: Any, chunk: bytes) -> None:
     fh.write(chunk)
+    fh.flush()  # readers (here and in other processes) read what `written` counts from the file itself
     hasher.update(chunk)
 
 
