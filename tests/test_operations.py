@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.oci import Client, digest_of, make_image
+from tests.oci import Client, digest_of, make_image, random_blob
 from tests.server import (
     ADMIN_KEY,
     ADMIN_SECRET,
@@ -197,6 +198,28 @@ def test_structured_access_log_without_secrets(make_server) -> None:
     text = srv.log()
     assert token not in text and ADMIN_SECRET not in text
     assert "token=" not in text  # download URLs carry a token in the query string: paths are logged without it
+
+
+def test_blob_downloads_are_logged_with_their_bytes_and_keep_the_connection(make_server) -> None:
+    """A blob sent with sendfile is logged (and measured) through its transfer, and the keep-alive connection
+    serves the next request; a download cut by the client is logged as 499 with the bytes that went out."""
+    srv = make_server()
+    c = Client(srv.url)
+    blob = random_blob(8 * 1024 * 1024)
+    digest = c.push_blob("logs/big", blob)
+    for _ in range(3):  # the same connection each time
+        assert c.get(f"/v2/logs/big/blobs/{digest}").content == blob
+    assert c.get("/v2/").status_code == 200
+    with socket.create_connection(("127.0.0.1", srv.port)) as sock:  # read a little, then hang up
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.sendall(f"GET /v2/logs/big/blobs/{digest} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        assert sock.recv(1024).startswith(b"HTTP/1.1 200")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # RST on close
+    time.sleep(0.5)
+    gets = [x for x in access_lines(srv) if x["method"] == "GET" and x["route"] == "/v2/{name}/blobs/{digest}"]
+    assert [x["status"] for x in gets] == [200, 200, 200, 499], gets
+    assert all(x["bytes_out"] == len(blob) for x in gets[:3])
+    assert 0 < gets[3]["bytes_out"] < len(blob)
 
 
 def test_check_config_prints_effective_settings_with_secrets_masked(tmp_path: Path) -> None:

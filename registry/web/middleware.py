@@ -15,6 +15,7 @@ from aiohttp import web
 
 from registry import logs
 from registry.errors import AuthenticationRequired, NotFound, RegistryError, Unsupported
+from registry.web.sendfile import SendfileResponse
 
 log = logging.getLogger("moorage.http")
 access_log = logging.getLogger("moorage.access")
@@ -28,6 +29,7 @@ ROUTE = "moorage.route"
 REPOSITORY = "moorage.repository"
 ACTION = "moorage.action"
 PRINCIPAL = "moorage.principal"
+STREAMING = "moorage.streaming"  # the SendfileResponse being sent (its byte count survives a cut transfer)
 _INCOMING_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 # Request ids: a random per-process prefix and a counter (unique, and far cheaper than uuid4 per request).
 _ID_PREFIX = uuid.uuid4().hex[:8]
@@ -58,7 +60,10 @@ def render_error(request: web.Request, err: RegistryError) -> web.Response:
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
-        return await handler(request)
+        resp = await handler(request)
+        if isinstance(resp, SendfileResponse):
+            await _send(request, resp)
+        return resp
     except RegistryError as err:
         if err.status >= 500:
             log.error("%s %s failed: %s", request.method, request.path, err.message)
@@ -154,7 +159,7 @@ def access_middleware(
             seconds = time.perf_counter() - start
             route = request.get(ROUTE) or _route_of(request)
             bytes_in = getattr(request.content, "total_bytes", 0) if request.body_exists else 0
-            bytes_out = (resp.body_length if resp.prepared else (resp.content_length or 0)) if resp is not None else 0
+            bytes_out = _bytes_out(resp if resp is not None else request.get(STREAMING))
             observe(route, request.method, status, seconds, bytes_in, bytes_out)
             if enabled:
                 principal = request.get(PRINCIPAL)
@@ -195,6 +200,28 @@ async def read_body(request: web.Request, limit: int, too_large: Callable[[str],
             raise too_large(f"the body is over the {limit} byte limit")
         parts.append(chunk)
     return b"".join(parts)
+
+
+async def _send(request: web.Request, resp: SendfileResponse) -> None:
+    """The transfer, inside the middleware: timed by the access log, counted as in flight (so a drain waits for
+    it), and a blob gone before its headers were sent is answered like any other error."""
+    request[STREAMING] = resp
+    try:
+        await resp.prepare(request)
+    except RegistryError:
+        if not resp.prepared:
+            raise
+        if request.transport is not None:  # part of the body went out: all the client can be told is "cut"
+            request.transport.abort()
+        raise ConnectionResetError("the blob ended before its declared size") from None
+
+
+def _bytes_out(resp: web.StreamResponse | None) -> int:
+    if resp is None:
+        return 0
+    if isinstance(resp, SendfileResponse):
+        return resp.sent
+    return resp.body_length if resp.prepared else (resp.content_length or 0)
 
 
 def _route_of(request: web.Request) -> str:

@@ -17,6 +17,7 @@ import asyncio
 import os
 import select
 import weakref
+from collections.abc import Callable
 from pathlib import Path
 
 from aiohttp import web
@@ -69,8 +70,11 @@ def _poller(loop: asyncio.AbstractEventLoop) -> _Writable:
     return poller
 
 
-async def sendfile(transport: asyncio.Transport, fd: int, offset: int, count: int) -> None:
-    """Send `count` bytes of file descriptor `fd` from `offset` on the transport's socket."""
+async def sendfile(
+    transport: asyncio.Transport, fd: int, offset: int, count: int, progress: Callable[[int], None] | None = None
+) -> None:
+    """Send `count` bytes of file descriptor `fd` from `offset` on the transport's socket; `progress` hears
+    of every piece sent."""
     sock = transport.get_extra_info("socket")
     if sock is None:
         raise ConnectionResetError("connection lost")
@@ -102,11 +106,16 @@ async def sendfile(transport: asyncio.Transport, fd: int, offset: int, count: in
             if sent == 0:
                 raise BlobUnknown("blob file ended early", detail={"missing": end - offset})
             offset += sent
+            if progress is not None:
+                progress(sent)
     finally:
         poller.forget(sock_fd)
 
 
 class SendfileResponse(web.StreamResponse):
+    """Prepared by the access middleware (so the log and metrics time the transfer, and a blob removed by
+    garbage collection since the lookup is answered as a clean 404 before any header goes out)."""
+
     def __init__(
         self, path: Path, offset: int, count: int, *, status: int = 200, headers: dict[str, str] | None = None
     ) -> None:
@@ -115,9 +124,10 @@ class SendfileResponse(web.StreamResponse):
         self._offset = offset
         self._count = count
         self.content_length = count
+        self.sent = 0  # body bytes handed to the kernel so far (for the access log)
 
     async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
-        if self._count == 0 or request.method == "HEAD":
+        if self.prepared or self._count == 0 or request.method == "HEAD":  # sent already (by the middleware)
             return await super().prepare(request)
         loop = asyncio.get_running_loop()
         try:
@@ -130,8 +140,11 @@ class SendfileResponse(web.StreamResponse):
             transport = request.transport
             if transport is None:
                 raise ConnectionResetError("connection lost")
-            await sendfile(transport, fd, self._offset, self._count)
+            await sendfile(transport, fd, self._offset, self._count, self._sent)
             await super().write_eof()
             return writer
         finally:
             os.close(fd)
+
+    def _sent(self, n: int) -> None:
+        self.sent += n
