@@ -144,9 +144,6 @@ class PullThrough:
             self._checked.clear()
             await self.reload()
 
-    def forget_checks(self) -> None:
-        self._checked.clear()
-
     def rule_for(self, repository: str) -> PullThroughRule | None:
         return r.match(self.rules, repository) if self.rules else None
 

@@ -79,15 +79,23 @@ async def sendfile(
     if sock is None:
         raise ConnectionResetError("connection lost")
     sock_fd = sock.fileno()
-    poller = _poller(asyncio.get_running_loop())
+    loop = asyncio.get_running_loop()
+    poller = _poller(loop)
+
+    # A connection closed meanwhile takes its socket out of the epoll silently, so a watchdog looks every
+    # second and fails the wait (one timer per transfer, not one per wait).
+    def watchdog() -> None:
+        nonlocal timer
+        if transport.is_closing():
+            waiter = poller.waiters.get(sock_fd)
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(ConnectionResetError("connection lost"))
+        timer = loop.call_later(1.0, watchdog)
+
+    timer = loop.call_later(1.0, watchdog)
 
     async def writable() -> None:
-        # A connection closed meanwhile takes its socket out of the epoll silently: look every second.
-        waiter = poller.wait(sock_fd)
-        while not waiter.done():
-            await asyncio.wait([waiter], timeout=1.0)
-            if transport.is_closing():
-                raise ConnectionResetError("connection lost")
+        await poller.wait(sock_fd)
 
     try:
         while transport.get_write_buffer_size():  # the headers (or anything queued) go out first
@@ -109,6 +117,7 @@ async def sendfile(
             if progress is not None:
                 progress(sent)
     finally:
+        timer.cancel()
         poller.forget(sock_fd)
 
 
