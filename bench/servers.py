@@ -332,17 +332,24 @@ def _status_kib(pid: int, key: str) -> int | None:
     return None
 
 
-def status_mib(pid: int | None, key: str = "VmRSS") -> float | None:
+def status_mib(pid: int | None, key: str = "VmRSS", tree: list[int] | None = None) -> float | None:
     """A /proc/<pid>/status memory line (VmRSS, VmHWM) in MiB, summed over the process and its descendants
-    (for VmHWM the sum of each process's own peak); None when the process is gone."""
+    (for VmHWM the sum of each process's own peak; `tree`: those processes, if already known); None when the
+    process is gone."""
     if pid is None:
         return None
-    values = [v for p in process_tree(pid) if (v := _status_kib(p, key)) is not None]
+    values = [v for p in (tree or process_tree(pid)) if (v := _status_kib(p, key)) is not None]
     return sum(values) / 1024 if values else None
 
 
 class RssSampler:
-    """Samples VmRSS of some processes every `interval` seconds on a thread; `peak` is the largest seen."""
+    """Samples VmRSS of some processes every `interval` seconds on a thread; `peak` is the largest seen.
+
+    The sampler shares the GIL with the Python load clients, so each sample must stay cheap: a server's
+    process tree is looked up once a second (workers don't come and go during a measurement), not at every
+    sample, lest a multi-process server be measured with a slower client than a single-process one."""
+
+    TREE_EVERY = 1.0  # seconds
 
     def __init__(self, pids: dict[str, int | None], interval: float = 0.02) -> None:
         self.pids = {label: pid for label, pid in pids.items() if pid is not None}
@@ -352,11 +359,17 @@ class RssSampler:
         self.after: dict[str, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+        self._trees: dict[str, list[int]] = {}
+        self._tree_at = float("-inf")
 
     def _sample(self) -> dict[str, float]:
+        now = time.monotonic()
+        if now - self._tree_at >= self.TREE_EVERY:
+            self._trees = {label: process_tree(pid) for label, pid in self.pids.items()}
+            self._tree_at = now
         out = {}
         for label, pid in self.pids.items():
-            rss = status_mib(pid)
+            rss = status_mib(pid, tree=self._trees.get(label))
             if rss is not None:
                 out[label] = rss
                 self.peak[label] = max(self.peak.get(label, 0.0), rss)

@@ -6,7 +6,8 @@ transport's buffer is empty. When the socket is full it waits for it to become w
 epoll instance per loop (`_Writable`), whose own descriptor the loop watches: a socket that belongs to a
 transport cannot be given to `loop.add_writer`, but an epoll descriptor can, on either loop.
 
-The bytes never enter Python, and the file is opened off the loop. As with asyncio's own sendfile, the
+The bytes never enter Python, and the file is opened off the loop. The socket is corked (TCP_CORK, as
+nginx's `tcp_nopush`) while the file streams, so the kernel sends full frames only. As with asyncio's own sendfile, the
 system call itself runs on the loop thread (blob files are read from the page cache; a cold read is one
 readahead at a time).
 """
@@ -14,8 +15,10 @@ readahead at a time).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import select
+import socket
 import weakref
 from collections.abc import Callable
 from pathlib import Path
@@ -97,6 +100,7 @@ async def sendfile(
     async def writable() -> None:
         await poller.wait(sock_fd)
 
+    _cork(sock, True)  # full frames only while the file streams (nginx's tcp_nopush): steadier, faster
     try:
         while transport.get_write_buffer_size():  # the headers (or anything queued) go out first
             await writable()
@@ -117,8 +121,15 @@ async def sendfile(
             if progress is not None:
                 progress(sent)
     finally:
+        _cork(sock, False)  # and the last partial frame goes out now
         timer.cancel()
         poller.forget(sock_fd)
+
+
+def _cork(sock: socket.socket, on: bool) -> None:
+    if hasattr(socket, "TCP_CORK"):
+        with contextlib.suppress(OSError):  # a connection already gone
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, int(on))
 
 
 class SendfileResponse(web.StreamResponse):
