@@ -208,7 +208,9 @@ def test_blob_downloads_are_logged_with_their_bytes_and_keep_the_connection(make
     blob = random_blob(8 * 1024 * 1024)
     digest = c.push_blob("logs/big", blob)
     for _ in range(3):  # the same connection each time
-        assert c.get(f"/v2/logs/big/blobs/{digest}").content == blob
+        got = c.get(f"/v2/logs/big/blobs/{digest}")
+        assert got.content == blob
+        assert got.headers["Docker-Distribution-API-Version"] == "registry/2.0" and got.headers["X-Request-Id"]
     assert c.get("/v2/").status_code == 200
     with socket.create_connection(("127.0.0.1", srv.port)) as sock:  # read a little, then hang up
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)

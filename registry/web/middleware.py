@@ -90,8 +90,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 def stamp(request: web.Request, response: web.StreamResponse) -> None:
     """Every /v2 response says which API it speaks, and every response carries its request id. The access
-    middleware stamps what handlers return; a handler that streams (prepares its response itself) calls this
-    first. (Cheaper than an on_response_prepare signal, which costs a coroutine per response.)"""
+    middleware stamps what handlers return; whatever is sent before that (a handler that streams, a blob sent
+    with sendfile) is stamped first. (Cheaper than an on_response_prepare signal: a coroutine per response.)"""
     if request.path.startswith("/v2"):
         response.headers[API_VERSION_HEADER] = "registry/2.0"
     if REQUEST_ID in request:
@@ -206,6 +206,7 @@ async def _send(request: web.Request, resp: SendfileResponse) -> None:
     """The transfer, inside the middleware: timed by the access log, counted as in flight (so a drain waits for
     it), and a blob gone before its headers were sent is answered like any other error."""
     request[STREAMING] = resp
+    stamp(request, resp)
     try:
         await resp.prepare(request)
     except RegistryError:
