@@ -179,7 +179,8 @@ class ServerConfig:
         """`workers`, with 0 (auto) meaning one per usable CPU, at most AUTO_WORKERS_MAX."""
         if self.workers:
             return self.workers
-        return max(1, min(len(os.sched_getaffinity(0)), AUTO_WORKERS_MAX))
+        usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return max(1, min(usable, AUTO_WORKERS_MAX))
 
 
 @dataclass(frozen=True, slots=True)

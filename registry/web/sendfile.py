@@ -1,14 +1,15 @@
 """A response that sends a byte range of a local file with sendfile(2), on any event loop.
 
 asyncio's `loop.sendfile` exists only on the standard loop; uvloop (faster for everything else) has none. So
-this module calls `os.sendfile` itself, on the connection's socket, once aiohttp has sent the headers and the
-transport's buffer is empty. When the socket is full it waits for it to become writable through one private
-epoll instance per loop (`_Writable`), whose own descriptor the loop watches: a socket that belongs to a
-transport cannot be given to `loop.add_writer`, but an epoll descriptor can, on either loop.
+on Linux this module calls `os.sendfile` itself, on the connection's socket, once aiohttp has sent the headers
+and the transport's buffer is empty. When the socket is full it waits for it to become writable through one
+private epoll instance per loop (`_Writable`), whose own descriptor the loop watches: a socket that belongs to
+a transport cannot be given to `loop.add_writer`, but an epoll descriptor can, on either loop. Elsewhere (a
+developer's Mac) it falls back to asyncio's sendfile, or to plain reads and writes under uvloop.
 
-The bytes never enter Python, and the file is opened off the loop. The socket is corked (TCP_CORK, as
-nginx's `tcp_nopush`) while the file streams, so the kernel sends full frames only. As with asyncio's own sendfile, the
-system call itself runs on the loop thread (blob files are read from the page cache; a cold read is one
+The bytes never enter Python, and the file is opened off the loop. The socket is corked (TCP_CORK, as nginx's
+`tcp_nopush`) while the file streams, so the kernel sends full frames only. As with asyncio's own sendfile,
+the system call itself runs on the loop thread (blob files are read from the page cache; a cold read is one
 readahead at a time).
 """
 
@@ -29,6 +30,7 @@ from aiohttp.abc import AbstractStreamWriter
 from registry.errors import BlobUnknown
 
 MAX_CALL = 1 << 30  # bytes per sendfile call (the kernel caps one call near 2 GiB anyway)
+READ_CHUNK = 1 << 20  # the portable fallback's reads
 
 
 class _Writable:
@@ -160,7 +162,10 @@ class SendfileResponse(web.StreamResponse):
             transport = request.transport
             if transport is None:
                 raise ConnectionResetError("connection lost")
-            await sendfile(transport, fd, self._offset, self._count, self._sent)
+            if hasattr(select, "epoll"):
+                await sendfile(transport, fd, self._offset, self._count, self._sent)
+            else:  # not Linux (a developer's Mac): asyncio's own sendfile, else plain reads and writes
+                await self._portable(loop, transport, writer, fd)
             await super().write_eof()
             return writer
         finally:
@@ -168,3 +173,24 @@ class SendfileResponse(web.StreamResponse):
 
     def _sent(self, n: int) -> None:
         self.sent += n
+
+    async def _portable(
+        self, loop: asyncio.AbstractEventLoop, transport: asyncio.BaseTransport, writer: AbstractStreamWriter, fd: int
+    ) -> None:
+        with os.fdopen(os.dup(fd), "rb") as fh:
+            try:
+                await loop.sendfile(transport, fh, self._offset, self._count)  # type: ignore[arg-type]
+                self.sent = self._count
+                return
+            except NotImplementedError:  # uvloop has no loop.sendfile
+                pass
+            remaining, offset = self._count, self._offset
+            while remaining > 0:
+                chunk = await loop.run_in_executor(None, os.pread, fd, min(READ_CHUNK, remaining), offset)
+                if not chunk:
+                    raise BlobUnknown("blob file ended early", detail={"missing": remaining})
+                await writer.write(chunk)
+                remaining -= len(chunk)
+                offset += len(chunk)
+                self.sent += len(chunk)
+            await writer.drain()
