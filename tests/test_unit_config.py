@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import tomllib
 from pathlib import Path
 
@@ -76,6 +77,10 @@ def test_listen(listen: str, parsed: tuple[str, int]) -> None:
         {"registry": {"metadata_cache_entries": True}},
         {"registry": []},
         {"log": {"level": 1}},
+        {"server": {"workers": -1}},
+        {"server": {"workers": 65}},
+        {"server": {"workers": "auto"}},
+        {"server": {"event_loop": "trio"}},
     ],
 )
 def test_bad_values(raw: dict) -> None:
@@ -103,6 +108,16 @@ def test_durations(text: str | int | float, seconds: float) -> None:
 def test_bad_durations(text: str) -> None:
     with pytest.raises(ValueError):
         config.parse_duration(text)
+
+
+@pytest.mark.parametrize(("workers", "expected"), [(1, 1), (3, 3), (64, 64)])
+def test_worker_count(workers: int, expected: int) -> None:
+    assert config.load(None, {"server": {"workers": workers}}).server.worker_count == expected
+
+
+def test_auto_workers_follow_usable_cpus_up_to_four() -> None:
+    usable = len(os.sched_getaffinity(0))
+    assert config.load(None, {}).server.worker_count == max(1, min(usable, config.AUTO_WORKERS_MAX))
 
 
 def test_secrets_never_show() -> None:
