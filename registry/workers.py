@@ -113,8 +113,6 @@ def supervise(config: Config, count: int, argv: list[str]) -> int:
                     continue
                 code = slot.proc.poll()
                 if code is None:
-                    if slot.quick_deaths and now - slot.started_at > QUICK_DEATH:
-                        slot.quick_deaths = 0
                     continue
                 _mark_dead(metrics_dir, slot.proc.pid)
                 slot.proc = None

@@ -200,7 +200,7 @@ class PullThrough:
         return shared is not None and now - shared < window
 
     async def _note_failure(self, rule: PullThroughRule, repository: str, tag: str, e: UpstreamError) -> None:
-        key = r.base_url(rule) if e.kind in ("unavailable", "throttled") else f"{repository}:{tag}"
+        key = r.base_url(rule) if e.kind in ("unavailable", "throttled") else _tag_key(repository, tag)
         self._failures[key] = self.clock()
         await self.meta.note_upstream_failure(key, self._failures[key])
 
@@ -226,7 +226,7 @@ class PullThrough:
         if checked is not None and self.clock() - checked < self.config.tag_refresh_interval:
             m.hits += 1
             return local
-        if self.config.offline or await self._recently_failed(r.base_url(rule), f"{repository}:{reference}"):
+        if self.config.offline or await self._recently_failed(r.base_url(rule), _tag_key(repository, reference)):
             m.stale_serves += 1
             return local
         try:
@@ -253,12 +253,12 @@ class PullThrough:
     async def _mark_checked(self, repository: str, tag: str) -> None:
         now = self.clock()
         self._checked[(repository, tag)] = now
-        if self._failures.pop(f"{repository}:{tag}", None) is not None:
-            await self.meta.clear_upstream_failure(f"{repository}:{tag}")
+        if self._failures.pop(_tag_key(repository, tag), None) is not None:
+            await self.meta.clear_upstream_failure(_tag_key(repository, tag))
         await self.meta.set_tag_checked(repository, tag, now)
 
     async def _refresh(self, rule: PullThroughRule, repository: str, tag: str, local: ManifestRecord) -> ManifestRecord:
-        async with self.locks.hold(f"manifest {repository}:{tag}"):
+        async with self.locks.hold(_manifest_lock(repository, tag)):
             checked = await self.meta.tag_checked_at(repository, tag)
             if checked is not None and self.clock() - checked < self.config.tag_refresh_interval:
                 self._checked[(repository, tag)] = checked  # another process checked it just now
@@ -299,7 +299,7 @@ class PullThrough:
 
     async def _import_once(self, rule: PullThroughRule, repository: str, reference: str) -> ManifestRecord:
         """Fetch and store a manifest unless another process stored it while this one waited for the lock."""
-        async with self.locks.hold(f"manifest {repository}:{reference}"):
+        async with self.locks.hold(_manifest_lock(repository, reference)):
             with contextlib.suppress(ManifestUnknown, NameUnknown):
                 return await self.images.get_manifest(repository, reference)
             return await self._fetch_and_store(rule, repository, reference)
@@ -606,6 +606,16 @@ class Follower(Spool):
             owner._download_finished(self)
             await self._notify()
             self._maybe_close()
+
+
+def _tag_key(repository: str, tag: str) -> str:
+    """How a failed tag check is remembered (here and in the shared database)."""
+    return f"{repository}:{tag}"
+
+
+def _manifest_lock(repository: str, reference: str) -> str:
+    """The one lock for fetching or re-checking a manifest, so an import and a refresh never overlap."""
+    return f"manifest {repository}:{reference}"
 
 
 def _size_path(spool: Path) -> Path:

@@ -53,10 +53,8 @@ class _Writable:
 
     def forget(self, fd: int) -> None:
         self.waiters.pop(fd, None)
-        try:
+        with contextlib.suppress(OSError):  # not registered, or the socket is gone
             self.epoll.unregister(fd)
-        except (FileNotFoundError, OSError):
-            pass
 
     def _ready(self) -> None:
         for fd, _ in self.epoll.poll(0):
@@ -99,13 +97,10 @@ async def sendfile(
 
     timer = loop.call_later(1.0, watchdog)
 
-    async def writable() -> None:
-        await poller.wait(sock_fd)
-
-    _cork(sock, True)  # full frames only while the file streams (nginx's tcp_nopush): steadier, faster
+    _cork(sock, True)  # full frames only while the file streams (as nginx's tcp_nopush)
     try:
         while transport.get_write_buffer_size():  # the headers (or anything queued) go out first
-            await writable()
+            await poller.wait(sock_fd)
         end = offset + count
         while offset < end:
             if transport.is_closing():
@@ -113,7 +108,7 @@ async def sendfile(
             try:
                 sent = os.sendfile(sock_fd, fd, offset, min(end - offset, MAX_CALL))
             except BlockingIOError:
-                await writable()
+                await poller.wait(sock_fd)
                 continue
             except (BrokenPipeError, ConnectionResetError) as e:
                 raise ConnectionResetError(f"client went away: {e}") from None
