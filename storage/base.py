@@ -309,10 +309,21 @@ class RepositoryStore(Protocol):
 
 class BlobLinks(Protocol):
     async def link_blob(
-        self, repository: str, digest: str, size: int, now: float, check: Callable[[], bool] | None = None
+        self,
+        repository: str,
+        digest: str,
+        size: int,
+        now: float,
+        check: Callable[[], bool] | None = None,
+        *,
+        upstream: str | None = None,
     ) -> None:
         """Link (and touch) a blob; `check`, run inside the write transaction, must say its bytes are still
-        stored (garbage collection removes unreferenced blobs concurrently), else BlobNotFound."""
+        stored (garbage collection removes unreferenced blobs concurrently), else BlobNotFound. `upstream`
+        records that a pull-through download from that upstream sent (and proved) these bytes."""
+
+    async def blob_fetched_from(self, digest: str, upstream: str) -> bool:
+        """Whether a verified pull-through download from `upstream` linked the blob into some repository."""
 
     async def linked_blob_size(self, repository: str, digest: str) -> int | None: ...
 

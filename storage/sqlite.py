@@ -162,6 +162,13 @@ MIGRATIONS: list[str] = [
         failed_at  REAL NOT NULL
     ) WITHOUT ROWID;
     """,
+    # 6: where a repository's blob link came from: NULL for a push, a mount or an import; for a pull-through
+    # download, the upstream (URL and credential) that sent the verified bytes. Another cache repository of the
+    # same upstream may reuse the bytes without a fetch; any other must prove its upstream has them.
+    """
+    ALTER TABLE repository_blobs ADD COLUMN upstream TEXT;
+    CREATE INDEX repository_blobs_by_upstream ON repository_blobs(digest, upstream) WHERE upstream IS NOT NULL;
+    """,
 ]
 
 _REPO_COLUMNS = (
@@ -451,7 +458,14 @@ class SQLiteMetadataStore:
 
     # -- blob links --------------------------------------------------------------------------------
     async def link_blob(
-        self, repository: str, digest: str, size: int, now: float, check: Callable[[], bool] | None = None
+        self,
+        repository: str,
+        digest: str,
+        size: int,
+        now: float,
+        check: Callable[[], bool] | None = None,
+        *,
+        upstream: str | None = None,
     ) -> None:
         async with self._tx() as db:
             if check is not None and not check():
@@ -462,9 +476,9 @@ class SQLiteMetadataStore:
                 (digest, size, now, now),
             )
             cur = await db.execute(
-                "INSERT OR IGNORE INTO repository_blobs (repository_id, digest, linked_at) "
-                "SELECT id, ?, ? FROM repositories WHERE name = ?",
-                (digest, now, repository),
+                "INSERT OR IGNORE INTO repository_blobs (repository_id, digest, linked_at, upstream) "
+                "SELECT id, ?, ?, ? FROM repositories WHERE name = ?",
+                (digest, now, upstream, repository),
             )
             if cur.rowcount == 0 and not await self._one(
                 db,
@@ -490,6 +504,14 @@ class SQLiteMetadataStore:
             digests,
         )
         return {r[0] for r in rows}
+
+    async def blob_fetched_from(self, digest: str, upstream: str) -> bool:
+        return (
+            await self._fetchone(
+                "SELECT 1 FROM repository_blobs WHERE digest = ? AND upstream = ? LIMIT 1", (digest, upstream)
+            )
+            is not None
+        )
 
     async def unlink_blob(self, repository: str, digest: str) -> bool:
         async with self._tx() as db:
