@@ -341,15 +341,24 @@ class PullThrough:
             # Only blobs a cached manifest lists come from the upstream: a push's existence checks (and
             # arbitrary digests) get a plain 404 and never wait on the upstream.
             raise BlobUnknown(f"blob {digest} is not in repository {repository}", detail={"digest": digest})
+        # A manifest in a cache repository can list any digest (an upstream decides what its manifests say, and
+        # a push may carry a foreign layer). The bytes of a blob stored for somebody else are never served on
+        # that say-so: only when this rule's upstream sent and proved them, now or before.
         if (local := await self._link_stored(rule, repository, digest)) is not None:
             return local
         if self.config.offline:
             raise BlobUnknown(f"blob {digest} is not cached, and the pull-through cache is offline")
         await authorize_import(not await self.images.has_repository(repository))
-        for _ in range(2):
+        for _ in range(3):
             download = self._downloads.get(digest)
+            if download is not None and not download.failed and download.origin != origin(rule):
+                # Another upstream's download of the same digest: its bytes prove nothing about this upstream.
+                await download.wait()
+                if (local := await self._link_stored(rule, repository, digest)) is not None:
+                    return local
+                continue
             if download is None or download.failed:
-                download = self._start_download(rule, repository, digest)
+                download = await self._start_download(rule, repository, digest)
                 if download is None:  # another process finished it a moment ago
                     if (local := await self._link_stored(rule, repository, digest)) is not None:
                         return local
@@ -372,23 +381,23 @@ class PullThrough:
         )
 
     async def _link_stored(self, rule: PullThroughRule, repository: str, digest: str) -> LocalBlob | None:
-        """The blob is already here (another cache repository or process fetched it): link it, no upstream."""
+        """The blob is already here because this rule's upstream sent it (to another of its cache repositories,
+        or another process): link it, no upstream. Bytes stored for any other reason don't count."""
         stored = await self.blobs.stat(digest)
-        if stored is None:
+        if stored is None or not await self.meta.blob_fetched_from(digest, origin(rule)):
             return None
-        await self.meta.link_blob(repository, digest, stored, self.clock())
+        await self.meta.link_blob(repository, digest, stored, self.clock(), upstream=origin(rule))
         self._metrics(rule).hits += 1
         return LocalBlob(self.blobs.local_path(digest), stored)
 
-    def _start_download(self, rule: PullThroughRule, repository: str, digest: str) -> Download | Follower | None:
+    async def _start_download(self, rule: PullThroughRule, repository: str, digest: str) -> Download | Follower | None:
         """Lead the download when this process gets the digest's lock, else follow the process that has it."""
         m = self._metrics(rule)
         lock = f"blob {digest}"
         download: Download | Follower
         if self.locks.try_acquire(lock):
-            path = self.blobs.local_path(digest)
-            if path is not None and path.exists():  # stored between our look and the lock
-                self.locks.release(lock)
+            if await self.blobs.stat(digest) is not None and await self.meta.blob_fetched_from(digest, origin(rule)):
+                self.locks.release(lock)  # this upstream's bytes were stored between our look and the lock
                 return None
             m.misses += 1
             m.upstream_requests += 1
@@ -436,8 +445,23 @@ class Spool:
     def failed(self) -> bool:
         return self.error is not None
 
+    @property
+    def origin(self) -> str:
+        return origin(self.rule)
+
+    @property
+    def spool(self) -> Path:
+        """The spool file: one per digest and upstream, so a process only ever follows bytes from its own."""
+        path = self.owner.blobs.spool_path(self.digest)
+        return path.with_name(f"{path.name}-{hashlib.blake2b(self.origin.encode(), digest_size=8).hexdigest()}")
+
     def start(self) -> None:
         self._task = asyncio.ensure_future(self._run())
+
+    async def wait(self) -> None:
+        """Until the download ends, however it ends (leaving doesn't cancel it)."""
+        if self._task is not None:
+            await asyncio.wait({self._task})
 
     def cancel(self) -> None:
         if self._task is not None:
@@ -494,7 +518,7 @@ class Spool:
         owner = self.owner
         for repository in self.repositories:
             with contextlib.suppress(Exception):  # a repository deleted meanwhile
-                await owner.meta.link_blob(repository, self.digest, self.written, owner.clock())
+                await owner.meta.link_blob(repository, self.digest, self.written, owner.clock(), upstream=self.origin)
 
 
 @dataclass(eq=False)
@@ -505,7 +529,7 @@ class Download(Spool):
 
     async def _run(self) -> None:
         owner = self.owner
-        path = owner.blobs.spool_path(self.digest)
+        path = self.spool
         size_path = _size_path(path)
         fh = None
         try:
@@ -565,22 +589,20 @@ class Follower(Spool):
 
     async def _run(self) -> None:
         owner = self.owner
-        path = owner.blobs.spool_path(self.digest)
+        path = self.spool  # the leader may be fetching the digest from another upstream: then there is none
         try:
             while self._fd is None:  # wait for the leader's spool (or its end)
-                if (stored := await owner.blobs.stat(self.digest)) is not None:
-                    self.size = self.written = stored
-                    self.done = True
-                    self.started.set_result(None)
-                    await self._link_all()
-                    return
                 try:
                     self._fd, self.size = await asyncio.to_thread(_open_spool, path)
                 except FileNotFoundError:
                     if not owner.locks.held_elsewhere(self.lock):
-                        if await owner.blobs.stat(self.digest) is None:
+                        if (stored := await self._proven()) is None:
                             raise FollowFailed(f"the download of {self.digest} in another process stopped") from None
-                        continue
+                        self.size = self.written = stored
+                        self.done = True
+                        self.started.set_result(None)
+                        await self._link_all()
+                        return
                     await asyncio.sleep(FOLLOW_POLL)
             self.started.set_result(None)
             while True:
@@ -588,15 +610,19 @@ class Follower(Spool):
                 if written != self.written:
                     self.written = written
                     await self._notify()
-                if (stored := await owner.blobs.stat(self.digest)) is not None:
-                    self.written = stored  # installed: verified by the leader
+                # Done when the leader let go of the digest and its upstream's link is recorded (the leader
+                # links before it lets go); bytes that appear while it still holds the lock prove nothing.
+                if not owner.locks.held_elsewhere(self.lock):
+                    if (stored := await self._proven()) is None:
+                        raise UpstreamError(
+                            r.base_url(self.rule),
+                            "unavailable",
+                            f"the download of {self.digest} in another process failed",
+                        )
+                    self.written = stored
                     self.done = True
                     await self._link_all()
                     return
-                if not owner.locks.held_elsewhere(self.lock) and await owner.blobs.stat(self.digest) is None:
-                    raise UpstreamError(
-                        r.base_url(self.rule), "unavailable", f"the download of {self.digest} in another process failed"
-                    )
                 await asyncio.sleep(FOLLOW_POLL)
         except BaseException as e:
             self._fail(e)
@@ -606,6 +632,18 @@ class Follower(Spool):
             owner._download_finished(self)
             await self._notify()
             self._maybe_close()
+
+    async def _proven(self) -> int | None:
+        """The stored size, if this follower's upstream proved the bytes (its leader linked them)."""
+        stored = await self.owner.blobs.stat(self.digest)
+        if stored is None or not await self.owner.meta.blob_fetched_from(self.digest, self.origin):
+            return None
+        return stored
+
+
+def origin(rule: PullThroughRule) -> str:
+    """Who vouches for a pull-through blob: the upstream's URL and the credential used there."""
+    return f"{r.base_url(rule)}#{rule.credential_arn or ''}"
 
 
 def _tag_key(repository: str, tag: str) -> str:
