@@ -24,7 +24,7 @@ from aiohttp import web
 from registry import jobs
 from registry.auth.access import AccessControl
 from registry.auth.principals import Directory
-from registry.auth.tokens import KeyRing
+from registry.auth.tokens import DOWNLOAD_TTL, KeyRing
 from registry.config import Config
 from registry.gc import GarbageCollector
 from registry.proxy import rules
@@ -193,6 +193,9 @@ def create_app(config: Config, worker: int | None = None) -> web.Application:
         account_id=config.registry.account_id,
         region=config.registry.region,
         issue_token=issue_token,
+        issue_download=lambda principal, repository, digest: keyring.issue_download(
+            principal or "anonymous", repository, digest, access.clock(), DOWNLOAD_TTL
+        ),
     )
     app[META], app[BLOBS], app[IMAGES], app[UPLOADS] = s.meta, s.blobs, s.images, s.uploads
     app[ACCESS], app[PULL_THROUGH], app[ECR] = access, s.pull_through, ecr

@@ -1,10 +1,17 @@
-"""Registry tokens: what GetAuthorizationToken hands out and `docker login --username AWS` presents.
+"""Registry tokens: what GetAuthorizationToken hands out and `docker login --username AWS` presents, and the
+signatures of the download URLs GetDownloadUrlForLayer hands out.
 
 A token is a JWT (ES256) naming the principal, signed by a key generated into `<data_dir>/keys/` on first
 start and kept across restarts. Each key has an id (`kid`); `keys/current` names the one that signs, and every
 key in the folder verifies, so a key can be rotated (`moorage rotate-signing-key`) without invalidating the
-tokens already out. A token carries no permissions: they are evaluated at request time, so a token never
-grants more than its principal has now. Verified tokens are cached until they expire.
+tokens already out. A running server notices a rotation at its next signature (every worker stats
+`keys/current` before it signs: a few microseconds, next to a millisecond of ES256), so rotating needs no
+restart. A token carries no permissions: they are evaluated at request time, so a token never grants more than
+its principal has now. Verified tokens are cached until they expire.
+
+A download URL's signature is a JWT of its own kind (`aud` "moorage:download") bound to one repository and one
+digest, valid for an hour: it is refused as a registry token, and a registry token is refused as a download
+signature.
 
     <data_dir>/keys/
       current            the kid that signs new tokens
@@ -28,6 +35,9 @@ from registry.cache import LRUCache
 
 ALGORITHM = "ES256"
 ISSUER = "moorage"
+DOWNLOAD_AUDIENCE = "moorage:download"
+DOWNLOAD_PARAM = "signature"  # the query parameter of a download URL that carries its signature
+DOWNLOAD_TTL = 3600.0  # ECR's presigned layer URLs last an hour
 
 
 class TokenError(Exception):
@@ -35,7 +45,9 @@ class TokenError(Exception):
 
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
-        self.kind = kind  # "expired" | "malformed" | "unknown_key" | "bad_signature"
+        # "expired" | "malformed" | "unknown_key" | "bad_signature" | "wrong_use" (a download signature presented
+        # as a token, or the reverse) | "wrong_blob" (a download signature for another repository or blob)
+        self.kind = kind
         self.message = message
 
 
@@ -45,6 +57,12 @@ class Claims:
     issued_at: float
     expires_at: float
     kid: str
+    repository: str | None = None  # download signatures only: the one blob they fetch
+    digest: str | None = None
+
+    @property
+    def is_download(self) -> bool:
+        return self.repository is not None
 
 
 _KID = re.compile(r"[0-9a-f]{16}")
@@ -60,6 +78,7 @@ class KeyRing:
         self.directory = Path(directory)
         self._keys: dict[str, ec.EllipticCurvePrivateKey] = {}
         self._current: str | None = None
+        self._current_stamp: tuple[int, int, int] | None = None  # (inode, mtime, size) of `current` when read
         self._verified = LRUCache(cache_entries)
 
     # -- keys --------------------------------------------------------------------------------------
@@ -75,6 +94,7 @@ class KeyRing:
         if kid not in self._keys:
             kid = self.rotate()
         self._current = kid
+        self._current_stamp = self._stamp()
 
     def rotate(self) -> str:
         """Create a new signing key and make it current; older keys keep verifying."""
@@ -87,7 +107,30 @@ class KeyRing:
         _write_private(self.directory / "current", kid.encode())
         self._keys[kid] = key
         self._current = kid
+        self._current_stamp = self._stamp()
         return kid
+
+    def _stamp(self) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(self.directory / "current")
+        except OSError:
+            return None
+        return st.st_ino, st.st_mtime_ns, st.st_size
+
+    def refresh(self) -> None:
+        """Sign with the key `keys/current` names now, if another process (`moorage rotate-signing-key`, or
+        another worker) changed it since it was read. `rotate` writes the key before `current` (each by an atomic
+        rename), so the named key is there to load; one that is not readable leaves the current key as it is."""
+        stamp = self._stamp()
+        if stamp is None or stamp == self._current_stamp:
+            return
+        try:
+            kid = (self.directory / "current").read_text().strip()
+        except OSError:
+            return
+        if self._key(kid) is not None:
+            self._current = kid
+            self._current_stamp = stamp
 
     def _key(self, kid: str) -> ec.EllipticCurvePrivateKey | None:
         """The key `kid`, read from the folder when another process (a worker restarted after
@@ -104,26 +147,53 @@ class KeyRing:
     @property
     def current_kid(self) -> str:
         assert self._current is not None, "key ring not loaded"
+        self.refresh()
         return self._current
 
     # -- tokens ------------------------------------------------------------------------------------
     def issue(self, principal: str, now: float, ttl: float) -> tuple[str, float]:
+        return self._sign({"sub": principal}, now, ttl)
+
+    def issue_download(self, principal: str, repository: str, digest: str, now: float, ttl: float) -> tuple[str, float]:
+        """A download URL's signature: `principal` may GET `digest` from `repository` (and nothing else)."""
+        return self._sign({"sub": principal, "aud": DOWNLOAD_AUDIENCE, "repo": repository, "digest": digest}, now, ttl)
+
+    def _sign(self, claims: dict[str, str], now: float, ttl: float) -> tuple[str, float]:
+        kid = self.current_kid
         expires_at = now + ttl
         token = jwt.encode(
-            {"iss": ISSUER, "sub": principal, "iat": int(now), "exp": int(expires_at)},
-            self._keys[self.current_kid],
+            {"iss": ISSUER, **claims, "iat": int(now), "exp": int(expires_at)},
+            self._keys[kid],
             algorithm=ALGORITHM,
-            headers={"kid": self.current_kid},
+            headers={"kid": kid},
         )
         return token, float(int(expires_at))
 
     def verify(self, token: str, now: float) -> Claims:
+        """A registry token's claims (a download URL's signature is refused)."""
+        claims = self._claims(token)
+        if claims.is_download:
+            raise TokenError("wrong_use", "this is a download URL's signature, not an authorization token")
+        if now >= claims.expires_at:
+            raise TokenError("expired", "Your authorization token has expired. Reauthenticate and try again.")
+        return claims
+
+    def verify_download(self, token: str, now: float, repository: str, digest: str) -> Claims:
+        """A download URL's claims, when it is one for `digest` in `repository` and has not expired."""
+        claims = self._claims(token)
+        if not claims.is_download:
+            raise TokenError("wrong_use", "the download signature is not one GetDownloadUrlForLayer issued")
+        if claims.repository != repository or claims.digest != digest:
+            raise TokenError("wrong_blob", "the download URL is for another repository or layer")
+        if now >= claims.expires_at:
+            raise TokenError("expired", "The download URL has expired; get a new one with GetDownloadUrlForLayer.")
+        return claims
+
+    def _claims(self, token: str) -> Claims:
         claims = self._verified.get(token)
         if claims is None:
             claims = self._verify_signature(token)
             self._verified.put(token, claims)
-        if now >= claims.expires_at:
-            raise TokenError("expired", "Your authorization token has expired. Reauthenticate and try again.")
         return claims
 
     def _verify_signature(self, token: str) -> Claims:
@@ -143,7 +213,7 @@ class KeyRing:
                 key.public_key(),
                 algorithms=[ALGORITHM],
                 issuer=ISSUER,
-                options={"verify_exp": False, "require": ["sub", "iat", "exp", "iss"]},
+                options={"verify_exp": False, "verify_aud": False, "require": ["sub", "iat", "exp", "iss"]},
             )
         except jwt.InvalidSignatureError:
             raise TokenError(
@@ -153,7 +223,13 @@ class KeyRing:
             raise TokenError("malformed", f"authorization token is malformed: {e}") from None
         if not isinstance(payload.get("sub"), str):
             raise TokenError("malformed", "authorization token names no principal")
-        return Claims(payload["sub"], float(payload["iat"]), float(payload["exp"]), kid)
+        claims = Claims(payload["sub"], float(payload["iat"]), float(payload["exp"]), kid)
+        if "aud" not in payload:
+            return claims
+        repository, digest = payload.get("repo"), payload.get("digest")
+        if payload["aud"] != DOWNLOAD_AUDIENCE or not isinstance(repository, str) or not isinstance(digest, str):
+            raise TokenError("malformed", "authorization token is malformed: an unknown audience")
+        return Claims(claims.principal, claims.issued_at, claims.expires_at, kid, repository, digest)
 
 
 def _write_private(path: Path, data: bytes) -> None:

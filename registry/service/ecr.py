@@ -16,6 +16,7 @@ from typing import Any
 
 from registry import oci
 from registry.auth.policy import PolicyError, parse_policy
+from registry.auth.tokens import DOWNLOAD_PARAM
 from registry.errors import (
     BlobUnknown,
     DigestInvalid,
@@ -77,6 +78,7 @@ class EcrService:
         account_id: str,
         region: str,
         issue_token: Callable[[str | None, float | None], tuple[str, float]],
+        issue_download: Callable[[str | None, str, str], tuple[str, float]] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.images = images
@@ -86,6 +88,8 @@ class EcrService:
         self.account_id = account_id
         self.region = region
         self.issue_token = issue_token  # (principal name, ttl or None for the default) -> (token, expires_at)
+        # (principal name, repository, digest) -> a download URL's signature (one blob, an hour), expires_at
+        self.issue_download = issue_download
         self.clock = clock
 
     # -- shapes ------------------------------------------------------------------------------------
@@ -777,8 +781,14 @@ class EcrService:
             raise LayerInaccessible(
                 f"The layer '{digest}' is not referenced by any image in the repository with name '{name}'"
             )
-        token, _ = self.issue_token(caller.principal_name, 3600)
-        return {"downloadUrl": f"{caller.base_url}/v2/{name}/blobs/{digest}?token={token}", "layerDigest": digest}
+        # A presigned URL, as ECR's S3 ones: a plain GET of this one blob for an hour, signed for the caller (whose
+        # permission to pull is checked again when it is used). Never a token: that would push and delete too.
+        assert self.issue_download is not None, "EcrService needs issue_download for download URLs"
+        signature, _ = self.issue_download(caller.principal_name, name, digest)
+        return {
+            "downloadUrl": f"{caller.base_url}/v2/{name}/blobs/{digest}?{DOWNLOAD_PARAM}={signature}",
+            "layerDigest": digest,
+        }
 
 
 # -- helpers ---------------------------------------------------------------------------------------

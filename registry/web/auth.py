@@ -1,4 +1,5 @@
-"""Who is calling: registry tokens on /v2 (Basic `AWS:<token>` or Bearer), SigV4 on the ECR API."""
+"""Who is calling: registry tokens on /v2 (Basic `AWS:<token>` or Bearer), a download URL's signature on the
+blob GET it was issued for, SigV4 on the ECR API."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from aiohttp import web
 from registry.auth.access import challenge
 from registry.auth.principals import Principal
 from registry.auth.sigv4 import SigV4Error, verify
-from registry.errors import SIGV4_ERRORS, AuthFailure, MalformedCredentials, Unauthorized
+from registry.auth.tokens import DOWNLOAD_PARAM, TokenError
+from registry.errors import SIGV4_ERRORS, AuthFailure, Denied, MalformedCredentials, Unauthorized
 from registry.web.context import ACCESS
 from registry.web.middleware import PRINCIPAL
 
@@ -32,8 +34,9 @@ def condition_keys(request: web.Request, principal: Principal | None) -> dict[st
     return keys
 
 
-def registry_principal(request: web.Request, *, allow_query_token: bool = False) -> Principal | None:
-    """The principal a /v2 request's credentials name; None for an anonymous request."""
+def registry_principal(request: web.Request) -> Principal | None:
+    """The principal a request's Authorization header names; None for an anonymous request. (Never a token in
+    the query string: a URL ends up in logs, histories and Referer headers.)"""
     if PRINCIPAL in request:
         return request[PRINCIPAL]
     access = request.app[ACCESS]
@@ -57,9 +60,29 @@ def registry_principal(request: web.Request, *, allow_query_token: bool = False)
             token = credentials.strip()
         else:
             raise MalformedCredentials(f"unsupported authorization scheme {scheme!r}; use Basic or Bearer")
-    elif allow_query_token:
-        token = request.query.get("token")
     principal = access.principal_for_token(token, realm(request)) if token else None
+    request[PRINCIPAL] = principal
+    return principal
+
+
+def has_download_signature(request: web.Request) -> bool:
+    """A GET that carries a download URL's signature and no Authorization header."""
+    return request.method == "GET" and DOWNLOAD_PARAM in request.query and "Authorization" not in request.headers
+
+
+def download_principal(request: web.Request, repository: str, digest: str) -> Principal:
+    """The principal a download URL was issued to, when its signature is for this repository and blob and has
+    not expired. (What the principal may do is still evaluated for the request, as for a token.)"""
+    access = request.app[ACCESS]
+    try:
+        claims = access.keyring.verify_download(request.query[DOWNLOAD_PARAM], access.clock(), repository, digest)
+    except TokenError as e:
+        if e.kind in ("expired", "wrong_blob"):
+            raise Denied(e.message) from None
+        raise Unauthorized(e.message, headers=challenge(realm(request))) from None
+    principal = access.directory.by_name.get(claims.principal)
+    if principal is None:
+        raise Unauthorized(f"principal {claims.principal!r} no longer exists", headers=challenge(realm(request)))
     request[PRINCIPAL] = principal
     return principal
 

@@ -131,7 +131,7 @@ def access_middleware(
 ):
     """One log line and one metrics observation per request: id, principal, repository, action, status, bytes
     and duration (and which worker served it, with several). The path is logged without its query string
-    (download URLs carry tokens there)."""
+    (download URLs carry their signatures there)."""
     served_by = {} if worker is None else {"worker": worker}
 
     @web.middleware

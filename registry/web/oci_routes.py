@@ -32,7 +32,7 @@ from registry.errors import (
 from registry.proxy.pullthrough import AuthorizeImport, StreamingBlob
 from registry.service.images import MAX_PAGE
 from registry.service.uploads import upload_range
-from registry.web.auth import condition_keys, realm, registry_principal
+from registry.web.auth import condition_keys, download_principal, has_download_signature, realm, registry_principal
 from registry.web.context import ACCESS, BLOBS, IMAGES, PULL_THROUGH, UPLOADS
 from registry.web.middleware import ACTION, REPOSITORY, ROUTE, read_body, stamp
 from registry.web.sendfile import SendfileResponse
@@ -405,12 +405,18 @@ ROUTES: list[tuple[re.Pattern[str], dict[str, tuple[RouteHandler, tuple[str, ...
 ]
 
 
-async def authorize(request: web.Request, actions: tuple[str, ...], name: str | None) -> Principal | None:
-    """Authenticate the request and check the actions on the repository (401 for anonymous, 403 otherwise)."""
+async def authorize(
+    request: web.Request, actions: tuple[str, ...], name: str | None, *, blob: str | None = None
+) -> Principal | None:
+    """Authenticate the request and check the actions on the repository (401 for anonymous, 403 otherwise).
+    `blob` is the digest of a blob GET, which a download URL's signature may authenticate instead of a token."""
     access = request.app[ACCESS]
     if not access.enabled:
         return None
-    principal = registry_principal(request, allow_query_token=request.method == "GET" and "/blobs/" in request.path)
+    if blob is not None and name is not None and has_download_signature(request):
+        principal: Principal | None = download_principal(request, name, blob)
+    else:
+        principal = registry_principal(request)
     policy_text = await request.app[IMAGES].policy_of(name) if name is not None else None
     access.check(
         principal,
@@ -447,7 +453,8 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
         if "ns" in request.query:  # a containerd mirror names the upstream host it stands in for
             args["name"] = request.app[PULL_THROUGH].name_for_namespace(request.query["ns"], args["name"])
             request[REPOSITORY] = args["name"]
-        await authorize(request, actions, args["name"])
+        blob = args["digest"] if handler is get_blob and request.method == "GET" else None
+        await authorize(request, actions, args["name"], blob=blob)
         return await handler(request, **args)
     raise NotFound(f"no such endpoint: {path}")
 
