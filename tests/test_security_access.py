@@ -361,6 +361,86 @@ def test_download_url_is_checked_against_current_permissions(srv: MoorageServer,
 # -- 4. paging never names what the caller cannot see ----------------------------------------------------
 
 
+@pytest.mark.parametrize("n", [1, 2, 3, 5])
+def test_catalog_links_name_only_visible_repositories(srv: MoorageServer, alice: str, catalog: list[str], n: int):
+    visible = [name for name in catalog if alice_sees(name)]
+    hidden = [name for name in catalog if not alice_sees(name)]
+    assert hidden[-2:] == ["zz/tail-0", "zz/tail-1"], catalog  # the last names are hidden ones
+    seen, last, pages = [], "", 0
+    while True:
+        r = call(srv, "GET", "/v2/_catalog", basic(alice), params={"n": n, "last": last})
+        assert r.status_code == 200, r.text
+        page = r.json()["repositories"]
+        assert len(page) <= n and all(alice_sees(x) for x in page), page
+        seen += page
+        pages += 1
+        last = link_last(r)
+        if last is None:
+            break
+        assert alice_sees(last), f"Link names the hidden repository {last!r}"
+        assert page and last == page[-1], (page, last)
+        assert pages < 100
+    assert seen == visible
+    assert pages == max(1, -(-len(visible) // n)), "a page past the last visible repository"
+
+
+def test_describe_repositories_tokens_name_only_visible_repositories(srv: MoorageServer, catalog: list[str]):
+    ecr = ecr_client(srv, ALICE_KEY, ALICE_SECRET)
+    visible = [name for name in catalog if alice_sees(name)]
+    hidden = [name for name in catalog if not alice_sees(name)]
+    for size in (1, 2, 3):
+        seen, kw, pages = [], {}, 0
+        while True:
+            out = ecr.describe_repositories(maxResults=size, **kw)
+            names = [r["repositoryName"] for r in out["repositories"]]
+            assert len(names) <= size and all(alice_sees(x) for x in names), names
+            seen += names
+            pages += 1
+            token = out.get("nextToken")
+            if token is None:
+                break
+            assert_names_nothing_hidden(token, hidden)
+            kw = {"nextToken": token}
+            assert pages < 100
+        assert seen == visible, size
+        assert pages == -(-len(visible) // size), f"maxResults={size}: a page past the last visible repository"
+
+
+def test_tags_list_and_image_paging_name_only_that_repository(srv: MoorageServer, admin: str, alice: str):
+    """tags/list Links and ListImages/DescribeImages tokens of a visible repository name nothing of the
+    repositories (and their tags) alice cannot see."""
+    hidden_tags = [f"secret-tag-{i}" for i in range(3)]
+    for tag in hidden_tags:
+        push(srv, admin, "hid/tags", tag, [random_blob(64), random_blob(64)])
+    tags = [f"v{i}" for i in range(5)]
+    for tag in tags:
+        push(srv, admin, "dl/tags", tag, [random_blob(64), random_blob(64)])
+    seen, last = [], ""
+    while True:
+        r = call(srv, "GET", "/v2/dl/tags/tags/list", basic(alice), params={"n": 2, "last": last})
+        assert r.status_code == 200, r.text
+        seen += r.json()["tags"]
+        if (last := link_last(r)) is None:
+            break
+        assert last in tags and last == r.json()["tags"][-1]
+    assert seen == tags
+    assert call(srv, "GET", "/v2/hid/tags/tags/list", basic(alice)).status_code == 403
+
+    ecr = ecr_client(srv, ALICE_KEY, ALICE_SECRET)
+    hidden = ["hid/tags", "hid/copy", *hidden_tags]
+    for op, key in (("list_images", "imageIds"), ("describe_images", "imageDetails")):
+        kw: dict[str, Any] = {}
+        count = 0
+        while True:
+            out = getattr(ecr, op)(repositoryName="dl/tags", maxResults=2, **kw)
+            count += len(out[key])
+            if (token := out.get("nextToken")) is None:
+                break
+            assert_names_nothing_hidden(token, hidden)
+            kw = {"nextToken": token}
+        assert count == 5, op
+
+
 # -- 10. upload sessions belong to their principal -------------------------------------------------------
 
 

@@ -320,22 +320,10 @@ class EcrService:
                 raise InvalidParameter("Cannot specify nextToken or maxResults together with repositoryNames")
             return {"repositories": [self._repository(await self._repo(n)) for n in names]}
         limit = p.get("maxResults", DEFAULT_PAGE)
-        last = _decode_token(p.get("nextToken"), str)
-        out: list[dict[str, Any]] = []
-        while len(out) < limit:
-            batch = await self.meta.describe_repositories(last, limit)
-            if not batch:
-                last = None
-                break
-            for r in batch:
-                last = r.name
-                if visible(r):
-                    out.append(self._repository(r))
-                    if len(out) == limit:
-                        break
-        result: dict[str, Any] = {"repositories": out}
-        if last is not None and await self.meta.describe_repositories(last, 1):
-            result["nextToken"] = _encode_token(last)
+        records, more = await self.images.visible_repositories(_decode_token(p.get("nextToken"), str), limit, visible)
+        result: dict[str, Any] = {"repositories": [self._repository(r) for r in records]}
+        if more:  # the token names the last repository returned: never one the caller may not see
+            result["nextToken"] = _encode_token(records[-1].name)
         return result
 
     async def delete_repository(self, p: dict[str, Any], caller: Caller) -> dict[str, Any]:

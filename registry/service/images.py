@@ -150,6 +150,33 @@ class ImageService:
     async def catalog(self, last: str | None, n: int | None) -> Page:
         return await self.meta.list_repositories(last, _page_size(n))
 
+    async def visible_catalog(
+        self, last: str | None, n: int | None, visible: Callable[[RepositoryRecord], bool]
+    ) -> Page:
+        """A catalog page of the repositories `visible` accepts; `more` only when a visible one follows."""
+        records, more = await self.visible_repositories(last, _page_size(n), visible)
+        return Page([r.name for r in records], more)
+
+    async def visible_repositories(
+        self, last: str | None, limit: int, visible: Callable[[RepositoryRecord], bool]
+    ) -> tuple[list[RepositoryRecord], bool]:
+        """Up to `limit` repositories after `last` (by name) that `visible` accepts, and whether another visible
+        one follows. Hidden repositories leave no trace: the page, where it ends and whether there is a next one
+        depend only on what the caller may see (so a cursor naming the last item never names a hidden one, and
+        a caller is never handed a next page that turns out empty)."""
+        out: list[RepositoryRecord] = []
+        batch_size = min(limit + 1, MAX_PAGE)
+        while True:
+            batch = await self.meta.describe_repositories(last, batch_size)
+            for record in batch:
+                if visible(record):
+                    if len(out) == limit:
+                        return out, True
+                    out.append(record)
+            if len(batch) < batch_size:
+                return out, False
+            last = batch[-1].name
+
     async def list_tags(self, name: str, last: str | None, n: int | None) -> Page:
         await self.repository(name)
         return await self.meta.list_tags(name, last, _page_size(n))

@@ -61,13 +61,12 @@ def _page_args(request: web.Request) -> tuple[str | None, int | None]:
     return request.query.get("last"), n
 
 
-def _paged(
-    path: str, key: str, items: list[str], more: bool, n: int | None, extra: dict, next_last: str | None = None
-) -> web.Response:
+def _paged(path: str, key: str, items: list[str], more: bool, n: int | None, extra: dict) -> web.Response:
+    """A page, with a Link to the next one when there is more. The Link's `last` is the page's own last item:
+    never a name the caller was not shown (so `more` must mean "more that the caller may see")."""
     headers = {}
-    last = next_last if next_last is not None else (items[-1] if items else None)
-    if (more or (next_last is not None and not items)) and last is not None:
-        headers["Link"] = f'<{path}?n={n or MAX_PAGE}&last={quote(last, safe="")}>; rel="next"'
+    if more and items:
+        headers["Link"] = f'<{path}?n={n or MAX_PAGE}&last={quote(items[-1], safe="")}>; rel="next"'
     return web.json_response({**extra, key: items}, headers=headers)
 
 
@@ -98,24 +97,18 @@ async def catalog(request: web.Request) -> web.Response:
     if n == 0:
         return web.json_response({"repositories": []})
     access = request.app[ACCESS]
-    principal = registry_principal(request) if access.enabled else None
-    if access.enabled and principal is None:
-        raise AuthenticationRequired(headers=challenge(realm(request)))
     images = request.app[IMAGES]
-    page = await images.catalog(last, n)
-    items = page.items
-    if access.enabled:
-        keys = condition_keys(request, principal)
-        visible = []
-        for name in items:
-            if access.allowed(principal, ("ecr:DescribeRepositories",), name, await images.policy_of(name), keys):
-                visible.append(name)
-        if page.more and not visible:  # keep the Link moving past a page of hidden names
-            return _paged("/v2/_catalog", "repositories", [], False, n, {}, next_last=items[-1])
-        items = visible
-    return _paged(
-        "/v2/_catalog", "repositories", items, page.more, n, {}, next_last=page.items[-1] if page.items else None
+    if not access.enabled:
+        page = await images.catalog(last, n)
+        return _paged("/v2/_catalog", "repositories", page.items, page.more, n, {})
+    principal = registry_principal(request)
+    if principal is None:
+        raise AuthenticationRequired(headers=challenge(realm(request)))
+    keys = condition_keys(request, principal)
+    page = await images.visible_catalog(
+        last, n, lambda r: access.allowed(principal, ("ecr:DescribeRepositories",), r.name, r.policy, keys)
     )
+    return _paged("/v2/_catalog", "repositories", page.items, page.more, n, {})
 
 
 async def list_tags(request: web.Request, name: str) -> web.Response:
