@@ -201,6 +201,7 @@ class UploadRecord:
     id: str
     repository: str
     created_at: float
+    owner: str | None = None  # the principal that started it ("" anonymous); None: nobody, so anyone's
 
 
 @dataclass(slots=True)

@@ -169,6 +169,11 @@ MIGRATIONS: list[str] = [
     ALTER TABLE repository_blobs ADD COLUMN upstream TEXT;
     CREATE INDEX repository_blobs_by_upstream ON repository_blobs(digest, upstream) WHERE upstream IS NOT NULL;
     """,
+    # 7: the principal that started each upload session ("" anonymous); NULL for those from before (and with auth
+    # off): nobody's, so anyone may continue them, as before
+    """
+    ALTER TABLE uploads ADD COLUMN owner TEXT;
+    """,
 ]
 
 _REPO_COLUMNS = (
@@ -963,12 +968,12 @@ class SQLiteMetadataStore:
     async def create_upload(self, upload: UploadRecord) -> None:
         async with self._tx() as db:
             await db.execute(
-                "INSERT INTO uploads (id, repository, created_at) VALUES (?, ?, ?)",
-                (upload.id, upload.repository, upload.created_at),
+                "INSERT INTO uploads (id, repository, created_at, owner) VALUES (?, ?, ?, ?)",
+                (upload.id, upload.repository, upload.created_at, upload.owner),
             )
 
     async def get_upload(self, upload_id: str) -> UploadRecord | None:
-        row = await self._fetchone("SELECT id, repository, created_at FROM uploads WHERE id = ?", (upload_id,))
+        row = await self._fetchone("SELECT id, repository, created_at, owner FROM uploads WHERE id = ?", (upload_id,))
         return UploadRecord(*row) if row else None
 
     async def delete_upload(self, upload_id: str) -> None:

@@ -15,6 +15,7 @@ import base64
 import binascii
 import json
 import re
+import sqlite3
 import subprocess
 import sys
 import time
@@ -442,6 +443,88 @@ def test_tags_list_and_image_paging_name_only_that_repository(srv: MoorageServer
 
 
 # -- 10. upload sessions belong to their principal -------------------------------------------------------
+
+
+def start_upload(srv: MoorageServer, token: str, repo: str) -> str:
+    r = call(srv, "POST", f"/v2/{repo}/blobs/uploads/", basic(token))
+    assert r.status_code == 202, r.text
+    return r.headers["Location"]
+
+
+def test_v2_upload_session_belongs_to_its_principal(srv: MoorageServer, admin: str, alice: str, bob: str):
+    data = random_blob(4000)
+    digest = digest_of(data)
+    location = start_upload(srv, alice, "up/shared")
+    r = call(srv, "PATCH", location, basic(alice), data=data[:1000], headers={"Content-Range": "0-999"})
+    assert r.status_code == 202, r.text
+
+    # Bob may push to up/shared, and the admin anywhere: neither may touch alice's session.
+    for other in (bob, admin):
+        for method, kw in (
+            ("GET", {}),
+            ("HEAD", {}),
+            ("PATCH", {"data": data[1000:2000], "headers": {"Content-Range": "1000-1999"}}),
+            ("PUT", {"params": {"digest": digest}, "data": data[1000:]}),
+            ("DELETE", {}),
+        ):
+            r = call(srv, method, location, basic(other), **kw)
+            assert r.status_code == 404, (method, r.status_code, r.text)
+            if method != "HEAD":
+                assert oci_codes(r) == ["BLOB_UPLOAD_UNKNOWN"], (method, r.text)
+
+    # Alice's session is untouched: at 1000 bytes, and she finishes it.
+    r = call(srv, "GET", location, basic(alice))
+    assert r.status_code == 204 and r.headers["Range"] == "0-999", (r.status_code, dict(r.headers))
+    r = call(srv, "PUT", location, basic(alice), params={"digest": digest}, data=data[1000:])
+    assert r.status_code == 201, r.text
+    assert call(srv, "GET", f"/v2/up/shared/blobs/{digest}", basic(bob)).content == data
+
+
+def test_ecr_upload_belongs_to_its_principal(srv: MoorageServer, alice: str):
+    repo = "up/ecr"
+    ecr_client(srv).create_repository(repositoryName=repo)
+    as_alice, as_bob = ecr_client(srv, ALICE_KEY, ALICE_SECRET), ecr_client(srv, BOB_KEY, BOB_SECRET)
+    data = random_blob(3000)
+    upload_id = as_alice.initiate_layer_upload(repositoryName=repo)["uploadId"]
+    as_alice.upload_layer_part(
+        repositoryName=repo, uploadId=upload_id, partFirstByte=0, partLastByte=999, layerPartBlob=data[:1000]
+    )
+    with pytest.raises(ClientError) as e:
+        as_bob.upload_layer_part(
+            repositoryName=repo, uploadId=upload_id, partFirstByte=1000, partLastByte=2999, layerPartBlob=data[1000:]
+        )
+    assert ecr_code(e.value) == "UploadNotFoundException", e.value.response
+    with pytest.raises(ClientError) as e:
+        as_bob.complete_layer_upload(repositoryName=repo, uploadId=upload_id, layerDigests=[digest_of(data[:1000])])
+    assert ecr_code(e.value) == "UploadNotFoundException", e.value.response
+
+    # The owner goes on, on the ECR API or on /v2 (the same principal either way).
+    as_alice.upload_layer_part(
+        repositoryName=repo, uploadId=upload_id, partFirstByte=1000, partLastByte=1999, layerPartBlob=data[1000:2000]
+    )
+    location = f"/v2/{repo}/blobs/uploads/{upload_id}"
+    r = call(srv, "PATCH", location, basic(alice), data=data[2000:], headers={"Content-Range": "2000-2999"})
+    assert r.status_code == 202, r.text
+    out = as_alice.complete_layer_upload(repositoryName=repo, uploadId=upload_id, layerDigests=[digest_of(data)])
+    assert out["layerDigest"] == digest_of(data)
+
+
+def test_upload_without_a_recorded_owner_is_anyones(srv: MoorageServer, alice: str, bob: str):
+    """Sessions started before owners were recorded (owner NULL) can be continued by any principal allowed to
+    push there, as before."""
+    data = random_blob(2000)
+    location = start_upload(srv, alice, "up/legacy")
+    upload_id = location.rsplit("/", 1)[1]
+    db = sqlite3.connect(srv.data_dir / "moorage.db", timeout=10)
+    try:
+        with db:
+            db.execute("UPDATE uploads SET owner = NULL WHERE id = ?", (upload_id,))
+    finally:
+        db.close()
+    r = call(srv, "PATCH", location, basic(bob), data=data, headers={"Content-Range": f"0-{len(data) - 1}"})
+    assert r.status_code == 202, r.text
+    r = call(srv, "PUT", location, basic(alice), params={"digest": digest_of(data)})
+    assert r.status_code == 201, r.text
 
 
 # -- 14. signing keys rotate on a running server; /metrics can require a principal -------------------------

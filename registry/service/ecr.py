@@ -680,7 +680,7 @@ class EcrService:
     async def initiate_layer_upload(self, p: dict[str, Any], caller: Caller) -> dict[str, Any]:
         name = p["repositoryName"]
         await self._repo(name)
-        started = await self.uploads.start(name)
+        started = await self.uploads.start(name, owner=caller.principal_name)
         return {"uploadId": started.upload_id, "partSize": PART_SIZE}
 
     async def upload_layer_part(self, p: dict[str, Any], caller: Caller) -> dict[str, Any]:
@@ -690,16 +690,21 @@ class EcrService:
         if last < first or last - first + 1 != len(data):
             raise InvalidLayerPart(
                 f"partFirstByte {first} and partLastByte {last} do not match the part's {len(data)} bytes",
-                fields=await self._part_fields(name, upload_id),
+                fields=await self._part_fields(name, upload_id, caller),
             )
         try:
             size = await self.uploads.append(
-                name, upload_id, _once(data), content_range=f"{first}-{last}", length=len(data)
+                name,
+                upload_id,
+                _once(data),
+                content_range=f"{first}-{last}",
+                length=len(data),
+                owner=caller.principal_name,
             )
         except UploadRangeInvalid:
             raise InvalidLayerPart(
                 f"The part starts at byte {first}, not where the upload ends",
-                fields=await self._part_fields(name, upload_id),
+                fields=await self._part_fields(name, upload_id, caller),
             ) from None
         except NameUnknown:
             raise self._upload_not_found(upload_id) from None
@@ -714,9 +719,9 @@ class EcrService:
             "lastByteReceived": size - 1,
         }
 
-    async def _part_fields(self, name: str, upload_id: str) -> dict[str, Any]:
+    async def _part_fields(self, name: str, upload_id: str, caller: Caller) -> dict[str, Any]:
         try:
-            size = await self.uploads.size(name, upload_id)
+            size = await self.uploads.size(name, upload_id, caller.principal_name)
         except RegistryError:
             raise self._upload_not_found(upload_id) from None
         return {
@@ -738,19 +743,21 @@ class EcrService:
         except DigestInvalid as e:
             raise InvalidLayer(e.message) from None
         try:
-            size = await self.uploads.size(name, upload_id)
+            size = await self.uploads.size(name, upload_id, caller.principal_name)
         except RegistryError:
             raise self._upload_not_found(upload_id) from None
         if size == 0:
             raise EmptyUpload(f"The upload with id '{upload_id}' contains no layer parts")
         if await self.meta.linked_blob_size(name, digest) is not None:
-            await self.uploads.cancel(name, upload_id)
+            await self.uploads.cancel(name, upload_id, caller.principal_name)
             raise LayerAlreadyExists(
                 f"The layer '{digest}' already exists in the repository with name '{name}' "
                 f"in registry with id '{self.account_id}'"
             )
         try:
-            await self.uploads.finish(name, upload_id, digest, None, content_range=None, length=None)
+            await self.uploads.finish(
+                name, upload_id, digest, None, content_range=None, length=None, owner=caller.principal_name
+            )
         except DigestInvalid as e:
             raise InvalidLayer(f"The layer digest does not match the uploaded content: {e.message}") from None
         return {"registryId": self.account_id, "repositoryName": name, "uploadId": upload_id, "layerDigest": digest}

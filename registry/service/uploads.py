@@ -2,6 +2,12 @@
 
 A session is a row in the metadata store (so it survives a restart) plus the bytes received so far in the
 blob store. Finishing one verifies the digest, installs the blob atomically and links it to the repository.
+
+A session belongs to the principal that started it: for anyone else (even one allowed to push to the
+repository) it does not exist (BLOB_UPLOAD_UNKNOWN, or UploadNotFoundException on the ECR API). An owner is a
+principal's name, "" for an anonymous caller; None means nobody, and such a session is anyone's: those started
+with auth off, or recorded before owners were (schema version 6 and older). Callers pass the requester the same
+way (None with auth off: no check).
 """
 
 from __future__ import annotations
@@ -60,6 +66,7 @@ class UploadService:
         self,
         name: str,
         *,
+        owner: str | None,
         digest: str | None = None,
         body: AsyncIterator[bytes] | None = None,
         length: int | None = None,
@@ -86,7 +93,7 @@ class UploadService:
 
         upload_id = str(uuid.uuid4())
         await self.blobs.start_upload(upload_id)
-        await self.meta.create_upload(UploadRecord(upload_id, name, self.clock()))
+        await self.meta.create_upload(UploadRecord(upload_id, name, self.clock(), owner))
         return Started(upload_id=upload_id)
 
     async def _link(self, name: str, digest: str, size: int) -> None:
@@ -120,16 +127,21 @@ class UploadService:
         except SizeMismatch as e:
             raise SizeInvalid(f"Content-Length is {e.expected} but {e.got} bytes arrived") from None
 
-    async def session(self, name: str, upload_id: str) -> UploadRecord:
+    async def session(self, name: str, upload_id: str, owner: str | None) -> UploadRecord:
+        """The session, if it is `owner`'s in repository `name` (someone else's answers exactly as a missing one)."""
         if not _UUID.fullmatch(upload_id):
             raise BlobUploadUnknown("no such upload", detail={"uuid": upload_id[:100]})
         record = await self.meta.get_upload(upload_id)
-        if record is None or record.repository != name:
+        if (
+            record is None
+            or record.repository != name
+            or (owner is not None and record.owner is not None and record.owner != owner)
+        ):
             raise BlobUploadUnknown("no such upload", detail={"uuid": upload_id})
         return record
 
-    async def size(self, name: str, upload_id: str) -> int:
-        await self.session(name, upload_id)
+    async def size(self, name: str, upload_id: str, owner: str | None) -> int:
+        await self.session(name, upload_id, owner)
         try:
             return await self.blobs.upload_size(upload_id)
         except UploadNotFound:
@@ -143,8 +155,9 @@ class UploadService:
         *,
         content_range: str | None,
         length: int | None,
+        owner: str | None,
     ) -> int:
-        await self.session(name, upload_id)
+        await self.session(name, upload_id, owner)
         offset = None
         if content_range is not None:
             start, end = oci.parse_content_range(content_range)
@@ -174,14 +187,15 @@ class UploadService:
         *,
         content_range: str | None,
         length: int | None,
+        owner: str | None,
     ) -> str:
         if digest is None:
             raise DigestInvalid("the digest query parameter is required to finish an upload")
         oci.validate_digest(digest)
         if body is not None:
-            await self.append(name, upload_id, body, content_range=content_range, length=length)
+            await self.append(name, upload_id, body, content_range=content_range, length=length, owner=owner)
         else:
-            await self.session(name, upload_id)
+            await self.session(name, upload_id, owner)
         try:
             size = await self.blobs.commit(upload_id, digest)
         except DigestMismatch as e:
@@ -196,8 +210,8 @@ class UploadService:
         await self._link(name, digest, size)
         return digest
 
-    async def cancel(self, name: str, upload_id: str) -> None:
-        await self.session(name, upload_id)
+    async def cancel(self, name: str, upload_id: str, owner: str | None) -> None:
+        await self.session(name, upload_id, owner)
         await self.blobs.abort(upload_id)
         await self.meta.delete_upload(upload_id)
 

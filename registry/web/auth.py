@@ -87,6 +87,15 @@ def download_principal(request: web.Request, repository: str, digest: str) -> Pr
     return principal
 
 
+def upload_owner(request: web.Request) -> str | None:
+    """Who an upload session started by this request belongs to: the principal's name, "" for an anonymous
+    caller (allowed to push by a repository policy), None with auth off (nobody: anyone may continue it)."""
+    if not request.app[ACCESS].enabled:
+        return None
+    principal = request.get(PRINCIPAL)
+    return principal.name if principal is not None else ""
+
+
 async def api_principal(request: web.Request, body: bytes) -> Principal | None:
     """Verify an ECR API request's SigV4 signature; the principal whose access key signed it."""
     access = request.app[ACCESS]

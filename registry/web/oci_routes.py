@@ -32,7 +32,14 @@ from registry.errors import (
 from registry.proxy.pullthrough import AuthorizeImport, StreamingBlob
 from registry.service.images import MAX_PAGE
 from registry.service.uploads import upload_range
-from registry.web.auth import condition_keys, download_principal, has_download_signature, realm, registry_principal
+from registry.web.auth import (
+    condition_keys,
+    download_principal,
+    has_download_signature,
+    realm,
+    registry_principal,
+    upload_owner,
+)
 from registry.web.context import ACCESS, BLOBS, IMAGES, PULL_THROUGH, UPLOADS
 from registry.web.middleware import ACTION, REPOSITORY, ROUTE, read_body, stamp
 from registry.web.sendfile import SendfileResponse
@@ -301,6 +308,7 @@ async def start_upload(request: web.Request, name: str) -> web.Response:
             mount_from = readable[0]
     started = await request.app[UPLOADS].start(
         name,
+        owner=upload_owner(request),
         digest=digest,
         body=request.content.iter_any() if digest is not None else None,
         length=request.content_length,
@@ -320,7 +328,7 @@ async def start_upload(request: web.Request, name: str) -> web.Response:
 
 
 async def upload_status(request: web.Request, name: str, upload_id: str) -> web.Response:
-    size = await request.app[UPLOADS].size(name, upload_id)
+    size = await request.app[UPLOADS].size(name, upload_id, upload_owner(request))
     return web.Response(status=204, headers=_upload_headers(name, upload_id, size))
 
 
@@ -331,6 +339,7 @@ async def upload_chunk(request: web.Request, name: str, upload_id: str) -> web.R
         request.content.iter_any(),
         content_range=request.headers.get("Content-Range"),
         length=request.content_length,
+        owner=upload_owner(request),
     )
     return web.Response(status=202, headers=_upload_headers(name, upload_id, size))
 
@@ -343,12 +352,13 @@ async def finish_upload(request: web.Request, name: str, upload_id: str) -> web.
         _body(request),
         content_range=request.headers.get("Content-Range"),
         length=request.content_length,
+        owner=upload_owner(request),
     )
     return web.Response(status=201, headers={"Location": _blob_location(name, digest), "Docker-Content-Digest": digest})
 
 
 async def cancel_upload(request: web.Request, name: str, upload_id: str) -> web.Response:
-    await request.app[UPLOADS].cancel(name, upload_id)
+    await request.app[UPLOADS].cancel(name, upload_id, upload_owner(request))
     return web.Response(status=204)
 
 
