@@ -280,6 +280,12 @@ class LogConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    # true: /metrics needs a principal allowed moorage:GetMetrics (with [auth] enabled)
+    require_auth: bool = _key(False, "bool")
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
@@ -289,6 +295,7 @@ class Config:
     gc: GcConfig = field(default_factory=GcConfig)
     secrets: dict[str, SecretConfig] = field(default_factory=dict)
     log: LogConfig = field(default_factory=LogConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     @property
     def listen(self) -> tuple[str, int]:

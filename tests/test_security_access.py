@@ -30,6 +30,8 @@ from botocore.exceptions import ClientError
 
 from tests.oci import OCI_MANIFEST, descriptor, digest_of, random_blob
 from tests.server import (
+    ADMIN_KEY,
+    ADMIN_SECRET,
     MoorageServer,
     auth_config,
     ecr_client,
@@ -573,3 +575,36 @@ def test_rotated_key_signs_at_once_on_every_worker(make_server: Callable[..., Mo
             assert r.status_code == 200, r.text
 
     until_both_workers(s, "/v2/_catalog", both)
+
+
+def test_metrics_open_by_default(srv: MoorageServer):
+    r = call(srv, "GET", "/metrics")
+    assert r.status_code == 200 and "moorage_http_requests" in r.text
+
+
+def test_metrics_can_require_a_principal(make_server: Callable[..., MoorageServer]):
+    config = auth_config(
+        principal_toml(SCRAPER, SCRAPER_KEY, SCRAPER_SECRET, SCRAPER_POLICY),
+        principal_toml(ALICE, ALICE_KEY, ALICE_SECRET, ALICE_POLICY),
+    )
+    s = make_server(config + "\n[metrics]\nrequire_auth = true\n")
+    r = call(s, "GET", "/metrics")
+    assert r.status_code == 401 and r.headers["WWW-Authenticate"].startswith("Basic "), (r.status_code, r.text)
+    assert "moorage_" not in r.text
+    r = call(s, "GET", "/metrics", basic(login_password(s, ALICE_KEY, ALICE_SECRET)))
+    assert r.status_code == 403 and oci_codes(r) == ["DENIED"] and "moorage:GetMetrics" in r.text, r.text
+    scraper = login_password(s, SCRAPER_KEY, SCRAPER_SECRET)
+    for auth in (f"Bearer {scraper}", basic(scraper), basic(login_password(s, ADMIN_KEY, ADMIN_SECRET))):
+        r = call(s, "GET", "/metrics", auth)
+        assert r.status_code == 200 and "moorage_http_requests" in r.text, r.text[:300]
+    assert call(s, "GET", "/healthz").status_code == 200
+    assert call(s, "GET", "/readyz").status_code == 200
+
+
+def test_metrics_config_is_checked():
+    from registry.config import ConfigError, from_dict
+
+    assert from_dict({}).metrics.require_auth is False
+    assert from_dict({"metrics": {"require_auth": True}}).metrics.require_auth is True
+    with pytest.raises(ConfigError, match=r"metrics\.require_auth"):
+        from_dict({"metrics": {"require_auth": "yes"}})

@@ -6,6 +6,12 @@ are counted by the jobs.
 
 With several workers (`[server] workers`), each process keeps its values in prometheus-client's multiprocess
 files (the supervisor sets PROMETHEUS_MULTIPROC_DIR) and a scrape, whichever worker answers it, sums them all.
+
+`[metrics] require_auth = true` (with auth on) makes a scrape present a registry token (Bearer, or Basic
+`AWS:<token>`) of a principal allowed the action `moorage:GetMetrics` (an admin's `*` is enough); otherwise the
+answer is /v2's 401 challenge, or 403 naming the action. Off by default: the values name no repository,
+principal or tag (routes are templates; pull-through rules appear by prefix), and scrapers rarely carry
+credentials.
 """
 
 from __future__ import annotations
@@ -22,7 +28,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from registry.proxy.pullthrough import PullThrough
-from registry.web.context import META, PULL_THROUGH
+from registry.web.auth import condition_keys, realm, registry_principal
+from registry.web.context import ACCESS, CONFIG, META, PULL_THROUGH
 
 _RULE_COUNTERS = {
     "hits": "Pulls served from the cache without asking the upstream",
@@ -32,6 +39,7 @@ _RULE_COUNTERS = {
     "stale_serves": "Cached content served because the upstream failed or was not asked (offline, recent failure)",
     "single_flight_joins": "Requests that joined an upstream fetch already in progress",
 }
+GET_METRICS = "moorage:GetMetrics"  # the action a principal needs to scrape when [metrics] require_auth is on
 SYNC_INTERVAL = 1.0  # seconds between copies of the pull-through tallies into their counters
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -166,6 +174,16 @@ def setup(app: web.Application, metrics: Metrics) -> None:
 
 
 async def serve_metrics(request: web.Request) -> web.Response:
+    if request.app[CONFIG].metrics.require_auth:
+        access = request.app[ACCESS]
+        principal = registry_principal(request) if access.enabled else None
+        access.check(
+            principal,
+            (GET_METRICS,),
+            None,
+            condition_keys=condition_keys(request, principal),
+            realm=realm(request),
+        )
     metrics = request.app[METRICS]
     for name, value in (await request.app[META].storage_stats()).items():
         setattr(metrics.storage, name, value)
