@@ -36,6 +36,7 @@ from registry.service.lifecycle import LifecycleService
 from registry.service.templates import TemplateService
 from registry.service.uploads import UploadService
 from registry.web import ecr_api, health, metrics, oci_routes
+from registry.web.connections import Limits, Runner
 from registry.web.context import (
     ACCESS,
     BLOBS,
@@ -240,9 +241,12 @@ async def serve(
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    server = app[CONFIG].server
+    limits = Limits(server.header_timeout, server.keepalive_timeout, server.max_connections)
+    _raise_fd_limit(limits.max_connections)
     # Our own drain below does the waiting; aiohttp's shutdown (which drops request bodies still arriving)
     # then only needs a moment, so the worst case stays drain_timeout, not twice that.
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
+    runner = Runner(app, limits, handle_signals=False, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
     sites: list[web.BaseSite] = (
         [web.SockSite(runner, sock) for sock in sockets]
@@ -275,6 +279,35 @@ def run(main: Coroutine[Any, Any, None], event_loop: str) -> None:
         uvloop.run(main)
     else:
         asyncio.run(main)
+
+
+FD_HEADROOM = 256  # descriptors beyond the connections: database, blobs being read or written, spools, logs
+
+
+def _raise_fd_limit(max_connections: int) -> None:
+    """Make room for `max_connections` open sockets: raise the soft descriptor limit towards the hard one
+    (as Go's runtime and nginx's worker_rlimit_nofile do), and say so when even that is too low."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on POSIX
+        return
+    want = (max_connections or 0) + FD_HEADROOM
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= want:
+        return
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if target > soft:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+    if max_connections and soft < want:
+        log.warning(
+            "open-file limit %d is below [server] max_connections (%d) plus %d: raise it (ulimit -n) or lower "
+            "max_connections, or new connections will fail with 'too many open files' before the cap applies",
+            soft,
+            max_connections,
+            FD_HEADROOM,
+        )
 
 
 async def _watch_parent(parent: int, stop: asyncio.Event) -> None:

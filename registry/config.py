@@ -122,6 +122,12 @@ def _check_workers(v: int) -> int:
     return v
 
 
+def _check_max_connections(v: int) -> int:
+    if v < 0:
+        raise ValueError("must be 0 (no cap) or a positive number of connections")
+    return v
+
+
 def _check_principal_name(v: str) -> str:
     if not re.fullmatch(r"[\w+=,.@-]{1,64}", v):
         raise ValueError("must be 1-64 characters of letters, digits and +=,.@_-, like an IAM user name")
@@ -173,6 +179,9 @@ class ServerConfig:
     drain_timeout: float = _key(30.0, "duration")
     workers: int = _key(0, "int", _check_workers)
     event_loop: str = _key("uvloop", "str", _check_event_loop)
+    header_timeout: float = _key(10.0, "duration")
+    keepalive_timeout: float = _key(75.0, "duration")
+    max_connections: int = _key(1024, "int", _check_max_connections)
 
     @property
     def worker_count(self) -> int:

@@ -1,0 +1,209 @@
+"""Connection hygiene over real sockets: slow request heads are cut (`[server] header_timeout`), idle keep-alive
+connections are closed (`keepalive_timeout`), and `max_connections` keeps `/healthz` answered while many idle
+and slow connections are open. Timeouts are configured short (1-2 s) and socket counts bounded (200)."""
+
+from __future__ import annotations
+
+import contextlib
+import select
+import socket
+import time
+from collections.abc import Iterator
+
+import requests
+
+from tests.server import AUTH_OFF, MoorageServer
+
+
+def _config(**server: object) -> str:
+    body = "".join(f"{k} = {v!r}\n".replace("'", '"') for k, v in server.items())
+    return AUTH_OFF + "[server]\n" + body
+
+
+def _connect(srv: MoorageServer) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+
+
+def _wait_closed(sock: socket.socket, seconds: float) -> tuple[bytes, float] | None:
+    """Read until the server closes the connection: (what it sent, seconds it took); None if still open."""
+    start = time.monotonic()
+    got = b""
+    while (left := start + seconds - time.monotonic()) > 0:
+        ready, _, _ = select.select([sock], [], [], left)
+        if not ready:
+            break
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            chunk = b""
+        if not chunk:
+            return got, time.monotonic() - start
+        got += chunk
+    return None
+
+
+def _is_closed(sock: socket.socket) -> bool:
+    """Whether the server has closed `sock` (whatever it sent first, then EOF or a reset), without blocking."""
+    while select.select([sock], [], [], 0)[0]:
+        try:
+            if not sock.recv(65536):
+                return True
+        except ConnectionResetError:
+            return True
+    return False
+
+
+def _read_response(sock: socket.socket) -> bytes:
+    """One HTTP/1.1 response with a Content-Length body."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed mid-response: {data!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":", 1)[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")
+    )
+    while len(body) < length:
+        body += sock.recv(65536)
+    return head + b"\r\n\r\n" + body
+
+
+@contextlib.contextmanager
+def _sockets() -> Iterator[list[socket.socket]]:
+    opened: list[socket.socket] = []
+    try:
+        yield opened
+    finally:
+        for s in opened:
+            s.close()
+
+
+def test_a_request_head_trickled_in_is_cut_after_header_timeout(make_server) -> None:
+    srv = make_server(_config(header_timeout="1s", keepalive_timeout="30s"), workers=1)
+    with _connect(srv) as s:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        start = time.monotonic()
+        closed = None
+        for byte in b"X-Slow: " + b"a" * 100:  # slowloris: one header byte every 100 ms, never finishing
+            try:
+                s.sendall(bytes([byte]))
+            except (BrokenPipeError, ConnectionResetError):
+                closed = b"", time.monotonic() - start
+                break
+            if (closed := _wait_closed(s, 0.1)) is not None:
+                break
+        assert closed is not None, "the server kept a connection whose head never completed for 10 s"
+        sent, _ = closed
+        took = time.monotonic() - start
+        assert 0.8 <= took <= 3.0, took
+        assert sent == b"" or sent.startswith(b"HTTP/1.1 408"), sent
+
+
+def test_a_connection_that_sends_nothing_is_closed_after_header_timeout(make_server) -> None:
+    srv = make_server(_config(header_timeout="1s", keepalive_timeout="30s"), workers=1)
+    with _connect(srv) as s:
+        closed = _wait_closed(s, 5)
+        assert closed is not None, "an idle new connection was kept for 5 s"
+        sent, took = closed
+        assert sent == b"" and 0.8 <= took <= 3.0, (sent, took)
+
+
+def test_heads_in_time_and_slow_bodies_are_not_cut(make_server) -> None:
+    """Only the head is timed: a head in pieces within the deadline is served, and an upload body trickled in
+    for longer than header_timeout completes."""
+    srv = make_server(_config(header_timeout="1s", keepalive_timeout="30s"), workers=1)
+    with _connect(srv) as s:
+        for piece in (b"GET /healthz HTTP/1.1\r\n", b"Host: x\r\n", b"\r\n"):
+            s.sendall(piece)
+            time.sleep(0.2)
+        assert _read_response(s).startswith(b"HTTP/1.1 200")
+
+    r = requests.post(f"{srv.url}/v2/slow/body/blobs/uploads/", timeout=5)
+    assert r.status_code == 202, r.text
+    location = r.headers["Location"]
+    body = b"x" * 25
+    with _connect(srv) as s:
+        s.sendall(
+            f"PATCH {location} HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n".encode()
+        )
+        for i in range(0, len(body), 5):  # 2.5 s of body, over twice header_timeout
+            s.sendall(body[i : i + 5])
+            time.sleep(0.5)
+        s.settimeout(5)
+        assert _read_response(s).startswith(b"HTTP/1.1 202")
+
+
+def test_an_idle_keepalive_connection_is_closed_after_keepalive_timeout(make_server) -> None:
+    srv = make_server(_config(header_timeout="10s", keepalive_timeout="1s"), workers=1)
+    with _connect(srv) as s:
+        for _ in range(4):  # busy for 2 s: idle time is what counts, not the connection's age
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert _read_response(s).startswith(b"HTTP/1.1 200")
+            time.sleep(0.5)
+        closed = _wait_closed(s, 5)
+        assert closed is not None, "an idle keep-alive connection was kept for 5 s with keepalive_timeout = 1s"
+        sent, took = closed
+        assert sent == b"" and took <= 3.0, (sent, took)
+
+
+def test_idle_and_slow_connections_cannot_crowd_out_healthz(make_server) -> None:
+    """200 connections (100 silent, 100 slowloris) against max_connections = 50, with timeouts long enough that
+    only the cap can act: the server keeps at most 50 of them, and /healthz is answered at once throughout."""
+    cap = 50
+    srv = make_server(_config(header_timeout="60s", keepalive_timeout="60s", max_connections=cap), workers=1)
+    with _sockets() as attackers:
+        for i in range(200):
+            s = _connect(srv)
+            attackers.append(s)
+            if i % 2:
+                s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        latencies = []
+        for _ in range(20):
+            start = time.monotonic()
+            r = requests.get(f"{srv.url}/healthz", timeout=5)  # a fresh connection each time
+            latencies.append(time.monotonic() - start)
+            assert r.status_code == 200, r.text
+        assert max(latencies) < 1.0, latencies
+        # The evictions happened while the attackers connected; give the last closes a moment to land.
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and sum(not _is_closed(s) for s in attackers) > cap:
+            time.sleep(0.1)
+        still_open = sum(not _is_closed(s) for s in attackers)
+        assert still_open <= cap, f"{still_open} of 200 idle/slow connections still open with max_connections={cap}"
+        # The newest connections were kept: the server closes the connection idle longest first.
+        assert not any(_is_closed(s) for s in attackers[-10:])
+    log = srv.log()
+    assert "Traceback" not in log
+    assert "every connection busy" not in log  # idle connections were evicted, never a newcomer refused
+
+
+def test_when_every_connection_is_busy_a_new_one_gets_503_at_once(make_server) -> None:
+    """A request in progress is never cut to make room: with every slot busy (uploads whose bodies are still
+    arriving), a new connection is answered 503 with Retry-After and closed; once they finish, service resumes."""
+    cap = 5
+    srv = make_server(_config(header_timeout="60s", keepalive_timeout="60s", max_connections=cap), workers=1)
+    with _sockets() as uploads:
+        for _ in range(cap):
+            r = requests.post(f"{srv.url}/v2/busy/slots/blobs/uploads/", timeout=5)
+            location = r.headers["Location"]
+            s = _connect(srv)
+            s.sendall(
+                f"PATCH {location} HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n"
+                "Content-Length: 1000\r\n\r\n".encode()
+                + b"y" * 10
+            )
+            uploads.append(s)
+        time.sleep(0.3)  # the requests reached their handlers
+        start = time.monotonic()
+        r = requests.get(f"{srv.url}/healthz", timeout=5)
+        assert r.status_code == 503 and r.headers.get("Retry-After") == "1", (r.status_code, r.text)
+        assert time.monotonic() - start < 1.0
+        for s in uploads:  # finish the uploads: each is answered, and its slot is free again
+            s.sendall(b"y" * 990)
+            s.settimeout(5)
+            assert _read_response(s).startswith(b"HTTP/1.1 202")
+            s.close()
+    assert requests.get(f"{srv.url}/healthz", timeout=5).status_code == 200
+    assert "connection limit 5 reached with every connection busy" in srv.log()
