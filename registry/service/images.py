@@ -176,6 +176,7 @@ class ImageService:
             if len(batch) < batch_size:
                 return out, False
             last = batch[-1].name
+            batch_size = min(batch_size * 2, MAX_PAGE)  # sparse visibility: fewer, larger reads
 
     async def list_tags(self, name: str, last: str | None, n: int | None) -> Page:
         await self.repository(name)
