@@ -1,0 +1,68 @@
+"""KeyRing without a server: download signatures versus registry tokens, expiry, and rotation noticed by a
+ring that did not rotate (another worker, or `moorage rotate-signing-key`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from registry.auth.tokens import KeyRing, TokenError
+
+DIGEST = "sha256:" + "a" * 64
+OTHER = "sha256:" + "b" * 64
+NOW = 1_700_000_000.0  # in the past: pyjwt refuses an iat in the future
+
+
+@pytest.fixture
+def ring(tmp_path: Path) -> KeyRing:
+    r = KeyRing(tmp_path / "keys")
+    r.load()
+    return r
+
+
+def kind(fn, *args) -> str:
+    with pytest.raises(TokenError) as e:
+        fn(*args)
+    return e.value.kind
+
+
+def test_download_signature_is_bound_to_its_blob_and_expires(ring: KeyRing):
+    sig, expires = ring.issue_download("alice", "team/app", DIGEST, NOW, 3600)
+    assert expires == NOW + 3600
+    claims = ring.verify_download(sig, NOW + 3599, "team/app", DIGEST)
+    assert (claims.principal, claims.repository, claims.digest) == ("alice", "team/app", DIGEST)
+    assert kind(ring.verify_download, sig, NOW + 3600, "team/app", DIGEST) == "expired"
+    assert kind(ring.verify_download, sig, NOW, "team/app", OTHER) == "wrong_blob"
+    assert kind(ring.verify_download, sig, NOW, "team/other", DIGEST) == "wrong_blob"
+
+
+def test_download_signatures_and_tokens_are_not_interchangeable(ring: KeyRing):
+    sig, _ = ring.issue_download("alice", "team/app", DIGEST, NOW, 3600)
+    token, _ = ring.issue("alice", NOW, 3600)
+    assert kind(ring.verify, sig, NOW) == "wrong_use"
+    assert kind(ring.verify_download, token, NOW, "team/app", DIGEST) == "wrong_use"
+    assert ring.verify(token, NOW).principal == "alice"
+
+
+def test_a_rotation_elsewhere_is_noticed_and_old_tokens_still_verify(ring: KeyRing, tmp_path: Path):
+    old, _ = ring.issue("alice", NOW, 3600)
+    old_kid = ring.current_kid
+    other = KeyRing(tmp_path / "keys")  # the rotating process
+    other.load()
+    new_kid = other.rotate()
+    assert new_kid != old_kid
+    assert ring.current_kid == new_kid  # no reload, no restart
+    new, _ = ring.issue("alice", NOW, 3600)
+    for token in (old, new):
+        assert ring.verify(token, NOW).principal == "alice"
+        assert other.verify(token, NOW).principal == "alice"
+    assert ring.verify(new, NOW).kid == new_kid and ring.verify(old, NOW).kid == old_kid
+
+
+def test_a_current_file_naming_an_unreadable_key_keeps_the_signing_key(ring: KeyRing, tmp_path: Path):
+    kid = ring.current_kid
+    (tmp_path / "keys" / "current").write_text("0123456789abcdef")  # no such key file
+    assert ring.current_kid == kid
+    token, _ = ring.issue("alice", NOW, 60)
+    assert ring.verify(token, NOW).kid == kid
