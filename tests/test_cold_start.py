@@ -1,0 +1,165 @@
+"""A CI fleet's cold start through the cache (issue 22).
+
+Fifty pullers start at once, each pulling the same five images through a pull-through rule that has never
+seen them, against a real CNCF Distribution upstream and a two-worker Moorage. Every pull must succeed with
+every digest verified, and the upstream must see one GET per manifest and per blob, however the requests
+spread over the workers. The same holds for different tags of one repository, and for an index and its
+children pulled concurrently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import re
+from collections.abc import Callable, Iterator
+
+import aiohttp
+import pytest
+
+from tests.oci import ALL_MANIFEST_TYPES, OCI_CONFIG, OCI_INDEX, OCI_LAYER, OCI_MANIFEST, descriptor, digest_of
+from tests.server import AUTH_OFF, MoorageServer
+from tests.upstreams import DISTRIBUTION_BIN, MOORAGE_USER_AGENT, DistributionRegistry, push_image
+
+pytestmark = pytest.mark.skipif(
+    not os.path.exists(DISTRIBUTION_BIN), reason="docker-registry (Distribution) is not installed"
+)
+
+MakeServer = Callable[..., MoorageServer]
+PULLERS = 50
+
+
+@pytest.fixture(scope="module")
+def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DistributionRegistry]:
+    reg = DistributionRegistry(tmp_path_factory.mktemp("distribution")).start()
+    yield reg
+    reg.stop()
+
+
+def _image(layers: int = 4, layer_size: int = 128 * 1024) -> tuple[bytes, list[bytes]]:
+    config = json.dumps({"architecture": "amd64", "os": "linux", "nonce": os.urandom(8).hex()}).encode()
+    blobs = [os.urandom(layer_size) for _ in range(layers)]
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": descriptor(OCI_CONFIG, config),
+            "layers": [descriptor(OCI_LAYER, b) for b in blobs],
+        }
+    ).encode()
+    return manifest, [config, *blobs]
+
+
+def _config(prefix: str, upstream: DistributionRegistry) -> str:
+    return (
+        AUTH_OFF
+        + "[pull_through]\n"
+        + f'[[pull_through.rules]]\necr_repository_prefix = "{prefix}"\nupstream_registry_url = "{upstream.url}"\n'
+    )
+
+
+async def _pull(session: aiohttp.ClientSession, base: str, repo: str, ref: str, errors: list[str]) -> None:
+    """Pull one reference (an index: each child too) and verify every digest."""
+    async with session.get(f"{base}/v2/{repo}/manifests/{ref}", headers={"Accept": ALL_MANIFEST_TYPES}) as r:
+        body = await r.read()
+        if r.status != 200:
+            errors.append(f"{repo}:{ref} manifest {r.status} {body[:200]!r}")
+            return
+    digest = digest_of(body)
+    if ref.startswith("sha256:") and digest != ref:
+        errors.append(f"{repo}:{ref} manifest digest {digest}")
+        return
+    doc = json.loads(body)
+    if "manifests" in doc:
+        await asyncio.gather(*(_pull(session, base, repo, m["digest"], errors) for m in doc["manifests"]))
+        return
+    for d in [doc["config"], *doc["layers"]]:
+        h = hashlib.sha256()
+        async with session.get(f"{base}/v2/{repo}/blobs/{d['digest']}") as b:
+            if b.status != 200:
+                errors.append(f"{repo} blob {d['digest']} {b.status} {(await b.read())[:200]!r}")
+                continue
+            async for chunk in b.content.iter_chunked(1 << 16):
+                h.update(chunk)
+        if f"sha256:{h.hexdigest()}" != d["digest"]:
+            errors.append(f"{repo} blob {d['digest']} arrived as sha256:{h.hexdigest()}")
+
+
+async def _fleet(base: str, pulls: list[tuple[str, str]], pullers: int = PULLERS) -> list[str]:
+    """`pullers` clients start together, each pulling every (repository, reference) in `pulls`."""
+    errors: list[str] = []
+    start = asyncio.Event()
+    timeout = aiohttp.ClientTimeout(total=180)
+
+    async def puller(i: int) -> None:
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            await start.wait()
+            order = pulls[i % len(pulls) :] + pulls[: i % len(pulls)]  # runners start on different images
+            for repo, ref in order:
+                await _pull(session, base, repo, ref, errors)
+
+    tasks = [asyncio.ensure_future(puller(i)) for i in range(pullers)]
+    await asyncio.sleep(0.05)
+    start.set()
+    await asyncio.gather(*tasks)
+    return errors
+
+
+def _upstream_gets(upstream: DistributionRegistry, what: str, repos: list[str]) -> dict[str, int]:
+    """Moorage's upstream GETs of each manifest or blob path of `repos`, keyed by path."""
+    counts: dict[str, int] = {}
+    alternatives = "|".join(re.escape(r) for r in repos)
+    for a in upstream.accesses(rf"^GET /v2/(?:{alternatives})/{what}/", agent=MOORAGE_USER_AGENT):
+        counts[a.path] = counts.get(a.path, 0) + 1
+    return counts
+
+
+@pytest.mark.parametrize("round_", range(3))
+def test_fleet_cold_start_through_the_cache(make_server: MakeServer, upstream: DistributionRegistry, round_: int):
+    repos = [f"fleet{round_}/img{i}" for i in range(5)]
+    images = {repo: _image() for repo in repos}
+    for repo, (manifest, blobs) in images.items():
+        push_image(upstream.url, repo, "v1", manifest, OCI_MANIFEST, blobs)
+    srv = make_server(_config("hub", upstream), workers=2)
+
+    errors = asyncio.run(_fleet(srv.url, [(f"hub/{repo}", "v1") for repo in repos]))
+
+    assert errors == [], f"{len(errors)} failed pulls, e.g. {errors[:5]}"
+    manifests, blobs = _upstream_gets(upstream, "manifests", repos), _upstream_gets(upstream, "blobs", repos)
+    assert sorted(manifests.values()) == [1] * len(repos), manifests
+    assert sorted(blobs.values()) == [1] * (5 * len(repos)), blobs
+
+
+def test_fleet_cold_start_of_many_tags_and_an_index(make_server: MakeServer, upstream: DistributionRegistry):
+    """Different tags of one repository, and an index whose children are pulled by digest at the same time."""
+    tags_repo, index_repo = "fleet-tags/app", "fleet-index/app"
+    tag_images = {f"t{i}": _image(2) for i in range(6)}
+    for tag, (manifest, blobs) in tag_images.items():
+        push_image(upstream.url, tags_repo, tag, manifest, OCI_MANIFEST, blobs)
+    children = [_image(2) for _ in range(3)]
+    for manifest, blobs in children:
+        push_image(upstream.url, index_repo, digest_of(manifest), manifest, OCI_MANIFEST, blobs)
+    index = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": [
+                {**descriptor(OCI_MANIFEST, m), "platform": {"architecture": arch, "os": "linux"}}
+                for (m, _), arch in zip(children, ["amd64", "arm64", "s390x"], strict=True)
+            ],
+        }
+    ).encode()
+    push_image(upstream.url, index_repo, "multi", index, OCI_INDEX, [])
+    srv = make_server(_config("hub", upstream), workers=2)
+
+    pulls = [(f"hub/{tags_repo}", tag) for tag in tag_images]
+    pulls += [(f"hub/{index_repo}", "multi")] + [(f"hub/{index_repo}", digest_of(m)) for m, _ in children]
+    errors = asyncio.run(_fleet(srv.url, pulls))
+
+    assert errors == [], f"{len(errors)} failed pulls, e.g. {errors[:5]}"
+    manifests = _upstream_gets(upstream, "manifests", [tags_repo, index_repo])
+    blobs = _upstream_gets(upstream, "blobs", [tags_repo, index_repo])
+    assert sorted(manifests.values()) == [1] * (len(tag_images) + 1 + len(children)), manifests
+    assert sorted(blobs.values()) == [1] * (3 * len(tag_images) + 3 * len(children)), blobs
