@@ -18,11 +18,11 @@ import time
 import traceback
 from pathlib import Path
 
-from bench import report, scale, suite
+from bench import fleet, report, scale, suite
 from bench.servers import BenchError, nginx_bin
 
-BENCHMARKS = {**suite.BENCHMARKS, **scale.BENCHMARKS}
-GROUPS = {"headline": list(suite.BENCHMARKS), "scale": list(scale.BENCHMARKS)}
+BENCHMARKS = {**suite.BENCHMARKS, **scale.BENCHMARKS, **fleet.BENCHMARKS}
+GROUPS = {"headline": list(suite.BENCHMARKS), "scale": list(scale.BENCHMARKS), "cold-start": list(fleet.BENCHMARKS)}
 DEFAULT_OUT = Path(__file__).resolve().parent / "RESULTS.md"
 REQUIRED = {"wrk": "wrk", "skopeo": "skopeo", "docker-registry": "docker-registry"}
 OPTIONAL = {

@@ -47,6 +47,8 @@ class Plan:
     scale_wrk_seconds: float
     seed_concurrency: int
     seed_budget: float  # seconds for one seeding step, per server
+    fleet_layer: int = 4 * 1024 * 1024  # the fleet benchmark: 5 images of 4 layers this size
+    fleet_clients: tuple[int, ...] = (20, 50)
 
     @classmethod
     def full(cls, runs: int) -> Plan:
@@ -90,6 +92,8 @@ class Plan:
             scale_wrk_seconds=1,
             seed_concurrency=8,
             seed_budget=120,
+            fleet_layer=256 * 1024,
+            fleet_clients=(20,),
         )
 
 

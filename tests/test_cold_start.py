@@ -9,17 +9,15 @@ children pulled concurrently.
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
 import json
 import os
 import re
 from collections.abc import Callable, Iterator
 
-import aiohttp
 import pytest
 
-from tests.oci import ALL_MANIFEST_TYPES, OCI_CONFIG, OCI_INDEX, OCI_LAYER, OCI_MANIFEST, descriptor, digest_of
+from tests.fleet import run_fleet
+from tests.oci import OCI_CONFIG, OCI_INDEX, OCI_LAYER, OCI_MANIFEST, descriptor, digest_of
 from tests.server import AUTH_OFF, MoorageServer
 from tests.upstreams import DISTRIBUTION_BIN, MOORAGE_USER_AGENT, DistributionRegistry, push_image
 
@@ -60,53 +58,6 @@ def _config(prefix: str, upstream: DistributionRegistry) -> str:
     )
 
 
-async def _pull(session: aiohttp.ClientSession, base: str, repo: str, ref: str, errors: list[str]) -> None:
-    """Pull one reference (an index: each child too) and verify every digest."""
-    async with session.get(f"{base}/v2/{repo}/manifests/{ref}", headers={"Accept": ALL_MANIFEST_TYPES}) as r:
-        body = await r.read()
-        if r.status != 200:
-            errors.append(f"{repo}:{ref} manifest {r.status} {body[:200]!r}")
-            return
-    digest = digest_of(body)
-    if ref.startswith("sha256:") and digest != ref:
-        errors.append(f"{repo}:{ref} manifest digest {digest}")
-        return
-    doc = json.loads(body)
-    if "manifests" in doc:
-        await asyncio.gather(*(_pull(session, base, repo, m["digest"], errors) for m in doc["manifests"]))
-        return
-    for d in [doc["config"], *doc["layers"]]:
-        h = hashlib.sha256()
-        async with session.get(f"{base}/v2/{repo}/blobs/{d['digest']}") as b:
-            if b.status != 200:
-                errors.append(f"{repo} blob {d['digest']} {b.status} {(await b.read())[:200]!r}")
-                continue
-            async for chunk in b.content.iter_chunked(1 << 16):
-                h.update(chunk)
-        if f"sha256:{h.hexdigest()}" != d["digest"]:
-            errors.append(f"{repo} blob {d['digest']} arrived as sha256:{h.hexdigest()}")
-
-
-async def _fleet(base: str, pulls: list[tuple[str, str]], pullers: int = PULLERS) -> list[str]:
-    """`pullers` clients start together, each pulling every (repository, reference) in `pulls`."""
-    errors: list[str] = []
-    start = asyncio.Event()
-    timeout = aiohttp.ClientTimeout(total=180)
-
-    async def puller(i: int) -> None:
-        async with aiohttp.ClientSession(timeout=timeout) as session:
-            await start.wait()
-            order = pulls[i % len(pulls) :] + pulls[: i % len(pulls)]  # runners start on different images
-            for repo, ref in order:
-                await _pull(session, base, repo, ref, errors)
-
-    tasks = [asyncio.ensure_future(puller(i)) for i in range(pullers)]
-    await asyncio.sleep(0.05)
-    start.set()
-    await asyncio.gather(*tasks)
-    return errors
-
-
 def _upstream_gets(upstream: DistributionRegistry, what: str, repos: list[str]) -> dict[str, int]:
     """Moorage's upstream GETs of each manifest or blob path of `repos`, keyed by path."""
     counts: dict[str, int] = {}
@@ -124,7 +75,7 @@ def test_fleet_cold_start_through_the_cache(make_server: MakeServer, upstream: D
         push_image(upstream.url, repo, "v1", manifest, OCI_MANIFEST, blobs)
     srv = make_server(_config("hub", upstream), workers=2)
 
-    errors = asyncio.run(_fleet(srv.url, [(f"hub/{repo}", "v1") for repo in repos]))
+    errors = run_fleet(srv.url, [(f"hub/{repo}", "v1") for repo in repos], PULLERS).errors
 
     assert errors == [], f"{len(errors)} failed pulls, e.g. {errors[:5]}"
     manifests, blobs = _upstream_gets(upstream, "manifests", repos), _upstream_gets(upstream, "blobs", repos)
@@ -156,7 +107,7 @@ def test_fleet_cold_start_of_many_tags_and_an_index(make_server: MakeServer, ups
 
     pulls = [(f"hub/{tags_repo}", tag) for tag in tag_images]
     pulls += [(f"hub/{index_repo}", "multi")] + [(f"hub/{index_repo}", digest_of(m)) for m, _ in children]
-    errors = asyncio.run(_fleet(srv.url, pulls))
+    errors = run_fleet(srv.url, pulls, PULLERS).errors
 
     assert errors == [], f"{len(errors)} failed pulls, e.g. {errors[:5]}"
     manifests = _upstream_gets(upstream, "manifests", [tags_repo, index_repo])
