@@ -122,7 +122,7 @@ class Bench:
                 "moorage-cache",
                 workdir / "moorage-cache",
                 extra_config=(
-                    "[pull_through]\n[[pull_through.rules]]\n"
+                    '[pull_through]\nallowed_upstreams = ["127.0.0.1"]\n[[pull_through.rules]]\n'
                     f'ecr_repository_prefix = "{CACHE_PREFIX}"\nupstream_registry_url = "{self.upstream.url}"\n'
                 ),
             ),

@@ -231,6 +231,13 @@ def _check_upstream_url(v: str) -> str:
     return v.rstrip("/")
 
 
+def _check_allowed_upstreams(v: tuple[str, ...]) -> tuple[str, ...]:
+    from registry.proxy.rules import UpstreamPolicy
+
+    UpstreamPolicy.parse(v)  # each entry's ValueError names it
+    return v
+
+
 def _check_secret_name(v: str) -> str:
     if not re.fullmatch(r"[a-zA-Z0-9/_+=.@-]+", v):
         raise ValueError("must be a secret name from [secrets.NAME]")
@@ -250,6 +257,7 @@ class PullThroughConfig:
     max_rules: int = _key(10, "int", _check_positive)
     tag_refresh_interval: float = _key(24 * 3600.0, "duration")
     upstream_timeout: float = _key(30.0, "duration")
+    allowed_upstreams: tuple[str, ...] = _key(("*",), "strs", _check_allowed_upstreams)
     failure_retry_interval: float = _key(60.0, "duration")
     offline: bool = _key(False, "bool")
     max_cache_bytes: int = _key(0, "int", lambda v: _check_positive(v) if v else v)
@@ -320,6 +328,7 @@ _TYPES: dict[str, tuple[type | tuple[type, ...], str]] = {
     "path": (str, "a path string"),
     "secret": (str, "a string"),
     "duration": ((str, int, float), 'a duration such as "12h"'),
+    "strs": (list, "an array of strings"),
 }
 
 
@@ -339,6 +348,10 @@ def _coerce(key: str, f: dataclasses.Field[Any], value: Any) -> Any:
             value = Secret(value)
         elif kind == "duration":
             value = parse_duration(value)
+        elif kind == "strs":
+            if not all(isinstance(item, str) for item in value):
+                raise ValueError("expected an array of strings")
+            value = tuple(value)
         check = f.metadata.get("check")
         if check is not None:
             value = check(value)
@@ -404,6 +417,9 @@ def _check_rules(config: Config) -> None:
             f"pull_through.rules: {len(rules)} rules, more than pull_through.max_rules "
             f"({config.pull_through.max_rules})"
         )
+    from registry.proxy.rules import NotAllowed, UpstreamPolicy
+
+    policy = UpstreamPolicy.parse(config.pull_through.allowed_upstreams)
     seen: set[str] = set()
     for i, rule in enumerate(rules):
         key = f"pull_through.rules[{i}]"
@@ -414,6 +430,10 @@ def _check_rules(config: Config) -> None:
             raise ConfigError(f"{key}.upstream_repository_prefix: only allowed when ecr_repository_prefix is not ROOT")
         if rule.credential and rule.credential not in config.secrets:
             raise ConfigError(f"{key}.credential: no [secrets.{rule.credential}] is configured")
+        try:
+            policy.check_url(rule.upstream_registry_url)
+        except NotAllowed as e:
+            raise ConfigError(f"{key}.upstream_registry_url: {e}") from None
 
 
 def _check_principals(principals: tuple[PrincipalConfig, ...]) -> None:
@@ -436,6 +456,8 @@ def render(config: Config) -> str:
             return "true" if v else "false"
         if isinstance(v, int | float):
             return repr(v)
+        if isinstance(v, tuple):
+            return json.dumps(list(v))
         return json.dumps(str(v))
 
     def table(header: str, obj: Any) -> list[str]:

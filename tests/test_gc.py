@@ -455,7 +455,9 @@ def test_cache_eviction_removes_the_least_recently_pulled_image(
     per_image = len(images[0].config) + MiB
     bound = len(base) + 2 * per_image + 256 * 1024  # room for about two of them
     rule = f'[[pull_through.rules]]\necr_repository_prefix = "hub"\nupstream_registry_url = "{upstream.url}"\n'
-    srv = make_server(AUTH_OFF + f"[pull_through]\nmax_cache_bytes = {bound}\n" + rule + GRACE_1MS)
+    srv = make_server(
+        AUTH_OFF + f'[pull_through]\nmax_cache_bytes = {bound}\nallowed_upstreams = ["127.0.0.1"]\n' + rule + GRACE_1MS
+    )
     ecr, client = ecr_client(srv), Client(srv.url)
     up_repo = f"library/evict-{os.urandom(3).hex()}"
     for n, image in enumerate(images, 1):

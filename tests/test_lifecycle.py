@@ -729,7 +729,7 @@ def resource_tags(ecr: Any, name: str) -> dict[str, str]:
 
 @needs_distribution
 def test_pull_through_template_applies_to_cache_repositories(make_server: MakeServer, upstream: DistributionRegistry):
-    srv = make_server()
+    srv = make_server(AUTH_OFF + '[pull_through]\nallowed_upstreams = ["127.0.0.1"]\n')
     ecr, client = ecr_client(srv), Client(srv.url)
     policy = {"rules": [_rule(tagStatus="any", countType="sinceImagePushed", countUnit="days", countNumber=30)]}
     created = ecr.create_repository_creation_template(

@@ -137,7 +137,7 @@ def test_pull_through_metrics(make_server) -> None:
     img = make_image(n_layers=1)
     Client(upstream.url).push_image("team/app", "v1", img)
     rule = f'[[pull_through.rules]]\necr_repository_prefix = "up"\nupstream_registry_url = "{upstream.url}"\n'
-    srv = make_server(AUTH_OFF + "[pull_through]\n" + rule)
+    srv = make_server(AUTH_OFF + '[pull_through]\nallowed_upstreams = ["127.0.0.1"]\n' + rule)
     c = Client(srv.url)
     for _ in range(3):
         assert c.get("/v2/up/team/app/manifests/v1", headers={"Accept": img.media_type}).content == img.manifest

@@ -79,6 +79,9 @@ def unique(stem: str) -> str:
 # -- configuration -----------------------------------------------------------------------------------------
 
 
+LOOPBACK_UPSTREAMS = ["127.0.0.1"]
+
+
 def rule_toml(prefix: str, url: str, upstream_prefix: str | None = None, credential: str | None = None) -> str:
     out = f'[[pull_through.rules]]\necr_repository_prefix = "{prefix}"\nupstream_registry_url = "{url}"\n'
     if upstream_prefix is not None:
@@ -89,7 +92,9 @@ def rule_toml(prefix: str, url: str, upstream_prefix: str | None = None, credent
 
 
 def cache_config(*rules: str, auth: str = AUTH_OFF, secrets: str = "", **settings: Any) -> str:
-    """A Moorage config: `auth`, then [pull_through] with `settings` (durations as strings), rules, secrets."""
+    """A Moorage config: `auth`, then [pull_through] with `settings` (durations as strings), rules, secrets.
+    The upstreams here are all on loopback, which `allowed_upstreams` must list."""
+    settings.setdefault("allowed_upstreams", LOOPBACK_UPSTREAMS)
     lines = "".join(f"{key} = {json.dumps(value)}\n" for key, value in settings.items())
     return auth + "[pull_through]\n" + lines + "".join(rules) + secrets
 
@@ -721,7 +726,7 @@ def _code(e: pytest.ExceptionInfo[ClientError]) -> str:
 
 def test_rules_api(make_server: MakeServer, upstream: DistributionRegistry):
     secrets = '[secrets.up]\nusername = "someone"\npassword = "pw"\n'
-    srv = make_server(auth_config() + secrets)
+    srv = make_server(auth_config() + '[pull_through]\nallowed_upstreams = ["127.0.0.1"]\n' + secrets)
     ecr = ecr_client(srv)
 
     created = ecr.create_pull_through_cache_rule(ecrRepositoryPrefix="api", upstreamRegistryUrl=upstream.url)

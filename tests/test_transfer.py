@@ -437,7 +437,7 @@ def test_import_prewarms_offline_pull_through_cache(
     origin: Origin, exported: Path, make_server: MakeServer, skopeo: Skopeo, tmp_path: Path
 ):
     config = (
-        AUTH_OFF + "[pull_through]\noffline = true\n"
+        AUTH_OFF + '[pull_through]\noffline = true\nallowed_upstreams = ["127.0.0.1"]\n'
         '[[pull_through.rules]]\necr_repository_prefix = "hub"\nupstream_registry_url = "http://127.0.0.1:9"\n'
     )
     b = make_server(config)
@@ -463,7 +463,9 @@ def test_export_from_a_pull_through_cache_completes_what_was_not_pulled(
 ):
     """On the connected side, exporting `<prefix>/<repo>:<tag>` fetches through the cache whatever it lacks."""
     config = (
-        AUTH_OFF + f'[[pull_through.rules]]\necr_repository_prefix = "up"\nupstream_registry_url = "{origin.srv.url}"\n'
+        AUTH_OFF
+        + '[pull_through]\nallowed_upstreams = ["127.0.0.1"]\n'
+        + f'[[pull_through.rules]]\necr_repository_prefix = "up"\nupstream_registry_url = "{origin.srv.url}"\n'
     )
     cache = make_server(config)
     summary = ok(exp(cache, "up/team/multi:v2", tmp_path / "out"))  # nothing pulled yet

@@ -294,8 +294,9 @@ def test_a_crashed_downloads_leftovers_are_never_served(make_server: MakeServer,
     )
     slow_upstream.put_manifest("team/app", "v1", manifest, OCI_MANIFEST)
     rule = f'[[pull_through.rules]]\necr_repository_prefix = "up"\nupstream_registry_url = "{slow_upstream.url}"\n'
-    a = make_server(AUTH_OFF + "[pull_through]\n" + rule)
-    b = make_server(AUTH_OFF + "[pull_through]\n" + rule, data_dir=a.data_dir)
+    allowed = 'allowed_upstreams = ["127.0.0.1"]\n'
+    a = make_server(AUTH_OFF + "[pull_through]\n" + allowed + rule)
+    b = make_server(AUTH_OFF + "[pull_through]\n" + allowed + rule, data_dir=a.data_dir)
     dead = subprocess.Popen(["true"])
     dead.wait()
     spool = a.data_dir / "uploads" / f".ingest-pull-sha256-{digest.split(':')[1]}"

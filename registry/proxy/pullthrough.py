@@ -46,7 +46,15 @@ from registry.errors import (
     UpstreamThrottled,
 )
 from registry.proxy import rules as r
-from registry.proxy.upstream import AwsCredentials, BasicCredentials, Credentials, UpstreamClient, UpstreamError
+from registry.proxy.upstream import (
+    AwsCredentials,
+    BasicCredentials,
+    Credentials,
+    GuardedResolver,
+    UpstreamClient,
+    UpstreamError,
+    open_session,
+)
 from registry.service.images import ImageService
 from storage.base import BlobStore, ManifestRecord, MetadataStore, PullThroughRule
 from storage.shared import ProcessLocks
@@ -107,7 +115,9 @@ class PullThrough:
         self.clock = clock
         self.rules: list[PullThroughRule] = []
         self.metrics: dict[str, RuleMetrics] = {}
+        self.policy = r.UpstreamPolicy.parse(config.allowed_upstreams)  # which upstreams rules may name
         self._session: aiohttp.ClientSession | None = None
+        self._guard: GuardedResolver | None = None
         self._clients: dict[str, UpstreamClient] = {}
         self._checked: dict[tuple[str, str], float] = {}  # (repository, tag) -> last confirmed upstream
         self._failures: dict[str, float] = {}  # upstream base URL or "repository:tag" -> when it failed
@@ -117,7 +127,7 @@ class PullThrough:
 
     # -- lifecycle and rules -----------------------------------------------------------------------
     async def start(self) -> None:
-        self._session = aiohttp.ClientSession(auto_decompress=False)
+        self._session, self._guard = open_session(self.policy)
         await self.reload()
 
     async def close(self) -> None:
@@ -167,9 +177,14 @@ class PullThrough:
     def client(self, rule: PullThroughRule) -> UpstreamClient:
         client = self._clients.get(rule.prefix)
         if client is None:
-            assert self._session is not None, "pull-through cache not started"
+            assert self._session is not None and self._guard is not None, "pull-through cache not started"
             client = UpstreamClient(
-                self._session, r.base_url(rule), self.credentials(rule), self.config.upstream_timeout, self.clock
+                self._session,
+                r.base_url(rule),
+                self.credentials(rule),
+                self.config.upstream_timeout,
+                self.clock,
+                guard=self._guard,
             )
             self._clients[rule.prefix] = client
         return client

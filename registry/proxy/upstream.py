@@ -4,14 +4,24 @@ Handles anonymous access, Basic challenges, Bearer-token challenges (Docker Hub,
 is fetched from the challenge's realm and cached per scope until it expires) and ECR-style upstreams
 (access keys: a SigV4-signed GetAuthorizationToken, the token cached and renewed before it expires). Every
 request has bounded connect and read timeouts.
+
+Every host it contacts is held to `[pull_through] allowed_upstreams` (`rules.UpstreamPolicy`): the upstream,
+each redirect it answers with (followed here, one hop at a time) and a Bearer challenge's token realm. Names
+are checked when a URL is used, and the addresses they resolve to when connecting (`GuardedResolver`), so a
+name that resolves, or is rebound, to 169.254.169.254 or a loopback address is refused too. Credentials go
+only to the upstream's own origin (Basic, Bearer, the SigV4-signed token call) and to its token realm (Basic,
+to get a token); a redirect to another origin is followed without them. Error messages never carry an
+upstream's response body: only its status and OCI error codes (with their messages, for a public upstream).
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import ipaddress
 import json
 import re
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,13 +29,22 @@ from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import DefaultResolver
+from yarl import URL
 
 from registry import oci
 from registry.auth.sigv4 import canonical_request, sign
+from registry.proxy.rules import NotAllowed, UpstreamPolicy, is_public, normalize_host
 
 MANIFEST_ACCEPT = ", ".join([oci.OCI_INDEX, oci.OCI_MANIFEST, oci.DOCKER_LIST, oci.DOCKER_MANIFEST])
 _CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
+_ERROR_CODE = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
+_AWS_TYPE = re.compile(r"[A-Za-z0-9#.:_-]{1,128}")
 USER_AGENT = "moorage-pull-through"
+REDIRECTS = frozenset({301, 302, 303, 307, 308})
+MAX_REDIRECTS = 5
+ERROR_BODY_BYTES = 16 * 1024  # read of an error response, for its OCI error codes
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +64,8 @@ Credentials = BasicCredentials | AwsCredentials
 
 
 class UpstreamError(Exception):
-    """The upstream could not answer: `kind` says how (not_found, denied, throttled, unavailable)."""
+    """The upstream could not answer: `kind` says how (not_found, denied, throttled, unavailable; forbidden
+    when the allowlist refused a host or address; invalid when it answered something unusable)."""
 
     def __init__(self, upstream: str, kind: str, message: str, status: int | None = None) -> None:
         super().__init__(f"upstream {upstream}: {message}")
@@ -69,6 +89,80 @@ def _kind(status: int) -> str:
     return "unavailable"
 
 
+# -- where Moorage may connect -----------------------------------------------------------------------------
+
+
+class UpstreamNotAllowed(OSError):
+    """Raised by the resolver (aiohttp reports it as a connection error whose os_error is this)."""
+
+
+class GuardedResolver(AbstractResolver):
+    """An aiohttp resolver that only returns addresses the policy allows for the name and port asked for.
+
+    aiohttp resolves every connection's host through it (IP literals skip resolvers: `UpstreamClient` checks
+    those itself), so the check happens at connect time, on the addresses actually used. It also remembers
+    whether each name last resolved to public addresses only, which decides how much of an upstream's error
+    messages may be shown to clients."""
+
+    def __init__(self, policy: UpstreamPolicy, inner: AbstractResolver | None = None) -> None:
+        self.policy = policy
+        self.inner = inner if inner is not None else DefaultResolver()
+        self._public: dict[str, bool] = {}
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        try:
+            self.policy.check_host(host, port)
+        except NotAllowed as e:
+            raise UpstreamNotAllowed(str(e)) from None
+        found = await self.inner.resolve(host, port, family)
+        allowed: list[ResolveResult] = []
+        refused: list[str] = []
+        for result in found:
+            try:
+                self.policy.check_address(host, port, result["host"])
+            except NotAllowed as e:
+                refused.append(str(e))
+                continue
+            allowed.append(result)
+        self._public[normalize_host(host)] = not refused and all(_public_address(r["host"]) for r in allowed)
+        if not allowed:
+            raise UpstreamNotAllowed(refused[0] if refused else f"{host} resolved to no address")
+        return allowed
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    def is_public(self, host: str) -> bool:
+        """Whether `host` is known to be public (an IP literal that is, or a name last resolved only to public
+        addresses). Unknown names count as internal."""
+        host = normalize_host(host)
+        literal = _public_address(host)
+        return literal if literal is not None else self._public.get(host, False)
+
+
+def _public_address(text: str) -> bool | None:
+    try:
+        return is_public(ipaddress.ip_address(text.split("%", 1)[0]))
+    except ValueError:
+        return None
+
+
+def open_session(policy: UpstreamPolicy) -> tuple[aiohttp.ClientSession, GuardedResolver]:
+    """The HTTP session every upstream request goes through, and its resolver (call inside the event loop)."""
+    resolver = GuardedResolver(policy)
+    connector = aiohttp.TCPConnector(resolver=resolver)
+    return aiohttp.ClientSession(connector=connector, auto_decompress=False, trust_env=False), resolver
+
+
+def _origin(url: URL) -> tuple[str, str, int | None]:
+    return (url.scheme, normalize_host(url.host or ""), url.port)
+
+
+# -- the client --------------------------------------------------------------------------------------------
+
+
 class UpstreamClient:
     def __init__(
         self,
@@ -77,15 +171,27 @@ class UpstreamClient:
         credentials: Credentials | None,
         timeout: float,
         clock: Callable[[], float] = time.time,
+        *,
+        guard: GuardedResolver,
     ) -> None:
         self.session = session
         self.base_url = base_url.rstrip("/")
         self.credentials = credentials
         self.timeout = aiohttp.ClientTimeout(total=None, connect=timeout, sock_connect=timeout, sock_read=timeout)
         self.clock = clock
+        self.guard = guard
+        self._base = URL(self.base_url)
         self._auth: dict[str, tuple[str, float]] = {}  # scope -> (Authorization header, expires at)
 
     # -- requests ----------------------------------------------------------------------------------
+    def _allow(self, url: URL) -> None:
+        """Refuse a URL whose host the allowlist does not permit (literal addresses included: aiohttp does not
+        pass those through the resolver)."""
+        try:
+            self.guard.policy.check_url(str(url))
+        except NotAllowed as e:
+            raise UpstreamError(self.base_url, "forbidden", str(e)) from None
+
     async def _send(
         self, method: str, path: str, scope: str, headers: dict[str, str] | None = None
     ) -> aiohttp.ClientResponse:
@@ -93,8 +199,8 @@ class UpstreamClient:
         cached = self._auth.get(scope)
         if cached and cached[1] > self.clock():
             headers["Authorization"] = cached[0]
-        resp = await self._request(method, path, headers)
-        if resp.status == 401:
+        resp = await self._follow(method, URL(self.base_url + path), headers)
+        if resp.status == 401 and _origin(resp.url) == _origin(self._base):
             challenge = resp.headers.get("WWW-Authenticate", "")
             resp.release()
             header = await self._authenticate(challenge, scope)
@@ -106,28 +212,58 @@ class UpstreamClient:
                     401,
                 )
             headers["Authorization"] = header
-            resp = await self._request(method, path, headers)
+            resp = await self._follow(method, URL(self.base_url + path), headers)
         return resp
 
-    async def _request(self, method: str, path: str, headers: dict[str, str]) -> aiohttp.ClientResponse:
+    async def _follow(self, method: str, url: URL, headers: dict[str, str]) -> aiohttp.ClientResponse:
+        """A request whose redirects are followed here, each hop held to the allowlist; the Authorization
+        header goes only to the upstream's own origin (it is dropped at the first hop away from it)."""
+        headers = dict(headers)
+        for _ in range(MAX_REDIRECTS + 1):
+            self._allow(url)
+            resp = await self._request(method, url, headers)
+            if resp.status not in REDIRECTS or method not in ("GET", "HEAD"):
+                return resp
+            location = resp.headers.get("Location", "")
+            resp.release()
+            try:
+                target = url.join(URL(location))
+            except ValueError:
+                target = URL()
+            if not location or target.scheme not in ("http", "https") or not target.host:
+                raise UpstreamError(self.base_url, "unavailable", f"redirected to an unusable location ({resp.status})")
+            if url.scheme == "https" and target.scheme == "http":
+                raise UpstreamError(self.base_url, "forbidden", f"redirected from https to plain http ({target.host})")
+            if _origin(target) != _origin(self._base):
+                headers.pop("Authorization", None)
+            url = target
+        raise UpstreamError(self.base_url, "unavailable", f"more than {MAX_REDIRECTS} redirects")
+
+    async def _request(self, method: str, url: URL, headers: dict[str, str]) -> aiohttp.ClientResponse:
         try:
-            return await self.session.request(method, self.base_url + path, headers=headers, timeout=self.timeout)
+            return await self.session.request(method, url, headers=headers, timeout=self.timeout, allow_redirects=False)
         except TimeoutError:
             raise UpstreamError(self.base_url, "unavailable", "timed out") from None
+        except aiohttp.ClientConnectorError as e:
+            if isinstance(e.os_error, UpstreamNotAllowed):
+                raise UpstreamError(self.base_url, "forbidden", str(e.os_error)) from None
+            raise UpstreamError(self.base_url, "unavailable", f"unreachable: {e}") from None
         except aiohttp.ClientError as e:
             raise UpstreamError(self.base_url, "unavailable", f"unreachable: {e}") from None
 
-    @staticmethod
-    async def _error(resp: aiohttp.ClientResponse, what: str) -> UpstreamError:
+    async def _error(self, resp: aiohttp.ClientResponse, what: str) -> UpstreamError:
+        """An UpstreamError for a failed response. Its body is never shown: an upstream may be an internal
+        service, and a rule must not become a way to read it. Only OCI error codes are quoted, with their
+        messages when the host is public (Docker Hub's rate limit message, for instance)."""
+        public = self.guard.is_public(resp.url.host or "")
         try:
-            body = (await resp.read())[:2000].decode(errors="replace")
-            errors = json.loads(body).get("errors") or []
-            said = "; ".join(f"{e.get('code')}: {e.get('message')}" for e in errors) or body.strip()
-        except (ValueError, AttributeError, aiohttp.ClientError, TimeoutError):
-            said = ""
+            body = await _read_at_most(resp, ERROR_BODY_BYTES)
+        except (aiohttp.ClientError, TimeoutError):
+            body = b""
         finally:
             resp.release()
-        message = f"{what}: HTTP {resp.status}" + (f" ({said[:300]})" if said else "")
+        said = _oci_errors(body, with_messages=public)
+        message = f"{what}: HTTP {resp.status}" + (f" ({said})" if said else "")
         return UpstreamError(str(resp.url.origin()), _kind(resp.status), message, resp.status)
 
     # -- authentication ----------------------------------------------------------------------------
@@ -142,27 +278,41 @@ class UpstreamClient:
                 return None
             header, expires_at = await self._basic()
         else:
-            raise UpstreamError(self.base_url, "denied", f"unsupported authentication challenge {challenge[:100]!r}")
+            raise UpstreamError(self.base_url, "denied", f"unsupported authentication challenge {scheme[:40]!r}")
         self._auth[scope] = (header, expires_at)
         return header
 
     async def _bearer_token(self, params: dict[str, str], scope: str) -> tuple[str, float]:
+        """A token from the challenge's realm: a host the allowlist permits, reached without redirects, never
+        over plain http from an https upstream; Basic credentials go there to get it."""
         realm = params.get("realm")
         if not realm:
             raise UpstreamError(self.base_url, "denied", "Bearer challenge without a realm")
+        try:
+            realm_url = URL(realm)
+        except ValueError:
+            realm_url = URL()
+        if realm_url.scheme not in ("http", "https") or not realm_url.host:
+            raise UpstreamError(self.base_url, "denied", "Bearer challenge with an unusable realm")
+        if self._base.scheme == "https" and realm_url.scheme == "http":
+            raise UpstreamError(self.base_url, "forbidden", f"token realm {realm_url.host} is plain http")
+        self._allow(realm_url)
         query = {"service": params.get("service", ""), "scope": params.get("scope") or scope}
         headers = {"User-Agent": USER_AGENT}
         if isinstance(self.credentials, BasicCredentials):
             raw = f"{self.credentials.username}:{self.credentials.password}".encode()
             headers["Authorization"] = "Basic " + base64.b64encode(raw).decode()
         try:
-            async with self.session.get(realm, params=query, headers=headers, timeout=self.timeout) as resp:
-                if resp.status != 200:
-                    raise await self._error(resp, "token request was refused")
-                doc = await resp.json(content_type=None)
-        except (aiohttp.ClientError, TimeoutError) as e:
+            resp = await self._request("GET", realm_url.update_query(query), headers)
+            if resp.status != 200:
+                raise await self._error(resp, "token request was refused")
+            try:
+                doc = json.loads(await _read_at_most(resp, 1 << 20))
+            finally:
+                resp.release()
+        except (aiohttp.ClientError, TimeoutError, ValueError) as e:
             raise UpstreamError(self.base_url, "unavailable", f"token service unreachable: {e}") from None
-        token = doc.get("token") or doc.get("access_token")
+        token = doc.get("token") or doc.get("access_token") if isinstance(doc, dict) else None
         if not isinstance(token, str):
             raise UpstreamError(self.base_url, "denied", "token service returned no token")
         ttl = doc.get("expires_in") if isinstance(doc.get("expires_in"), int | float) else 60
@@ -178,7 +328,8 @@ class UpstreamClient:
         return f"Basic {token}", expires_at - 300
 
     async def _ecr_token(self, creds: AwsCredentials) -> tuple[str, float]:
-        """GetAuthorizationToken on an ECR-style upstream, signed with SigV4."""
+        """GetAuthorizationToken on an ECR-style upstream, signed with SigV4 (sent to the upstream itself, no
+        redirects)."""
         body = b"{}"
         amz_date = datetime.fromtimestamp(self.clock(), UTC).strftime("%Y%m%dT%H%M%SZ")
         host = self.base_url.split("://", 1)[1]
@@ -196,16 +347,31 @@ class UpstreamClient:
             f"/ecr/aws4_request, SignedHeaders={';'.join(signed)}, Signature={signature}"
         )
         del headers["Host"]
+        url = URL(self.base_url + "/")
+        self._allow(url)
         try:
-            async with self.session.post(self.base_url + "/", data=body, headers=headers, timeout=self.timeout) as r:
-                doc: dict[str, Any] = await r.json(content_type=None)
+            async with self.session.post(
+                url, data=body, headers=headers, timeout=self.timeout, allow_redirects=False
+            ) as r:
+                doc: Any = json.loads(await _read_at_most(r, 1 << 20))
+                if not isinstance(doc, dict):
+                    raise ValueError("not a JSON object")
                 if r.status != 200:
+                    public = self.guard.is_public(url.host or "")
+                    kind = doc.get("__type") if isinstance(doc.get("__type"), str) else ""
+                    said = kind if _AWS_TYPE.fullmatch(kind) else ""
+                    if public and isinstance(doc.get("message"), str):
+                        said += f": {doc['message'][:200]}"
                     raise UpstreamError(
                         self.base_url,
                         "denied",
-                        f"GetAuthorizationToken failed: {doc.get('__type')}: {doc.get('message')}",
+                        f"GetAuthorizationToken failed: HTTP {r.status} {said}".rstrip(),
                         r.status,
                     )
+        except aiohttp.ClientConnectorError as e:
+            if isinstance(e.os_error, UpstreamNotAllowed):
+                raise UpstreamError(self.base_url, "forbidden", str(e.os_error)) from None
+            raise UpstreamError(self.base_url, "unavailable", f"GetAuthorizationToken failed: {e}") from None
         except (aiohttp.ClientError, TimeoutError, ValueError) as e:
             raise UpstreamError(self.base_url, "unavailable", f"GetAuthorizationToken failed: {e}") from None
         data = doc["authorizationData"][0]
@@ -231,20 +397,59 @@ class UpstreamClient:
             digest = resp.headers.get("Docker-Content-Digest", "")
             resp.release()
             return UpstreamManifest(digest, media_type, None)
+        too_large = UpstreamError(
+            self.base_url,
+            "invalid",
+            f"manifest {repository}:{reference} is larger than {oci.MAX_MANIFEST_BYTES} bytes (4 MiB), the limit "
+            "for a manifest; it cannot be cached",
+        )
         try:
-            body = await resp.content.read(oci.MAX_MANIFEST_BYTES + 1)
+            if resp.content_length is not None and resp.content_length > oci.MAX_MANIFEST_BYTES:
+                raise too_large
+            body = await _read_at_most(resp, oci.MAX_MANIFEST_BYTES + 1)
         except (aiohttp.ClientError, TimeoutError) as e:
             raise UpstreamError(self.base_url, "unavailable", f"manifest body cut short: {e}") from None
         finally:
             resp.release()
         if len(body) > oci.MAX_MANIFEST_BYTES:
-            raise UpstreamError(self.base_url, "unavailable", f"manifest {repository}:{reference} is over 4 MiB")
+            raise too_large
         algorithm = oci.digest_algorithm(reference) if oci.is_digest(reference) else "sha256"
         return UpstreamManifest(oci.compute_digest(body, algorithm), media_type, body)
 
     async def blob(self, repository: str, digest: str) -> aiohttp.ClientResponse:
-        """Start a blob download; the caller reads the body and releases the response."""
+        """Start a blob download (redirects followed, each held to the allowlist); the caller reads the body
+        and releases the response."""
         resp = await self._send("GET", f"/v2/{repository}/blobs/{digest}", f"repository:{repository}:pull")
         if resp.status != 200:
             raise await self._error(resp, f"GET blob {digest}")
         return resp
+
+
+async def _read_at_most(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The whole body, or its first `limit` + 1 bytes when it is longer (one `read(n)` returns only what has
+    arrived so far, which cut large manifests short)."""
+    body = bytearray()
+    async for chunk in resp.content.iter_chunked(64 * 1024):
+        body += chunk
+        if len(body) > limit:
+            break
+    return bytes(body[: limit + 1])
+
+
+def _oci_errors(body: bytes, *, with_messages: bool) -> str:
+    """`CODE: message; CODE` from an OCI error body; nothing from anything else."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return ""
+    errors = doc.get("errors") if isinstance(doc, dict) else None
+    if not isinstance(errors, list):
+        return ""
+    said = []
+    for e in errors[:3]:
+        code = e.get("code") if isinstance(e, dict) else None
+        if not isinstance(code, str) or not _ERROR_CODE.fullmatch(code):
+            continue
+        message = e.get("message")
+        said.append(f"{code}: {message[:200]}" if with_messages and isinstance(message, str) and message else code)
+    return "; ".join(said)

@@ -45,6 +45,7 @@ from registry.errors import (
     RepositoryPolicyNotFound,
     SecretNotFound,
     TooManyTags,
+    UnsupportedUpstreamRegistry,
     UploadNotFound,
     UploadRangeInvalid,
 )
@@ -214,6 +215,10 @@ class EcrService:
             )
         if prefix == rules.ROOT and upstream_prefix != rules.ROOT:
             raise InvalidParameter("upstreamRepositoryPrefix can only be set when ecrRepositoryPrefix is not ROOT")
+        try:  # the same allowlist as rules in the configuration, and as every request made upstream
+            self.pull_through.policy.check_url(url)
+        except rules.NotAllowed as e:
+            raise UnsupportedUpstreamRegistry(f"The upstream registry '{url}' is not supported here: {e}") from None
         self._check_secret(p.get("credentialArn"))
         existing = await self.meta.list_rules()
         if len(existing) >= self.pull_through.config.max_rules:
