@@ -14,11 +14,11 @@ never acted on. `now` is always an argument.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any, NoReturn
+
+from registry.glob import glob_matches
 
 MIN_TEXT_LENGTH = 100
 MAX_TEXT_LENGTH = 30720
@@ -406,14 +406,10 @@ def minify(text: str) -> str:
 # -- evaluation --------------------------------------------------------------------------------------
 
 
-@lru_cache(maxsize=4096)
-def _tag_glob(pattern: str) -> re.Pattern[str]:
-    return re.compile(".*".join(re.escape(part) for part in pattern.split("*")), re.DOTALL)
-
-
 def tag_pattern_matches(pattern: str, tag: str) -> bool:
-    """An anchored, case-sensitive glob where `*` matches any run of characters (and nothing else is special)."""
-    return _tag_glob(pattern).fullmatch(tag) is not None
+    """An anchored, case-sensitive glob where `*` matches any run of characters (and nothing else is special),
+    in time linear in the tag (registry.glob)."""
+    return glob_matches(pattern, tag, single=False)
 
 
 def selects(rule: Rule, image: Image) -> bool:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from registry.errors import (
     NameUnknown,
     TagImmutable,
 )
+from registry.glob import glob_matches
 from storage.base import (
     BlobNotFound,
     BlobStore,
@@ -57,7 +57,7 @@ class PushResult:
 def tag_is_immutable(settings: RepositorySettings, tag: str) -> bool:
     """ECR's tag mutability: IMMUTABLE and MUTABLE, each optionally with wildcard filters that flip it."""
     mode = settings.image_tag_mutability
-    excluded = any(_wildcard(f).fullmatch(tag) for f in settings.mutability_exclusions)
+    excluded = any(glob_matches(f, tag, single=False) for f in settings.mutability_exclusions)
     if mode == "IMMUTABLE":
         return True
     if mode == "IMMUTABLE_WITH_EXCLUSION":
@@ -65,10 +65,6 @@ def tag_is_immutable(settings: RepositorySettings, tag: str) -> bool:
     if mode == "MUTABLE_WITH_EXCLUSION":
         return excluded
     return False
-
-
-def _wildcard(pattern: str) -> re.Pattern[str]:
-    return re.compile(".*".join(re.escape(part) for part in pattern.split("*")))
 
 
 class ImageService:
