@@ -108,6 +108,11 @@ def _account_of(arn: str) -> str | None:
     return parts[4] if len(parts) > 5 and parts[0] == "arn" else None
 
 
+def is_account_root(pattern: str) -> bool:
+    """`arn:aws:iam::<account>:root` (what a bare account id in a Principal stands for)."""
+    return pattern.startswith("arn:") and pattern.endswith(":root") and pattern.split(":")[2] == "iam"
+
+
 def principal_matches(pattern: str, principal_arn: str | None) -> bool:
     """`*` matches everyone, anonymous included; an account's root ARN matches every principal of that account."""
     if pattern == "*":
@@ -116,9 +121,18 @@ def principal_matches(pattern: str, principal_arn: str | None) -> bool:
         return False
     if pattern == principal_arn:
         return True
-    if pattern.startswith("arn:") and pattern.endswith(":root") and pattern.split(":")[2] == "iam":
+    if is_account_root(pattern):
         return _account_of(pattern) == _account_of(principal_arn) and principal_arn.startswith("arn:")
     return False
+
+
+def names_principal(statement: Statement, principal_arn: str | None) -> bool:
+    """Whether a resource-based statement grants to the principal itself: by `*`, by its own ARN or through
+    NotPrincipal, rather than only through its account's root. A grant to an account trusts the account;
+    its principals still need an identity-based policy that allows the action, as in IAM."""
+    if statement.principals is None:
+        return True
+    return any(p == "*" or (p == principal_arn and not is_account_root(p)) for p in statement.principals)
 
 
 # -- parsing -----------------------------------------------------------------------------------------
@@ -428,18 +442,36 @@ def statement_applies(
 def evaluate(
     ctx: RequestContext, identity_policies: Sequence[Policy], resource_policies: Sequence[Policy]
 ) -> Evaluation:
+    """IAM's decision for one request.
+
+    An applicable Deny anywhere wins. Otherwise, within the resource's account an Allow in an identity-based
+    policy is enough, and so is an Allow in the repository policy that names the principal (or `*`); one that
+    names only the principal's account delegates to the account's identity policies and allows nothing by
+    itself. A principal of another account needs both: the repository policy must trust it (by name or by
+    account) and its identity-based policy must allow.
+    """
     context = _context_values(ctx)
-    candidates: list[tuple[str, Statement]] = []
+    identity: list[Statement] = []
     if ctx.principal_arn is not None:  # anonymous callers have no identity
-        candidates += [("an identity-based", s) for p in identity_policies for s in p.statements]
-    candidates += [("a resource-based", s) for p in resource_policies for s in p.statements]
-    applicable = [(kind, s) for kind, s in candidates if statement_applies(s, ctx, context)]
-    for kind, s in applicable:
-        if s.effect == "Deny":
-            return Evaluation(Decision.EXPLICIT_DENY, f"with an explicit deny in {kind} policy", s.sid)
-    if applicable:  # every one of them allows
-        kind, s = applicable[0]
-        return Evaluation(Decision.ALLOW, f"allowed by {kind} policy", s.sid)
+        identity = [s for p in identity_policies for s in p.statements if statement_applies(s, ctx, context)]
+    resource = [s for p in resource_policies for s in p.statements if statement_applies(s, ctx, context)]
+    for kind, statements in (("an identity-based", identity), ("a resource-based", resource)):
+        for s in statements:
+            if s.effect == "Deny":
+                return Evaluation(Decision.EXPLICIT_DENY, f"with an explicit deny in {kind} policy", s.sid)
+    identity_allow = identity[0] if identity else None  # every applicable statement allows by now
+    account = _account_of(ctx.principal_arn) if ctx.principal_arn is not None else None
+    if account is not None and account != ctx.account_id:
+        if identity_allow is None:
+            return Evaluation(Decision.IMPLICIT_DENY, f"no identity-based policy allows the {ctx.action} action")
+        if not resource:
+            return Evaluation(Decision.IMPLICIT_DENY, f"no resource-based policy allows the {ctx.action} action")
+        return Evaluation(Decision.ALLOW, "allowed by an identity-based and a resource-based policy", resource[0].sid)
+    if identity_allow is not None:
+        return Evaluation(Decision.ALLOW, "allowed by an identity-based policy", identity_allow.sid)
+    direct = next((s for s in resource if names_principal(s, ctx.principal_arn)), None)
+    if direct is not None:
+        return Evaluation(Decision.ALLOW, "allowed by a resource-based policy", direct.sid)
     return Evaluation(Decision.IMPLICIT_DENY, f"no identity-based policy allows the {ctx.action} action")
 
 
