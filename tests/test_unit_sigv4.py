@@ -500,14 +500,84 @@ def test_botocore_signed_requests_verify(url: str, path: str, query: str) -> Non
     assert "user-agent" not in auth.signed_headers
 
 
-def test_botocore_session_token_is_a_signed_header() -> None:
+def test_session_token_with_long_term_keys_is_refused() -> None:
+    """botocore signs X-Amz-Security-Token; but only long-term keys exist here, so any token is not valid."""
     headers = _botocore_signed("http://localhost:5000/", BODY, token="FQoGZXIvYXdzE//session+token=")
-    auth = _verify_boto(headers, BODY)
-    assert "x-amz-security-token" in auth.signed_headers
-    tampered = [(k, "other" if k == "X-Amz-Security-Token" else v) for k, v in headers]
+    assert "x-amz-security-token" in dict((k.lower(), v) for k, v in headers)["authorization"]
     with pytest.raises(SigV4Error) as e:
-        _verify_boto(tampered, BODY)
-    assert e.value.code == INVALID
+        _verify_boto(headers, BODY)
+    assert (e.value.code, e.value.message) == (UNRECOGNIZED, "The security token included in the request is invalid.")
+
+
+def _signed_only(names: list[str], extra: list[tuple[str, str]] | None = None) -> list[tuple[str, str]]:
+    """A request with a correct signature over only `names` (lower-case), carrying `extra` headers too."""
+    amz_date = "20240102T030405Z"
+    headers = [
+        ("Host", "localhost:5000"),
+        ("X-Amz-Date", amz_date),
+        ("X-Amz-Target", TARGET),
+        ("Content-Type", "application/x-amz-json-1.1"),
+        *(extra or []),
+    ]
+    request = sigv4.canonical_request("POST", "/", "", headers, names, EMPTY)
+    signature = sigv4.sign(ECR_SECRET, amz_date, "us-west-2", "ecr", request)
+    return [
+        *headers,
+        ("Authorization", _authorization(ECR_KEY, amz_date, "us-west-2", "ecr", ";".join(names), signature)),
+    ]
+
+
+def _verify_at(headers: list[tuple[str, str]], **kw: object) -> sigv4.AuthorizationHeader:
+    args: dict[str, object] = {
+        "method": "POST",
+        "raw_path": "/",
+        "raw_query": "",
+        "headers": headers,
+        "body_sha256": EMPTY,
+        "secret_for": {ECR_KEY: ECR_SECRET}.get,
+        "now": datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC),
+    }
+    args.update(kw)
+    return sigv4.verify(**args)  # type: ignore[arg-type]
+
+
+ALL_SIGNED = ["content-type", "host", "x-amz-date", "x-amz-target"]
+
+
+@pytest.mark.parametrize(
+    ("signed", "extra", "shown"),
+    [
+        (["content-type", "host", "x-amz-date"], [], "X-Amz-Target"),
+        (["host", "x-amz-date", "x-amz-target"], [], "Content-Type"),
+        (ALL_SIGNED, [("X-Amz-Anything", "1")], "X-Amz-Anything"),
+        (ALL_SIGNED, [("x-amz-content-sha256", EMPTY)], "X-Amz-Content-Sha256"),
+    ],
+)
+def test_operation_headers_must_be_signed(signed: list[str], extra: list[tuple[str, str]], shown: str) -> None:
+    """A valid signature that leaves the operation (X-Amz-Target), Content-Type or any x-amz-* header out is
+    refused: otherwise a captured request could be replayed as another operation."""
+    with pytest.raises(SigV4Error) as e:
+        _verify_at(_signed_only(signed, extra))
+    assert (e.value.code, e.value.message) == (
+        INCOMPLETE,
+        f"'{shown}' must be a 'SignedHeader' in the AWS Authorization.",
+    )
+
+
+def test_headers_outside_x_amz_need_not_be_signed() -> None:
+    extra = [("User-Agent", "curl"), ("X-Amzn-Trace-Id", "Root=1-abc"), ("Amz-Sdk-Request", "attempt=1")]
+    assert _verify_at(_signed_only(ALL_SIGNED, extra)).signed_headers == tuple(ALL_SIGNED)
+
+
+def test_region_must_be_the_registrys() -> None:
+    headers = _signed_only(ALL_SIGNED)
+    assert _verify_at(headers, region="us-west-2").region == "us-west-2"
+    with pytest.raises(SigV4Error) as e:
+        _verify_at(headers, region="eu-central-1")
+    assert (e.value.code, e.value.message) == (
+        INVALID,
+        "Credential should be scoped to a valid region, not 'us-west-2'.",
+    )
 
 
 def _with(headers: list[tuple[str, str]], name: str, value: str) -> list[tuple[str, str]]:

@@ -5,6 +5,11 @@ segments and repeated slashes removed and is percent-encoded once more (so `%20`
 the query is decoded and re-encoded with only RFC 3986 unreserved characters left bare, and the signed
 headers are lower-cased, sorted and their values trimmed. Errors are `SigV4Error`s carrying AWS's error code
 and message text; the caller turns them into wire errors.
+
+A signature binds the operation, not just the body: `Host`, the date header, `Content-Type` and every
+`X-Amz-*` header sent (`X-Amz-Target` names the operation) must be among the signed headers, so a captured
+request cannot be replayed as another operation. Only long-term access keys exist here, so a request that
+carries a session token (`X-Amz-Security-Token`) is refused as AWS refuses a token that is not valid.
 """
 
 from __future__ import annotations
@@ -26,6 +31,9 @@ INCOMPLETE = "IncompleteSignatureException"
 INVALID = "InvalidSignatureException"
 UNRECOGNIZED = "UnrecognizedClientException"
 
+INVALID_TOKEN = "The security token included in the request is invalid."
+# Besides Host and the date header, these must be signed whenever they are sent; so must every x-amz-* header.
+MUST_SIGN = ("content-type",)
 SIGNATURE_MISMATCH = (
     "The request signature we calculated does not match the signature you provided. Check your AWS Secret "
     "Access Key and signing method. Consult the service documentation for details."
@@ -196,6 +204,16 @@ def _first(headers: Sequence[tuple[str, str]], name: str) -> str | None:
     return next((v for k, v in headers if k.lower() == name), None)
 
 
+def _check_signed(headers: Sequence[tuple[str, str]], signed: Sequence[str]) -> None:
+    """Every x-amz-* header sent, and those of MUST_SIGN, must be signed."""
+    signed_set = set(signed)
+    for name, _ in headers:
+        lname = name.lower()
+        if (lname.startswith("x-amz-") or lname in MUST_SIGN) and lname not in signed_set:
+            shown = "-".join(part.capitalize() for part in lname.split("-"))
+            raise SigV4Error(INCOMPLETE, f"'{shown}' must be a 'SignedHeader' in the AWS Authorization.")
+
+
 def _request_time(headers: Sequence[tuple[str, str]], authorization: str) -> tuple[datetime, str]:
     """The request's signing time and the header it came from (X-Amz-Date wins over Date)."""
     if (value := _first(headers, "x-amz-date")) is not None:
@@ -246,22 +264,27 @@ def verify(
     now: datetime,
     max_skew: timedelta = timedelta(minutes=15),
     service: str | None = "ecr",
+    region: str | None = None,
 ) -> AuthorizationHeader:
     """Check a request's SigV4 Authorization header; return it parsed, or raise SigV4Error.
 
     `raw_path` is the path as received (percent-encoded, no query string); `body_sha256` the hex SHA-256 of
-    the body as received. The credential's region is not checked: the caller may.
+    the body as received. With `region`, the credential must be scoped to it (a request signed for another
+    region is refused, as AWS refuses it).
     """
     raw_auth = _first(headers, "authorization") or ""
     auth = parse_authorization(raw_auth)
     if service is not None and auth.service != service:
         raise SigV4Error(INVALID, f"Credential should be scoped to correct service: '{service}'.")
+    if region is not None and auth.region != region:
+        raise SigV4Error(INVALID, f"Credential should be scoped to a valid region, not '{auth.region[:40]}'.")
     signed_at, date_header = _request_time(headers, raw_auth)
     if "host" not in auth.signed_headers:
         raise SigV4Error(INCOMPLETE, "'Host' or ':authority' must be a 'SignedHeader' in the AWS Authorization.")
     if date_header not in auth.signed_headers:
         shown = "X-Amz-Date" if date_header == "x-amz-date" else "Date"
         raise SigV4Error(INCOMPLETE, f"'{shown}' must be a 'SignedHeader' in the AWS Authorization.")
+    _check_signed(headers, auth.signed_headers)
     amz_date = f"{signed_at:{AMZ_DATE_FORMAT}}"
     if auth.date != amz_date[:8]:
         raise SigV4Error(
@@ -271,8 +294,8 @@ def verify(
         )
     _check_skew(signed_at, now.astimezone(UTC) if now.tzinfo else now.replace(tzinfo=UTC), max_skew)
     secret = secret_for(auth.access_key_id)
-    if secret is None:
-        raise SigV4Error(UNRECOGNIZED, "The security token included in the request is invalid.")
+    if secret is None or _first(headers, "x-amz-security-token") is not None:
+        raise SigV4Error(UNRECOGNIZED, INVALID_TOKEN)
     request = canonical_request(method, raw_path, raw_query, headers, auth.signed_headers, body_sha256)
     expected = sign(secret, amz_date, auth.region, auth.service, request)
     if not hmac.compare_digest(expected.encode(), auth.signature.encode()):

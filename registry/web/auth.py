@@ -114,6 +114,7 @@ async def api_principal(request: web.Request, body: bytes) -> Principal | None:
             body_sha256=digest,
             secret_for=access.directory.secret_for,
             now=datetime.fromtimestamp(access.clock(), UTC),
+            region=access.region,
         )
     except SigV4Error as e:
         raise SIGV4_ERRORS.get(e.code, AuthFailure)(e.message) from None
