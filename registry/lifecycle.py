@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
+from registry import jsonsafe
 from registry.glob import glob_matches
 
 MIN_TEXT_LENGTH = 100
@@ -202,8 +203,8 @@ def _reject_constant(name: str) -> Any:
 
 def _load(text: str) -> Any:
     try:
-        return json.loads(text, parse_constant=_reject_constant)
-    except (ValueError, RecursionError):
+        return jsonsafe.loads(text, parse_constant=_reject_constant)
+    except ValueError:  # also a document nested too deep to be a policy
         raise LifecyclePolicyError(_UNMAPPABLE) from None
 
 

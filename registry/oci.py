@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import re
 from dataclasses import dataclass
 from typing import Any
 
+from registry import jsonsafe
 from registry.errors import (
     BlobUploadInvalid,
     DigestInvalid,
@@ -46,7 +46,11 @@ DIGEST_RE = re.compile(r"([a-z0-9]+(?:[+._-][a-z0-9]+)*):([a-zA-Z0-9=_-]+)")
 # Registered algorithms the registry verifies: name -> hex length.
 ALGORITHMS = {"sha256": 64, "sha512": 128}
 _HEX = re.compile(r"[a-f0-9]+")
-_CONTENT_RANGE = re.compile(r"(?:bytes )?(\d+)-(\d+)(?:/(?:\d+|\*))?")
+# ASCII digits only (\d and int() take any script's digits), and no more than 18 of them (int() refuses
+# more than 4300, and no blob is an exabyte).
+_CONTENT_RANGE = re.compile(r"(?:bytes )?([0-9]{1,18})-([0-9]{1,18})(?:/(?:[0-9]+|\*))?")
+_RANGE_NUMBER = re.compile(r"[0-9]*")
+MAX_OFFSET = 10**18
 
 
 # -- names, tags, digests ----------------------------------------------------------------------------
@@ -122,6 +126,12 @@ def parse_content_range(value: str) -> tuple[int, int]:
     return start, end
 
 
+def _offset(digits: str) -> int:
+    """ASCII digits as a byte offset; anything past MAX_OFFSET (longer than int() would parse) is MAX_OFFSET."""
+    digits = digits.lstrip("0")
+    return MAX_OFFSET if len(digits) > 18 else int(digits or "0")
+
+
 def parse_range(value: str | None, size: int) -> tuple[int, int] | None:
     """A blob GET's single `Range: bytes=...` as (offset, length), None for the whole blob.
 
@@ -138,17 +148,17 @@ def parse_range(value: str | None, size: int) -> tuple[int, int] | None:
         raise RangeNotSatisfiable("multiple ranges are not supported", headers={"Content-Range": f"bytes */{size}"})
     first, sep, last = spec.partition("-")
     first, last = first.strip(), last.strip()
-    if not sep or not (first.isdigit() or first == "") or not (last.isdigit() or last == "") or first == last == "":
+    if not sep or not _RANGE_NUMBER.fullmatch(first) or not _RANGE_NUMBER.fullmatch(last) or first == last == "":
         raise RangeNotSatisfiable("malformed range", headers={"Content-Range": f"bytes */{size}"})
     if first == "":  # suffix: the last N bytes
-        n = int(last)
+        n = _offset(last)
         if n == 0 or size == 0:
             raise RangeNotSatisfiable(headers={"Content-Range": f"bytes */{size}"})
         n = min(n, size)
         return size - n, n
-    start = int(first)
-    end = size - 1 if last == "" else min(int(last), size - 1)
-    if start >= size or (last != "" and int(last) < start):
+    start = _offset(first)
+    end = size - 1 if last == "" else min(_offset(last), size - 1)
+    if start >= size or (last != "" and _offset(last) < start):
         raise RangeNotSatisfiable(
             f"range starts beyond the blob's {size} bytes", headers={"Content-Range": f"bytes */{size}"}
         )
@@ -250,8 +260,8 @@ def parse_manifest(body: bytes, content_type: str | None) -> ParsedManifest:
     if len(body) > MAX_MANIFEST_BYTES:
         raise ManifestTooLarge(f"manifest is {len(body)} bytes; the limit is {MAX_MANIFEST_BYTES}")
     try:
-        doc = json.loads(body)
-    except (UnicodeDecodeError, ValueError) as e:
+        doc = jsonsafe.loads(body)
+    except ValueError as e:  # not JSON, not UTF-8, or nested too deep
         raise ManifestInvalid(f"manifest is not valid JSON: {e}") from None
     if not isinstance(doc, dict):
         raise ManifestInvalid("manifest must be a JSON object")

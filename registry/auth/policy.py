@@ -10,7 +10,6 @@ substituted: they match literally.
 from __future__ import annotations
 
 import ipaddress
-import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from enum import Enum
 from typing import Any
 
 from registry import glob as _glob
+from registry import jsonsafe
 
 VERSIONS = ("2012-10-17", "2008-10-17")
 _STATEMENT_KEYS = frozenset(
@@ -286,7 +286,7 @@ def parse_policy(text: str | bytes | dict[str, Any], *, resource_policy: bool = 
         doc: Any = text
     else:
         try:
-            doc = json.loads(text)
+            doc = jsonsafe.loads(text)
         except (UnicodeDecodeError, ValueError) as e:
             raise PolicyError(f"policy is not valid JSON: {e}") from None
     if not isinstance(doc, dict):

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from registry import oci
+from registry import jsonsafe, oci
 from registry.auth.policy import PolicyError, parse_policy
 from registry.auth.tokens import DOWNLOAD_PARAM
 from registry.errors import (
@@ -377,7 +377,7 @@ class EcrService:
         name = p["repositoryName"]
         await self._repo(name)
         try:
-            doc = json.loads(p["policyText"])
+            doc = jsonsafe.loads(p["policyText"])
             parse_policy(doc, resource_policy=True)
         except (ValueError, PolicyError) as e:
             raise InvalidParameter(
@@ -602,8 +602,8 @@ class EcrService:
         body = p["imageManifest"].encode("utf-8")
         media_type = p.get("imageManifestMediaType")
         try:
-            doc = json.loads(body)
-        except ValueError:
+            doc = jsonsafe.loads(body)
+        except ValueError:  # also a document nested too deep
             raise InvalidParameter(
                 "Invalid parameter at 'imageManifest' failed to satisfy constraint: 'Invalid JSON syntax'"
             ) from None
@@ -867,7 +867,7 @@ def page_offset(token: str | None) -> int:
     """A nextToken that is a plain offset into a list (previews, templates)."""
     if token is None:
         return 0
-    if not token.isdigit():
+    if not (token.isascii() and token.isdigit()) or len(token) > 18:  # int() takes other scripts' digits
         raise InvalidParameter("Invalid parameter at 'nextToken' failed to satisfy constraint: 'Invalid token'")
     return int(token)
 
@@ -880,7 +880,7 @@ def _decode_token(token: str | None, kind: type) -> Any:
     if token is None:
         return None
     try:
-        value = json.loads(base64.urlsafe_b64decode(token.encode()))
+        value = jsonsafe.loads(base64.urlsafe_b64decode(token.encode()))
     except (ValueError, TypeError):
         value = None
     if not isinstance(value, kind) or isinstance(value, bool):

@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from registry import ecr_model
+from registry import ecr_model, jsonsafe
 from registry.errors import InvalidParameter, SerializationError, UnknownOperation, UnsupportedOperation
 from registry.service.ecr import Caller
 from registry.web.auth import api_principal, condition_keys
@@ -68,8 +68,8 @@ async def handle(request: web.Request) -> web.Response:
     if operation is None:
         raise UnsupportedOperation(f"Moorage does not implement the ECR operation {name}")
     try:
-        raw = json.loads(body) if body.strip() else {}
-    except ValueError as e:
+        raw = jsonsafe.loads(body) if body.strip() else {}
+    except ValueError as e:  # not JSON, not UTF-8, or nested too deep: a client error, never a ServerException
         raise SerializationError(f"the request body is not valid JSON: {e}") from None
     params = ecr_model.validate(op, raw)
 

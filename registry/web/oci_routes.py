@@ -62,9 +62,12 @@ def _page_args(request: web.Request) -> tuple[str | None, int | None]:
     raw_n = request.query.get("n")
     n = None
     if raw_n is not None:
-        if not raw_n.isdigit():
+        # ASCII digits only: str.isdigit() and int() also take "²" and other scripts' digits (and int() fails
+        # on ²). Like Distribution's strconv.Atoi, a number too big for 64 bits is invalid.
+        digits = raw_n.lstrip("0")
+        if not (raw_n.isascii() and raw_n.isdigit()) or len(digits) > 19 or int(digits or "0") >= 2**63:
             raise PaginationInvalid("n must be a non-negative integer", detail={"n": raw_n[:50]})
-        n = int(raw_n)
+        n = int(digits or "0")
     return request.query.get("last"), n
 
 
