@@ -258,6 +258,7 @@ class PullThroughConfig:
     tag_refresh_interval: float = _key(24 * 3600.0, "duration")
     upstream_timeout: float = _key(30.0, "duration")
     allowed_upstreams: tuple[str, ...] = _key(("*",), "strs", _check_allowed_upstreams)
+    blob_download_timeout: float = _key(15 * 60.0, "duration")
     failure_retry_interval: float = _key(60.0, "duration")
     offline: bool = _key(False, "bool")
     max_cache_bytes: int = _key(0, "int", lambda v: _check_positive(v) if v else v)

@@ -5,6 +5,8 @@
   a name resolves to when connecting. Credentials never follow a redirect to another host, and an upstream's
   error bodies are never shown to clients.
 - Upstream manifests up to 4 MiB are read whole; larger ones get a clear OCI error.
+- Blob downloads are bounded by the declared size, Content-Length and `blob_download_timeout`, and a failed
+  one leaves nothing behind.
 
 Network rule: everything here is on loopback. Addresses such as 169.254.169.254 only ever appear in rules
 that are refused before anything is contacted (with `offline = true` as a second guard), never in one that is
@@ -549,3 +551,97 @@ def test_manifests_up_to_4_mib_are_read_whole_and_larger_ones_refused(
     r = get_manifest(srv, "up/team/over", "v1")
     assert r.status_code == 502, (r.status_code, r.text[:300])
     assert "4 MiB" in message_of(r) and r.headers["Content-Type"].startswith("application/json")
+
+
+# == 7. bounded blob downloads ===============================================================================
+
+
+def _serve_layer(
+    up: FakeUpstream, behaviour: Callable[[web.Request, bytes], Awaitable[web.StreamResponse]]
+) -> tuple[str, bytes]:
+    img = make_image(1, MiB)
+    layer = img.layers[0]
+
+    async def blob(request: web.Request) -> web.StreamResponse:
+        return await behaviour(request, layer)
+
+    up.handler = registry({"team/app/manifests/v1": (img.manifest, OCI_MANIFEST)}, {digest_of(layer): blob})
+    return digest_of(layer), layer
+
+
+def _pull_blob(srv: MoorageServer, digest: str, timeout: float) -> tuple[int, int, str, float]:
+    """(status, body bytes received, error, seconds): a GET that reads what comes, for at most `timeout`."""
+    started = time.monotonic()
+    got, error, status = 0, "", 0
+    try:
+        with requests.get(f"{srv.url}/v2/up/team/app/blobs/{digest}", stream=True, timeout=timeout) as r:
+            status = r.status_code
+            for chunk in r.raw.stream(64 * 1024, decode_content=False):
+                got += len(chunk)
+                if time.monotonic() - started > timeout:
+                    error = "still streaming"
+                    break
+    except Exception as e:  # a connection cut mid-body, as requests and urllib3 report it
+        error = type(e).__name__
+    return status, got, error, time.monotonic() - started
+
+
+def _assert_nothing_cached(srv: MoorageServer, digest: str) -> None:
+    assert wait_for(lambda: leftovers(srv) == []), leftovers(srv)
+    assert not blob_file(srv, digest).exists()
+    assert linked(srv, digest) == 0
+
+
+def test_upstream_sending_more_than_declared_with_content_length(
+    make_server: MakeServer, fake: Callable[..., FakeUpstream]
+):
+    up = fake()
+    total = 64 * MiB
+
+    async def oversize(request: web.Request, layer: bytes) -> web.StreamResponse:
+        return await up.stream(request, (layer for _ in range(total // len(layer))), length=total)
+
+    digest, layer = _serve_layer(up, oversize)
+    srv = make_server(config(("up", up.url), allowed=["127.0.0.1"]))
+    assert get_manifest(srv, "up/team/app", "v1").status_code == 200
+    status, got, _, elapsed = _pull_blob(srv, digest, timeout=30)
+    assert status == 502 and got < 4096, (status, got)  # refused before any byte: an OCI error
+    assert up.sent < 16 * MiB, f"Moorage read {up.sent} bytes of a blob declared as {len(layer)}"
+    _assert_nothing_cached(srv, digest)
+    print(f"oversize: refused in {elapsed:.2f}s; the upstream got {up.sent} bytes out of {total}")
+
+
+def test_upstream_sending_endless_bytes(make_server: MakeServer, fake: Callable[..., FakeUpstream]):
+    up = fake()
+    cap = 256 * MiB  # "endless" (a bound only so that a broken Moorage cannot fill the disk)
+
+    async def endless(request: web.Request, layer: bytes) -> web.StreamResponse:
+        return await up.stream(request, (layer for _ in range(cap // len(layer))))
+
+    digest, layer = _serve_layer(up, endless)
+    srv = make_server(config(("up", up.url), allowed=["127.0.0.1"]))
+    assert get_manifest(srv, "up/team/app", "v1").status_code == 200
+    status, got, error, elapsed = _pull_blob(srv, digest, timeout=20)
+    assert got < len(layer), f"the client got {got} bytes ({status}, {error})"  # never a complete body
+    assert elapsed < 10, elapsed
+    assert up.sent < 32 * MiB, f"Moorage read {up.sent} bytes of a blob declared as {len(layer)}"
+    _assert_nothing_cached(srv, digest)
+    print(f"endless: stopped in {elapsed:.2f}s; the upstream got {up.sent} bytes out")
+
+
+def test_upstream_trickling_past_the_deadline(make_server: MakeServer, fake: Callable[..., FakeUpstream]):
+    up = fake()
+
+    async def trickle(request: web.Request, layer: bytes) -> web.StreamResponse:
+        pieces = (layer[i : i + 1024] for i in range(0, len(layer), 1024))  # 1 KiB every 0.1 s: 100 s in all
+        return await up.stream(request, pieces, delay=0.1, length=len(layer))
+
+    digest, layer = _serve_layer(up, trickle)
+    srv = make_server(config(("up", up.url), allowed=["127.0.0.1"], blob_download_timeout="2s"))
+    assert get_manifest(srv, "up/team/app", "v1").status_code == 200
+    status, got, error, elapsed = _pull_blob(srv, digest, timeout=20)
+    assert got < len(layer), f"the client got {got} bytes ({status}, {error})"
+    assert 1.5 < elapsed < 6, f"the download ended after {elapsed:.1f}s; the deadline is 2s"
+    _assert_nothing_cached(srv, digest)
+    assert "blob_download_timeout" in srv.log()
+    print(f"trickle: ended after {elapsed:.2f}s with {got} bytes sent to the client")

@@ -279,3 +279,8 @@ def test_config_allowlist_errors_name_the_key():
         from_dict({"pull_through": {"allowed_upstreams": "*"}})
     with pytest.raises(ConfigError, match=r"pull_through\.allowed_upstreams"):
         from_dict({"pull_through": {"allowed_upstreams": ["*", 5]}})
+
+
+def test_blob_download_timeout():
+    assert from_dict({}).pull_through.blob_download_timeout == 900
+    assert from_dict({"pull_through": {"blob_download_timeout": "2m"}}).pull_through.blob_download_timeout == 120

@@ -538,34 +538,32 @@ class Spool:
 
 @dataclass(eq=False)
 class Download(Spool):
-    """This process's upstream fetch of one blob (it holds the digest's lock until the end)."""
+    """This process's upstream fetch of one blob (it holds the digest's lock until the end).
+
+    It is bounded: it never takes more bytes than the cached manifests declare for the blob (nor than the
+    upstream's Content-Length, which must agree), and it ends after `[pull_through] blob_download_timeout`
+    however the upstream trickles. A download that fails leaves no blob, no link and no spool."""
 
     upstream_repository: str = ""
+    _out: Any = field(init=False, default=None)  # the spool file, written by this download
 
     async def _run(self) -> None:
         owner = self.owner
         path = self.spool
         size_path = _size_path(path)
-        fh = None
+        deadline = owner.config.blob_download_timeout
         try:
-            resp = await owner.client(self.rule).blob(self.upstream_repository, self.digest)
             try:
-                self.size = resp.content_length
-                # Processes following this download read the size first, then the spool (both at known paths).
-                fh = await asyncio.to_thread(_create_spool, path, size_path, self.size)
-                self._fd = await asyncio.to_thread(os.open, path, os.O_RDONLY)
-                self.started.set_result(None)
-                hasher = hashlib.new(oci.digest_algorithm(self.digest))
-                try:
-                    async for chunk in resp.content.iter_chunked(CHUNK):
-                        await asyncio.to_thread(_write, fh, hasher, chunk)
-                        self.written += len(chunk)
-                        owner._metrics(self.rule).upstream_bytes += len(chunk)
-                        await self._notify()
-                except (aiohttp.ClientError, TimeoutError) as e:
-                    raise UpstreamError(r.base_url(self.rule), "unavailable", f"blob download failed: {e}") from None
-            finally:
-                resp.release()
+                async with asyncio.timeout(deadline):
+                    hasher = await self._fetch(path, size_path)
+            except TimeoutError:
+                raise UpstreamError(
+                    r.base_url(self.rule),
+                    "unavailable",
+                    f"blob {self.digest} was not downloaded within [pull_through] blob_download_timeout "
+                    f"({deadline:g}s): {self.written} bytes had arrived",
+                ) from None
+            fh = self._out
             await asyncio.to_thread(_finish, fh)
             actual = f"{hasher.name}:{hasher.hexdigest()}"
             if self.size is not None and self.written != self.size:
@@ -588,14 +586,70 @@ class Download(Spool):
             elif isinstance(e, UpstreamError):
                 log.warning("pull-through download of %s failed: %s", self.digest, e)
         finally:
-            if fh is not None and not fh.closed:
-                await asyncio.to_thread(fh.close)
+            if self._out is not None and not self._out.closed:
+                await asyncio.to_thread(self._out.close)
             await asyncio.to_thread(path.unlink, True)
             await asyncio.to_thread(size_path.unlink, True)
             owner.locks.release(self.lock)
             owner._download_finished(self)
             await self._notify()
             self._maybe_close()
+
+    async def _fetch(self, path: Path, size_path: Path) -> Any:
+        """Stream the upstream's body into the spool, no further than the blob's size; returns the hasher."""
+        owner = self.owner
+        upstream = r.base_url(self.rule)
+        declared = await self._declared_size()
+        resp = await owner.client(self.rule).blob(self.upstream_repository, self.digest)
+        try:
+            length = resp.content_length
+            if declared is not None and length is not None and length != declared:
+                raise UpstreamError(
+                    upstream,
+                    "invalid",
+                    f"answered blob {self.digest} with {length} bytes, but the manifest declares {declared}",
+                )
+            self.size = declared if declared is not None else length
+            # Processes following this download read the size first, then the spool (both at known paths).
+            self._out = await asyncio.to_thread(_create_spool, path, size_path, self.size)
+            self._fd = await asyncio.to_thread(os.open, path, os.O_RDONLY)
+            self.started.set_result(None)
+            hasher = hashlib.new(oci.digest_algorithm(self.digest))
+            try:
+                async for chunk in resp.content.iter_chunked(CHUNK):
+                    if self.size is not None and self.written + len(chunk) > self.size:
+                        raise UpstreamError(
+                            upstream, "invalid", f"sent more than the {self.size} bytes of blob {self.digest}"
+                        )
+                    await asyncio.to_thread(_write, self._out, hasher, chunk)
+                    self.written += len(chunk)
+                    owner._metrics(self.rule).upstream_bytes += len(chunk)
+                    await self._notify()
+            except (aiohttp.ClientError, TimeoutError) as e:
+                raise UpstreamError(upstream, "unavailable", f"blob download failed: {e}") from None
+        finally:
+            resp.release()  # a body not read to its end closes the connection
+        return hasher
+
+    async def _declared_size(self) -> int | None:
+        """The size a cached manifest that lists this blob declares for it (None when none is found: then only
+        the upstream's Content-Length and the deadline bound the download)."""
+        meta = self.owner.meta
+        for repository in list(self.repositories):
+            async for image in self.owner.images.iter_images(repository):
+                if image.media_type in oci.INDEX_TYPES:
+                    continue
+                record = await meta.get_manifest(repository, image.digest)
+                if record is None:
+                    continue
+                try:
+                    parsed = oci.parse_manifest(record.body, record.media_type)
+                except RegistryError:
+                    continue
+                for d in (parsed.config, *parsed.layers):
+                    if d is not None and d.digest == self.digest:
+                        return d.size
+        return None
 
 
 @dataclass(eq=False)
