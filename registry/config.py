@@ -497,7 +497,7 @@ def from_environ(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
     sections = sorted((f.name for f in dataclasses.fields(Config) if f.name != "secrets"), key=len, reverse=True)
     out: dict[str, dict[str, Any]] = {}
     for name, value in environ.items():
-        if not name.startswith(ENV_PREFIX) or name in ("MOORAGE_CONFIG",):
+        if not name.startswith(ENV_PREFIX) or name in ("MOORAGE_CONFIG", "MOORAGE_INSTANCE_ID"):
             continue
         rest = name[len(ENV_PREFIX) :].lower()
         section = next((s for s in sections if rest.startswith(s + "_")), None)

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import IO
 
@@ -55,6 +56,7 @@ class MoorageServer:
         self.config_path.write_text(config)
         self.log_path = self.data_dir.parent / f"moorage-{self.port}.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.instance_id: str | None = None  # this start's MOORAGE_INSTANCE_ID, echoed by /healthz
         self.credentials: tuple[str, str] | None = None  # what a /v2 client sends when auth is on
         self._log_fh: IO[bytes] | None = None
 
@@ -67,7 +69,13 @@ class MoorageServer:
         return f"http://{self.host}"
 
     def start(self, timeout: float = 20.0) -> MoorageServer:
+        """Start the server and wait until this very process answers: `/healthz` must echo this start's
+        MOORAGE_INSTANCE_ID, so another process on the port (a crashed server's orphan, any listener) never
+        passes for it. Raises RuntimeError, with this start's log, if the process exits or does not answer in
+        `timeout`; either way nothing it started is left running."""
         self._log_fh = open(self.log_path, "ab")
+        log_from = self._log_fh.tell()
+        self.instance_id = uuid.uuid4().hex
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -85,29 +93,40 @@ class MoorageServer:
             ],
             stdout=self._log_fh,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            start_new_session=True,  # kill() takes the whole process group (a supervisor and its workers)
+            env={**os.environ, "PYTHONUNBUFFERED": "1", "MOORAGE_INSTANCE_ID": self.instance_id},
+            start_new_session=True,  # its own process group: a supervisor and its workers, killed together
         )
         deadline = time.monotonic() + timeout
+        other = ""  # what answered on the port instead, for the error
         while time.monotonic() < deadline:
             if (code := self.proc.poll()) is not None:
+                self._kill_group(self.proc.pid)  # whatever it started and left behind
                 self._reaped()
-                raise RuntimeError(f"moorage exited with {code}:\n{self.log()}")
+                raise RuntimeError(f"moorage exited with {code} before it answered{other}:\n{self.log(log_from)}")
             try:
-                requests.get(self.url + "/v2/", timeout=1)
-                return self
+                r = requests.get(self.url + "/healthz", timeout=1)
             except (requests.ConnectionError, requests.Timeout):  # workers still starting behind a bound socket
-                time.sleep(0.05)
-        raise RuntimeError(f"moorage did not start in {timeout}s:\n{self.log()}")
+                r = None
+            if r is not None:
+                if _instance(r) == self.instance_id:
+                    return self
+                other = f" (another process answers on {self.host}: /healthz -> {r.status_code} {r.text[:200]!r})"
+            time.sleep(0.05)
+        self.kill()
+        raise RuntimeError(f"moorage did not answer in {timeout}s{other}:\n{self.log(log_from)}")
 
     def stop(self) -> None:
+        """SIGTERM, so the server drains and cleans up after itself (a supervisor removes its metrics dir);
+        after a 10 s grace, SIGKILL to the whole process group."""
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                self._kill_group(self.proc.pid)
                 self.proc.wait()
+        if self.proc:
+            self._kill_group(self.proc.pid)  # anything of it still there (say, workers whose supervisor was killed)
         self._reaped()
 
     def wait(self, timeout: float) -> int:
@@ -117,13 +136,21 @@ class MoorageServer:
         self._reaped()
         return code
 
-    def kill(self) -> None:
-        """SIGKILL to every process of the server: the crash case."""
+    def kill(self, group: bool = True) -> None:
+        """SIGKILL to every process of the server: the crash case. With `group=False`, to the main process
+        alone, as the OOM killer or `docker kill` would: a supervisor's workers are left to go by themselves."""
         if self.proc:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
+            if group:
+                self._kill_group(self.proc.pid)
+            else:
+                self.proc.kill()
             self.proc.wait()
         self._reaped()
+
+    @staticmethod
+    def _kill_group(pgid: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGKILL)
 
     def _reaped(self) -> None:
         self.proc = None
@@ -135,11 +162,29 @@ class MoorageServer:
         self.stop()
         return self.start()
 
-    def log(self) -> str:
+    def log(self, since: int = 0) -> str:
+        """The server's output (every start's, appended), from byte offset `since`."""
         try:
-            return self.log_path.read_text(errors="replace")
+            with open(self.log_path, "rb") as f:
+                f.seek(since)
+                return f.read().decode(errors="replace")
         except FileNotFoundError:
             return ""
+
+    def worker_pids(self) -> list[int]:
+        """The running server's child processes: a supervisor's workers (none for a single process)."""
+        assert self.proc is not None
+        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(self.proc.pid)], capture_output=True, text=True)
+        return [int(x) for x in out.stdout.split()]
+
+
+def _instance(r: requests.Response) -> str | None:
+    """The instance id a /healthz answer echoes (None: not a Moorage started by this harness)."""
+    try:
+        body = r.json()
+    except ValueError:
+        return None
+    return body.get("instance") if r.status_code == 200 and isinstance(body, dict) else None
 
 
 def ecr_client(srv: MoorageServer, key: str = ADMIN_KEY, secret: str = ADMIN_SECRET, region: str = "us-east-1"):

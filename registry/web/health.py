@@ -11,7 +11,12 @@ from registry.web.context import CONFIG, META
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+    # `instance` echoes MOORAGE_INSTANCE_ID when whoever started the server set it, so a caller can tell this
+    # start's answer from another process's on the same port (a crashed server's orphan, say).
+    body = {"status": "ok"}
+    if instance := os.environ.get("MOORAGE_INSTANCE_ID"):
+        body["instance"] = instance
+    return web.json_response(body)
 
 
 async def readyz(request: web.Request) -> web.Response:
