@@ -177,6 +177,7 @@ class ServerConfig:
     listen: str = _key("127.0.0.1:5000", "str", _check_listen)
     data_dir: Path = _key(Path("./data"), "path")
     drain_timeout: float = _key(30.0, "duration")
+    bind_retry: float = _key(5.0, "duration")
     workers: int = _key(0, "int", _check_workers)
     event_loop: str = _key("uvloop", "str", _check_event_loop)
     header_timeout: float = _key(10.0, "duration")

@@ -10,13 +10,21 @@ writers; a change counter tells the others' caches), named locks for pull-throug
 sessions, and the signing keys. Only worker 0 runs the scheduled jobs (lifecycle sweeps, garbage collection).
 Metrics are kept per process in prometheus-client's multiprocess files and summed on every scrape.
 
-The supervisor restarts a worker that dies, gives up when workers keep dying right after starting (a broken
-data dir, say), and on SIGTERM/SIGINT closes the socket and lets every worker drain before it exits.
-Workers exit by themselves if the supervisor disappears (SIGKILL), so no orphan keeps the port.
+The supervisor restarts a worker that dies (at once when it was killed, with a growing delay when it keeps
+exiting with an error right after it starts, and gives up after a few of those: a broken data dir, say), and
+on SIGTERM/SIGINT closes the socket and lets every worker drain before it exits.
+
+A supervisor killed with SIGKILL (the OOM killer, `docker kill`) takes its workers with it: on Linux each
+worker is started with the parent-death signal set to SIGKILL (prctl(PR_SET_PDEATHSIG)), so no orphan keeps
+the port and a restart can bind it at once; elsewhere the workers notice that their parent is gone (a short
+poll, see registry.app) and drain. A starting supervisor that finds its port still held retries the bind for
+`[server] bind_retry` before it gives up; it never shares the port (no SO_REUSEPORT).
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import logging
 import os
 import shutil
@@ -26,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from registry.config import Config
@@ -33,9 +42,12 @@ from registry.config import Config
 log = logging.getLogger("moorage.workers")
 
 BACKLOG = 1024
-QUICK_DEATH = 10.0  # seconds: a worker that dies sooner than this after starting counts as a failed start
-MAX_QUICK_DEATHS = 3  # in a row, for one worker slot: then give up
+QUICK_DEATH = 10.0  # seconds: a worker that exits with an error sooner than this after starting failed to start
+MAX_QUICK_DEATHS = 3  # failed starts in a row, for one worker slot: then give up
+MIN_RESTART_INTERVAL = 1.0  # seconds between two starts of one worker slot, however it died
 POLL = 0.1
+BIND_RETRY_POLL = 0.1
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 @dataclass
@@ -47,8 +59,25 @@ class _Slot:
     restart_at: float = 0.0
 
 
-def bind(host: str, port: int) -> list[socket.socket]:
-    """Listening sockets for every address `host` resolves to (both loopbacks for "localhost")."""
+def bind(host: str, port: int, retry: float = 0.0) -> list[socket.socket]:
+    """Listening sockets for every address `host` resolves to (both loopbacks for "localhost"). While the port
+    is in use (EADDRINUSE: a previous server's processes still exiting, say), try again for up to `retry`
+    seconds; any other error, or the port still in use after that, raises."""
+    deadline = time.monotonic() + retry
+    warned = False
+    while True:
+        try:
+            return _bind_once(host, port)
+        except OSError as e:
+            if e.errno != errno.EADDRINUSE or time.monotonic() >= deadline:
+                raise
+            if not warned:
+                log.warning("%s:%d is in use; trying again for up to %gs", host, port, retry)
+                warned = True
+            time.sleep(BIND_RETRY_POLL)
+
+
+def _bind_once(host: str, port: int) -> list[socket.socket]:
     infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     sockets: list[socket.socket] = []
     seen = set()
@@ -75,10 +104,12 @@ def bind(host: str, port: int) -> list[socket.socket]:
 def supervise(config: Config, count: int, argv: list[str]) -> int:
     """Run `count` workers until SIGTERM/SIGINT; the exit status is 0 after a clean stop."""
     host, port = config.listen
+    retry = config.server.bind_retry
     try:
-        sockets = bind(host, port)
+        sockets = bind(host, port, retry)
     except OSError as e:
-        log.error("cannot listen on %s:%d: %s", host, port, e.strerror or e)
+        held = f" (still after {retry:g}s: is another server running on it?)" if e.errno == errno.EADDRINUSE else ""
+        log.error("cannot listen on %s:%d: %s%s", host, port, e.strerror or e, held)
         return 1
     metrics_dir = tempfile.mkdtemp(prefix="moorage-metrics-")
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
@@ -91,10 +122,12 @@ def supervise(config: Config, count: int, argv: list[str]) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
 
+    die_with_me = _die_with_parent()
+
     def start(slot: _Slot) -> None:
         cmd = [sys.executable, "-m", "registry", *argv, "--worker-fds", fds, "--worker-index", str(slot.index)]
         cmd += ["--supervisor-pid", str(os.getpid())]
-        slot.proc = subprocess.Popen(cmd, pass_fds=[s.fileno() for s in sockets], env=env)
+        slot.proc = subprocess.Popen(cmd, pass_fds=[s.fileno() for s in sockets], env=env, preexec_fn=die_with_me)
         slot.started_at = time.monotonic()
 
     slots = [_Slot(i) for i in range(count)]
@@ -116,16 +149,19 @@ def supervise(config: Config, count: int, argv: list[str]) -> int:
                     continue
                 _mark_dead(metrics_dir, slot.proc.pid)
                 slot.proc = None
-                quick = now - slot.started_at < QUICK_DEATH
-                slot.quick_deaths = slot.quick_deaths + 1 if quick else 0
+                # Only an error exit right after the start is a failed start; a worker that was killed (code < 0:
+                # the OOM killer, an operator) or stopped (0) is simply replaced.
+                failed_start = code > 0 and now - slot.started_at < QUICK_DEATH
+                slot.quick_deaths = slot.quick_deaths + 1 if failed_start else 0
                 if slot.quick_deaths >= MAX_QUICK_DEATHS:
                     log.error("worker %d keeps exiting right after it starts (status %d); stopping", slot.index, code)
                     stopping.append(0)
                     status = 1
                     break
                 delay = min(2.0**slot.quick_deaths - 1, 10.0)
-                log.warning("worker %d exited with status %d; restarting it in %.0fs", slot.index, code, delay)
-                slot.restart_at = now + delay
+                slot.restart_at = max(now + delay, slot.started_at + MIN_RESTART_INTERVAL)
+                how = f"(killed by {_signal_name(-code)})" if code < 0 else f"with status {code}"
+                log.warning("worker %d exited %s; restarting it in %.1fs", slot.index, how, slot.restart_at - now)
         log.info("supervisor: stopping %d workers", sum(1 for s in slots if s.proc is not None))
     finally:
         for sock in sockets:  # no new connections; the workers drain what they have
@@ -133,6 +169,41 @@ def supervise(config: Config, count: int, argv: list[str]) -> int:
         _stop_all([s.proc for s in slots if s.proc is not None], config.server.drain_timeout + 5)
         shutil.rmtree(metrics_dir, ignore_errors=True)
     return status
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:  # a real-time signal, say
+        return f"signal {number}"
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A `preexec_fn` that makes a worker die with this process: on Linux, between fork and exec, the child
+    asks the kernel for SIGKILL when its parent exits (PR_SET_PDEATHSIG survives exec), then checks that its
+    parent is still this process (it may have died before the request took effect). None where there is no
+    prctl: workers then rely on their own watch of the parent.
+
+    The signal is sent when the thread that forked the child exits: workers are started from the supervisor's
+    main thread only. The hook runs in the forked child of a process with a log-writer thread, so it only
+    calls a function resolved here, in the parent, and takes no Python-level lock."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None).prctl
+    except (OSError, AttributeError):
+        return None
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    prctl.restype = ctypes.c_int
+    parent = os.getpid()
+    sigkill = int(signal.SIGKILL)
+
+    def hook() -> None:
+        prctl(PR_SET_PDEATHSIG, sigkill, 0, 0, 0)  # if refused (a seccomp filter), the watch remains
+        if os.getppid() != parent:  # the supervisor died before we asked: nobody would signal us
+            os._exit(1)
+
+    return hook
 
 
 def _stop_all(procs: list[subprocess.Popen[bytes]], timeout: float) -> None:
