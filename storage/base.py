@@ -163,6 +163,9 @@ class ManifestWrite:
     config_media_type: str | None = None
     protected_tags: tuple[str, ...] = ()  # tags that may not move to this manifest if they exist elsewhere
     required_blobs: tuple[str, ...] = ()  # re-checked inside the transaction (garbage collection runs concurrently)
+    # Create the repository with these settings if it doesn't exist, in the same transaction: a pull-through
+    # cache repository appears with its first manifest, never empty (no request sees it half made).
+    create: RepositoryInit | None = None
 
 
 @dataclass(frozen=True, slots=True)

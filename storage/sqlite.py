@@ -341,21 +341,26 @@ class SQLiteMetadataStore:
         existing = await self.get_repository(name)
         if existing:
             return existing
-        init = init or RepositoryInit()
         async with self._tx() as db:
-            if await self._insert_repository(db, name, now, init.settings, ignore=True):
-                await db.execute(
-                    "UPDATE repositories SET policy = ?, lifecycle_policy = ? WHERE name = ?",
-                    (init.policy, init.lifecycle_policy, name),
-                )
-                if init.tags:
-                    await db.executemany(
-                        "INSERT OR REPLACE INTO repository_tags (repository_id, key, value) "
-                        "SELECT id, ?, ? FROM repositories WHERE name = ?",
-                        [(k, v, name) for k, v in init.tags],
-                    )
+            await self._ensure_repository_in(db, name, now, init or RepositoryInit())
             row = await self._one(db, f"SELECT {_REPO_COLUMNS} FROM repositories WHERE name = ?", (name,))
         return self._repo(row)
+
+    async def _ensure_repository_in(
+        self, db: aiosqlite.Connection, name: str, now: float, init: RepositoryInit
+    ) -> None:
+        """Inside a write transaction: create the repository with `init` unless it exists."""
+        if await self._insert_repository(db, name, now, init.settings, ignore=True):
+            await db.execute(
+                "UPDATE repositories SET policy = ?, lifecycle_policy = ? WHERE name = ?",
+                (init.policy, init.lifecycle_policy, name),
+            )
+            if init.tags:
+                await db.executemany(
+                    "INSERT OR REPLACE INTO repository_tags (repository_id, key, value) "
+                    "SELECT id, ?, ? FROM repositories WHERE name = ?",
+                    [(k, v, name) for k, v in init.tags],
+                )
 
     @staticmethod
     async def _insert_repository(
@@ -547,6 +552,9 @@ class SQLiteMetadataStore:
         annotations = json.dumps(write.annotations) if write.annotations else None
         async with self._tx() as db:
             repo = await self._one(db, "SELECT id FROM repositories WHERE name = ?", (write.repository,))
+            if repo is None and write.create is not None:
+                await self._ensure_repository_in(db, write.repository, write.pushed_at, write.create)
+                repo = await self._one(db, "SELECT id FROM repositories WHERE name = ?", (write.repository,))
             if repo is None:
                 raise StorageError(f"repository {write.repository} does not exist")
             repo_id = repo[0]

@@ -53,7 +53,7 @@ def _image(layers: int = 4, layer_size: int = 128 * 1024) -> tuple[bytes, list[b
 def _config(prefix: str, upstream: DistributionRegistry) -> str:
     return (
         AUTH_OFF
-        + "[pull_through]\n"
+        + '[pull_through]\nallowed_upstreams = ["127.0.0.1"]\n'
         + f'[[pull_through.rules]]\necr_repository_prefix = "{prefix}"\nupstream_registry_url = "{upstream.url}"\n'
     )
 

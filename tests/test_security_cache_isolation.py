@@ -53,7 +53,7 @@ def _config(*rules: tuple[str, str]) -> str:
         principal_toml("victim", *VICTIM, _allow("arn:aws:ecr:us-east-1:*:repository/team-a/*")),
         principal_toml("attacker", *ATTACKER, _allow("arn:aws:ecr:us-east-1:*:repository/up*")),
     )
-    pull_through = "[pull_through]\n"
+    pull_through = '[pull_through]\nallowed_upstreams = ["127.0.0.1"]\n'
     for prefix, url in rules:
         pull_through += f'[[pull_through.rules]]\necr_repository_prefix = "{prefix}"\nupstream_registry_url = "{url}"\n'
     return auth_config(*principals) + pull_through

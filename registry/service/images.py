@@ -243,10 +243,16 @@ class ImageService:
                 f"manifest digest is {actual}, not {digest}", detail={"expected": digest, "actual": actual}
             )
         digest = actual
+        create: RepositoryInit | None = None
         if trusted:  # a manifest from an upstream: its blobs and children arrive when first asked for
-            repo = await self.create_repository(name, "PULL_THROUGH_CACHE")
+            try:
+                settings = (await self.repository(name)).settings
+            except NameUnknown:  # a new cache repository: it is created with this manifest, in one transaction
+                template = await self.templates(name, "PULL_THROUGH_CACHE") if self.templates else None
+                create = template or RepositoryInit()
+                settings = create.settings
         else:
-            repo = await self.repository_for_push(name)
+            settings = (await self.repository_for_push(name)).settings
         required = () if trusted else parsed.required_blobs
         missing = set(required) - await self.meta.linked_blobs(name, required) if required else set()
         if required and not missing:  # linked, but are the bytes still there? (a crash mid-GC can orphan a row)
@@ -268,7 +274,7 @@ class ImageService:
         if parsed.manifests:
             children = await self.meta.images_by_digest(name, parsed.referenced_manifests)
             image_size = max((c.image_size for c in children.values()), default=0)
-        protected = tuple(t for t in tags if tag_is_immutable(repo.settings, t))
+        protected = tuple(t for t in tags if tag_is_immutable(settings, t))
         try:
             outcome = await self.meta.put_manifest(
                 ManifestWrite(
@@ -287,6 +293,7 @@ class ImageService:
                     config_media_type=parsed.config.media_type if parsed.config else None,
                     protected_tags=protected,
                     required_blobs=required,
+                    create=create,
                 )
             )
         except BlobNotFound as e:  # collected as garbage between the check above and the write
