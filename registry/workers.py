@@ -8,7 +8,8 @@ hands each new connection to whichever worker accepts it first.
 The workers share everything through the data dir (see `storage.shared`): the database (SQLite serializes
 writers; a change counter tells the others' caches), named locks for pull-through downloads and upload
 sessions, and the signing keys. Only worker 0 runs the scheduled jobs (lifecycle sweeps, garbage collection).
-Metrics are kept per process in prometheus-client's multiprocess files and summed on every scrape.
+Metrics are kept per process in prometheus-client's multiprocess files and summed on every scrape (in a temp
+directory per supervisor, which a supervisor that was killed leaves behind: the next one to start removes it).
 
 The supervisor restarts a worker that dies (at once when it was killed, with a growing delay when it keeps
 exiting with an error right after it starts, and gives up after a few of those: a broken data dir, say), and
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import logging
 import os
 import shutil
@@ -48,6 +50,8 @@ MIN_RESTART_INTERVAL = 1.0  # seconds between two starts of one worker slot, how
 POLL = 0.1
 BIND_RETRY_POLL = 0.1
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+METRICS_PREFIX = "moorage-metrics-"  # + random: a supervisor's directory for its workers' metrics files
+METRICS_LOCKED = ".locked"  # made once the directory is locked: from then on, unlocked means its owner is gone
 
 
 @dataclass
@@ -111,7 +115,8 @@ def supervise(config: Config, count: int, argv: list[str]) -> int:
         held = f" (still after {retry:g}s: is another server running on it?)" if e.errno == errno.EADDRINUSE else ""
         log.error("cannot listen on %s:%d: %s%s", host, port, e.strerror or e, held)
         return 1
-    metrics_dir = tempfile.mkdtemp(prefix="moorage-metrics-")
+    remove_stale_metrics_dirs()
+    metrics_dir, metrics_lock = _metrics_dir()
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
     fds = ",".join(str(s.fileno()) for s in sockets)
     stopping: list[int] = []
@@ -127,7 +132,8 @@ def supervise(config: Config, count: int, argv: list[str]) -> int:
     def start(slot: _Slot) -> None:
         cmd = [sys.executable, "-m", "registry", *argv, "--worker-fds", fds, "--worker-index", str(slot.index)]
         cmd += ["--supervisor-pid", str(os.getpid())]
-        slot.proc = subprocess.Popen(cmd, pass_fds=[s.fileno() for s in sockets], env=env, preexec_fn=die_with_me)
+        pass_fds = [*(s.fileno() for s in sockets), metrics_lock]  # workers keep the metrics dir locked too
+        slot.proc = subprocess.Popen(cmd, pass_fds=pass_fds, env=env, preexec_fn=die_with_me)
         slot.started_at = time.monotonic()
 
     slots = [_Slot(i) for i in range(count)]
@@ -168,7 +174,51 @@ def supervise(config: Config, count: int, argv: list[str]) -> int:
             sock.close()
         _stop_all([s.proc for s in slots if s.proc is not None], config.server.drain_timeout + 5)
         shutil.rmtree(metrics_dir, ignore_errors=True)
+        os.close(metrics_lock)
     return status
+
+
+def _metrics_dir() -> tuple[str, int]:
+    """A new directory for the workers' metrics files, and a descriptor holding its lock (flock) for as long
+    as this supervisor or any of its workers lives, so a later supervisor can tell what a killed one left."""
+    path = tempfile.mkdtemp(prefix=METRICS_PREFIX)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    os.close(os.open(os.path.join(path, METRICS_LOCKED), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+    return path, fd
+
+
+def remove_stale_metrics_dirs() -> list[str]:
+    """Remove the metrics directories of supervisors that are gone without cleaning up (SIGKILL): this user's
+    `moorage-metrics-*` directories in the temp dir whose lock nobody holds. A directory that is not marked
+    locked yet may be one a supervisor is creating right now: it stays."""
+    parent = tempfile.gettempdir()
+    try:
+        with os.scandir(parent) as entries:
+            candidates = [e.path for e in entries if e.name.startswith(METRICS_PREFIX)]
+    except OSError:
+        return []
+    removed = []
+    for path in candidates:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:  # not a directory, not ours to read, or gone already
+            continue
+        try:
+            if os.fstat(fd).st_uid != os.getuid():
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:  # a live supervisor (or one of its workers) holds it
+                continue
+            if os.path.exists(os.path.join(path, METRICS_LOCKED)):
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+        finally:
+            os.close(fd)
+    if removed:
+        log.info("removed %d metrics directories left by supervisors that were killed", len(removed))
+    return removed
 
 
 def _signal_name(number: int) -> str:

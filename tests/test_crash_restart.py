@@ -176,6 +176,33 @@ def test_a_start_that_times_out_leaves_nothing_running(tmp_path: Path):
         srv.kill()
 
 
+def metrics_dir_of(pid: int) -> Path:
+    environ = dict(item.split("=", 1) for item in Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in item)
+    return Path(environ["PROMETHEUS_MULTIPROC_DIR"])
+
+
+def test_a_starting_supervisor_removes_what_a_killed_one_left_and_nothing_else(tmp_path: Path):
+    """A supervisor killed with SIGKILL cannot remove its metrics directory; the next one to start does (and
+    leaves a live supervisor's alone)."""
+    killed = MoorageServer(tmp_path / "killed", workers=2).start()
+    live = MoorageServer(tmp_path / "live", workers=2).start()
+    try:
+        left = metrics_dir_of(killed.worker_pids()[0])
+        live_dir = metrics_dir_of(live.worker_pids()[0])
+        workers = killed.worker_pids()
+        killed.kill(group=False)
+        wait_for(lambda: all(gone(pid) for pid in workers), 5, "the workers to exit")
+        assert left.is_dir()
+        killed.start()
+        assert not left.exists()
+        assert live_dir.is_dir() and metrics_dir_of(live.worker_pids()[0]) == live_dir
+        assert Client(live.url).get("/metrics").status_code == 200
+    finally:
+        killed.stop()
+        live.stop()
+    assert not live_dir.exists()  # stopped cleanly: removed by its own supervisor
+
+
 # -- the crash cycles --------------------------------------------------------------------------------
 
 
