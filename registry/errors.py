@@ -111,7 +111,8 @@ class Unauthorized(RegistryError):
 
 
 class AuthenticationRequired(Unauthorized):
-    """No credentials where some are needed: ECR answers 401 with a Basic challenge and `Not Authorized`."""
+    """No credentials where some are needed: 401 with a challenge. ECR's body is a plain `Not Authorized`; the
+    OCI spec's is its error JSON (code UNAUTHORIZED), which Moorage follows, keeping ECR's message."""
 
     default_message = "Not Authorized"
 

@@ -163,10 +163,11 @@ def push_image(srv: MoorageServer, repo: str, ref: str, image: Image, authorizat
 
 
 def assert_challenge(srv: MoorageServer, r: requests.Response) -> None:
-    """ECR's answer to a /v2 request without credentials: 401, Basic challenge, plain `Not Authorized`."""
+    """The answer to a /v2 request without credentials: 401, a challenge, and the OCI error JSON (UNAUTHORIZED)
+    with ECR's message `Not Authorized`."""
     assert r.status_code == 401, (r.status_code, r.headers, r.text)
     assert r.headers.get("WWW-Authenticate") == challenge_value(srv), dict(r.headers)
-    assert r.text == NOT_AUTHORIZED, r.text
+    assert oci_error(r, 401, "UNAUTHORIZED") == NOT_AUTHORIZED, r.text
     assert r.headers.get("Docker-Distribution-API-Version") == "registry/2.0", dict(r.headers)
 
 

@@ -313,7 +313,7 @@ def _manifest(rng: random.Random) -> bytes:
 
 def test_names_digests_and_references(target: Target) -> None:
     rng = random.Random(SEED)
-    for i in range(150):
+    for i in range(500):
         name = quote(_name(rng), safe="/%")
         ref = rng.choice(["latest", _digest(rng), quote(_name(rng), safe=""), "a" * 200])
         method, path = rng.choice(
@@ -362,7 +362,7 @@ def test_ranges(target: Target) -> None:
 def test_manifests(target: Target) -> None:
     rng = random.Random(SEED + 2)
     content_types = [OCI_MANIFEST, "application/vnd.oci.image.index.v1+json", "application/json", "text/plain", ""]
-    for i in range(120):
+    for i in range(400):
         body = _manifest(rng)
         ref = rng.choice(["fuzz", "sha256:" + "0" * 64, digest_of(body)])
         status, out = target.raw(
@@ -373,7 +373,7 @@ def test_manifests(target: Target) -> None:
 
 def test_ecr_bodies(target: Target) -> None:
     rng = random.Random(SEED + 3)
-    for i in range(200):
+    for i in range(600):
         operation = rng.choice(ECR_OPERATIONS)
         body = _ecr_body(rng, operation)
         started = time.monotonic()
@@ -424,10 +424,11 @@ def test_forged_credentials_never_get_in(target: Target) -> None:
             for method, path in (("GET", f"/v2/{STORED}/manifests/v1"), ("GET", "/v2/_catalog")):
                 status, body = target.raw(method, path, {"Authorization": auth})
                 assert status in (400, 401, 403), f"forged #{i} {auth[:60]!r} -> {status} {body[:200]!r}"
-                _check_v2(status, body, f"forged #{i}")
+                if len(auth) < 8000:  # longer header lines are refused by the HTTP parser, before any route
+                    _check_v2(status, body, f"forged #{i}")
     # SigV4: garbage Authorization headers, and a real signature replayed on another body.
     for i in range(30):
-        junk = "".join(rng.choice(header_chars) for _ in range(rng.randint(0, 300)))
+        junk = "".join(rng.choice(header_chars) for _ in range(rng.randint(0, 300))).strip()
         r = requests.post(
             target.srv.url + "/",
             data=b"{}",

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from registry import logs
-from registry.errors import AuthenticationRequired, NotFound, RegistryError, Unsupported
+from registry.errors import NotFound, RegistryError, Unsupported
 from registry.web.sendfile import SendfileResponse
 
 log = logging.getLogger("moorage.http")
@@ -48,8 +48,6 @@ def render_error(request: web.Request, err: RegistryError) -> web.Response:
         return web.Response(
             status=status, headers=headers, content_type="application/x-amz-json-1.1", text=json.dumps(body)
         )
-    if isinstance(err, AuthenticationRequired):
-        return web.Response(status=401, headers=headers, content_type="text/plain", text=err.message)
     error: dict[str, object] = {"code": err.oci_code, "message": err.message}
     if err.detail is not None:
         error["detail"] = err.detail
