@@ -11,6 +11,16 @@ with the right size. An archive is written to `<DEST>.partial` with a journal of
 (`<DEST>.partial.json`); re-running resumes after the last complete member, and DEST appears by rename only
 when it is complete.
 
+skopeo up to 1.18 (containers/image before 5.35: Debian 12's skopeo 1.9, for one) finds an image of a layout by
+name (`oci:DIR:team/app:1`) only among `index.json` entries typed as an OCI manifest or OCI index: a Docker schema
+2 manifest or manifest list named there is "no descriptor found", even in a layout skopeo wrote itself. So beside
+the entry of each Docker-typed image, export writes a second entry of the same name: a small OCI index made for it
+(annotated `io.moorage.oci-index-for: <the Docker manifest's digest>`, in `index.json` and in the index itself)
+that lists the Docker manifest (no platform, so any host picks it) or, for a manifest list, the list's own entries.
+Through it, old skopeo copies the Docker manifest and its children byte-exact (with `--all`, it also makes the index
+the top of what it copied); skopeo 1.19+ and `moorage import` take the first entry, the Docker manifest itself.
+Nothing stored is converted: the Docker manifests are exported as they are.
+
 Import verifies every blob against its digest while it streams it into the store (a private file, fsynced,
 renamed: a killed import leaves no partial blob), skips blobs already stored, and only then creates the
 repository, links the blobs and stores the manifests byte-exact, children first and tags last, through the same
@@ -22,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gzip
 import hashlib
 import json
@@ -46,6 +57,8 @@ if TYPE_CHECKING:
 
 REF_NAME = "org.opencontainers.image.ref.name"
 REPOSITORY_ANNOTATION = "io.moorage.repository"  # export names each image's repository, so import can restore it
+OCI_INDEX_FOR = "io.moorage.oci-index-for"  # an OCI index export made for a Docker manifest (see above)
+DOCKER_TYPES = (oci.DOCKER_MANIFEST, oci.DOCKER_LIST)
 CONTAINERD_NAME = "io.containerd.image.name"  # what `docker save` (containerd image store) names images with
 LAYOUT_FILE = "oci-layout"
 INDEX_FILE = "index.json"
@@ -502,9 +515,10 @@ def _plan_oci(source: Source, repository: str | None, tag: str | None) -> _Plan:
         index = oci.parse_manifest(body, oci.OCI_INDEX)
     except RegistryError as e:
         raise TransferError(f"{source}: index.json: {e.message}") from None
+    descs = [_unwrap(source, d, index.manifests) for d in index.manifests]
     cands: list[_Candidate] = []
     first: dict[str, int] = {}  # entries naming the same manifest are one image (with several tags)
-    for n, d in enumerate(index.manifests):
+    for n, d in enumerate(descs):
         i = first.setdefault(d.digest, n)
         ann = d.annotations or {}
         ref = ann.get(REF_NAME)
@@ -514,14 +528,35 @@ def _plan_oci(source: Source, repository: str | None, tag: str | None) -> _Plan:
         cands.append(_Candidate(i, repo, t or c_tag, ref or d.digest))
     chosen = _select(source, cands, repository, tag)
     for entry, repo, tags in chosen:
-        top = index.manifests[entry]
+        top = descs[entry]
         image = _Image(repo, tags, top.digest, top.media_type)
         _walk_oci(source, plan, image, top, set())
         image.media_type = plan.manifests[top.digest][0]
         plan.images.append(image)
     picked = {entry for entry, _, _ in chosen}
-    _plan_referrers(source, plan, [d for i, d in enumerate(index.manifests) if i not in picked and not cands[i].tag])
+    _plan_referrers(source, plan, [d for i, d in enumerate(descs) if i not in picked and not cands[i].tag])
     return plan
+
+
+def _unwrap(source: Source, desc: oci.Descriptor, entries: tuple[oci.Descriptor, ...]) -> oci.Descriptor:
+    """An `index.json` entry for an OCI index that an export made for a Docker manifest (`OCI_INDEX_FOR`) stands
+    for that manifest, under the entry's own names: import stores the Docker manifest, never the made index.
+    The manifest's descriptor is its own entry's, or read from its blob (checked when walked); without either,
+    the entry is what it says it is."""
+    wrapped = (desc.annotations or {}).get(OCI_INDEX_FOR)
+    if not wrapped or desc.media_type != oci.OCI_INDEX:
+        return desc
+    own = next((d for d in entries if d.digest == wrapped), None)
+    if own is not None:
+        return dataclasses.replace(own, annotations=desc.annotations)
+    try:
+        path = source.resolve(_blob_member(oci.validate_digest(wrapped)))
+        if path is None:
+            return desc
+        media_type = oci.parse_manifest(source.read(path, oci.MAX_MANIFEST_BYTES), None).media_type
+    except RegistryError:
+        return desc
+    return oci.Descriptor(media_type, wrapped, source.size(path), annotations=desc.annotations)
 
 
 def _plan_referrers(source: Source, plan: _Plan, loose: list[oci.Descriptor]) -> None:
@@ -1016,6 +1051,24 @@ class _Writer:
         raise NotImplementedError
 
 
+def _oci_index_for(media_type: str, digest: str, body: bytes) -> bytes:
+    """The OCI index that stands in for a Docker manifest (or manifest list) in `index.json`, for readers that
+    take only OCI types by name: it lists the manifest itself, without a platform (so any host selects it, as it
+    would the manifest), or the list's own entries, verbatim (a nested list is not selectable). Deterministic, so
+    a re-run skips it."""
+    if media_type == oci.DOCKER_LIST:
+        children = json.loads(body)["manifests"]
+    else:
+        children = [{"mediaType": media_type, "digest": digest, "size": len(body)}]
+    doc = {
+        "schemaVersion": 2,
+        "mediaType": oci.OCI_INDEX,
+        "manifests": children,
+        "annotations": {OCI_INDEX_FOR: digest},
+    }
+    return (json.dumps(doc, indent=2) + "\n").encode()
+
+
 def _index_json(entries: list[dict[str, Any]]) -> bytes:
     doc = {"schemaVersion": 2, "mediaType": oci.OCI_INDEX, "manifests": entries}
     return (json.dumps(doc, indent=2) + "\n").encode()
@@ -1334,6 +1387,7 @@ async def export_images(s: Services, request: ExportRequest, progress: Progress)
     blobs: dict[str, _ExportBlob] = {}
     entries: list[dict[str, Any]] = []
     images: list[dict[str, Any]] = []
+    extra: dict[str, bytes] = {}  # OCI indexes made for Docker-typed images
     walked: set[tuple[str, str]] = set()
     for repository, tag in dict.fromkeys(wanted):
         ref = f"{repository}:{tag}"
@@ -1345,15 +1399,24 @@ async def export_images(s: Services, request: ExportRequest, progress: Progress)
         except RegistryError as e:
             raise TransferError(f"{ref}: {e.message}") from None
         media_type, _ = await _walk_export(s, repository, digest, ref, manifests, blobs, walked)
+        annotations = {REF_NAME: ref, REPOSITORY_ANNOTATION: repository}
         entries.append(
-            {
-                "mediaType": media_type,
-                "digest": digest,
-                "size": len(manifests[digest]),
-                "annotations": {REF_NAME: ref, REPOSITORY_ANNOTATION: repository},
-            }
+            {"mediaType": media_type, "digest": digest, "size": len(manifests[digest]), "annotations": annotations}
         )
-        images.append({"repository": repository, "tag": tag, "digest": digest, "mediaType": media_type})
+        image = {"repository": repository, "tag": tag, "digest": digest, "mediaType": media_type}
+        if media_type in DOCKER_TYPES:  # second, under the same name: what skopeo before 1.19 can find
+            body = _oci_index_for(media_type, digest, manifests[digest])
+            image["ociIndex"] = index_digest = oci.compute_digest(body)
+            extra[index_digest] = body
+            entries.append(
+                {
+                    "mediaType": oci.OCI_INDEX,
+                    "digest": index_digest,
+                    "size": len(body),
+                    "annotations": {**annotations, OCI_INDEX_FOR: digest},
+                }
+            )
+        images.append(image)
     # Referrers (signatures, SBOMs, attestations: manifests whose subject is exported) go along, untagged.
     referrers = 0
     todo_subjects = sorted(walked)
@@ -1380,7 +1443,10 @@ async def export_images(s: Services, request: ExportRequest, progress: Progress)
     written = skipped = nbytes = 0
     try:
         await writer.begin()
-        todo: list[tuple[str, int, Any]] = [(d, len(body), body) for d, body in manifests.items() if d not in blobs]
+        made = {d: body for d, body in extra.items() if d not in manifests}
+        todo: list[tuple[str, int, Any]] = [
+            (d, len(body), body) for d, body in {**manifests, **made}.items() if d not in blobs
+        ]
         todo += [(d, b.size, b) for d, b in blobs.items()]
         progress.plan(len(todo), sum(size for _, size, _ in todo))
         for digest, size, what in todo:

@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -35,6 +36,7 @@ from tests.layouts import (
 )
 from tests.oci import (
     ALL_MANIFEST_TYPES,
+    DOCKER_LIST,
     DOCKER_MANIFEST,
     OCI_CONFIG,
     OCI_INDEX,
@@ -52,6 +54,7 @@ pytestmark = pytest.mark.skipif(SKOPEO is None, reason="skopeo is not on PATH (a
 
 MakeServer = Callable[..., MoorageServer]
 REPOSITORY_ANNOTATION = "io.moorage.repository"
+OCI_INDEX_FOR = "io.moorage.oci-index-for"
 DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
 DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar"
 DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
@@ -306,6 +309,135 @@ def test_archive_round_trip(origin: Origin, make_server: MakeServer, skopeo: Sko
     assert_pulls_back(skopeo, b, "mirror/plain:v1", origin.app, tmp_path)
     assert inspect_raw(skopeo, f"docker://{b.host}/mirror/gz:v1") == origin.app.manifest
     assert inspect_raw(skopeo, f"docker://{b.host}/mirror/plain:v2") == origin.multi.index
+
+
+def _entries(layout: Path) -> list[dict]:
+    return json.loads((layout / "index.json").read_bytes())["manifests"]
+
+
+def _skopeo_push(skopeo: Skopeo, src: str, srv: MoorageServer, ref: str, *extra: str) -> bytes:
+    """skopeo copy `src` into `srv` as `ref` (digests kept, unless `extra` converts); the manifest `ref` then has
+    there, raw."""
+    keep = [] if "--format" in extra else ["--preserve-digests"]
+    skopeo("copy", *extra, *keep, "--dest-tls-verify=false", src, f"docker://{srv.host}/{ref}")
+    return get_manifest(srv, *ref.split(":")).content
+
+
+def test_docker_media_types_export_for_skopeo_and_import_byte_exact(
+    origin: Origin, make_server: MakeServer, skopeo: Skopeo, tmp_path: Path
+):
+    """Images pushed with Docker media types (a schema 2 manifest, a manifest list) export so that skopeo's oci:
+    transport finds them by name, also skopeo 1.9 (Debian 12), which takes only OCI-typed entries of index.json:
+    beside each one's own entry stands an OCI index made for it. `moorage import` restores the Docker manifests
+    themselves, byte-exact, and never the made index; layouts without those indexes (older exports) still import."""
+    single = write_single_image(tmp_path / "src-single", "1", n_layers=2, arch="arm64")  # not this host's platform
+    multi = write_multi_platform_image(tmp_path / "src-multi", "1")
+    a = origin.srv
+    docker_image = _skopeo_push(skopeo, f"oci:{tmp_path / 'src-single'}:1", a, "docker/app:1", "--format", "v2s2")
+    docker_list = _skopeo_push(
+        skopeo, f"oci:{tmp_path / 'src-multi'}:1", a, "docker/list:1", "--all", "--format", "v2s2"
+    )
+    assert (
+        json.loads(docker_image)["mediaType"] == DOCKER_MANIFEST and json.loads(docker_list)["mediaType"] == DOCKER_LIST
+    )
+    children = {
+        m["digest"]: get_manifest(a, "docker/list", m["digest"]).content for m in json.loads(docker_list)["manifests"]
+    }
+    assert all(json.loads(c)["mediaType"] == DOCKER_MANIFEST for c in children.values())
+    host = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
+    native = next(m["digest"] for m in json.loads(docker_list)["manifests"] if m["platform"]["architecture"] == host)
+
+    layout, archive = tmp_path / "layout", tmp_path / "images.tar.gz"
+    refs = ["team/app:v1", "team/multi:v2", "docker/app:1", "docker/list:1"]
+    summary = ok(exp(a, *refs, layout))
+    ok(exp(a, *refs, archive))
+    made = {i["digest"]: i.get("ociIndex") for i in summary["images"]}
+    assert made[origin.app.digest] is None and made[origin.multi.digest] is None  # OCI types need nothing made
+    for top, body in ((digest_of(docker_image), docker_image), (digest_of(docker_list), docker_list)):
+        assert made[top] and blob_path(layout, top).read_bytes() == body  # the Docker manifest as stored
+    # index.json: the Docker manifest's own entry first (skopeo 1.19+ and import take it), then the made index
+    # under the same name (older skopeo skips the first). OCI-typed images have their one entry.
+    by_name: dict[str, list[dict]] = {}
+    for m in _entries(layout):
+        if REF_NAME in m["annotations"]:  # not the signature of team/app:v1 (a referrer, untagged)
+            by_name.setdefault(m["annotations"][REF_NAME], []).append(m)
+    assert [m["mediaType"] for m in by_name["team/app:v1"]] == [OCI_MANIFEST]
+    assert [m["mediaType"] for m in by_name["team/multi:v2"]] == [OCI_INDEX]
+    for name, top, media_type in (
+        ("docker/app:1", docker_image, DOCKER_MANIFEST),
+        ("docker/list:1", docker_list, DOCKER_LIST),
+    ):
+        own, made_entry = by_name[name]
+        assert (own["mediaType"], own["digest"], own["size"]) == (media_type, digest_of(top), len(top))
+        assert OCI_INDEX_FOR not in own["annotations"]
+        assert made_entry["mediaType"] == OCI_INDEX and made_entry["annotations"][OCI_INDEX_FOR] == digest_of(top)
+        assert made_entry["annotations"][REPOSITORY_ANNOTATION] == name.split(":")[0]
+        index = json.loads(blob_path(layout, made_entry["digest"]).read_bytes())
+        assert index["mediaType"] == OCI_INDEX and index["annotations"] == {OCI_INDEX_FOR: digest_of(top)}
+        expected = (
+            json.loads(top)["manifests"]  # a list's own entries, platforms and all
+            if media_type == DOCKER_LIST
+            else [{"mediaType": DOCKER_MANIFEST, "digest": digest_of(top), "size": len(top)}]  # no platform
+        )
+        assert index["manifests"] == expected
+
+    # The real skopeo copies every image out of the layout and the archive by name, digests kept.
+    b = make_server()
+    for transport, where in (("oci", layout), ("oci-archive", archive)):
+        prefix = transport.replace("-", "")
+        for name, want in (("team/app:v1", origin.app.manifest), ("team/multi:v2", origin.multi.index)):
+            got = _skopeo_push(skopeo, f"{transport}:{where}:{name}", b, f"{prefix}/{name}", "--all")
+            assert got == want, name
+        # A Docker image: the manifest itself, whichever entry skopeo took (on any host: no platform to match).
+        got = _skopeo_push(skopeo, f"{transport}:{where}:docker/app:1", b, f"{prefix}/docker/app:1")
+        assert got == docker_image
+        for blob in single.layers:
+            assert get_blob(b, f"{prefix}/docker/app", digest_of(blob)) == blob
+        # A manifest list, this host's platform: that child, byte-exact.
+        got = _skopeo_push(skopeo, f"{transport}:{where}:docker/list:1", b, f"{prefix}/docker/list:1")
+        assert got == children[native]
+    # --all: every child byte-exact. skopeo 1.19+ copies the list itself; older ones the index made for it.
+    got = _skopeo_push(skopeo, f"oci:{layout}:docker/list:1", b, "all/docker/list:1", "--all")
+    assert got == docker_list or json.loads(got)["manifests"] == json.loads(docker_list)["manifests"]
+    for digest, body in children.items():
+        assert get_manifest(b, "all/docker/list", digest).content == body
+    for child in multi.children:
+        for blob in child.layers:
+            assert get_blob(b, "all/docker/list", digest_of(blob)) == blob
+
+    # moorage import: every image under its own name and digest, the Docker ones byte-exact; no made index.
+    older = tmp_path / "older"  # as Moorage exported before it made indexes: the Docker entries alone
+    shutil.copytree(layout, older)
+    index = json.loads((older / "index.json").read_bytes())
+    index["manifests"] = [m for m in index["manifests"] if OCI_INDEX_FOR not in m["annotations"]]
+    (older / "index.json").write_text(json.dumps(index))
+    only_made = tmp_path / "only-made"  # a layout that kept only the made entries still means the Docker manifests
+    shutil.copytree(layout, only_made)
+    index = json.loads((only_made / "index.json").read_bytes())
+    index["manifests"] = [m for m in index["manifests"] if m["mediaType"] not in (DOCKER_MANIFEST, DOCKER_LIST)]
+    (only_made / "index.json").write_text(json.dumps(index))
+    for source in (layout, archive, older, only_made):
+        c = make_server()
+        summary = ok(imp(c, source))
+        assert {(i["repository"], tuple(i["tags"]), i["digest"], i["mediaType"]) for i in summary["images"]} == {
+            ("team/app", ("v1",), origin.app.digest, OCI_MANIFEST),
+            ("team/multi", ("v2",), origin.multi.digest, OCI_INDEX),
+            ("docker/app", ("1",), digest_of(docker_image), DOCKER_MANIFEST),
+            ("docker/list", ("1",), digest_of(docker_list), DOCKER_LIST),
+        }, source
+        for repo, tag, body in (("docker/app", "1", docker_image), ("docker/list", "1", docker_list)):
+            r = get_manifest(c, repo, tag)
+            assert r.status_code == 200 and r.content == body
+            assert r.headers["Content-Type"].startswith(json.loads(body)["mediaType"])
+            assert r.headers["Docker-Content-Digest"] == digest_of(body)
+        for digest, body in children.items():
+            assert get_manifest(c, "docker/list", digest).content == body
+        for m in _entries(layout):
+            if OCI_INDEX_FOR in m["annotations"]:  # the made index is nowhere in the registry
+                assert get_manifest(c, m["annotations"][REPOSITORY_ANNOTATION], m["digest"]).status_code == 404
+        assert_pulls_back(skopeo, c, "team/multi:v2", origin.multi, tmp_path)
+        by_tag = ok(imp(c, source, "again/docker/app:1"))  # one tag, several images: named by REPOSITORY:TAG
+        assert [i["digest"] for i in by_tag["images"]] == [digest_of(docker_image)] and by_tag["blobsStored"] == 0
 
 
 def _tar(path: Path, files: dict[str, bytes], links: dict[str, str] | None = None) -> None:
