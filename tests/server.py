@@ -56,7 +56,7 @@ class MoorageServer:
         self.config_path.write_text(config)
         self.log_path = self.data_dir.parent / f"moorage-{self.port}.log"
         self.proc: subprocess.Popen[bytes] | None = None
-        self.instance_id: str | None = None  # this start's MOORAGE_INSTANCE_ID, echoed by /healthz
+        self.instance_id: str | None = None  # this start's MOORAGE_INSTANCE_ID, echoed by /healthz (a header)
         self.credentials: tuple[str, str] | None = None  # what a /v2 client sends when auth is on
         self._log_fh: IO[bytes] | None = None
 
@@ -69,7 +69,7 @@ class MoorageServer:
         return f"http://{self.host}"
 
     def start(self, timeout: float = 20.0) -> MoorageServer:
-        """Start the server and wait until this very process answers: `/healthz` must echo this start's
+        """Start the server and wait until this very process answers: `/healthz` must carry this start's
         MOORAGE_INSTANCE_ID, so another process on the port (a crashed server's orphan, any listener) never
         passes for it. Raises RuntimeError, with this start's log, if the process exits or does not answer in
         `timeout`; either way nothing it started is left running."""
@@ -108,9 +108,12 @@ class MoorageServer:
             except (requests.ConnectionError, requests.Timeout):  # workers still starting behind a bound socket
                 r = None
             if r is not None:
-                if _instance(r) == self.instance_id:
+                if r.status_code == 200 and r.headers.get("Moorage-Instance") == self.instance_id:
                     return self
-                other = f" (another process answers on {self.host}: /healthz -> {r.status_code} {r.text[:200]!r})"
+                other = (
+                    f" (another process answers on {self.host}: /healthz -> {r.status_code}, "
+                    f"Moorage-Instance: {r.headers.get('Moorage-Instance')}, not {self.instance_id})"
+                )
             time.sleep(0.05)
         self.kill()
         raise RuntimeError(f"moorage did not answer in {timeout}s{other}:\n{self.log(log_from)}")
@@ -176,15 +179,6 @@ class MoorageServer:
         assert self.proc is not None
         out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(self.proc.pid)], capture_output=True, text=True)
         return [int(x) for x in out.stdout.split()]
-
-
-def _instance(r: requests.Response) -> str | None:
-    """The instance id a /healthz answer echoes (None: not a Moorage started by this harness)."""
-    try:
-        body = r.json()
-    except ValueError:
-        return None
-    return body.get("instance") if r.status_code == 200 and isinstance(body, dict) else None
 
 
 def ecr_client(srv: MoorageServer, key: str = ADMIN_KEY, secret: str = ADMIN_SECRET, region: str = "us-east-1"):

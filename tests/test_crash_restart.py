@@ -5,7 +5,7 @@ A killed supervisor takes its workers with it at once (on Linux, the parent-deat
 serve` on the same port binds it; a port still held makes a starting supervisor retry for `[server]
 bind_retry`, then fail with a clear message, never share it. Whatever a client saw acknowledged reads back
 byte-exact, and every blob file matches its digest. The test harness itself only calls a server started
-when that very process answers (`/healthz` echoes the start's MOORAGE_INSTANCE_ID).
+when that very process answers (`/healthz` echoes the start's MOORAGE_INSTANCE_ID in a header).
 """
 
 from __future__ import annotations
@@ -137,8 +137,9 @@ def test_a_starting_supervisor_waits_for_a_port_still_in_use(tmp_path: Path):
 def test_starting_on_a_port_another_registry_holds_fails_clearly(tmp_path: Path, workers: int):
     """The harness does not take the other registry's answer for its own start's, and Moorage does not share
     the port: start() raises with the log's reason, and the first registry keeps it alone."""
-    first = MoorageServer(tmp_path / "first", workers=1).start()
-    second = MoorageServer(tmp_path / "second", server_config("500ms"), port=first.port, workers=workers)
+    first = MoorageServer(tmp_path / "first" / "data", workers=1).start()
+    # (its own directory: config and log files are named after the port)
+    second = MoorageServer(tmp_path / "second" / "data", server_config("500ms"), port=first.port, workers=workers)
     try:
         started = time.monotonic()
         with pytest.raises(RuntimeError, match=r"moorage exited with 1 before it answered \(another process") as e:
@@ -151,7 +152,7 @@ def test_starting_on_a_port_another_registry_holds_fails_clearly(tmp_path: Path,
             assert "address already in use" in str(e.value)
         assert processes_of(second.instance_id) == []
         r = requests.get(first.url + "/healthz", timeout=5)
-        assert r.json()["instance"] == first.instance_id
+        assert r.headers["Moorage-Instance"] == first.instance_id
     finally:
         second.kill()
         first.stop()

@@ -11,12 +11,12 @@ from registry.web.context import CONFIG, META
 
 
 async def healthz(request: web.Request) -> web.Response:
-    # `instance` echoes MOORAGE_INSTANCE_ID when whoever started the server set it, so a caller can tell this
-    # start's answer from another process's on the same port (a crashed server's orphan, say).
-    body = {"status": "ok"}
+    response = web.json_response({"status": "ok"})
+    # Whoever started the server may set MOORAGE_INSTANCE_ID to tell this process's answer from another's on
+    # the same port (a crashed server's orphan, say).
     if instance := os.environ.get("MOORAGE_INSTANCE_ID"):
-        body["instance"] = instance
-    return web.json_response(body)
+        response.headers["Moorage-Instance"] = instance
+    return response
 
 
 async def readyz(request: web.Request) -> web.Response:
