@@ -49,7 +49,7 @@ from registry.web.context import (
     UPLOADS,
 )
 from registry.web.middleware import InFlight, access_middleware
-from storage.base import PullThroughRule
+from storage.base import PullThroughRule, StorageError
 from storage.fs import FilesystemBlobStore
 from storage.shared import ProcessLocks
 from storage.sqlite import SQLiteMetadataStore
@@ -119,10 +119,15 @@ class Services:
         await self.pull_through.start()
 
     async def close(self) -> None:
-        await self.pull_through.close()
-        await self.images.flush_pulls()
-        await self.blobs.close()
-        await self.meta.close()
+        """Every step runs even when one before it fails (a full disk refusing the last pull times, say): the
+        database and files are always closed and shutdown completes. Failures are logged."""
+        for step in (self.pull_through.close, self.images.flush_pulls, self.blobs.close, self.meta.close):
+            try:
+                await step()
+            except StorageError as e:
+                log.error("shutdown: %s failed: %s", step.__qualname__, e)
+            except Exception:
+                log.exception("shutdown: %s failed", step.__qualname__)
         self.locks.close()
 
     async def evict_cache(self, *, dry_run: bool = False) -> int:

@@ -271,6 +271,39 @@ class LifecycleConfig:
     evaluation_interval: float = _key(24 * 3600.0, "duration")
 
 
+_SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
+_SIZE_UNITS |= {"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_free_space(value: str) -> tuple[int, float]:
+    """`[storage] min_free_space`: ("1GiB", "500MB", "0", a number of bytes) -> (bytes, 0.0); ("5%") -> (0, 5.0)."""
+    text = value.strip()
+    if m := re.fullmatch(r"(\d+(?:\.\d+)?)\s*%", text):
+        percent = float(m.group(1))
+        if percent >= 100:
+            raise ValueError("a percentage must be below 100")
+        return 0, percent
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([A-Za-z]*)", text)
+    if not m or m.group(2).lower() not in _SIZE_UNITS:
+        raise ValueError('expected a size such as "1GiB", "500MB" or "0", or a percentage such as "5%"')
+    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]), 0.0
+
+
+def _check_free_space(v: str) -> str:
+    parse_free_space(v)
+    return v
+
+
+@dataclass(frozen=True, slots=True)
+class StorageConfig:
+    min_free_space: str = _key("1GiB", "str", _check_free_space)
+
+    def free_space_floor(self, total_bytes: int) -> int:
+        """The free bytes below which /readyz says not ready, on a filesystem of `total_bytes`."""
+        size, percent = parse_free_space(self.min_free_space)
+        return size or int(total_bytes * percent / 100)
+
+
 @dataclass(frozen=True, slots=True)
 class GcConfig:
     interval: float = _key(3600.0, "duration")
@@ -312,6 +345,7 @@ class Config:
     pull_through: PullThroughConfig = field(default_factory=PullThroughConfig)
     lifecycle: LifecycleConfig = field(default_factory=LifecycleConfig)
     gc: GcConfig = field(default_factory=GcConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
     secrets: dict[str, SecretConfig] = field(default_factory=dict)
     log: LogConfig = field(default_factory=LogConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)

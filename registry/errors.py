@@ -152,6 +152,14 @@ class PaginationInvalid(RegistryError):
     default_message = "invalid number of results requested"
 
 
+class StorageFull(RegistryError):
+    """The disk (or a quota) under the data directory is full: nothing of the write was kept. 507 on /v2 (WebDAV's
+    Insufficient Storage; clients treat it as a server error and may retry), ServerException on the ECR API."""
+
+    status, oci_code, ecr_code = 507, "UNAVAILABLE", "ServerException"
+    default_message = "storage is full: the registry has no space left and nothing was stored; retry later"
+
+
 class TagImmutable(TagInvalid):
     ecr_code = "ImageTagAlreadyExistsException"
     default_message = "tag is immutable"

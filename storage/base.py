@@ -52,6 +52,11 @@ class Conflict(StorageError):
     """A uniqueness rule in the metadata store refused the write."""
 
 
+class StorageFull(StorageError):
+    """No space (or no inodes, or a quota) left for a write; the write was undone. Its message may name server
+    paths: for logs, not for clients."""
+
+
 # -- records ---------------------------------------------------------------------------------------
 
 

@@ -17,6 +17,12 @@ A blob is written to a file under uploads/, hashed while streaming, fsynced, and
 directory is fsynced): a reader never sees a partial blob, and a crash at any moment loses nothing that was
 acknowledged. Each blob is stored once however many repositories link it.
 
+A write that finds the disk full (ENOSPC, or EDQUOT for a quota) raises `StorageFull` and keeps nothing of
+itself: a monolithic upload's file is removed, and a chunk appended to an upload session is cut off again, so the
+session stays at the offset it had and the client can resume from there once space is freed. Files are written
+unbuffered (the writes are already coalesced to WRITE_BUFFER), so no buffered bytes are left over to fail again
+when the file is closed.
+
 File I/O and hashing run in worker threads (hashlib releases the GIL for large buffers) and are pipelined
 with reading the request, so the event loop never blocks on the disk.
 """
@@ -30,16 +36,28 @@ import hashlib
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from storage.base import BlobNotFound, DigestMismatch, OffsetMismatch, SizeMismatch, UploadNotFound
+from storage.base import BlobNotFound, DigestMismatch, OffsetMismatch, SizeMismatch, StorageFull, UploadNotFound
 from storage.shared import ProcessLocks
 
 WRITE_BUFFER = 1 << 20  # coalesce request chunks into 1 MiB writes
 LEFTOVER_AGE = 3600.0  # a spool file untouched this long belongs to no live writer
 READ_CHUNK = 1 << 20
+FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})  # the disk, or the data dir's quota, is full
+
+
+@contextlib.contextmanager
+def _full_is_storage_full(what: str, where: Path) -> Iterator[None]:
+    """Turn "no space left" (or "quota exceeded") into StorageFull; every other OSError passes unchanged."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno in FULL_ERRNOS:
+            raise StorageFull(f"{what}: {e.strerror} (writing {e.filename or where})") from e
+        raise
 
 
 @dataclass(slots=True)
@@ -133,7 +151,8 @@ class FilesystemBlobStore:
             with open(self._upload_path(upload_id), "xb"):
                 pass
 
-        await asyncio.to_thread(create)
+        with _full_is_storage_full("starting an upload", self._upload_path(upload_id)):
+            await asyncio.to_thread(create)
         self._hashes[upload_id] = _HashState(hashlib.sha256(), 0)
 
     async def upload_size(self, upload_id: str) -> int:
@@ -154,7 +173,7 @@ class FilesystemBlobStore:
         path = self._upload_path(upload_id)
         async with self._lock(upload_id):
             try:
-                fh = await asyncio.to_thread(open, path, "r+b")
+                fh = await asyncio.to_thread(open, path, "r+b", buffering=0)
             except FileNotFoundError:
                 raise UploadNotFound(upload_id) from None
             try:
@@ -164,8 +183,17 @@ class FilesystemBlobStore:
                 state = self._hashes.get(upload_id)
                 if state is not None and state.offset != size:
                     state = None  # out of step (e.g. a write that failed half way): rehash at commit
-                received = await _pump(chunks, fh, state.hasher if state else None)
-                await asyncio.to_thread(os.fsync, fh.fileno())
+                try:
+                    received = await _pump(chunks, fh, state.hasher if state else None)
+                    await asyncio.to_thread(os.fsync, fh.fileno())
+                except OSError as e:
+                    if e.errno not in FULL_ERRNOS:
+                        raise
+                    # Disk full: cut the chunk off again (shrinking needs no space), so the session is where it
+                    # was before this request and the space the chunk took is free again.
+                    self._hashes.pop(upload_id, None)
+                    await asyncio.to_thread(_truncate, fh, size)
+                    raise StorageFull(f"appending to upload {upload_id}: {e.strerror} (writing {path})") from e
             finally:
                 await asyncio.to_thread(fh.close)
             if state is not None:
@@ -193,7 +221,8 @@ class FilesystemBlobStore:
             if actual != digest:
                 await self._discard(upload_id)
                 raise DigestMismatch(digest, actual)
-            await asyncio.to_thread(self._install, path, self._blob_path(digest))
+            with _full_is_storage_full(f"installing {digest}", self._blob_path(digest)):
+                await asyncio.to_thread(self._install, path, self._blob_path(digest))
             self._forget(upload_id)
             return size
 
@@ -212,38 +241,39 @@ class FilesystemBlobStore:
     async def ingest(self, chunks: AsyncIterator[bytes], digest: str, length: int | None = None) -> int:
         """A monolithic upload: stream into a private file, verify, install."""
         tmp = self._uploads / f".ingest-{uuid.uuid4()}"
-        fh = await asyncio.to_thread(open, tmp, "xb")
-        try:
+        with _full_is_storage_full(f"storing {digest}", tmp):
+            fh = await asyncio.to_thread(open, tmp, "xb", buffering=0)
             try:
-                alg = digest.partition(":")[0]
-                hasher = hashlib.new(alg)
-                received = await _pump(chunks, fh, hasher)
-                await asyncio.to_thread(os.fsync, fh.fileno())
+                try:
+                    alg = digest.partition(":")[0]
+                    hasher = hashlib.new(alg)
+                    received = await _pump(chunks, fh, hasher)
+                    await asyncio.to_thread(os.fsync, fh.fileno())
+                finally:
+                    await asyncio.to_thread(fh.close)
+                if length is not None and received != length:
+                    raise SizeMismatch(length, received)
+                actual = f"{alg}:{hasher.hexdigest()}"
+                if actual != digest:
+                    raise DigestMismatch(digest, actual)
+                await asyncio.to_thread(self._install, tmp, self._blob_path(digest))
+                return received
             finally:
-                await asyncio.to_thread(fh.close)
-            if length is not None and received != length:
-                raise SizeMismatch(length, received)
-            actual = f"{alg}:{hasher.hexdigest()}"
-            if actual != digest:
-                raise DigestMismatch(digest, actual)
-            await asyncio.to_thread(self._install, tmp, self._blob_path(digest))
-            return received
-        finally:
-            await asyncio.to_thread(tmp.unlink, True)
+                await asyncio.to_thread(tmp.unlink, True)
 
     async def put(self, digest: str, data: bytes) -> None:
         def write() -> None:
             tmp = self._uploads / f".ingest-{uuid.uuid4()}"
             try:
-                with open(tmp, "xb") as fh:
-                    fh.write(data)
-                    fh.flush()
+                with open(tmp, "xb", buffering=0) as fh:
+                    _write_all(fh, data)
                     os.fsync(fh.fileno())
                 self._install(tmp, self._blob_path(digest))
             finally:
                 tmp.unlink(missing_ok=True)
 
-        await asyncio.to_thread(write)
+        with _full_is_storage_full(f"storing {digest}", self._uploads):
+            await asyncio.to_thread(write)
 
     # -- spooling (a download that readers follow while it is written) -----------------------------
     def spool_path(self, digest: str | None = None) -> Path:
@@ -257,7 +287,8 @@ class FilesystemBlobStore:
 
     async def install_spooled(self, path: Path, digest: str) -> None:
         """Make a verified, fsynced spool file the blob `digest` (atomically)."""
-        await asyncio.to_thread(self._install, path, self._blob_path(digest))
+        with _full_is_storage_full(f"installing {digest}", self._blob_path(digest)):
+            await asyncio.to_thread(self._install, path, self._blob_path(digest))
 
     def _install(self, src: Path, dst: Path) -> None:
         """Atomically make `src` the blob at `dst` (runs in a worker thread)."""
@@ -302,7 +333,7 @@ async def _pump(chunks: AsyncIterator[bytes], fh, hasher: hashlib._Hash | None) 
     buffered = total = 0
 
     def write(data: bytes) -> None:
-        fh.write(data)
+        _write_all(fh, data)
         if hasher is not None:
             hasher.update(data)
 
@@ -325,12 +356,23 @@ async def _pump(chunks: AsyncIterator[bytes], fh, hasher: hashlib._Hash | None) 
             pending = None
         if buf:
             await loop.run_in_executor(None, write, b"".join(buf))
-        await loop.run_in_executor(None, fh.flush)
     finally:
         if pending is not None:  # the client went away mid-stream: let the last write land
             with contextlib.suppress(Exception):
                 await asyncio.shield(pending)
     return total
+
+
+def _write_all(fh, data: bytes) -> None:
+    """All of `data` to an unbuffered file (a raw write may take only part of it; the next one then raises)."""
+    view = memoryview(data)
+    while view:
+        view = view[fh.write(view) :]
+
+
+def _truncate(fh, size: int) -> None:
+    fh.truncate(size)
+    fh.seek(size)
 
 
 def _hash_file(path: Path, algorithm: str) -> str:

@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import itertools
 import json
+import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from storage.base import (
     RepositoryRecord,
     RepositorySettings,
     StorageError,
+    StorageFull,
     TagConflict,
     UploadRecord,
 )
@@ -193,6 +195,14 @@ _MANIFEST_COLUMNS = (
 _IN_CHUNK = 500  # bound the number of SQL parameters per statement
 
 
+async def _rollback(conn: aiosqlite.Connection) -> None:
+    """Undo the open transaction, if any: after some errors (SQLITE_FULL, SQLITE_IOERR) SQLite has already rolled
+    it back itself, and a failed COMMIT may leave it open."""
+    if conn.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            await conn.execute("ROLLBACK")
+
+
 class SQLiteMetadataStore:
     def __init__(self, path: Path, readers: int = 2) -> None:
         self.path = Path(path)
@@ -297,17 +307,28 @@ class SQLiteMetadataStore:
 
     @contextlib.asynccontextmanager
     async def _tx(self) -> AsyncIterator[aiosqlite.Connection]:
-        """A write transaction. Shielded so that a cancelled caller can't leave it open."""
+        """A write transaction. Shielded so that a cancelled caller can't leave it open. Whatever fails (the
+        body, or the COMMIT itself) is rolled back, so nothing of it stays and the writer is free for the next
+        one; a full disk (SQLITE_FULL) raises StorageFull."""
         conn = self._writer
         assert conn is not None, "store is not open"
         async with self._write_lock:
-            await conn.execute("BEGIN IMMEDIATE")
             try:
-                yield conn
-            except BaseException:
-                await asyncio.shield(conn.execute("ROLLBACK"))
+                await conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                except BaseException:
+                    await asyncio.shield(_rollback(conn))
+                    raise
+                try:
+                    await asyncio.shield(conn.execute("COMMIT"))
+                except sqlite3.Error:  # e.g. no room for the WAL frames: the transaction may still be open
+                    await asyncio.shield(_rollback(conn))
+                    raise
+            except sqlite3.Error as e:
+                if getattr(e, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+                    raise StorageFull(f"{self.path}: {e}") from e
                 raise
-            await asyncio.shield(conn.execute("COMMIT"))
             self._committed()
 
     @staticmethod

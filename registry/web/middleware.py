@@ -14,8 +14,9 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from registry import logs
-from registry.errors import NotFound, RegistryError, Unsupported
+from registry.errors import NotFound, RegistryError, StorageFull, Unsupported
 from registry.web.sendfile import SendfileResponse
+from storage.base import StorageFull as OutOfSpace
 
 log = logging.getLogger("moorage.http")
 access_log = logging.getLogger("moorage.access")
@@ -78,6 +79,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return render_error(request, NotFound(f"no such endpoint: {request.path}"))
     except web.HTTPException:
         raise
+    except OutOfSpace as exc:  # any store, any route: the client learns the disk is full, the log says where
+        log.error("%s %s failed: %s", request.method, request.path, exc)
+        return render_error(request, StorageFull())
     except ConnectionError as exc:  # the client went away, or a stream was cut after its headers were sent
         log.info("%s %s: client went away: %s", request.method, request.path, exc)
         raise
