@@ -165,7 +165,7 @@ def test_idle_and_slow_connections_cannot_crowd_out_healthz(make_server) -> None
             r = requests.get(f"{srv.url}/healthz", timeout=5)  # a fresh connection each time
             latencies.append(time.monotonic() - start)
             assert r.status_code == 200, r.text
-        assert max(latencies) < 1.0, latencies
+        assert max(latencies) < 2.0, latencies  # at once, not after a timeout (60 s here)
         # The evictions happened while the attackers connected; give the last closes a moment to land.
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline and sum(not _is_closed(s) for s in attackers) > cap:
@@ -199,7 +199,7 @@ def test_when_every_connection_is_busy_a_new_one_gets_503_at_once(make_server) -
         start = time.monotonic()
         r = requests.get(f"{srv.url}/healthz", timeout=5)
         assert r.status_code == 503 and r.headers.get("Retry-After") == "1", (r.status_code, r.text)
-        assert time.monotonic() - start < 1.0
+        assert time.monotonic() - start < 2.0  # at once, not after a timeout
         for s in uploads:  # finish the uploads: each is answered, and its slot is free again
             s.sendall(b"y" * 990)
             s.settimeout(5)
