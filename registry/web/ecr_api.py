@@ -15,7 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from registry import ecr_model, jsonsafe
-from registry.errors import InvalidParameter, SerializationError, UnknownOperation, UnsupportedOperation
+from registry.errors import EcrError, InvalidParameter, SerializationError, UnknownOperation
 from registry.service.ecr import Caller
 from registry.web.auth import api_principal, condition_keys
 from registry.web.context import ACCESS, ECR, ECR_OPERATIONS, IMAGES
@@ -33,6 +33,20 @@ MAX_BODY = 32 * 1024 * 1024  # an UploadLayerPart of 20 MiB, base64-encoded, and
 JSON_TYPE = "application/x-amz-json-1.1"
 # Operations whose resource is the registry, not a repository.
 REGISTRY_OPERATIONS = {"GetAuthorizationToken", "DescribeRegistry", "DescribeRepositories"}
+# DescribeRepositories without repositoryNames is authorized by ECR on `arn:aws:ecr:<region>:<account>:repository/*`.
+ALL_REPOSITORIES = "*"
+
+
+class NotImplementedOperation(EcrError):
+    """An operation of ECR's model that Moorage does not implement. ECR's own generic client error,
+    `ValidationException` (status 400), which every such operation lists among its errors: botocore raises
+    `client.exceptions.ValidationException`, SDKs that check an operation's errors know it, and nothing retries it.
+    (`UnknownOperationException`, which AWS's JSON services answer for an operation they don't have, is kept for
+    names that are not in the model at all; an error code outside the model only ever reaches callers as a
+    generic error.)"""
+
+    ecr_code = "ValidationException"
+    default_message = "operation not implemented"
 
 
 def _snake(name: str) -> str:
@@ -66,7 +80,7 @@ async def handle(request: web.Request) -> web.Response:
         None,
     )
     if operation is None:
-        raise UnsupportedOperation(f"Moorage does not implement the ECR operation {name}")
+        raise NotImplementedOperation(f"Moorage does not implement the ECR operation {name}")
     try:
         raw = jsonsafe.loads(body) if body.strip() else {}
     except ValueError as e:  # not JSON, not UTF-8, or nested too deep: a client error, never a ServerException
@@ -79,8 +93,10 @@ async def handle(request: web.Request) -> web.Response:
     extra: dict[str, Any] = {}
     repository = _repository_of(request, params)
     request[REPOSITORY] = repository if isinstance(repository, str) else None
-    if name == "DescribeRepositories" and "repositoryNames" not in params:
-        # Lists only what the caller may describe.
+    listing = name == "DescribeRepositories" and "repositoryNames" not in params
+    if listing:
+        # Pages list only what the caller may describe: every repository not denied to a caller allowed on
+        # `repository/*` (as ECR requires), the repositories it is allowed one by one otherwise.
         extra["visible"] = lambda r: access.allowed(principal, ["ecr:DescribeRepositories"], r.name, r.policy, keys)
     elif repository is None:
         access.check(principal, [f"ecr:{name}"], None, condition_keys=keys)
@@ -90,6 +106,9 @@ async def handle(request: web.Request) -> web.Response:
         )
 
     result = await operation(params, caller, **extra)
+    if listing and not result["repositories"] and "nextToken" not in params:
+        # Nothing to show: unless allowed on `repository/*` (an empty registry), ECR's AccessDeniedException.
+        access.check(principal, ["ecr:DescribeRepositories"], ALL_REPOSITORIES, condition_keys=keys)
     return web.Response(
         text=json.dumps(result),
         content_type=JSON_TYPE,

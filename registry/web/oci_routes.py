@@ -465,9 +465,16 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     raise NotFound(f"no such endpoint: {path}")
 
 
+async def v1_api(request: web.Request) -> web.StreamResponse:
+    """The v1 registry API (`docker search` asks `GET /v1/search?q=`) is not served: a 404, as from a registry
+    without it (Distribution's), not the 405 that the ECR API's catch-all POST route would cause."""
+    raise NotFound(f"no such endpoint: {request.path} (Moorage serves the registry API v2; there is no search)")
+
+
 def add_routes(app: web.Application) -> None:
     app[SMALL_BLOBS] = BytesLRU(64 * 1024 * 1024)
     app.router.add_get("/v2", api_base)
     app.router.add_get("/v2/", api_base)
     app.router.add_get("/v2/_catalog", catalog)
     app.router.add_route("*", "/v2/{tail:.+}", dispatch)
+    app.router.add_get("/v1/{tail:.*}", v1_api)
