@@ -276,14 +276,16 @@ class Pushers:
                     timeout=60,
                 )
                 shutil.rmtree(layout)
+                refused = p.returncode != 0 and "connection refused" in p.stderr
                 with self._lock:
                     if p.returncode == 0:
                         self.acked.append(image)
-                    elif "connection refused" in p.stderr:
+                    elif refused:
                         self.refused += 1
                     else:
                         self.interrupted += 1
-                time.sleep(0.1)  # leave the CPUs to the server (two cores on the test machine)
+                # Leave the CPUs to the server (two cores on the test machine), above all while it starts.
+                time.sleep(0.5 if refused else 0.1)
         except BaseException as e:  # pytest.fail on a hung push, anything else: re-raised by __exit__
             self.errors.append(e)
 
