@@ -186,6 +186,7 @@ def create_app(config: Config, worker: int | None = None) -> web.Application:
         account_id=config.registry.account_id,
         region=config.registry.region,
         token_ttl=config.auth.token_ttl,
+        challenge=config.auth.challenge,
     )
 
     def issue_token(principal: str | None, ttl: float | None) -> tuple[str, float]:

@@ -95,6 +95,38 @@ def _check_region(v: str) -> str:
     return v
 
 
+# A host name or an IP address (v6 in brackets), with an optional port, and optionally a scheme.
+_HOSTNAME = re.compile(
+    r"(?:(?P<scheme>https?)://)?"
+    r"(?P<host>[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+    r"|\[[0-9A-Fa-f:.]+\])(?::(?P<port>\d{1,5}))?"
+)
+# What docker-credential-ecr-login (and kubelet) take for an ECR registry: <account>.dkr.ecr.<region>.amazonaws.com
+ECR_HOSTNAME = re.compile(r"(?P<account>\d{12})\.dkr\.ecr(?:-fips)?\.(?P<region>[a-z0-9-]+)\.amazonaws\.com(?:\.cn)?")
+
+
+def _check_hostname(v: str) -> str:
+    m = _HOSTNAME.fullmatch(v)
+    if v and (m is None or (m["port"] is not None and not 0 < int(m["port"]) < 65536)):
+        raise ValueError(
+            'must be a host name or address with an optional port, such as "registry.example.com" or '
+            '"10.0.0.5:5000" (or "https://registry.example.com" behind a TLS-terminating proxy), without a path'
+        )
+    return v
+
+
+def split_hostname(v: str) -> tuple[str | None, str]:
+    """`[registry] hostname` as (scheme or None, host[:port])."""
+    scheme, sep, rest = v.partition("://")
+    return (scheme, rest) if sep else (None, v)
+
+
+def _check_challenge(v: str) -> str:
+    if v not in ("bearer", "basic"):
+        raise ValueError('must be "bearer" (the Docker token flow; anonymous clients work) or "basic" (ECR\'s)')
+    return v
+
+
 def _check_level(v: str) -> str:
     if v.lower() not in {"debug", "info", "warning", "error"}:
         raise ValueError("must be one of debug, info, warning, error")
@@ -199,6 +231,7 @@ class RegistryConfig:
     region: str = _key("us-east-1", "str", _check_region)
     create_on_push: bool = _key(True, "bool")
     metadata_cache_entries: int = _key(10000, "int", _check_positive)
+    hostname: str = _key("", "str", _check_hostname)
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +246,7 @@ class PrincipalConfig:
 class AuthConfig:
     enabled: bool = _key(True, "bool")
     token_ttl: float = _key(12 * 3600.0, "duration")
+    challenge: str = _key("bearer", "str", _check_challenge)
     principals: tuple[PrincipalConfig, ...] = _tables(PrincipalConfig)
 
 
@@ -423,9 +457,22 @@ def from_dict(raw: dict[str, Any]) -> Config:
             continue
         sections[section] = _build(top[section].default_factory, body, section)  # type: ignore[arg-type]
     config = Config(**sections)
+    _check_hostname_names_registry(config.registry)
     _check_principals(config.auth.principals)
     _check_rules(config)
     return config
+
+
+def _check_hostname_names_registry(registry: RegistryConfig) -> None:
+    """An ECR-shaped hostname names an account and a region: they must be the registry's own (clients such as
+    docker-credential-ecr-login take them from the host name; ARNs and registry ids use the configured ones)."""
+    host = split_hostname(registry.hostname)[1].rsplit(":", 1)[0] if registry.hostname else ""
+    m = ECR_HOSTNAME.fullmatch(host.lower())
+    if m and (m["account"], m["region"]) != (registry.account_id, registry.region):
+        raise ConfigError(
+            f"registry.hostname: {host!r} names account {m['account']} in {m['region']}, but [registry] has "
+            f"account_id = {registry.account_id!r} and region = {registry.region!r}; make them agree"
+        )
 
 
 def _secrets(body: dict[str, Any]) -> dict[str, SecretConfig]:

@@ -8,6 +8,7 @@ missing, or when the daemon does not come up.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -34,9 +35,21 @@ def _fmt(cmd: list[str], proc: subprocess.CompletedProcess[str] | None, extra: s
 
 
 class Dockerd:
-    """One dockerd process and a `docker` CLI bound to it (DOCKER_HOST, DOCKER_CONFIG, DOCKER_BUILDKIT=0)."""
+    """One dockerd process and a `docker` CLI bound to it (DOCKER_HOST, DOCKER_CONFIG, DOCKER_BUILDKIT=0).
 
-    def __init__(self, dockerd_bin: str, docker_bin: str) -> None:
+    Options for tests that need a daemon of their own: `daemon_config` (daemon.json, e.g. registry-mirrors),
+    `daemon_env` (the daemon's environment on top of ours, e.g. proxies) and `wrap` (a command prefix for the
+    daemon and the CLI alike, e.g. `nsenter` into a private mount and network namespace)."""
+
+    def __init__(
+        self,
+        dockerd_bin: str,
+        docker_bin: str,
+        *,
+        daemon_config: dict[str, object] | None = None,
+        daemon_env: dict[str, str] | None = None,
+        wrap: list[str] | None = None,
+    ) -> None:
         # Short path: unix socket paths (ours and containerd's under exec-root) are limited to ~108 bytes.
         self.root = Path(tempfile.mkdtemp(prefix="mdk-", dir="/tmp"))
         self.dockerd_bin = dockerd_bin
@@ -45,7 +58,9 @@ class Dockerd:
         self.log_path = self.root / "dockerd.log"
         self.proc: subprocess.Popen[bytes] | None = None
         (self.root / "cli").mkdir()
-        (self.root / "daemon.json").write_text("{}")
+        (self.root / "daemon.json").write_text(json.dumps(daemon_config or {}))
+        self.daemon_env = {**os.environ, **(daemon_env or {})}
+        self.wrap = list(wrap or [])
         self.env = {
             **os.environ,
             "DOCKER_HOST": f"unix://{self.sock}",
@@ -59,6 +74,7 @@ class Dockerd:
     # -- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> None:
         cmd = [
+            *self.wrap,
             self.dockerd_bin,
             "--data-root", str(self.root / "data"),
             "--exec-root", str(self.root / "exec"),
@@ -74,7 +90,12 @@ class Dockerd:
         # The child keeps its own copy of the log descriptor; ours is closed right away.
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+                cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                env=self.daemon_env,
             )
         deadline = time.monotonic() + START_TIMEOUT
         last = ""
@@ -125,7 +146,7 @@ class Dockerd:
         self, *args: str, check: bool = True, timeout: float = 120, cwd: Path | None = None, input: str | None = None
     ) -> subprocess.CompletedProcess[str]:
         """Run `docker ARGS...` against this daemon; on failure (check=True) raise with full output."""
-        cmd = [self.docker_bin, *args]
+        cmd = [*self.wrap, self.docker_bin, *args]
         try:
             proc = subprocess.run(
                 cmd, env=self.env, capture_output=True, text=True, timeout=timeout, cwd=cwd, check=False, input=input

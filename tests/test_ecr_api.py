@@ -217,13 +217,13 @@ def assert_near_now(when: Any, slack: float = 30.0) -> None:
 # -- CreateRepository --------------------------------------------------------------------------------
 
 
-def test_create_repository_defaults(ecr: Any) -> None:
+def test_create_repository_defaults(ecr: Any, srv: MoorageServer) -> None:
     name = unique("defaults")
     repo = api(ecr, "CreateRepository", repositoryName=name)["repository"]
     assert repo["repositoryName"] == name
     assert repo["registryId"] == ACCOUNT
     assert repo["repositoryArn"] == f"arn:aws:ecr:us-east-1:000000000000:repository/{name}"
-    assert repo["repositoryUri"] == f"000000000000.dkr.ecr.us-east-1.amazonaws.com/{name}"
+    assert repo["repositoryUri"] == f"{srv.host}/{name}"  # the registry's address: `docker push` reaches it
     assert repo["imageTagMutability"] == "MUTABLE"
     assert repo["imageScanningConfiguration"] == {"scanOnPush": False}
     assert repo["encryptionConfiguration"] == {"encryptionType": "AES256"}
@@ -1401,7 +1401,7 @@ def test_aws_cli(srv: MoorageServer, v2: Client, tmp_path: Path) -> None:
     # CLI v1 prints wire values as they are, so its output is checked as raw JSON (timestamps numeric).
     created = assert_raw_matches("CreateRepository", cli_json(srv, "create-repository", "--repository-name", name))
     assert created["repository"]["repositoryName"] == name
-    assert created["repository"]["repositoryUri"] == f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/{name}"
+    assert created["repository"]["repositoryUri"] == f"{srv.host}/{name}"
     described = assert_raw_matches(
         "DescribeRepositories", cli_json(srv, "describe-repositories", "--repository-names", name)
     )

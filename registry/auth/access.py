@@ -4,6 +4,11 @@ Transport-free: the /v2 routes and the ECR API both call `check`, which evaluate
 policies and the repository's policy as IAM does, at request time. An evaluation is a pure function of the
 principal, action, resource, repository policy text and condition keys, so recent ones are remembered (the
 same client pulling layer after layer asks the same question many times).
+
+A /v2 request without credentials, or with an anonymous token, is the anonymous principal: it has no identity
+policy, so it gets exactly what repository policies grant `Principal: "*"`. Where it is refused, the answer is a
+401 with a challenge: the Docker token flow's (`Bearer realm=<token endpoint>`, the default, so that clients
+without credentials fetch an anonymous token and try) or ECR's own (`Basic`, `[auth] challenge = "basic"`).
 """
 
 from __future__ import annotations
@@ -22,12 +27,14 @@ from registry.auth.policy import (
     parse_policy,
 )
 from registry.auth.principals import Directory, Principal
-from registry.auth.tokens import KeyRing, TokenError
+from registry.auth.tokens import Claims, KeyRing, TokenError
 from registry.cache import LRUCache
 from registry.errors import AuthenticationRequired, Denied, Unauthorized
 
 EVALUATION_CACHE = 4096
 EXPIRED_MESSAGE = "Your authorization token has expired. Reauthenticate and try again."
+ECR_SERVICE = "ecr.amazonaws.com"
+ANONYMOUS_TTL = 3600.0  # anonymous tokens name nobody and grant nothing by themselves; one is shared meanwhile
 
 
 @functools.lru_cache(maxsize=1024)
@@ -45,9 +52,11 @@ class AccessControl:
         account_id: str,
         region: str,
         token_ttl: float,
+        challenge: str = "bearer",
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.enabled = enabled
+        self.challenge_scheme = challenge  # "bearer" (the Docker token flow) or "basic" (ECR's)
         self.directory = directory
         self.keyring = keyring
         self.account_id = account_id
@@ -55,6 +64,7 @@ class AccessControl:
         self.token_ttl = token_ttl
         self.clock = clock
         self._evaluations = LRUCache(EVALUATION_CACHE)
+        self._anonymous: tuple[str, float, float] | None = None  # (token, issued_at, expires_at)
 
     def repository_arn(self, repository: str) -> str:
         return f"arn:aws:ecr:{self.region}:{self.account_id}:repository/{repository}"
@@ -63,18 +73,34 @@ class AccessControl:
     def issue_token(self, principal: Principal) -> tuple[str, float]:
         return self.keyring.issue(principal.name, self.clock(), self.token_ttl)
 
-    def principal_for_token(self, token: str, realm: str) -> Principal:
-        """The principal a registry token names; ECR's 403 for an expired token, a 401 saying why otherwise."""
+    def anonymous_token(self) -> tuple[str, float, float]:
+        """A token naming nobody, with its issue and expiry times. One is shared while more than half of its life
+        is left (a fleet of mirrors asks for one per repository it pulls; signing each would cost more)."""
+        now = self.clock()
+        cached = self._anonymous
+        if cached is None or now >= cached[2] - ANONYMOUS_TTL / 2 or now < cached[1]:
+            token, expires_at = self.keyring.issue_anonymous(now, ANONYMOUS_TTL)
+            cached = self._anonymous = (token, float(int(now)), expires_at)
+        return cached
+
+    def verify_token(self, token: str, challenge: Mapping[str, str]) -> tuple[Principal | None, Claims]:
+        """The principal a registry token names (None for an anonymous token) and its claims; ECR's 403 for an
+        expired token, a 401 (with `challenge`) saying why otherwise."""
         try:
             claims = self.keyring.verify(token, self.clock())
         except TokenError as e:
             if e.kind == "expired":
                 raise Denied(EXPIRED_MESSAGE) from None
-            raise Unauthorized(e.message, headers=challenge(realm)) from None
+            raise Unauthorized(e.message, headers=dict(challenge)) from None
+        if claims.anonymous:
+            return None, claims
         principal = self.directory.by_name.get(claims.principal)
         if principal is None:
-            raise Unauthorized(f"principal {claims.principal!r} no longer exists", headers=challenge(realm))
-        return principal
+            raise Unauthorized(f"principal {claims.principal!r} no longer exists", headers=dict(challenge))
+        return principal, claims
+
+    def principal_for_token(self, token: str, challenge: Mapping[str, str]) -> Principal | None:
+        return self.verify_token(token, challenge)[0]
 
     # -- authorization -----------------------------------------------------------------------------
     def evaluate(
@@ -123,8 +149,10 @@ class AccessControl:
         policy_text: str | None = None,
         condition_keys: Mapping[str, str] | None = None,
         realm: str = "",
+        challenge: Mapping[str, str] | None = None,
     ) -> None:
-        """Allow if any of `actions` is allowed on the repository (or `*`); else 401 (anonymous) or 403."""
+        """Allow if any of `actions` is allowed on the repository (or `*`); else 401 (anonymous) or 403. The 401
+        carries `challenge`, or ECR's Basic challenge for `realm` without one."""
         if not self.enabled:
             return
         resource = self.repository_arn(repository) if repository else "*"
@@ -136,10 +164,18 @@ class AccessControl:
             first = first or (ctx, ev)
         assert first is not None, "check() needs at least one action"
         if principal is None:
-            raise AuthenticationRequired(headers=challenge(realm))
+            raise AuthenticationRequired(headers=dict(challenge) if challenge is not None else basic_challenge(realm))
         raise Denied(access_denied_message(*first))
 
 
-def challenge(realm: str) -> dict[str, str]:
-    """ECR's answer to a registry request without (valid) credentials."""
-    return {"WWW-Authenticate": f'Basic realm="{realm}",service="ecr.amazonaws.com"'}
+def basic_challenge(realm: str) -> dict[str, str]:
+    """ECR's answer to a registry request without (valid) credentials: `realm` is the registry's base URL."""
+    return {"WWW-Authenticate": f'Basic realm="{realm}",service="{ECR_SERVICE}"'}
+
+
+def bearer_challenge(realm: str, service: str, scope: str | None = None) -> dict[str, str]:
+    """The Docker token flow's challenge: get a token from `realm` (the token endpoint) for `service`/`scope`."""
+    value = f'Bearer realm="{realm}",service="{service}"'
+    if scope:
+        value += f',scope="{scope}"'
+    return {"WWW-Authenticate": value}

@@ -13,6 +13,10 @@ A download URL's signature is a JWT of its own kind (`aud` "moorage:download") b
 digest, valid for an hour: it is refused as a registry token, and a registry token is refused as a download
 signature.
 
+An anonymous token (`aud` "moorage:anonymous", no principal) is what the Docker token flow's endpoint hands a
+client that has no credentials: it names nobody, so every request made with it is evaluated as the anonymous
+principal (what `Principal: "*"` statements grant). It exists only so token-flow clients have a token to send.
+
     <data_dir>/keys/
       current            the kid that signs new tokens
       <kid>.pem          PKCS#8 EC P-256 private keys (mode 0600)
@@ -36,6 +40,7 @@ from registry.cache import LRUCache
 ALGORITHM = "ES256"
 ISSUER = "moorage"
 DOWNLOAD_AUDIENCE = "moorage:download"
+ANONYMOUS_AUDIENCE = "moorage:anonymous"
 DOWNLOAD_PARAM = "signature"  # the query parameter of a download URL that carries its signature
 DOWNLOAD_TTL = 3600.0  # ECR's presigned layer URLs last an hour
 
@@ -59,6 +64,7 @@ class Claims:
     kid: str
     repository: str | None = None  # download signatures only: the one blob they fetch
     digest: str | None = None
+    anonymous: bool = False  # an anonymous token: names no principal (`principal` is "")
 
     @property
     def is_download(self) -> bool:
@@ -154,6 +160,10 @@ class KeyRing:
     def issue(self, principal: str, now: float, ttl: float) -> tuple[str, float]:
         return self._sign({"sub": principal}, now, ttl)
 
+    def issue_anonymous(self, now: float, ttl: float) -> tuple[str, float]:
+        """A token naming no principal: requests made with it are evaluated as anonymous."""
+        return self._sign({"sub": "", "aud": ANONYMOUS_AUDIENCE}, now, ttl)
+
     def issue_download(self, principal: str, repository: str, digest: str, now: float, ttl: float) -> tuple[str, float]:
         """A download URL's signature: `principal` may GET `digest` from `repository` (and nothing else)."""
         return self._sign({"sub": principal, "aud": DOWNLOAD_AUDIENCE, "repo": repository, "digest": digest}, now, ttl)
@@ -225,7 +235,11 @@ class KeyRing:
             raise TokenError("malformed", "authorization token names no principal")
         claims = Claims(payload["sub"], float(payload["iat"]), float(payload["exp"]), kid)
         if "aud" not in payload:
+            if not payload["sub"]:
+                raise TokenError("malformed", "authorization token names no principal")
             return claims
+        if payload["aud"] == ANONYMOUS_AUDIENCE:
+            return Claims("", claims.issued_at, claims.expires_at, kid, anonymous=True)
         repository, digest = payload.get("repo"), payload.get("digest")
         if payload["aud"] != DOWNLOAD_AUDIENCE or not isinstance(repository, str) or not isinstance(digest, str):
             raise TokenError("malformed", "authorization token is malformed: an unknown audience")

@@ -302,6 +302,9 @@ class UpstreamClient:
         if isinstance(self.credentials, BasicCredentials):
             raw = f"{self.credentials.username}:{self.credentials.password}".encode()
             headers["Authorization"] = "Basic " + base64.b64encode(raw).decode()
+        elif isinstance(self.credentials, AwsCredentials):  # an ECR-style upstream with a token endpoint (Moorage)
+            ecr_token, _ = await self._ecr_token(self.credentials)
+            headers["Authorization"] = f"Basic {ecr_token}"  # base64("AWS:<token>"), as docker login sends it
         try:
             resp = await self._request("GET", realm_url.update_query(query), headers)
             if resp.status != 200:

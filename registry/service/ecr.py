@@ -65,7 +65,13 @@ DEFAULT_PAGE = 100
 @dataclass(frozen=True, slots=True)
 class Caller:
     principal_name: str | None
-    base_url: str  # e.g. http://127.0.0.1:5000, for proxyEndpoint and download URLs
+    # The registry's address as clients reach it ([registry] hostname, or the host the request came to), e.g.
+    # http://127.0.0.1:5000: proxyEndpoint, repositoryUri and download URLs all name it.
+    base_url: str
+
+    @property
+    def registry_host(self) -> str:
+        return self.base_url.split("://", 1)[-1]
 
 
 class EcrService:
@@ -94,20 +100,16 @@ class EcrService:
         self.clock = clock
 
     # -- shapes ------------------------------------------------------------------------------------
-    @property
-    def registry_host(self) -> str:
-        return f"{self.account_id}.dkr.ecr.{self.region}.amazonaws.com"
-
     def repository_arn(self, name: str) -> str:
         return f"arn:aws:ecr:{self.region}:{self.account_id}:repository/{name}"
 
-    def _repository(self, r: st.RepositoryRecord) -> dict[str, Any]:
+    def _repository(self, r: st.RepositoryRecord, caller: Caller) -> dict[str, Any]:
         s = r.settings
         out: dict[str, Any] = {
             "repositoryArn": self.repository_arn(r.name),
             "registryId": self.account_id,
             "repositoryName": r.name,
-            "repositoryUri": f"{self.registry_host}/{r.name}",
+            "repositoryUri": f"{caller.registry_host}/{r.name}",
             "createdAt": r.created_at,
             "imageTagMutability": s.image_tag_mutability,
             "imageScanningConfiguration": {"scanOnPush": s.scan_on_push},
@@ -314,7 +316,7 @@ class EcrService:
                 f"The repository with name '{name}' already exists in the registry with id '{self.account_id}'"
             ) from None
         self.images.forget_repository(name)
-        return {"repository": self._repository(record)}
+        return {"repository": self._repository(record, caller)}
 
     async def describe_repositories(
         self, p: dict[str, Any], caller: Caller, visible: Callable[[st.RepositoryRecord], bool] = lambda r: True
@@ -323,10 +325,10 @@ class EcrService:
         if names is not None:
             if "nextToken" in p or "maxResults" in p:
                 raise InvalidParameter("Cannot specify nextToken or maxResults together with repositoryNames")
-            return {"repositories": [self._repository(await self._repo(n)) for n in names]}
+            return {"repositories": [self._repository(await self._repo(n), caller) for n in names]}
         limit = p.get("maxResults", DEFAULT_PAGE)
         records, more = await self.images.visible_repositories(_decode_token(p.get("nextToken"), str), limit, visible)
-        result: dict[str, Any] = {"repositories": [self._repository(r) for r in records]}
+        result: dict[str, Any] = {"repositories": [self._repository(r, caller) for r in records]}
         if more:  # the token names the last repository returned: never one the caller may not see
             result["nextToken"] = _encode_token(records[-1].name)
         return result
@@ -343,7 +345,7 @@ class EcrService:
         if record is None:
             raise self._not_found(name)
         self.images.forget_all()
-        return {"repository": self._repository(record)}
+        return {"repository": self._repository(record, caller)}
 
     async def put_image_tag_mutability(self, p: dict[str, Any], caller: Caller) -> dict[str, Any]:
         name = p["repositoryName"]

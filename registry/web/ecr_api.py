@@ -17,7 +17,7 @@ from aiohttp import web
 from registry import ecr_model, jsonsafe
 from registry.errors import EcrError, InvalidParameter, SerializationError, UnknownOperation
 from registry.service.ecr import Caller
-from registry.web.auth import api_principal, condition_keys
+from registry.web.auth import api_principal, base_url, condition_keys
 from registry.web.context import ACCESS, ECR, ECR_OPERATIONS, IMAGES
 from registry.web.middleware import (
     ACTION,
@@ -89,7 +89,7 @@ async def handle(request: web.Request) -> web.Response:
 
     access = request.app[ACCESS]
     keys = condition_keys(request, principal)
-    caller = Caller(principal.name if principal else None, f"{request.scheme}://{request.host}")
+    caller = Caller(principal.name if principal else None, base_url(request))
     extra: dict[str, Any] = {}
     repository = _repository_of(request, params)
     request[REPOSITORY] = repository if isinstance(repository, str) else None

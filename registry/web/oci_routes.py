@@ -14,7 +14,6 @@ from urllib.parse import quote
 from aiohttp import web
 
 from registry import oci
-from registry.auth.access import challenge
 from registry.auth.principals import Principal
 from registry.cache import BytesLRU
 from registry.errors import (
@@ -33,11 +32,14 @@ from registry.proxy.pullthrough import AuthorizeImport, StreamingBlob
 from registry.service.images import MAX_PAGE
 from registry.service.uploads import upload_range
 from registry.web.auth import (
+    AUTHENTICATED,
+    TOKEN_PATH,
     condition_keys,
     download_principal,
     has_download_signature,
-    realm,
+    registry_challenge,
     registry_principal,
+    token_endpoint,
     upload_owner,
 )
 from registry.web.context import ACCESS, BLOBS, IMAGES, PULL_THROUGH, UPLOADS
@@ -96,9 +98,11 @@ def _upload_headers(name: str, upload_id: str, size: int) -> dict[str, str]:
 
 
 async def api_base(request: web.Request) -> web.Response:
+    """200 for a valid token (an anonymous one too: that is how a token-flow client without credentials learns
+    it may go on); without one, the challenge that tells the client how to get one."""
     access = request.app[ACCESS]
-    if access.enabled and registry_principal(request) is None:
-        raise AuthenticationRequired(headers=challenge(realm(request)))
+    if access.enabled and registry_principal(request) is None and not request.get(AUTHENTICATED):
+        raise AuthenticationRequired(headers=registry_challenge(request))
     return web.json_response({})
 
 
@@ -112,8 +116,8 @@ async def catalog(request: web.Request) -> web.Response:
         page = await images.catalog(last, n)
         return _paged("/v2/_catalog", "repositories", page.items, page.more, n, {})
     principal = registry_principal(request)
-    if principal is None:
-        raise AuthenticationRequired(headers=challenge(realm(request)))
+    if principal is None and not request.get(AUTHENTICATED):  # an anonymous token lists what "*" may describe
+        raise AuthenticationRequired(headers=registry_challenge(request, "registry:catalog:*"))
     keys = condition_keys(request, principal)
     page = await images.visible_catalog(
         last, n, lambda r: access.allowed(principal, ("ecr:DescribeRepositories",), r.name, r.policy, keys)
@@ -423,16 +427,41 @@ async def authorize(
         principal: Principal | None = download_principal(request, name, blob)
     else:
         principal = registry_principal(request)
-    policy_text = await request.app[IMAGES].policy_of(name) if name is not None else None
+    policy_text = await _policy(request, name) if name is not None else None
     access.check(
         principal,
         actions,
         name,
         policy_text=policy_text,
         condition_keys=condition_keys(request, principal),
-        realm=realm(request),
+        challenge=registry_challenge(request, _scope(request.method, name)),
     )
     return principal
+
+
+async def _policy(request: web.Request, name: str) -> str | None:
+    """The repository's policy. A cache repository that a first pull would create does not exist yet: for a
+    pull, its policy is then the one it will be created with (the PULL_THROUGH_CACHE creation template's), so
+    that a template can grant the first pull (anonymous pulls through a mirror, say) what it grants later ones."""
+    images, pull_through = request.app[IMAGES], request.app[PULL_THROUGH]
+    policy = await images.policy_of(name)
+    if policy is not None or request.method not in ("GET", "HEAD") or images.templates is None:
+        return policy
+    if await images.has_repository(name):
+        return None
+    await pull_through.sync()
+    if pull_through.rule_for(name) is None:
+        return None
+    init = await images.templates(name, "PULL_THROUGH_CACHE")
+    return init.policy if init is not None else None
+
+
+def _scope(method: str, name: str | None) -> str | None:
+    """The token scope a request needs, for the challenge (Distribution's names)."""
+    if name is None:
+        return None
+    verbs = "pull" if method in ("GET", "HEAD") else "delete" if method == "DELETE" else "pull,push"
+    return f"repository:{name}:{verbs}"
 
 
 def _template(pattern: re.Pattern[str]) -> str:
@@ -476,5 +505,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/v2", api_base)
     app.router.add_get("/v2/", api_base)
     app.router.add_get("/v2/_catalog", catalog)
+    app.router.add_get(TOKEN_PATH, token_endpoint)
+    app.router.add_post(TOKEN_PATH, token_endpoint)
     app.router.add_route("*", "/v2/{tail:.+}", dispatch)
     app.router.add_get("/v1/{tail:.*}", v1_api)
