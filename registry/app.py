@@ -35,6 +35,7 @@ from registry.service.images import ImageService
 from registry.service.lifecycle import LifecycleService
 from registry.service.templates import TemplateService
 from registry.service.uploads import UploadService
+from registry.tls import tls_context
 from registry.web import ecr_api, health, metrics, oci_routes
 from registry.web.connections import Limits, Runner
 from registry.web.context import (
@@ -254,10 +255,11 @@ async def serve(
     # then only needs a moment, so the worst case stays drain_timeout, not twice that.
     runner = Runner(app, limits, handle_signals=False, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
+    tls = tls_context(server)
     sites: list[web.BaseSite] = (
-        [web.SockSite(runner, sock) for sock in sockets]
+        [web.SockSite(runner, sock, ssl_context=tls) for sock in sockets]
         if sockets is not None
-        else [web.TCPSite(runner, host, port, reuse_address=True)]
+        else [web.TCPSite(runner, host, port, reuse_address=True, ssl_context=tls)]
     )
     watch = asyncio.ensure_future(_watch_parent(supervisor, stop)) if supervisor is not None else None
     try:
@@ -358,7 +360,8 @@ async def _post_root(request: web.Request) -> web.StreamResponse:
 
 def _announce_admin(config: Config, directory: Directory) -> None:
     host, port = config.listen
-    endpoint = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::', '') else host}:{port}"
+    scheme = "https" if config.server.tls_cert_file else "http"
+    endpoint = f"{scheme}://{'127.0.0.1' if host in ('0.0.0.0', '::', '') else host}:{port}"
     (admin,) = directory.by_name.values()
     log.warning(
         "No [[auth.principals]] configured: created principal %r (access key %s); its keys are in %s (mode 0600).\n"
@@ -370,5 +373,5 @@ def _announce_admin(config: Config, directory: Directory) -> None:
         directory.created_admin,
         config.server.data_dir,
         endpoint,
-        endpoint.removeprefix("http://"),
+        endpoint.split("://", 1)[1],
     )

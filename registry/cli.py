@@ -15,7 +15,14 @@ from registry.config import Config, ConfigError, load
 
 
 def _serve(args: argparse.Namespace, config: Config) -> int:
+    from registry.tls import TlsError, tls_context
+
     host, port = config.listen
+    try:  # a bad certificate or key stops the start with a message, before anything listens
+        scheme = "https" if tls_context(config.server) is not None else "http"
+    except TlsError as e:
+        print(f"moorage: configuration error: {e}", file=sys.stderr)
+        return 2
     config.server.data_dir.mkdir(parents=True, exist_ok=True)
     count = config.server.worker_count
     log = logging.getLogger("moorage")
@@ -23,8 +30,9 @@ def _serve(args: argparse.Namespace, config: Config) -> int:
         from registry.workers import supervise
 
         log.info(
-            "Moorage %s serving on http://%s:%d with %d workers, data in %s",
+            "Moorage %s serving on %s://%s:%d with %d workers, data in %s",
             __version__,
+            scheme,
             host,
             port,
             count,
@@ -42,8 +50,9 @@ def _serve(args: argparse.Namespace, config: Config) -> int:
     app = create_app(config, worker=args.worker_index)
     if sockets is None:
         log.info(
-            "Moorage %s serving on http://%s:%d with data in %s",
+            "Moorage %s serving on %s://%s:%d with data in %s",
             __version__,
+            scheme,
             host,
             port,
             config.server.data_dir.resolve(),
@@ -82,7 +91,8 @@ def _get_login_password(args: argparse.Namespace, config: Config) -> int:
     import botocore.session
 
     host, port = config.listen
-    endpoint = args.endpoint or f"http://{'127.0.0.1' if host in ('0.0.0.0', '::', '') else host}:{port}"
+    scheme = "https" if config.server.tls_cert_file else "http"
+    endpoint = args.endpoint or f"{scheme}://{'127.0.0.1' if host in ('0.0.0.0', '::', '') else host}:{port}"
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or config.registry.region
     try:
         client = botocore.session.get_session().create_client("ecr", endpoint_url=endpoint, region_name=region)

@@ -215,6 +215,9 @@ class ServerConfig:
     header_timeout: float = _key(10.0, "duration")
     keepalive_timeout: float = _key(75.0, "duration")
     max_connections: int = _key(1024, "int", _check_max_connections)
+    # TLS: a PEM certificate chain (the server's certificate first) and its PEM private key; both or neither.
+    tls_cert_file: str = _key("", "str")
+    tls_key_file: str = _key("", "str")
 
     @property
     def worker_count(self) -> int:
@@ -457,6 +460,8 @@ def from_dict(raw: dict[str, Any]) -> Config:
             continue
         sections[section] = _build(top[section].default_factory, body, section)  # type: ignore[arg-type]
     config = Config(**sections)
+    if bool(config.server.tls_cert_file) != bool(config.server.tls_key_file):
+        raise ConfigError("server.tls_cert_file and server.tls_key_file: give both (TLS) or neither (plain HTTP)")
     _check_hostname_names_registry(config.registry)
     _check_principals(config.auth.principals)
     _check_rules(config)
