@@ -62,8 +62,8 @@ EXPOSE 5000
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python3", "-c", "import os, urllib.request; port = os.environ.get('MOORAGE_SERVER_LISTEN', ':5000').rsplit(':', 1)[1]; urllib.request.urlopen(f'http://127.0.0.1:{port}/healthz', timeout=4)"]
 # Exec form: moorage is PID 1 and gets docker stop's SIGTERM itself: it stops accepting connections, lets
-# in-flight requests finish for up to MOORAGE_SERVER_DRAIN_TIMEOUT (8 s, inside docker's default 10 s grace
-# period before SIGKILL) and exits 0. For longer drains raise both: docker run --stop-timeout 60 -e
+# in-flight requests finish and exits 0 within MOORAGE_SERVER_DRAIN_TIMEOUT (8 s, inside docker's default 10 s
+# grace period before SIGKILL), cutting whatever is still running (a stalled upload) at the deadline. For longer drains raise both: docker run --stop-timeout 60 -e
 # MOORAGE_SERVER_DRAIN_TIMEOUT=50s.
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["moorage"]

@@ -59,6 +59,10 @@ log = logging.getLogger("moorage")
 IN_FLIGHT = web.AppKey("in_flight", InFlight)
 PULL_FLUSH_INTERVAL = 5.0  # seconds between writes of recorded pull times
 PARENT_POLL = 0.5  # seconds between a worker's checks that its supervisor is alive
+# Shutdown: the part of [server] drain_timeout kept for cancelling the requests still running at its end and
+# closing the stores, so the process is gone by the deadline (docker stop's grace period, say).
+SHUTDOWN_RESERVE = 0.5
+SHUTDOWN_LEFTOVER = 0.1  # seconds aiohttp waits for a request that ignored its cancellation
 STARTUP_LOCK = "startup"  # held while a process creates keys, the admin principal, or migrates the database
 
 
@@ -240,10 +244,11 @@ async def serve(
     sockets: list[socket.socket] | None = None,
     supervisor: int | None = None,
 ) -> None:
-    """Serve until SIGTERM or SIGINT, then drain: stop listening, let in-flight requests (uploads whose
-    bodies are still arriving included) finish for up to `drain_timeout`, then shut down. A worker serves the
-    `sockets` its supervisor bound, and stops by itself when the `supervisor` process is gone (even if that
-    happened while the worker was still starting)."""
+    """Serve until SIGTERM or SIGINT, then shut down within `drain_timeout`: stop listening, close idle
+    connections, let in-flight requests (uploads whose bodies are still arriving included) finish until
+    SHUTDOWN_RESERVE before the deadline, cancel whatever is still running then (a client that stopped sending
+    or reading), close the stores and return. A worker serves the `sockets` its supervisor bound, and stops by
+    itself when the `supervisor` process is gone (even if that happened while the worker was still starting)."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -251,9 +256,8 @@ async def serve(
     server = app[CONFIG].server
     limits = Limits(server.header_timeout, server.keepalive_timeout, server.max_connections)
     _raise_fd_limit(limits.max_connections)
-    # Our own drain below does the waiting; aiohttp's shutdown (which drops request bodies still arriving)
-    # then only needs a moment, so the worst case stays drain_timeout, not twice that.
-    runner = Runner(app, limits, handle_signals=False, access_log=None, shutdown_timeout=1.0)
+    # Our own drain below does the waiting and the cancelling; aiohttp's shutdown then finds nothing in flight.
+    runner = Runner(app, limits, handle_signals=False, access_log=None, shutdown_timeout=SHUTDOWN_LEFTOVER)
     await runner.setup()
     tls = tls_context(server)
     sites: list[web.BaseSite] = (
@@ -266,12 +270,17 @@ async def serve(
         for site in sites:
             await site.start()
         await stop.wait()
+        deadline = loop.time() + drain_timeout
+        cancel_at = deadline - min(SHUTDOWN_RESERVE, drain_timeout / 2)
         in_flight = app[IN_FLIGHT]
         log.info("shutting down: draining %d in-flight requests (up to %gs)", in_flight.count, drain_timeout)
+        in_flight.draining = True  # each response from now on closes its connection
         for site in sites:
             await site.stop()  # no new connections
-        if not await in_flight.wait_idle(drain_timeout):
-            log.warning("drain timed out with %d requests still in flight", in_flight.count)
+        runner.close_idle()  # nor new requests on idle keep-alive connections
+        if not await in_flight.wait_idle(cancel_at - loop.time()):
+            log.warning("drain timed out: cancelling %d requests still in flight", in_flight.cancel())
+            await in_flight.wait_idle(deadline - loop.time())  # their clean-up (an upload closes its file)
     finally:
         if watch is not None:
             watch.cancel()

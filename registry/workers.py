@@ -48,7 +48,9 @@ QUICK_DEATH = 10.0  # seconds: a worker that exits with an error sooner than thi
 MAX_QUICK_DEATHS = 3  # failed starts in a row, for one worker slot: then give up
 MIN_RESTART_INTERVAL = 1.0  # seconds between two starts of one worker slot, however it died
 POLL = 0.1
+STOP_MARGIN = 1.0  # seconds past [server] drain_timeout before a worker that has not exited is killed
 BIND_RETRY_POLL = 0.1
+STOP_MARGIN = 1.0  # seconds past [server] drain_timeout before a worker that has not exited is killed
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 METRICS_PREFIX = "moorage-metrics-"  # + random: a supervisor's directory for its workers' metrics files
 METRICS_LOCKED = ".locked"  # made once the directory is locked: from then on, unlocked means its owner is gone
@@ -172,7 +174,9 @@ def supervise(config: Config, count: int, argv: list[str]) -> int:
     finally:
         for sock in sockets:  # no new connections; the workers drain what they have
             sock.close()
-        _stop_all([s.proc for s in slots if s.proc is not None], config.server.drain_timeout + 5)
+        # Each worker exits within drain_timeout of its SIGTERM (it cancels what is still running); one that
+        # has not a moment after that is killed, so the supervisor too is gone soon after drain_timeout.
+        _stop_all([s.proc for s in slots if s.proc is not None], config.server.drain_timeout + STOP_MARGIN)
         shutil.rmtree(metrics_dir, ignore_errors=True)
         os.close(metrics_lock)
     return status

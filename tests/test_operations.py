@@ -281,7 +281,7 @@ def test_configuration_from_environment(tmp_path: Path) -> None:
 def _up(url: str) -> bool:
     try:
         return requests.get(url + "/healthz", timeout=1).status_code == 200
-    except requests.ConnectionError:
+    except (requests.ConnectionError, requests.Timeout):  # workers still starting behind the bound socket
         return False
 
 

@@ -143,6 +143,15 @@ class _Server(web.Server):
         if cap and self.open_connections > cap:
             self._make_room(handler, transport)
 
+    def close_idle(self) -> int:
+        """Close every connection that serves nobody right now (waiting for a request head), as shutdown
+        begins; how many. Busy ones are left to finish their request (closing them now would drop the rest
+        of a body still arriving: aiohttp ignores data on a connection it was asked to close)."""
+        idle = [c for c in self._connections if isinstance(c, _Connection) and c.transport and c._waiting_for_head()]
+        for conn in idle:
+            conn.force_close()
+        return len(idle)
+
     def _make_room(self, new: RequestHandler, transport: asyncio.Transport) -> None:
         """Over the cap: close a connection that serves nobody right now, or, when every one is busy, refuse `new`.
         The victim is the one idle longest among the first EVICTION_CANDIDATES idle connections in order of
@@ -187,3 +196,7 @@ class Runner(web.AppRunner):
 
     async def _make_server(self) -> web.Server:
         return _Server.adopt(await super()._make_server(), self._limits)
+
+    def close_idle(self) -> int:
+        """Shutdown: close the connections that wait for a request (see `_Server.close_idle`); how many."""
+        return self.server.close_idle() if isinstance(self.server, _Server) else 0

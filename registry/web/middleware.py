@@ -101,28 +101,43 @@ def stamp(request: web.Request, response: web.StreamResponse) -> None:
 
 
 class InFlight:
-    """Requests being served right now; shutdown waits for them to finish (draining)."""
+    """Requests being served right now (aiohttp runs each in its own task); shutdown waits for them to finish
+    (draining), then cancels those still running at its deadline."""
 
     def __init__(self) -> None:
-        self.count = 0
+        self._tasks: set[asyncio.Task[object]] = set()
         self._idle = asyncio.Event()
         self._idle.set()
+        self.draining = False  # set at shutdown: every response from then on closes its connection
+
+    @property
+    def count(self) -> int:
+        return len(self._tasks)
 
     def enter(self) -> None:
-        self.count += 1
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
         self._idle.clear()
 
     def leave(self) -> None:
-        self.count -= 1
-        if self.count == 0:
+        self._tasks.discard(asyncio.current_task())  # type: ignore[arg-type]
+        if not self._tasks:
             self._idle.set()
 
     async def wait_idle(self, seconds: float) -> bool:
         try:
-            await asyncio.wait_for(self._idle.wait(), seconds)
+            await asyncio.wait_for(self._idle.wait(), max(seconds, 0.0))
             return True
         except TimeoutError:
             return False
+
+    def cancel(self) -> int:
+        """Cancel every request still in flight (an upload whose client stopped sending, a download whose client
+        stopped reading): each ends as if its client had gone away (499 in the access log). How many."""
+        for task in self._tasks:
+            task.cancel()
+        return len(self._tasks)
 
 
 def access_middleware(
@@ -146,12 +161,16 @@ def access_middleware(
         try:
             resp = await error_middleware(request, handler)  # one middleware layer, not two
             status = resp.status
+            if in_flight.draining:
+                resp.force_close()
             if not resp.prepared:
                 stamp(request, resp)
             return resp
         except web.HTTPException as e:
             status = e.status
             stamp(request, e)
+            if in_flight.draining:
+                e.force_close()
             raise
         except (ConnectionError, asyncio.CancelledError):
             status = 499  # the client went away (nginx's convention)
