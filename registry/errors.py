@@ -252,6 +252,16 @@ TemplateAlreadyExists = _ecr("TemplateAlreadyExistsException", "template already
 TemplateNotFound = _ecr("TemplateNotFoundException", "template not found")
 
 
-class ImageArchived(Denied):
+class ImageArchived(ManifestUnknown):
+    """A pull of an archived image: 404, as on ECR (its documentation: pulls of archived images fail with a 404),
+    saying how to restore it."""
+
     ecr_code = "ImageArchivedException"
     default_message = "The image is archived; restore it with UpdateImageStorageClass before pulling it."
+
+
+class BlobArchived(BlobUnknown):
+    """A blob GET of a layer that only archived images of the repository use (ECR reports such a layer as
+    ARCHIVED in BatchCheckLayerAvailability): 404 until one of them is restored."""
+
+    default_message = "The layer belongs only to archived images; restore one with UpdateImageStorageClass."

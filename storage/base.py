@@ -131,6 +131,7 @@ class ImageRecord:
 class PutOutcome:
     created: bool  # the manifest was new to the repository
     moved_tags: tuple[str, ...]  # tags that now point at it and didn't before
+    restored: bool = False  # it was archived, and pushing it again made it active (as on ECR)
 
 
 class TagConflict(StorageError):
@@ -378,6 +379,11 @@ class ManifestStore(Protocol):
 
     async def blob_referenced(self, repository: str, digest: str) -> bool:
         """Whether a manifest in the repository lists the blob."""
+
+    async def has_archived_images(self, repository: str) -> bool: ...
+
+    async def blob_archived_only(self, repository: str, digest: str) -> bool:
+        """Whether the manifests of the repository that list the blob are all archived (and there is one)."""
 
     async def manifest_blobs(self, repository: str, digest: str) -> list[tuple[str, int]]:
         """(digest, size) of the blobs a manifest references."""

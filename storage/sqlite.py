@@ -632,8 +632,16 @@ class SQLiteMetadataStore:
                     await db.executemany(
                         "INSERT OR IGNORE INTO manifest_references (manifest_id, child, kind) VALUES (?, ?, ?)", refs
                     )
+                restored = False
             else:
                 manifest_id = row[0]
+                # Pushing an archived image again restores it (ECR): it is active from now on.
+                cur = await db.execute(
+                    "UPDATE manifests SET storage_class = 'STANDARD', last_activated_at = ? "
+                    "WHERE id = ? AND storage_class = 'ARCHIVE'",
+                    (write.pushed_at, manifest_id),
+                )
+                restored = cur.rowcount > 0
             moved = tuple(t for t in write.tags if current.get(t) != write.digest)
             if moved:
                 await db.executemany(
@@ -642,7 +650,7 @@ class SQLiteMetadataStore:
                     "updated_at = excluded.updated_at",
                     [(repo_id, tag, manifest_id, write.pushed_at) for tag in moved],
                 )
-        return PutOutcome(created, moved)
+        return PutOutcome(created, moved, restored)
 
     @staticmethod
     def _manifest(row: Any) -> ManifestRecord:
@@ -776,6 +784,23 @@ class SQLiteMetadataStore:
             (repository, digest),
         )
         return row is not None
+
+    async def has_archived_images(self, repository: str) -> bool:
+        row = await self._fetchone(
+            "SELECT 1 FROM repositories r JOIN manifests m ON m.repository_id = r.id "
+            "WHERE r.name = ? AND m.storage_class = 'ARCHIVE' LIMIT 1",
+            (repository,),
+        )
+        return row is not None
+
+    async def blob_archived_only(self, repository: str, digest: str) -> bool:
+        rows = await self._fetchall(
+            "SELECT DISTINCT m.storage_class FROM repositories r JOIN manifests m ON m.repository_id = r.id "
+            "JOIN manifest_references ref ON ref.manifest_id = m.id "
+            "WHERE r.name = ? AND ref.child = ? AND ref.kind = 'blob'",
+            (repository, digest),
+        )
+        return bool(rows) and all(row[0] == "ARCHIVE" for row in rows)
 
     async def manifest_blobs(self, repository: str, digest: str) -> list[tuple[str, int]]:
         rows = await self._fetchall(

@@ -537,7 +537,8 @@ def test_archive_transition_refused_pulls_and_restore(sweeping: MoorageServer):
 
     for ref in ("old", old.digest):
         r = client.get(f"/v2/{by_push}/manifests/{ref}", headers={"Accept": ALL_MANIFEST_TYPES})
-        assert r.status_code == 403 and error_codes(r) == ["DENIED"], (ref, r.status_code, r.text)
+        assert r.status_code == 404 and error_codes(r) == ["MANIFEST_UNKNOWN"], (ref, r.status_code, r.text)
+        assert "archived" in r.json()["errors"][0]["message"]
     got = ecr.batch_get_image(repositoryName=by_push, imageIds=[{"imageTag": "old"}, {"imageTag": "fresh"}])
     assert [i["imageId"]["imageDigest"] for i in got["images"]] == [fresh.digest]
     (failure,) = got["failures"]

@@ -648,7 +648,7 @@ class EcrService:
             raise InvalidParameter(
                 f"Invalid parameter at 'imageManifest' failed to satisfy constraint: '{e.message}'"
             ) from None
-        if not result.created and (tag is None or not result.moved_tags):
+        if not result.created and not result.restored and (tag is None or not result.moved_tags):
             raise ImageAlreadyExists(
                 f"Image with digest '{result.digest}'{f' and tag {tag!r}' if tag else ''} already exists in the "
                 f"repository with name '{name}' in registry with id '{self.account_id}'"
@@ -680,6 +680,8 @@ class EcrService:
             size = await self.meta.linked_blob_size(name, digest)
             if size is None:
                 layers.append({"layerDigest": digest, "layerAvailability": "UNAVAILABLE"})
+            elif await self.images.blob_archived_only(name, digest):
+                layers.append({"layerDigest": digest, "layerAvailability": "ARCHIVED", "layerSize": size})
             else:
                 layers.append({"layerDigest": digest, "layerAvailability": "AVAILABLE", "layerSize": size})
         return {"layers": layers, "failures": failures}

@@ -52,6 +52,7 @@ class PushResult:
     media_type: str
     created: bool  # the manifest was new to the repository
     moved_tags: tuple[str, ...]  # tags that point at it now and did not before
+    restored: bool = False  # it was archived, and this push made it active again
 
 
 def tag_is_immutable(settings: RepositorySettings, tag: str) -> bool:
@@ -306,15 +307,32 @@ class ImageService:
             ) from None
         for tag in tags:
             self.cache.pop(("tag", name, tag))
+        if outcome.restored:
+            self.forget_manifest(name, digest)
         subject = parsed.subject.digest if parsed.subject else None
-        return PushResult(digest, tags, subject, parsed.media_type, outcome.created, outcome.moved_tags)
+        return PushResult(
+            digest, tags, subject, parsed.media_type, outcome.created, outcome.moved_tags, outcome.restored
+        )
 
     # -- repository settings (each write invalidates the cached record) ----------------------------
     def forget_repository(self, name: str) -> None:
         self.cache.pop(("repo", name))
 
     def forget_manifest(self, name: str, digest: str) -> None:
+        """After a manifest changed (its storage class): its record, and whether the repository has archives."""
         self.cache.pop(("manifest", name, digest))
+        self.cache.pop(("archived", name))
+
+    async def blob_archived_only(self, name: str, digest: str) -> bool:
+        """Whether every image of the repository that uses the blob is archived. Cheap when none is archived
+        (one cached answer per repository), since it is asked on every blob GET."""
+        key = ("archived", name)
+        archived = self._cache().get(key)
+        if archived is None:
+            version = self.cache.version
+            archived = await self.meta.has_archived_images(name)
+            self.cache.put_if_current(version, key, archived)
+        return archived and await self.meta.blob_archived_only(name, digest)
 
     def forget_all(self) -> None:
         """After a repository is deleted: its tags, manifests and blob links may be cached anywhere."""

@@ -18,6 +18,7 @@ from registry.auth.principals import Principal
 from registry.cache import BytesLRU
 from registry.errors import (
     AuthenticationRequired,
+    BlobArchived,
     BlobUnknown,
     ImageArchived,
     ManifestTooLarge,
@@ -153,8 +154,10 @@ async def get_manifest(request: web.Request, name: str, reference: str) -> web.R
     record = await request.app[PULL_THROUGH].get_manifest(name, reference, import_authorizer(request, name))
     if record.storage_class == "ARCHIVE":
         raise ImageArchived(
-            f"{name}@{record.digest} is archived; restore it with UpdateImageStorageClass "
-            "(targetStorageClass STANDARD) before pulling it"
+            f"{name}@{record.digest} is archived, and pulls of archived images fail until it is restored: "
+            f"aws ecr update-image-storage-class --repository-name {name} --image-id imageDigest={record.digest} "
+            "--target-storage-class STANDARD (or push the same image again)",
+            detail={"name": name, "digest": record.digest, "storageClass": "ARCHIVE"},
         )
     if request.method == "GET":
         images.note_pull(name, record.digest)
@@ -204,6 +207,12 @@ async def delete_manifest(request: web.Request, name: str, reference: str) -> we
 async def get_blob(request: web.Request, name: str, digest: str) -> web.StreamResponse:
     oci.validate_digest(digest)
     head = request.method == "HEAD"
+    if await request.app[IMAGES].blob_archived_only(name, digest):
+        raise BlobArchived(
+            f"blob {digest} in {name} is used only by archived images; restore one of them "
+            "(aws ecr update-image-storage-class ... --target-storage-class STANDARD) to pull it",
+            detail={"digest": digest, "storageClass": "ARCHIVE"},
+        )
     blob = await request.app[PULL_THROUGH].open_blob(name, digest, import_authorizer(request, name), head=head)
     headers = {
         "Docker-Content-Digest": digest,
