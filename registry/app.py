@@ -50,6 +50,7 @@ from registry.web.context import (
     UPLOADS,
 )
 from registry.web.middleware import InFlight, access_middleware
+from registry.workers import BACKLOG
 from storage.base import PullThroughRule, StorageError
 from storage.fs import FilesystemBlobStore
 from storage.shared import ProcessLocks
@@ -238,17 +239,17 @@ def create_app(config: Config, worker: int | None = None) -> web.Application:
 
 async def serve(
     app: web.Application,
-    host: str,
-    port: int,
+    sockets: list[socket.socket],
     drain_timeout: float,
-    sockets: list[socket.socket] | None = None,
     supervisor: int | None = None,
+    announce: str | None = None,
 ) -> None:
-    """Serve until SIGTERM or SIGINT, then shut down within `drain_timeout`: stop listening, close idle
-    connections, let in-flight requests (uploads whose bodies are still arriving included) finish until
-    SHUTDOWN_RESERVE before the deadline, cancel whatever is still running then (a client that stopped sending
-    or reading), close the stores and return. A worker serves the `sockets` its supervisor bound, and stops by
-    itself when the `supervisor` process is gone (even if that happened while the worker was still starting)."""
+    """Serve on the listening `sockets` until SIGTERM or SIGINT (logging `announce` once connections are
+    accepted), then shut down within `drain_timeout`: stop listening, close idle connections, let in-flight
+    requests (uploads whose bodies are still arriving included) finish until SHUTDOWN_RESERVE before the
+    deadline, cancel whatever is still running then (a client that stopped sending or reading), close the stores
+    and return. A worker stops by itself when its `supervisor` process is gone (even if that happened while the
+    worker was still starting)."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -260,23 +261,25 @@ async def serve(
     runner = Runner(app, limits, handle_signals=False, access_log=None, shutdown_timeout=SHUTDOWN_LEFTOVER)
     await runner.setup()
     tls = tls_context(server)
-    sites: list[web.BaseSite] = (
-        [web.SockSite(runner, sock, ssl_context=tls) for sock in sockets]
-        if sockets is not None
-        else [web.TCPSite(runner, host, port, reuse_address=True, ssl_context=tls)]
-    )
+    # With TLS, a handshake must be done within header_timeout too (asyncio's default is 60 s; the head's own
+    # deadline starts after it).
+    assert runner.server is not None
+    handshake = {"ssl": tls, "ssl_handshake_timeout": server.header_timeout} if tls is not None else {}
+    listeners: list[asyncio.AbstractServer] = []
     watch = asyncio.ensure_future(_watch_parent(supervisor, stop)) if supervisor is not None else None
     try:
-        for site in sites:
-            await site.start()
+        for sock in sockets:
+            listeners.append(await loop.create_server(runner.server, sock=sock, backlog=BACKLOG, **handshake))
+        if announce:
+            log.info("%s", announce)
         await stop.wait()
         deadline = loop.time() + drain_timeout
         cancel_at = deadline - min(SHUTDOWN_RESERVE, drain_timeout / 2)
         in_flight = app[IN_FLIGHT]
         log.info("shutting down: draining %d in-flight requests (up to %gs)", in_flight.count, drain_timeout)
         in_flight.draining = True  # each response from now on closes its connection
-        for site in sites:
-            await site.stop()  # no new connections
+        for listener in listeners:
+            listener.close()  # no new connections
         runner.close_idle()  # nor new requests on idle keep-alive connections
         if not await in_flight.wait_idle(cancel_at - loop.time()):
             log.warning("drain timed out: cancelling %d requests still in flight", in_flight.cancel())

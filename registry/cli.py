@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import logging
 import os
 import sys
@@ -16,50 +17,48 @@ from registry.config import Config, ConfigError, load
 
 
 def _serve(args: argparse.Namespace, config: Config) -> int:
+    """A worker serves the sockets its supervisor passed on; otherwise bind the listening socket(s) first, so a
+    port in use is reported as it is (and nothing claims to be serving), then serve with one process or
+    supervise several."""
     from registry.tls import TlsError, tls_context
+    from registry.workers import bind, inherited_sockets, supervise
 
-    host, port = config.listen
-    try:  # a bad certificate or key stops the start with a message, before anything listens
-        scheme = "https" if tls_context(config.server) is not None else "http"
-    except TlsError as e:
-        print(f"moorage: configuration error: {e}", file=sys.stderr)
-        return 2
-    config.server.data_dir.mkdir(parents=True, exist_ok=True)
-    count = config.server.worker_count
     log = logging.getLogger("moorage")
-    if args.worker_fds is None and count > 1:
-        from registry.workers import supervise
-
-        log.info(
-            "Moorage %s serving on %s://%s:%d with %d workers, data in %s",
-            __version__,
-            scheme,
-            host,
-            port,
-            count,
-            config.server.data_dir.resolve(),
-        )
-        return supervise(config, count, args.argv)
-
-    from registry.app import create_app, run, serve
-
-    sockets = None
+    host, port = config.listen
     if args.worker_fds is not None:
-        from registry.workers import inherited_sockets
-
         sockets = inherited_sockets(args.worker_fds)
+        announce = None
+    else:
+        try:  # a bad certificate or key stops the start with a message, before anything listens
+            scheme = "https" if tls_context(config.server) is not None else "http"
+        except TlsError as e:
+            print(f"moorage: configuration error: {e}", file=sys.stderr)
+            return 2
+        config.server.data_dir.mkdir(parents=True, exist_ok=True)
+        retry = config.server.bind_retry
+        try:
+            sockets = bind(host, port, retry)
+        except OSError as e:
+            held = f" (still after {retry:g}s: is another server running on it?)" if e.errno == errno.EADDRINUSE else ""
+            log.error("cannot listen on %s:%d: %s%s", host, port, e.strerror or e, held)
+            return 1
+        port = sockets[0].getsockname()[1]  # the one the kernel chose, for port 0
+        where = f"Moorage {__version__} serving on {scheme}://{_url_host(host)}:{port}"
+        data = config.server.data_dir.resolve()
+        count = config.server.worker_count
+        if count > 1:
+            log.info("%s with %d workers, data in %s", where, count, data)
+            return supervise(config, count, args.argv, sockets)
+        announce = f"{where} with data in {data}"  # once it accepts connections
+    from registry.app import create_app, run, serve  # (not needed by a supervisor: it starts faster without)
+
     app = create_app(config, worker=args.worker_index)
-    if sockets is None:
-        log.info(
-            "Moorage %s serving on %s://%s:%d with data in %s",
-            __version__,
-            scheme,
-            host,
-            port,
-            config.server.data_dir.resolve(),
-        )
-    run(serve(app, host, port, config.server.drain_timeout, sockets, args.supervisor_pid), config.server.event_loop)
+    run(serve(app, sockets, config.server.drain_timeout, args.supervisor_pid, announce), config.server.event_loop)
     return 0
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 def _credentials(args: argparse.Namespace, config: Config) -> int:

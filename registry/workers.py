@@ -107,16 +107,9 @@ def _bind_once(host: str, port: int) -> list[socket.socket]:
     return sockets
 
 
-def supervise(config: Config, count: int, argv: list[str]) -> int:
-    """Run `count` workers until SIGTERM/SIGINT; the exit status is 0 after a clean stop."""
-    host, port = config.listen
-    retry = config.server.bind_retry
-    try:
-        sockets = bind(host, port, retry)
-    except OSError as e:
-        held = f" (still after {retry:g}s: is another server running on it?)" if e.errno == errno.EADDRINUSE else ""
-        log.error("cannot listen on %s:%d: %s%s", host, port, e.strerror or e, held)
-        return 1
+def supervise(config: Config, count: int, argv: list[str], sockets: list[socket.socket]) -> int:
+    """Run `count` workers on the listening `sockets` (from `bind`) until SIGTERM/SIGINT; the exit status is 0
+    after a clean stop."""
     remove_stale_metrics_dirs()
     metrics_dir, metrics_lock = _metrics_dir()
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": metrics_dir}

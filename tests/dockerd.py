@@ -8,11 +8,13 @@ missing, or when the daemon does not come up.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
 import signal
 import subprocess
+import tarfile
 import tempfile
 import time
 from collections.abc import Iterator
@@ -159,6 +161,16 @@ class Dockerd:
         if check and proc.returncode != 0:
             raise DockerError(_fmt(cmd, proc) + f"\n--- dockerd log ---\n{self.log_tail()}")
         return proc
+
+
+def rootfs_tar(path: Path, text: str) -> Path:
+    """A one-file root filesystem tarball for `docker import`."""
+    data = text.encode()
+    with tarfile.open(path, "w") as tar:
+        info = tarfile.TarInfo("hello.txt")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    return path
 
 
 @pytest.fixture(scope="session", name="dockerd")

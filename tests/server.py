@@ -44,9 +44,16 @@ class MoorageServer:
     """A `moorage serve` child process with its own data dir and config file."""
 
     def __init__(
-        self, data_dir: Path, config: str = AUTH_OFF, port: int | None = None, workers: int | None = None
+        self,
+        data_dir: Path,
+        config: str = AUTH_OFF,
+        port: int | None = None,
+        workers: int | None = None,
+        tls_ca: Path | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
+        # A config serving TLS names the CA that signed its certificate: the URL is https, verified with it.
+        self.tls_ca = tls_ca
         # One process unless a test asks for more (test_workers.py) or TEST_WORKERS says so for the whole
         # suite (`TEST_WORKERS=2 make test`): workers double every start's cost.
         self.workers = workers if workers is not None else int(os.environ.get("TEST_WORKERS", "1"))
@@ -66,7 +73,7 @@ class MoorageServer:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}"
+        return f"{'https' if self.tls_ca else 'http'}://{self.host}"
 
     def start(self, timeout: float = 20.0) -> MoorageServer:
         """Start the server and wait until this very process answers: `/healthz` must carry this start's
@@ -104,7 +111,7 @@ class MoorageServer:
                 self._reaped()
                 raise RuntimeError(f"moorage exited with {code} before it answered{other}:\n{self.log(log_from)}")
             try:
-                r = requests.get(self.url + "/healthz", timeout=1)
+                r = requests.get(self.url + "/healthz", timeout=1, verify=str(self.tls_ca) if self.tls_ca else True)
             except (requests.ConnectionError, requests.Timeout):  # workers still starting behind a bound socket
                 r = None
             if r is not None:
@@ -179,6 +186,48 @@ class MoorageServer:
         assert self.proc is not None
         out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(self.proc.pid)], capture_output=True, text=True)
         return [int(x) for x in out.stdout.split()]
+
+
+def spawn(
+    config: str, root: Path, listen: str, wrap: list[str] | None = None, workers: int = 1
+) -> subprocess.Popen[bytes]:
+    """`moorage serve` as a bare process, for what `MoorageServer` cannot probe (a server inside namespaces, or
+    one that must fail to start); `config` goes to <root>/moorage.toml, its output to <root>/moorage.log."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "moorage.toml").write_text(config)
+    with open(root / "moorage.log", "ab") as log:
+        return subprocess.Popen(
+            [
+                *(wrap or []),
+                sys.executable,
+                "-m",
+                "registry",
+                "serve",
+                "--config",
+                str(root / "moorage.toml"),
+                "--listen",
+                listen,
+                "--data-dir",
+                str(root / "data"),
+                "--workers",
+                str(workers),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+
+
+def terminate(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM a `spawn`ed server; SIGKILL after 15 s."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def ecr_client(srv: MoorageServer, key: str = ADMIN_KEY, secret: str = ADMIN_SECRET, region: str = "us-east-1"):

@@ -12,16 +12,11 @@ system's plus a test CA. Nothing can leave the machine, and the machine's own fi
 from __future__ import annotations
 
 import base64
-import datetime as dt
-import io
-import ipaddress
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import tarfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -30,14 +25,21 @@ from typing import Any
 import boto3
 import pytest
 import requests
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from tests.dockerd import Dockerd, dockerd_fixture  # noqa: F401 - the `dockerd` fixture
+from tests.dockerd import Dockerd, dockerd_fixture, rootfs_tar  # noqa: F401 - the `dockerd` fixture
 from tests.oci import Client, make_image
-from tests.server import ADMIN_KEY, ADMIN_SECRET, MoorageServer, auth_config, ecr_client, free_port, login_password
+from tests.pki import Pki, PrivateNetwork
+from tests.server import (
+    ADMIN_KEY,
+    ADMIN_SECRET,
+    MoorageServer,
+    auth_config,
+    ecr_client,
+    free_port,
+    login_password,
+    spawn,
+    terminate,
+)
 
 MakeServer = Callable[..., MoorageServer]
 ACCOUNT, REGION = "123456789012", "us-east-1"
@@ -140,55 +142,6 @@ def test_bad_settings_stop_the_start(tmp_path: Path, settings: str, message: str
 # -- 2. TLS ---------------------------------------------------------------------------------------------
 
 
-class Pki:
-    """A test CA and a server certificate it signed, for the given DNS names and 127.0.0.1."""
-
-    def __init__(self, root: Path, names: list[str]) -> None:
-        root.mkdir(parents=True, exist_ok=True)
-        now = dt.datetime.now(dt.UTC)
-        ca_key = ec.generate_private_key(ec.SECP256R1())
-        ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Moorage test CA")])
-        ca = (
-            x509.CertificateBuilder()
-            .subject_name(ca_name)
-            .issuer_name(ca_name)
-            .public_key(ca_key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
-            .sign(ca_key, hashes.SHA256())
-        )
-        key = ec.generate_private_key(ec.SECP256R1())
-        sans: list[x509.GeneralName] = [x509.DNSName(n) for n in names]
-        sans.append(x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
-            .issuer_name(ca_name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .sign(ca_key, hashes.SHA256())
-        )
-        self.ca = root / "ca.pem"
-        self.cert = root / "server.pem"
-        self.key = root / "server-key.pem"
-        self.ca.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-        self.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        self.key.write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-            )
-        )
-        self.key.chmod(0o600)
-
-
 def tls_config(pki: Pki, extra: str = "") -> str:
     return (
         auth_config()
@@ -198,52 +151,12 @@ def tls_config(pki: Pki, extra: str = "") -> str:
     )
 
 
-def serve(
-    config: str, root: Path, listen: str, wrap: list[str] | None = None, workers: int = 1
-) -> subprocess.Popen[bytes]:
-    """`moorage serve` (optionally inside namespaces); its output goes to <root>/moorage.log."""
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "moorage.toml").write_text(config)
-    with open(root / "moorage.log", "ab") as log:
-        return subprocess.Popen(
-            [
-                *(wrap or []),
-                sys.executable,
-                "-m",
-                "registry",
-                "serve",
-                "--config",
-                str(root / "moorage.toml"),
-                "--listen",
-                listen,
-                "--data-dir",
-                str(root / "data"),
-                "--workers",
-                str(workers),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def test_tls_with_an_ecr_shaped_hostname(tmp_path: Path):
     pki = Pki(tmp_path / "pki", [ECR_HOST])
     port = free_port()
     host = f"{ECR_HOST}:{port}"
     # Two workers: each serves TLS on the socket the supervisor bound.
-    proc = serve(tls_config(pki, f'hostname = "{host}"\n'), tmp_path / "srv", f"127.0.0.1:{port}", workers=2)
+    proc = spawn(tls_config(pki, f'hostname = "{host}"\n'), tmp_path / "srv", f"127.0.0.1:{port}", workers=2)
     try:
         url = f"https://127.0.0.1:{port}"
         deadline = time.monotonic() + 20
@@ -281,7 +194,7 @@ def test_tls_with_an_ecr_shaped_hostname(tmp_path: Path):
         )
         assert r.status_code == 200, r.text
     finally:
-        stop(proc)
+        terminate(proc)
 
 
 @pytest.mark.parametrize("problem", ["missing-cert", "missing-key", "not-pem", "wrong-key"])
@@ -299,33 +212,23 @@ def test_unusable_tls_files_stop_the_start(tmp_path: Path, problem: str):
     else:
         key = other.key
     config = f'[auth]\nenabled = false\n[server]\ntls_cert_file = "{cert}"\ntls_key_file = "{key}"\n'
-    proc = serve(config, tmp_path / "srv", f"127.0.0.1:{free_port()}")
+    proc = spawn(config, tmp_path / "srv", f"127.0.0.1:{free_port()}")
     try:
         assert proc.wait(30) == 2
     finally:
-        stop(proc)
+        terminate(proc)
     out = (tmp_path / "srv" / "moorage.log").read_text()
     expected = {
         "missing-cert": f"server.tls_cert_file: cannot read {cert}",
         "missing-key": f"server.tls_key_file: cannot read {key}",
-        "not-pem": "are not a PEM certificate chain and its unencrypted PEM private key",
-        "wrong-key": "are not a PEM certificate chain and its unencrypted PEM private key",
+        "not-pem": f"server.tls_cert_file: {cert} is not a PEM certificate chain",
+        "wrong-key": f"server.tls_key_file: {key} is not the private key of the first certificate in {cert}",
     }[problem]
     assert "moorage: configuration error: " in out and expected in out, out
     assert "serving on" not in out, out
 
 
 # -- 3. real clients ------------------------------------------------------------------------------------
-
-
-def rootfs_tar(path: Path, text: str) -> Path:
-    """A one-file root filesystem tarball for `docker import`."""
-    data = text.encode()
-    with tarfile.open(path, "w") as tar:
-        info = tarfile.TarInfo("hello.txt")
-        info.size = len(data)
-        tar.addfile(info, io.BytesIO(data))
-    return path
 
 
 def aws_env(**extra: str) -> dict[str, str]:
@@ -380,48 +283,6 @@ def test_docker_push_to_the_uri_create_repository_prints(dockerd: Dockerd, tmp_p
         s.stop()
 
 
-class PrivateNetwork:
-    """Mount and network namespaces held open by a sleeping process: only a loopback interface (so nothing run
-    inside can reach any other address), `hosts` bind-mounted on /etc/hosts and `ca_bundle` on the system CA
-    bundle. `wrap` runs a command inside."""
-
-    SYSTEM_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
-
-    def __init__(self, hosts: Path, ca_bundle: Path) -> None:
-        script = (
-            f"mount --bind {hosts} /etc/hosts && mount --bind {ca_bundle} {self.SYSTEM_BUNDLE} "
-            "&& ip link set lo up && echo ready && exec sleep 100000"
-        )
-        self.proc = subprocess.Popen(
-            ["unshare", "--mount", "--net", "--propagation", "private", "sh", "-c", script],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline().strip()
-        if line != "ready":
-            why = self.proc.stderr.read() if self.proc.stderr else ""
-            self.close()
-            raise RuntimeError(f"could not set up the namespaces: {why}")
-        self.wrap = ["nsenter", f"--target={self.proc.pid}", "--mount", "--net"]
-
-    def run(self, *cmd: str, env: dict[str, str] | None = None, input: str | None = None, check: bool = True):
-        p = subprocess.run(
-            [*self.wrap, *cmd], env=env, input=input, capture_output=True, text=True, timeout=120, check=False
-        )
-        assert not check or p.returncode == 0, f"$ {' '.join(cmd)} -> {p.returncode}\n{p.stdout}\n{p.stderr}"
-        return p
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(10)
-        for pipe in (self.proc.stdout, self.proc.stderr):
-            if pipe is not None:
-                pipe.close()
-
-
 @pytest.fixture
 def private_network(tmp_path: Path) -> Iterator[tuple[PrivateNetwork, Pki]]:
     if os.geteuid() != 0:
@@ -437,7 +298,7 @@ def private_network(tmp_path: Path) -> Iterator[tuple[PrivateNetwork, Pki]]:
     bundle = tmp_path / "ca-certificates.crt"  # what `update-ca-certificates` makes of the system's CAs and ours
     bundle.write_bytes(PrivateNetwork.SYSTEM_BUNDLE.read_bytes() + b"\n" + pki.ca.read_bytes())
     try:
-        ns = PrivateNetwork(hosts, bundle)
+        ns = PrivateNetwork({Path("/etc/hosts"): hosts, PrivateNetwork.SYSTEM_BUNDLE: bundle})
     except RuntimeError as e:
         pytest.skip(str(e))
     try:
@@ -459,7 +320,7 @@ def test_docker_credential_ecr_login_against_moorage(
     if helper is None:
         pytest.skip("docker-credential-ecr-login is not installed (apt-get install amazon-ecr-credential-helper)")
     ns, pki = private_network
-    proc = serve(tls_config(pki, f'hostname = "{ECR_HOST}"\n'), tmp_path / "srv", "127.0.0.1:443", wrap=ns.wrap)
+    proc = spawn(tls_config(pki, f'hostname = "{ECR_HOST}"\n'), tmp_path / "srv", "127.0.0.1:443", wrap=ns.wrap)
     log = tmp_path / "srv" / "moorage.log"
     d: Dockerd | None = None
     try:
@@ -506,4 +367,4 @@ def test_docker_credential_ecr_login_against_moorage(
     finally:
         if d is not None:
             d.stop()
-        stop(proc)
+        terminate(proc)
