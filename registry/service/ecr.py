@@ -190,6 +190,17 @@ class EcrService:
             out["credentialArn"] = rule.credential_arn
         return out
 
+    def _check_not_declared(self, prefix: str, operation: str) -> None:
+        """Rules from the configuration file are read-only through the API: they are rewritten from the file at
+        every start, so a change here would silently come back."""
+        declared = {rules.normalize_prefix(r.ecr_repository_prefix) for r in self.pull_through.config.rules}
+        if prefix in declared:
+            raise InvalidParameter(
+                f"The pull through cache rule with prefix '{prefix}' is declared in the configuration file "
+                f"([[pull_through.rules]]); {operation} it there and restart (rules from the configuration file "
+                "are read-only through the API)"
+            )
+
     def _rule_not_found(self, prefix: str) -> RegistryError:
         return PullThroughCacheRuleNotFound(
             f"The pull through cache rule with prefix '{prefix}' does not exist in the registry with id "
@@ -211,9 +222,15 @@ class EcrService:
         upstream_prefix = rules.normalize_prefix(p.get("upstreamRepositoryPrefix", rules.ROOT))
         url = p["upstreamRegistryUrl"].rstrip("/")
         if not UPSTREAM_URL.fullmatch(url):
+            received = url if len(url) <= 200 else url[:200] + "..."
+            hint = (
+                " (the AWS CLI v1 fetched that URL and sent its body: set cli_follow_urlparam = false in ~/.aws/config)"
+                if any(c in url for c in "\n<{ ")
+                else ""
+            )
             raise InvalidParameter(
                 "Invalid parameter at 'upstreamRegistryUrl' failed to satisfy constraint: 'must "
-                "be a registry host, optionally with a scheme and port'"
+                f"be a registry host, optionally with a scheme and port', got {json.dumps(received)}{hint}"
             )
         if prefix == rules.ROOT and upstream_prefix != rules.ROOT:
             raise InvalidParameter("upstreamRepositoryPrefix can only be set when ecrRepositoryPrefix is not ROOT")
@@ -269,6 +286,7 @@ class EcrService:
 
     async def update_pull_through_cache_rule(self, p: dict[str, Any], caller: Caller) -> dict[str, Any]:
         prefix = rules.normalize_prefix(p["ecrRepositoryPrefix"])
+        self._check_not_declared(prefix, "change")
         self._check_secret(p.get("credentialArn"))
         rule = await self.meta.update_rule_credentials(prefix, p.get("credentialArn"), self.clock())
         if rule is None:
@@ -281,6 +299,7 @@ class EcrService:
 
     async def delete_pull_through_cache_rule(self, p: dict[str, Any], caller: Caller) -> dict[str, Any]:
         prefix = rules.normalize_prefix(p["ecrRepositoryPrefix"])
+        self._check_not_declared(prefix, "delete")
         rule = await self.meta.delete_rule(prefix)  # the cache repositories it created stay
         if rule is None:
             raise self._rule_not_found(prefix)
