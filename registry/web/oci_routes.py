@@ -453,10 +453,11 @@ async def _policy(request: web.Request, name: str) -> str | None:
     pull, its policy is then the one it will be created with (the PULL_THROUGH_CACHE creation template's), so
     that a template can grant the first pull (anonymous pulls through a mirror, say) what it grants later ones."""
     images, pull_through = request.app[IMAGES], request.app[PULL_THROUGH]
-    policy = await images.policy_of(name)
-    if policy is not None or request.method not in ("GET", "HEAD") or images.templates is None:
-        return policy
-    if await images.has_repository(name):
+    try:
+        return (await images.repository(name)).policy
+    except NameUnknown:
+        pass
+    if request.method not in ("GET", "HEAD") or images.templates is None:
         return None
     await pull_through.sync()
     if pull_through.rule_for(name) is None:
