@@ -22,7 +22,8 @@ ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1
 WORKDIR /src
-COPY pyproject.toml README.md ./
+# config.example.toml: registry/config.example.toml (package data, for `moorage config-example`) links to it.
+COPY pyproject.toml README.md config.example.toml ./
 COPY registry ./registry
 COPY storage ./storage
 # pyproject.toml is a second source so that this COPY works when the wheel directory is missing or empty.

@@ -32,7 +32,7 @@ def _serve(args: argparse.Namespace, config: Config) -> int:
         try:  # a bad certificate or key stops the start with a message, before anything listens
             scheme = "https" if tls_context(config.server) is not None else "http"
         except TlsError as e:
-            print(f"moorage: configuration error: {e}", file=sys.stderr)
+            _report([str(e)])
             return 2
         config.server.data_dir.mkdir(parents=True, exist_ok=True)
         retry = config.server.bind_retry
@@ -197,9 +197,21 @@ def _parse_time(value: str) -> float:
     return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
 
 
+def _report(problems: list[str]) -> None:
+    """Configuration problems on stderr, one line each (each names its key)."""
+    for problem in problems:
+        print(f"moorage: configuration error: {problem}", file=sys.stderr)
+
+
 def _check_config(args: argparse.Namespace, config: Config) -> int:
     from registry.config import render
+    from registry.tls import TlsError, tls_context
 
+    try:  # the files it names, as `serve` would load them
+        tls_context(config.server)
+    except TlsError as e:
+        _report([str(e)])
+        return 2
     print(f"# {args.file}: valid. Effective settings (defaults, then the file, then MOORAGE_* variables):")
     print(render(config), end="")
     return 0
@@ -209,11 +221,40 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="moorage", description="A local OCI registry that speaks Amazon ECR.")
     parser.add_argument("--version", action="version", version=f"moorage {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="run the registry")
-    serve.add_argument("--config", type=Path, help="TOML configuration file (see config.example.toml)")
-    serve.add_argument("--listen", help="HOST:PORT to listen on (default 127.0.0.1:5000)")
-    serve.add_argument("--data-dir", type=Path, help="where blobs and metadata live (default ./data)")
-    serve.add_argument("--workers", type=int, help="worker processes (default: [server] workers; 0 = one per CPU)")
+    serve = sub.add_parser(
+        "serve",
+        help="run the registry",
+        description="Serve the OCI Distribution API (/v2) and the ECR API on one port, until SIGTERM or SIGINT.",
+        epilog=_serve_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    serve.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="TOML configuration file (default: $MOORAGE_CONFIG, else none); `moorage config-example` prints "
+        "every key with its default",
+    )
+    serve.add_argument(
+        "--listen",
+        metavar="HOST:PORT",
+        help="address to listen on, [ADDR]:PORT for IPv6, port 0 for any free one ([server] listen; default "
+        "127.0.0.1:5000)",
+    )
+    serve.add_argument(
+        "--data-dir",
+        type=Path,
+        metavar="DIR",
+        help="where blobs, upload sessions, the database, signing keys and the generated admin's credentials live "
+        "([server] data_dir; default ./data)",
+    )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="worker processes on the one port ([server] workers; default 0: one per CPU, up to 4; 1: a single "
+        "process)",
+    )
     # Set by the supervisor when it starts a worker: the inherited listening sockets and the worker's index.
     serve.add_argument("--worker-fds", help=argparse.SUPPRESS)
     serve.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
@@ -247,9 +288,16 @@ def build_parser() -> argparse.ArgumentParser:
     gc.add_argument("--dry-run", action="store_true", help="report what would be freed, remove nothing")
     gc.set_defaults(func=_gc)
 
-    check = sub.add_parser("check-config", help="validate a configuration file and print the effective settings")
+    check = sub.add_parser(
+        "check-config", help="validate a configuration file (every problem at once) and print the effective settings"
+    )
     check.add_argument("file", type=Path, help="the TOML configuration file")
     check.set_defaults(func=_check_config)
+
+    example = sub.add_parser(
+        "config-example", help="print config.example.toml: every key with its default and what it does"
+    )
+    example.set_defaults(func=None)
 
     rotate = sub.add_parser("rotate-signing-key", help="create a new token signing key and make it current")
     _common(rotate)
@@ -261,6 +309,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _serve_epilog() -> str:
+    from registry.config import environment_variables
+
+    width = max(len(name) for name, _ in environment_variables()) + 2
+    lines = [
+        "Settings come from, each winning over the one before: built-in defaults, the configuration file,",
+        "MOORAGE_<SECTION>_<KEY> environment variables, then the options above. `moorage check-config FILE`",
+        "validates a file and prints the effective settings.",
+        "",
+        "environment variables, one for each key of the file (MOORAGE_SERVER_LISTEN is [server] listen; what each",
+        'does: `moorage config-example`). A value is read as TOML (true, 10, ["a"]) when it parses as such, else',
+        "as a plain string. The default is shown:",
+        f"  {'MOORAGE_CONFIG':<{width}}the configuration file, when --config is not given",
+        *(f"  {name:<{width}}{default}" for name, default in environment_variables()),
+        "[[auth.principals]], [[pull_through.rules]] and [secrets.NAME] can only be set in the file.",
+        "",
+        "On SIGTERM or SIGINT the server stops accepting connections, lets in-flight requests finish, and exits 0",
+        "within [server] drain_timeout, cutting what is still running then. Exit status 1: the port could not be",
+        "bound, or the workers kept failing; 2: a configuration problem (each printed on its own line).",
+    ]
+    return "\n".join(lines)
+
+
+def _config_example() -> int:
+    """Print the config.example.toml shipped in the package, byte for byte."""
+    from importlib.resources import files
+
+    sys.stdout.buffer.write(files("registry").joinpath("config.example.toml").read_bytes())
+    sys.stdout.flush()
+    return 0
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help="TOML configuration file (see config.example.toml)")
     p.add_argument("--data-dir", type=Path, help="the data directory (default ./data, or the config's)")
@@ -268,6 +348,8 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "config-example":  # needs no configuration (and works whatever the environment says)
+        return _config_example()
     args.argv = list(sys.argv[1:] if argv is None else argv)  # what a supervisor passes on to its workers
     try:
         config = load(
@@ -284,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
             os.environ,
         )
     except ConfigError as e:
-        print(f"moorage: configuration error: {e}", file=sys.stderr)
+        _report(e.problems)
         return 2
     # Only the server logs at the configured level; one-shot commands print their result and nothing else.
     from registry import logs

@@ -7,19 +7,43 @@ never show them.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import re
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 
 class ConfigError(Exception):
-    """A configuration problem, phrased for the user (it names the key)."""
+    """Configuration problems, each phrased for the user and naming its key: validation goes on past the first,
+    so `problems` lists every one found (str() joins them, one per line)."""
+
+    def __init__(self, *problems: str) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(problems))
+
+
+class _Problems:
+    """Collects what `ConfigError`s say, so one bad key does not hide the next."""
+
+    def __init__(self) -> None:
+        self.found: list[str] = []
+
+    @contextlib.contextmanager
+    def gathered(self) -> Iterator[None]:
+        try:
+            yield
+        except ConfigError as e:
+            self.found += e.problems
+
+    def raise_any(self) -> None:
+        if self.found:
+            raise ConfigError(*self.found)
 
 
 class Secret:
@@ -410,7 +434,12 @@ def _coerce(key: str, f: dataclasses.Field[Any], value: Any) -> Any:
     if kind == "tables":
         if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
             raise ConfigError(f"{key}: expected an array of tables ([[{key}]])")
-        return tuple(_build(f.metadata["cls"], item, f"{key}[{i}]") for i, item in enumerate(value))
+        problems, items = _Problems(), []
+        for i, item in enumerate(value):
+            with problems.gathered():
+                items.append(_build(f.metadata["cls"], item, f"{key}[{i}]"))
+        problems.raise_any()
+        return tuple(items)
     expected, wording = _TYPES[kind]
     if not isinstance(value, expected) or (kind != "bool" and isinstance(value, bool)):
         raise ConfigError(f"{key}: expected {wording}, got {value!r}")
@@ -437,35 +466,55 @@ def _coerce(key: str, f: dataclasses.Field[Any], value: Any) -> Any:
 def _build(cls: type, body: dict[str, Any], prefix: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     values = {}
+    problems = _Problems()
     for name, value in body.items():
         if name not in fields:
-            raise ConfigError(f"unknown key {prefix}.{name} (known: {', '.join(sorted(fields))})")
-        values[name] = _coerce(f"{prefix}.{name}", fields[name], value)
-    missing = [n for n, f in fields.items() if n not in values and f.default is dataclasses.MISSING]
+            problems.found.append(f"unknown key {prefix}.{name} (known: {', '.join(sorted(fields))})")
+            continue
+        with problems.gathered():
+            values[name] = _coerce(f"{prefix}.{name}", fields[name], value)
+    missing = [n for n, f in fields.items() if n not in body and f.default is dataclasses.MISSING]
     if missing:
-        raise ConfigError(f"{prefix}: missing required key {', '.join(missing)}")
+        problems.found.append(f"{prefix}: missing required key {', '.join(missing)}")
+    problems.raise_any()
     return cls(**values)
 
 
 def from_dict(raw: dict[str, Any]) -> Config:
+    """The configuration from parsed TOML; ConfigError lists every problem found. (Checks across keys run only
+    on sections that parsed, so a bad value does not also show up as their consequences.)"""
     sections: dict[str, Any] = {}
     top = {f.name: f for f in dataclasses.fields(Config)}
+    problems = _Problems()
     for section, body in raw.items():
         if section not in top:
-            raise ConfigError(f"unknown section [{section}] (known: {', '.join(sorted(top))})")
-        if not isinstance(body, dict):
-            raise ConfigError(f"[{section}] must be a table")
-        if section == "secrets":
-            sections[section] = _secrets(body)
-            continue
-        sections[section] = _build(top[section].default_factory, body, section)  # type: ignore[arg-type]
+            problems.found.append(f"unknown section [{section}] (known: {', '.join(sorted(top))})")
+        elif not isinstance(body, dict):
+            problems.found.append(f"[{section}] must be a table")
+        else:
+            with problems.gathered():
+                sections[section] = (
+                    _secrets(body) if section == "secrets" else _build(top[section].default_factory, body, section)  # type: ignore[arg-type]
+                )
+    failed = {s for s in raw if s in top and s not in sections}
     config = Config(**sections)
-    if bool(config.server.tls_cert_file) != bool(config.server.tls_key_file):
-        raise ConfigError("server.tls_cert_file and server.tls_key_file: give both (TLS) or neither (plain HTTP)")
-    _check_hostname_names_registry(config.registry)
-    _check_principals(config.auth.principals)
-    _check_rules(config)
+    checks: list[tuple[set[str], Callable[[], None]]] = [
+        ({"server"}, lambda: _check_tls_pair(config.server)),
+        ({"registry"}, lambda: _check_hostname_names_registry(config.registry)),
+        ({"auth"}, lambda: _check_principals(config.auth.principals)),
+        ({"pull_through", "secrets"}, lambda: _check_rules(config)),
+    ]
+    for needs, check in checks:
+        if not needs & failed:
+            with problems.gathered():
+                check()
+    problems.raise_any()
     return config
+
+
+def _check_tls_pair(server: ServerConfig) -> None:
+    if bool(server.tls_cert_file) != bool(server.tls_key_file):
+        raise ConfigError("server.tls_cert_file and server.tls_key_file: give both (TLS) or neither (plain HTTP)")
 
 
 def _check_hostname_names_registry(registry: RegistryConfig) -> None:
@@ -482,26 +531,37 @@ def _check_hostname_names_registry(registry: RegistryConfig) -> None:
 
 def _secrets(body: dict[str, Any]) -> dict[str, SecretConfig]:
     out = {}
+    problems = _Problems()
     for name, value in body.items():
-        _check_secret_name(name)
-        if not isinstance(value, dict):
-            raise ConfigError(f"[secrets.{name}] must be a table with username/password or access keys")
-        secret = _build(SecretConfig, value, f"secrets.{name}")
-        has_basic = bool(secret.username) or bool(secret.password.reveal())
-        has_keys = bool(secret.access_key_id) or bool(secret.secret_access_key.reveal())
-        if has_basic == has_keys:
-            raise ConfigError(
-                f"[secrets.{name}] needs either username and password (registry credentials) or "
-                "access_key_id and secret_access_key (an ECR-style upstream), not both"
-            )
-        out[name] = secret
+        with problems.gathered():
+            out[name] = _secret(name, value)
+    problems.raise_any()
     return out
+
+
+def _secret(name: str, value: Any) -> SecretConfig:
+    try:
+        _check_secret_name(name)
+    except ValueError:
+        raise ConfigError(f"[secrets.{name}]: a secret's name may have letters, digits and /_+=.@- only") from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"[secrets.{name}] must be a table with username/password or access keys")
+    secret = _build(SecretConfig, value, f"secrets.{name}")
+    has_basic = bool(secret.username) or bool(secret.password.reveal())
+    has_keys = bool(secret.access_key_id) or bool(secret.secret_access_key.reveal())
+    if has_basic == has_keys:
+        raise ConfigError(
+            f"[secrets.{name}] needs either username and password (registry credentials) or "
+            "access_key_id and secret_access_key (an ECR-style upstream), not both"
+        )
+    return secret
 
 
 def _check_rules(config: Config) -> None:
     rules = config.pull_through.rules
+    problems = _Problems()
     if len(rules) > config.pull_through.max_rules:
-        raise ConfigError(
+        problems.found.append(
             f"pull_through.rules: {len(rules)} rules, more than pull_through.max_rules "
             f"({config.pull_through.max_rules})"
         )
@@ -512,41 +572,50 @@ def _check_rules(config: Config) -> None:
     for i, rule in enumerate(rules):
         key = f"pull_through.rules[{i}]"
         if rule.ecr_repository_prefix in seen:
-            raise ConfigError(f"{key}.ecr_repository_prefix: {rule.ecr_repository_prefix!r} is used by another rule")
+            problems.found.append(
+                f"{key}.ecr_repository_prefix: {rule.ecr_repository_prefix!r} is used by another rule"
+            )
         seen.add(rule.ecr_repository_prefix)
         if rule.ecr_repository_prefix == "ROOT" and rule.upstream_repository_prefix != "ROOT":
-            raise ConfigError(f"{key}.upstream_repository_prefix: only allowed when ecr_repository_prefix is not ROOT")
+            problems.found.append(
+                f"{key}.upstream_repository_prefix: only allowed when ecr_repository_prefix is not ROOT"
+            )
         if rule.credential and rule.credential not in config.secrets:
-            raise ConfigError(f"{key}.credential: no [secrets.{rule.credential}] is configured")
+            problems.found.append(f"{key}.credential: no [secrets.{rule.credential}] is configured")
         try:
             policy.check_url(rule.upstream_registry_url)
         except NotAllowed as e:
-            raise ConfigError(f"{key}.upstream_registry_url: {e}") from None
+            problems.found.append(f"{key}.upstream_registry_url: {e}")
+    problems.raise_any()
 
 
 def _check_principals(principals: tuple[PrincipalConfig, ...]) -> None:
+    problems = _Problems()
     for attr in ("name", "access_key_id"):
         seen: set[str] = set()
         for i, p in enumerate(principals):
             value = getattr(p, attr)
             if value in seen:
-                raise ConfigError(f"auth.principals[{i}].{attr}: {value!r} is used by another principal")
+                problems.found.append(f"auth.principals[{i}].{attr}: {value!r} is used by another principal")
             seen.add(value)
+    problems.raise_any()
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, Secret):
+        return '"****"' if v.reveal() else '""'
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    if isinstance(v, tuple):
+        return json.dumps(list(v))
+    return json.dumps(str(v))
 
 
 def render(config: Config) -> str:
     """The effective configuration as TOML, secrets masked (what `moorage check-config` prints)."""
-
-    def value(v: Any) -> str:
-        if isinstance(v, Secret):
-            return '"****"' if v.reveal() else '""'
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, int | float):
-            return repr(v)
-        if isinstance(v, tuple):
-            return json.dumps(list(v))
-        return json.dumps(str(v))
+    value = _toml_value
 
     def table(header: str, obj: Any) -> list[str]:
         lines = [header]
@@ -577,25 +646,69 @@ def render(config: Config) -> str:
 ENV_PREFIX = "MOORAGE_"
 
 
+def environment_variables() -> list[tuple[str, str]]:
+    """Every `MOORAGE_<SECTION>_<KEY>` variable, with its key's default as it would be written in the variable
+    (`moorage serve --help` lists them). Arrays of tables (principals, rules) and [secrets] have none."""
+    defaults = Config()
+    out = []
+    for section in dataclasses.fields(Config):
+        if section.name == "secrets":
+            continue
+        body = getattr(defaults, section.name)
+        for f in dataclasses.fields(body):
+            v = getattr(body, f.name)
+            kind = f.metadata["kind"]
+            if kind == "duration":
+                shown = _short_duration(v)
+            elif kind == "path":
+                shown = v.as_posix() if v.is_absolute() else f"./{v.as_posix()}"
+            elif kind == "str":
+                shown = v or '""'
+            elif kind == "tables":
+                continue
+            else:
+                shown = _toml_value(v)
+            out.append((f"{ENV_PREFIX}{section.name}_{f.name}".upper(), shown))
+    return out
+
+
+def _short_duration(seconds: float) -> str:
+    """30s, 15m, 12h: the largest unit that divides it."""
+    for size, unit in ((3600, "h"), (60, "m")):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
+
+
 def from_environ(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
     """`MOORAGE_<SECTION>_<KEY>=value` settings, e.g. MOORAGE_SERVER_LISTEN=0.0.0.0:5000,
     MOORAGE_AUTH_ENABLED=false, MOORAGE_PULL_THROUGH_OFFLINE=true. Values are read as TOML values when they
     parse as one (true, 10, "x"), else as plain strings. Unknown names fail like unknown keys."""
+    settings, problems = _from_environ(environ)
+    problems.raise_any()
+    return settings
+
+
+def _from_environ(environ: Mapping[str, str]) -> tuple[dict[str, dict[str, Any]], _Problems]:
     sections = sorted((f.name for f in dataclasses.fields(Config) if f.name != "secrets"), key=len, reverse=True)
     out: dict[str, dict[str, Any]] = {}
+    problems = _Problems()
     for name, value in environ.items():
         if not name.startswith(ENV_PREFIX) or name in ("MOORAGE_CONFIG", "MOORAGE_INSTANCE_ID"):
             continue
         rest = name[len(ENV_PREFIX) :].lower()
         section = next((s for s in sections if rest.startswith(s + "_")), None)
         if section is None:
-            raise ConfigError(f"environment variable {name}: no such section (known: {', '.join(sorted(sections))})")
+            problems.found.append(
+                f"environment variable {name}: no such section (known: {', '.join(sorted(sections))})"
+            )
+            continue
         try:
             parsed: Any = tomllib.loads(f"v = {value}")["v"]
         except tomllib.TOMLDecodeError:
             parsed = value
         out.setdefault(section, {})[rest[len(section) + 1 :]] = parsed
-    return out
+    return out, problems
 
 
 def load(
@@ -614,7 +727,15 @@ def load(
             raise ConfigError(f"config file not found: {path}") from None
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{path}: invalid TOML: {e}") from None
-    for layer in (from_environ(environ or {}), overrides or {}):
+    from_env, problems = _from_environ(environ or {})
+    for layer in (from_env, overrides or {}):
         for section, values in layer.items():
-            raw.setdefault(section, {}).update({k: v for k, v in values.items() if v is not None})
-    return from_dict(raw)
+            target = raw.setdefault(section, {})
+            if isinstance(target, dict):  # else from_dict says that [section] must be a table
+                target.update({k: v for k, v in values.items() if v is not None})
+    config = None
+    with problems.gathered():
+        config = from_dict(raw)
+    problems.raise_any()
+    assert config is not None
+    return config

@@ -4,10 +4,16 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import re
+import shutil
 import signal
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import requests
@@ -92,3 +98,156 @@ def test_sigterm_with_stalled_uploads_exits_by_the_drain_timeout(make_server: Ma
     digest = "sha256:" + hashlib.sha256(b"x" * total).hexdigest()
     done = requests.put(srv.url + rest.headers["Location"], params={"digest": digest}, timeout=30)
     assert done.status_code == 201, (done.status_code, done.text)
+
+
+# -- start-up: say only what happened ----------------------------------------------------------------------
+
+
+def moorage(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """`moorage ARGS` as the venv runs it (python -m registry), with the environment cleared of MOORAGE_*."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("MOORAGE_")}
+    return subprocess.run(
+        [sys.executable, "-m", "registry", *args],
+        env={**base, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_busy_port_is_reported_without_claiming_to_serve(tmp_path: Path, workers: int) -> None:
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    port = holder.getsockname()[1]
+    try:
+        config = tmp_path / "c.toml"
+        config.write_text(AUTH_OFF + '[server]\nbind_retry = "200ms"\n')
+        p = moorage(
+            "serve", "--config", str(config), "--listen", f"127.0.0.1:{port}", "--data-dir", str(tmp_path / "d"),
+            "--workers", str(workers), env={"MOORAGE_LOG_FORMAT": "text"},
+        )  # fmt: skip
+    finally:
+        holder.close()
+    out = p.stdout + p.stderr
+    assert p.returncode == 1, out
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use (still after 0.2s" in out, out
+    assert "serving on" not in out and "Traceback" not in out, out
+
+
+BAD_CONFIG = """\
+[server]
+listen = "nowhere"
+workers = -3
+drain_timeout = "soon"
+colour = "blue"
+[registry]
+account_id = "12"
+[auth]
+token_ttl = true
+[[auth.principals]]
+name = "ci"
+[log]
+level = "loud"
+[nope]
+x = 1
+[secrets."bad name"]
+username = "u"
+"""
+BAD_CONFIG_PROBLEMS = [
+    "environment variable MOORAGE_FOO_BAR: no such section",
+    "server.listen: expected HOST:PORT",
+    "server.workers: must be 0 (one per CPU, up to 4) or a number of processes from 1 to 64 (got -3)",
+    "server.drain_timeout: expected a duration",
+    "unknown key server.colour",
+    "registry.account_id: must be 12 digits",
+    'auth.token_ttl: expected a duration such as "12h", got True',
+    "auth.principals[0]: missing required key access_key_id, secret_access_key, policy",
+    "log.level: must be one of debug, info, warning, error (got 'loud')",
+    "log.format: must be auto (JSON when not a terminal), json or text (got 'xml')",
+    "unknown section [nope]",
+    "[secrets.bad name]: a secret's name may have",
+]
+
+
+@pytest.mark.parametrize("command", ["check-config", "serve"])
+def test_every_configuration_problem_is_reported_at_once(tmp_path: Path, command: str) -> None:
+    """Each bad key and value (from the file and from MOORAGE_* variables) on a line of its own that names it;
+    exit 2, and `serve` starts nothing."""
+    config = tmp_path / "bad.toml"
+    config.write_text(BAD_CONFIG)
+    args = [str(config)] if command == "check-config" else ["--config", str(config)]
+    p = moorage(command, *args, env={"MOORAGE_FOO_BAR": "1", "MOORAGE_LOG_FORMAT": "xml"})
+    assert p.returncode == 2, p.stderr
+    lines = p.stderr.splitlines()
+    assert all(line.startswith("moorage: configuration error: ") for line in lines), p.stderr
+    for problem in BAD_CONFIG_PROBLEMS:
+        assert sum(problem in line for line in lines) == 1, f"{problem!r} not reported once:\n{p.stderr}"
+    assert len(lines) == len(BAD_CONFIG_PROBLEMS), p.stderr
+    assert "serving on" not in p.stdout + p.stderr
+
+
+def test_check_config_reports_unusable_tls_files(tmp_path: Path) -> None:
+    config = tmp_path / "tls.toml"
+    config.write_text(f'[server]\ntls_cert_file = "{tmp_path}/no.pem"\ntls_key_file = "{tmp_path}/no-key.pem"\n')
+    p = moorage("check-config", str(config))
+    assert p.returncode == 2 and f"server.tls_cert_file: cannot read {tmp_path}/no.pem" in p.stderr, p.stderr
+
+
+def test_serve_help_describes_the_options_and_every_environment_variable() -> None:
+    from registry.config import environment_variables
+
+    p = moorage("serve", "--help")
+    assert p.returncode == 0, p.stderr
+    text = " ".join(p.stdout.split())  # argparse wraps option help
+    for option in ("--config FILE", "--listen HOST:PORT", "--data-dir DIR", "--workers N"):
+        assert option in text, p.stdout
+    for phrase in ("default 127.0.0.1:5000", "default ./data", "one per CPU", "$MOORAGE_CONFIG", "drain_timeout"):
+        assert phrase in text, phrase
+    variables = environment_variables()
+    assert len(variables) > 30
+    for name, default in [("MOORAGE_CONFIG", "the configuration file, when --config is not given"), *variables]:
+        assert re.search(rf"^  {name} +{re.escape(default)}$", p.stdout, re.M), f"{name} {default} not listed"
+    # What it shows can be written as it is: every variable set to its listed default is a valid configuration.
+    check = moorage("check-config", os.devnull, env=dict(variables))
+    assert check.returncode == 0, check.stderr
+
+
+def test_the_installed_package_prints_config_example(tmp_path: Path) -> None:
+    """`moorage config-example` from a wheel built from this checkout and installed apart from it prints the
+    same bytes as the repository's config.example.toml (package data, not a file beside the source)."""
+    pytest.importorskip("setuptools", minversion="70.1")  # bdist_wheel without the wheel package; offline
+    repo = Path(__file__).resolve().parent.parent
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md", "config.example.toml"):
+        shutil.copy(repo / name, src / name)
+    for package in ("registry", "storage"):  # symlinks as they are: the build must follow them
+        shutil.copytree(repo / package, src / package, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input"]
+    built = subprocess.run(
+        [*pip, "wheel", "--no-index", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"), str(src)],
+        capture_output=True, text=True, timeout=180, check=False,
+    )  # fmt: skip
+    assert built.returncode == 0, built.stdout + built.stderr
+    (wheel,) = (tmp_path / "dist").glob("moorage-*.whl")
+    site = tmp_path / "site"
+    installed = subprocess.run(
+        [*pip, "install", "--no-index", "--no-deps", "--target", str(site), str(wheel)],
+        capture_output=True, text=True, timeout=180, check=False,
+    )  # fmt: skip
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+    assert (site / "registry" / "config.example.toml").is_file() and not (site / "registry").is_symlink()
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    where = subprocess.run(
+        [sys.executable, "-c", "import registry; print(registry.__file__)"],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    assert where.stdout.startswith(str(site)), where.stdout  # the installed copy, not this checkout
+    printed = subprocess.run(
+        [sys.executable, "-m", "registry", "config-example"], env=env, cwd=tmp_path, capture_output=True, timeout=60
+    )
+    assert printed.returncode == 0, printed.stderr
+    assert printed.stdout == (repo / "config.example.toml").read_bytes()
