@@ -132,6 +132,9 @@ def test_metrics_after_a_scripted_workload(make_server) -> None:
     assert metric(s, "moorage_storage_blobs") == 3 and metric(s, "moorage_images") == 1
 
 
+KINDS = ("manifest", "blob")
+
+
 def test_pull_through_metrics(make_server) -> None:
     upstream = make_server()
     img = make_image(n_layers=1)
@@ -146,9 +149,9 @@ def test_pull_through_metrics(make_server) -> None:
 
     def synced() -> dict | None:  # with several workers, another worker's tallies arrive within a second
         samples = scrape(srv)
-        misses = metric(samples, "moorage_pull_through_misses_total", rule="up")
-        hits = metric(samples, "moorage_pull_through_hits_total", rule="up")
-        return samples if (misses, hits) == (1 + len(img.blobs), 2) else None
+        misses = [metric(samples, "moorage_pull_through_misses_total", rule="up", kind=k) for k in KINDS]
+        hits = [metric(samples, "moorage_pull_through_hits_total", rule="up", kind=k) for k in KINDS]
+        return samples if (misses, hits) == ([1, len(img.blobs)], [2, 0]) else None
 
     s = wait_for(synced, what="pull-through counters")
     assert metric(s, "moorage_pull_through_upstream_requests_total", rule="up") == 1 + len(img.blobs)

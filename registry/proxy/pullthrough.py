@@ -72,8 +72,13 @@ async def _no_check(needs_create: bool) -> None:
 
 @dataclass(slots=True)
 class RuleMetrics:
-    hits: int = 0
-    misses: int = 0
+    """Per rule. Every manifest or blob request on a cache repository is exactly one hit (served from the cache,
+    stale serves included) or one miss (not cached: fetched, or joined a fetch in flight, or refused)."""
+
+    manifest_hits: int = 0
+    blob_hits: int = 0
+    manifest_misses: int = 0
+    blob_misses: int = 0
     upstream_requests: int = 0
     upstream_bytes: int = 0
     stale_serves: int = 0
@@ -235,14 +240,15 @@ class PullThrough:
         if local is None:
             return await self._import(rule, repository, reference, authorize_import)
         if oci.is_digest(reference):  # content addressed: never stale
-            m.hits += 1
+            m.manifest_hits += 1
             return local
         checked = await self._checked_at(repository, reference)
         if checked is not None and self.clock() - checked < self.config.tag_refresh_interval:
-            m.hits += 1
+            m.manifest_hits += 1
             return local
         if self.config.offline or await self._recently_failed(r.base_url(rule), _tag_key(repository, reference)):
             m.stale_serves += 1
+            m.manifest_hits += 1
             return local
         try:
             fresh = await self._flight(
@@ -252,8 +258,12 @@ class PullThrough:
             await self._note_failure(rule, repository, reference, e)
             log.warning("serving cached %s:%s: the upstream check failed: %s", repository, reference, e)
             m.stale_serves += 1
+            m.manifest_hits += 1
             return local
-        m.hits += 1
+        if fresh.digest == local.digest:
+            m.manifest_hits += 1  # confirmed upstream: served from the cache
+        else:
+            m.manifest_misses += 1  # the tag moved: the new manifest came from the upstream
         return fresh
 
     async def _checked_at(self, repository: str, tag: str) -> float | None:
@@ -298,13 +308,13 @@ class PullThrough:
     async def _import(
         self, rule: PullThroughRule, repository: str, reference: str, authorize_import: AuthorizeImport
     ) -> ManifestRecord:
+        self._metrics(rule).manifest_misses += 1
         if self.config.offline:
             raise ManifestUnknown(
                 f"{repository}:{reference} is not cached, and the pull-through cache is offline "
                 "([pull_through] offline = true)"
             )
         await authorize_import(not await self.images.has_repository(repository))
-        self._metrics(rule).misses += 1
         try:
             return await self._flight(
                 ("import", repository, reference), rule, lambda: self._import_once(rule, repository, reference)
@@ -346,6 +356,8 @@ class PullThrough:
     ) -> LocalBlob | StreamingBlob:
         try:
             size = await self.images.blob_size(repository, digest)
+            if self.rules and (cached := self.rule_for(repository)) is not None:
+                self._metrics(cached).blob_hits += 1
             return LocalBlob(self.blobs.local_path(digest), size)
         except BlobUnknown:
             await self.sync()
@@ -361,6 +373,7 @@ class PullThrough:
         # that say-so: only when this rule's upstream sent and proved them, now or before.
         if (local := await self._link_stored(rule, repository, digest)) is not None:
             return local
+        self._metrics(rule).blob_misses += 1
         if self.config.offline:
             raise BlobUnknown(f"blob {digest} is not cached, and the pull-through cache is offline")
         await authorize_import(not await self.images.has_repository(repository))
@@ -402,7 +415,7 @@ class PullThrough:
         if stored is None or not await self.meta.blob_fetched_from(digest, origin(rule)):
             return None
         await self.meta.link_blob(repository, digest, stored, self.clock(), upstream=origin(rule))
-        self._metrics(rule).hits += 1
+        self._metrics(rule).blob_hits += 1
         return LocalBlob(self.blobs.local_path(digest), stored)
 
     async def _start_download(self, rule: PullThroughRule, repository: str, digest: str) -> Download | Follower | None:
@@ -414,7 +427,6 @@ class PullThrough:
             if await self.blobs.stat(digest) is not None and await self.meta.blob_fetched_from(digest, origin(rule)):
                 self.locks.release(lock)  # this upstream's bytes were stored between our look and the lock
                 return None
-            m.misses += 1
             m.upstream_requests += 1
             download = Download(self, rule, digest, lock, upstream_repository=r.upstream_repository(rule, repository))
         else:

@@ -315,6 +315,13 @@ class EcrService:
             raise self._rule_not_found(prefix)
         out = self._rule(rule, created=False)
         out.pop("upstreamRegistry", None)
+        if self.pull_through.config.offline:  # offline means no upstream contact at all, this included
+            out["isValid"] = False
+            out["failure"] = (
+                "The pull-through cache is offline ([pull_through] offline = true): the upstream was not contacted, "
+                "and only cached content is served"
+            )
+            return out
         try:
             await self.pull_through.client(rule).ping()
             out["isValid"] = True

@@ -31,9 +31,15 @@ from registry.proxy.pullthrough import PullThrough
 from registry.web.auth import condition_keys, realm, registry_principal
 from registry.web.context import ACCESS, CONFIG, META, PULL_THROUGH
 
+# Manifests and blobs alike (label kind): every manifest or blob request on a cache repository is exactly one hit
+# or one miss, so hits / (hits + misses) is the cache's hit ratio.
+_KIND_COUNTERS = {
+    "hits": "Manifest and blob requests served from the cache (kind: manifest or blob); stale serves count here too",
+    "misses": "Manifest and blob requests for content not cached yet (kind: manifest or blob): fetched from the "
+    "upstream, joined a fetch in flight, or refused (offline, denied, upstream down)",
+}
+KINDS = ("manifest", "blob")
 _RULE_COUNTERS = {
-    "hits": "Pulls served from the cache without asking the upstream",
-    "misses": "Pulls of content not cached yet (fetched from the upstream)",
     "upstream_requests": "Requests made to the upstream registry",
     "upstream_bytes": "Bytes received from the upstream registry",
     "stale_serves": "Cached content served because the upstream failed or was not asked (offline, recent failure)",
@@ -106,6 +112,10 @@ class Metrics:
             name: Counter(f"moorage_pull_through_{name}", doc, ["rule"], registry=r)
             for name, doc in _RULE_COUNTERS.items()
         }
+        self.pull_through_kind_counters = {
+            name: Counter(f"moorage_pull_through_{name}", doc, ["rule", "kind"], registry=r)
+            for name, doc in _KIND_COUNTERS.items()
+        }
         if multiprocess is None:
             self.exposition = r
         else:  # every worker's files, summed; the storage gauges are read from the shared database anyway
@@ -122,11 +132,19 @@ class Metrics:
             return
         for prefix, tallies in list(self._pull_through.metrics.items()):
             for name, counter in self.pull_through_counters.items():
-                value = getattr(tallies, name)
-                delta = value - self._synced.get((prefix, name), 0)
-                if delta > 0:
-                    counter.labels(prefix).inc(delta)
-                    self._synced[(prefix, name)] = value
+                self._add(counter.labels(prefix), (prefix, name), getattr(tallies, name))
+            for name, counter in self.pull_through_kind_counters.items():
+                for kind in KINDS:
+                    tally = f"{kind}_{name}"  # RuleMetrics.manifest_hits, .blob_misses, ...
+                    self._add(counter.labels(prefix, kind), (prefix, tally), getattr(tallies, tally))
+
+    def _add(self, child: Any, key: tuple[str, str], value: int) -> None:
+        """Bring a counter up to the tally `value`. Labelling the child creates the series at 0, so every rule's
+        series exists from the start and a hit ratio can be drawn before the first pull."""
+        delta = value - self._synced.get(key, 0)
+        if delta > 0:
+            child.inc(delta)
+            self._synced[key] = value
 
     def observe(self, route: str, method: str, status: int, seconds: float, bytes_in: int, bytes_out: int) -> None:
         key = (route, method, status)
