@@ -378,7 +378,7 @@ def _announce_admin(config: Config, directory: Directory) -> None:
     log.warning(
         "No [[auth.principals]] configured: created principal %r (access key %s); its keys are in %s (mode 0600).\n"
         "  Log in with:\n"
-        '    eval "$(moorage credentials --data-dir %s)"\n'
+        '    creds=$(moorage credentials --data-dir %s) && eval "$creds"\n'
         "    moorage get-login-password --endpoint %s | docker login --username AWS --password-stdin %s",
         admin.name,
         admin.access_key_id,

@@ -100,7 +100,7 @@ def _get_login_password(args: argparse.Namespace, config: Config) -> int:
     except botocore.exceptions.NoCredentialsError:
         print(
             "moorage: no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
-            '(for the generated admin: eval "$(moorage credentials)")',
+            '(for the generated admin: creds=$(moorage credentials --data-dir DIR) && eval "$creds")',
             file=sys.stderr,
         )
         return 1

@@ -957,9 +957,9 @@ def test_admin_bootstrap(make_server):
     assert call(s, "GET", "/v2/", basic(token)).status_code == 200
     assert jwt_part(token, 1)["sub"] == creds["name"]
 
-    # The documented shell recipe: eval the exports, then get-login-password.
+    # The documented shell recipe: eval the exports (stopping if that fails), then get-login-password.
     script = (
-        f'eval "$({sys.executable} -m registry credentials --data-dir {s.data_dir})" && '
+        f'creds=$({sys.executable} -m registry credentials --data-dir {s.data_dir}) && eval "$creds" && '
         f"{sys.executable} -m registry get-login-password --endpoint {s.url}"
     )
     sh = subprocess.run(

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -18,6 +20,8 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.dockerd import Dockerd, dockerd_fixture, rootfs_tar  # noqa: F401 - the `dockerd` fixture
+from tests.pki import PrivateNetwork
 from tests.server import AUTH_OFF, MoorageServer
 
 MakeServer = Callable[..., MoorageServer]
@@ -251,3 +255,95 @@ def test_the_installed_package_prints_config_example(tmp_path: Path) -> None:
     )
     assert printed.returncode == 0, printed.stderr
     assert printed.stdout == (repo / "config.example.toml").read_bytes()
+
+
+# -- the README's quick start, as written ---------------------------------------------------------------------
+
+
+def readme_quick_start() -> str:
+    """The first shell block of README.md's "Using it" section: what a new user types after `make run`."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme[readme.index("\n## Using it\n") :]
+    start = section.index("```sh\n") + len("```sh\n")
+    return section[start : section.index("```", start)]
+
+
+def test_readme_quick_start_stops_at_errors() -> None:
+    """No `eval "$(...)"`, which runs on without credentials when the command fails."""
+    block = readme_quick_start()
+    assert "moorage credentials" in block and "moorage get-login-password" in block, block
+    assert not re.search(r"eval\s+\"?\$\(", block), block
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert not re.search(r"eval\s+\"?\$\(", readme), "README.md still has an eval of a command substitution"
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_readme_quick_start_runs_as_written(dockerd: Dockerd, tmp_path: Path) -> None:
+    """A fresh clone after `make run`: the Makefile and a .venv whose bin is this venv's, `make run` itself,
+    then the README's block run by bash (stopping at the first failing command, or the first failing part of a
+    pipe) in a second "terminal" whose PATH does not have the venv. All in a private network namespace (only
+    loopback), so 127.0.0.1:5000 is the test's own, with a private dockerd that has `myimage`."""
+    if shutil.which("unshare") is None or shutil.which("nsenter") is None:
+        pytest.skip("unshare/nsenter are not installed")
+    venv_bin = Path(sys.executable).parent
+    if not (venv_bin / "moorage").exists():
+        pytest.fail(f"{venv_bin}/moorage does not exist: run the tests with the venv's python (make test)")
+    repo = Path(__file__).resolve().parent.parent
+    clone = tmp_path / "clone"
+    (clone / ".venv").mkdir(parents=True)
+    (clone / ".venv" / "bin").symlink_to(venv_bin)
+    for name in ("Makefile", "pyproject.toml"):
+        shutil.copy(repo / name, clone / name)
+    (clone / ".venv" / ".installed").touch()  # what make run's install step leaves: it has nothing to do now
+    path = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep) if Path(p) != venv_bin)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MOORAGE_", "DOCKER_", "VIRTUAL_ENV"))}
+    env |= {"PATH": path, "HOME": str(tmp_path / "home")}
+    (tmp_path / "home").mkdir()
+
+    try:
+        ns = PrivateNetwork({})
+    except RuntimeError as e:
+        pytest.skip(str(e))
+    inside = [*ns.wrap, f"--wd={clone}"]
+    log_path = tmp_path / "make-run.log"
+    with open(log_path, "wb") as log:
+        server = subprocess.Popen(
+            [*inside, "make", "run"], stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+    d: Dockerd | None = None
+    try:
+        deadline = time.monotonic() + 60
+        while ns.run("curl", "-sf", "http://127.0.0.1:5000/healthz", check=False).returncode != 0:
+            assert server.poll() is None and time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.2)
+        d = Dockerd(dockerd.dockerd_bin, dockerd.docker_bin, wrap=ns.wrap)
+        d.start()
+        d.run("import", str(rootfs_tar(tmp_path / "rootfs.tar", "my image\n")), "myimage")
+
+        block = readme_quick_start()
+        docker_env = {k: d.env[k] for k in ("DOCKER_HOST", "DOCKER_CONFIG", "DOCKER_BUILDKIT", "DOCKER_CLI_HINTS")}
+        run = subprocess.run(
+            [*inside, "bash", "-e", "-o", "pipefail", "-c", block],
+            env={**env, **docker_env}, capture_output=True, text=True, timeout=300, check=False,
+        )  # fmt: skip
+        facts = f"$ {block}\nexit {run.returncode}\n{run.stdout}\n{run.stderr}"
+        facts += f"\n--- make run ---\n{log_path.read_text()}"
+        assert run.returncode == 0, facts
+        assert "Login Succeeded" in run.stdout, facts
+        digest = re.search(r"digest: (sha256:[0-9a-f]{64})", run.stdout)
+        assert digest and f"Digest: {digest[1]}" in run.stdout, facts  # pushed, then pulled back
+        access = [json.loads(x) for x in log_path.read_text().splitlines() if '"moorage.access"' in x]
+        put = [x for x in access if x["method"] == "PUT" and x["path"] == "/v2/team/app/manifests/1.0"]
+        assert put and put[-1]["status"] == 201 and put[-1]["principal"] == "admin", facts
+    finally:
+        if d is not None:
+            d.stop()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+        ns.close()
