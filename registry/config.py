@@ -319,6 +319,7 @@ class PullThroughConfig:
     max_rules: int = _key(10, "int", _check_positive)
     tag_refresh_interval: float = _key(24 * 3600.0, "duration")
     upstream_timeout: float = _key(30.0, "duration")
+    upstream_response_timeout: float = _key(5.0, "duration")
     allowed_upstreams: tuple[str, ...] = _key(("*",), "strs", _check_allowed_upstreams)
     blob_download_timeout: float = _key(15 * 60.0, "duration")
     failure_retry_interval: float = _key(60.0, "duration")

@@ -230,6 +230,14 @@ class UpstreamFailure(RegistryError):
     default_message = "the upstream registry could not be reached"
 
 
+class UpstreamTimeout(UpstreamFailure):
+    """Nothing cached, and the upstream did not answer in time (a 504 says so even where a client shows only the
+    status, as docker does for a 5xx; the body says which upstream and how long)."""
+
+    status, oci_code = 504, "UNAVAILABLE"
+    default_message = "the upstream registry did not answer in time"
+
+
 class UpstreamDenied(Denied):
     ecr_code = "UnableToGetUpstreamImageException"
     default_message = "The authentication to the upstream registry failed."

@@ -109,9 +109,17 @@ def test_hit_and_miss_counters_count_manifests_and_blobs_alike(make_server, upst
     assert _settled(srv, warm) == warm
 
     upstream.stop()
-    time.sleep(1.1)  # the tag is due for a re-check now, and the upstream is down: served stale, still a hit
+    time.sleep(1.1)  # the tag is due for a re-check now, and the upstream is down: served at once, still a hit
     _pull(srv, "hub/team/app", "v1", img.blobs)
     down = {"manifest_hits": 2.0, "blob_hits": float(2 * n), "manifest_misses": 1.0, "blob_misses": float(n)}
+    assert _settled(srv, down) == down
+    deadline = time.monotonic() + 30
+    while "the upstream check failed" not in srv.log():  # the background check found the upstream down
+        assert time.monotonic() < deadline, "the background check never failed"
+        time.sleep(0.1)
+    r = requests.get(f"{srv.url}/v2/hub/team/app/manifests/v1", headers={"Accept": OCI_MANIFEST}, timeout=30)
+    assert r.status_code == 200 and r.content == img.manifest  # a stale serve: a hit too
+    down["manifest_hits"] += 1
     assert _settled(srv, down) == down
     r = requests.get(f"{srv.url}/v2/hub/team/other/manifests/v1", headers={"Accept": OCI_MANIFEST}, timeout=30)
     assert r.status_code >= 400  # not cached and the upstream is down: a miss
@@ -120,7 +128,7 @@ def test_hit_and_miss_counters_count_manifests_and_blobs_alike(make_server, upst
     samples = _samples(srv)
     assert samples[("moorage_pull_through_stale_serves_total", frozenset({("rule", "hub")}))] == 1.0
     ratio = (down["manifest_hits"] + down["blob_hits"]) / sum(down.values())
-    assert ratio == pytest.approx((2 + 2 * n) / (4 + 3 * n))
+    assert ratio == pytest.approx((3 + 2 * n) / (5 + 3 * n))
     assert _counts(srv, "idle") == zero
 
 

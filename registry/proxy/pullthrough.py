@@ -44,6 +44,7 @@ from registry.errors import (
     UpstreamDenied,
     UpstreamFailure,
     UpstreamThrottled,
+    UpstreamTimeout,
 )
 from registry.proxy import rules as r
 from registry.proxy.upstream import (
@@ -190,6 +191,7 @@ class PullThrough:
                 self.config.upstream_timeout,
                 self.clock,
                 guard=self._guard,
+                response_timeout=self.config.upstream_response_timeout,
             )
             self._clients[rule.prefix] = client
         return client
@@ -220,7 +222,7 @@ class PullThrough:
         return shared is not None and now - shared < window
 
     async def _note_failure(self, rule: PullThroughRule, repository: str, tag: str, e: UpstreamError) -> None:
-        key = r.base_url(rule) if e.kind in ("unavailable", "throttled") else _tag_key(repository, tag)
+        key = r.base_url(rule) if e.kind in ("unavailable", "timeout", "throttled") else _tag_key(repository, tag)
         self._failures[key] = self.clock()
         await self.meta.note_upstream_failure(key, self._failures[key])
 
@@ -250,21 +252,28 @@ class PullThrough:
             m.stale_serves += 1
             m.manifest_hits += 1
             return local
-        try:
-            fresh = await self._flight(
-                ("refresh", repository, reference), rule, lambda: self._refresh(rule, repository, reference, local)
-            )
-        except UpstreamError as e:
-            await self._note_failure(rule, repository, reference, e)
-            log.warning("serving cached %s:%s: the upstream check failed: %s", repository, reference, e)
-            m.stale_serves += 1
-            m.manifest_hits += 1
-            return local
-        if fresh.digest == local.digest:
-            m.manifest_hits += 1  # confirmed upstream: served from the cache
-        else:
-            m.manifest_misses += 1  # the tag moved: the new manifest came from the upstream
-        return fresh
+        # Due for its re-check: served from the cache at once, checked in the background (one check per tag at a
+        # time), and what the check finds applies to later pulls. A dead or black-holed upstream never holds a
+        # pull of cached content.
+        self._refresh_in_background(rule, repository, reference, local)
+        m.manifest_hits += 1
+        return local
+
+    def _refresh_in_background(self, rule: PullThroughRule, repository: str, tag: str, local: ManifestRecord) -> None:
+        key = ("refresh", repository, tag)
+        if key in self._flights:
+            return
+
+        async def check() -> None:
+            try:
+                await self._refresh(rule, repository, tag, local)
+            except UpstreamError as e:
+                await self._note_failure(rule, repository, tag, e)
+                log.warning("cached %s:%s stays as it is: the upstream check failed: %s", repository, tag, e)
+
+        task = asyncio.ensure_future(check())
+        self._flights[key] = task
+        task.add_done_callback(lambda t: (self._flights.pop(key, None), _consume(t)))
 
     async def _checked_at(self, repository: str, tag: str) -> float | None:
         key = (repository, tag)
@@ -799,4 +808,6 @@ def upstream_error(e: UpstreamError, repository: str, reference: str, *, blob: b
         return UpstreamDenied(f"The authentication to the upstream registry failed. {message}")
     if e.kind == "throttled":
         return UpstreamThrottled(message)
+    if e.kind == "timeout":
+        return UpstreamTimeout(message)
     return UpstreamFailure(message)

@@ -16,6 +16,7 @@ upstream's response body: only its status and OCI error codes (with their messag
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import ipaddress
@@ -173,11 +174,13 @@ class UpstreamClient:
         clock: Callable[[], float] = time.time,
         *,
         guard: GuardedResolver,
+        response_timeout: float | None = None,
     ) -> None:
         self.session = session
         self.base_url = base_url.rstrip("/")
         self.credentials = credentials
         self.timeout = aiohttp.ClientTimeout(total=None, connect=timeout, sock_connect=timeout, sock_read=timeout)
+        self.response_timeout = response_timeout  # connected and response headers in, per request (None: no bound)
         self.clock = clock
         self.guard = guard
         self._base = URL(self.base_url)
@@ -240,10 +243,18 @@ class UpstreamClient:
         raise UpstreamError(self.base_url, "unavailable", f"more than {MAX_REDIRECTS} redirects")
 
     async def _request(self, method: str, url: URL, headers: dict[str, str]) -> aiohttp.ClientResponse:
+        deadline = asyncio.timeout(self.response_timeout)  # request() returns once the headers are in
         try:
-            return await self.session.request(method, url, headers=headers, timeout=self.timeout, allow_redirects=False)
+            async with deadline:
+                return await self.session.request(
+                    method, url, headers=headers, timeout=self.timeout, allow_redirects=False
+                )
         except TimeoutError:
-            raise UpstreamError(self.base_url, "unavailable", "timed out") from None
+            if deadline.expired():
+                said = f"did not answer within {self.response_timeout:g}s ([pull_through] upstream_response_timeout)"
+            else:
+                said = f"timed out ({self.timeout.sock_read:g}s without a byte; [pull_through] upstream_timeout)"
+            raise UpstreamError(self.base_url, "timeout", said) from None
         except aiohttp.ClientConnectorError as e:
             if isinstance(e.os_error, UpstreamNotAllowed):
                 raise UpstreamError(self.base_url, "forbidden", str(e.os_error)) from None
