@@ -378,6 +378,9 @@ class SecretConfig:
     password: Secret = _key(Secret(""), "secret")
     access_key_id: str = _key("", "str")
     secret_access_key: Secret = _key(Secret(""), "secret")
+    # The region an ECR-style upstream's requests are signed for: its own, which SigV4 checks. Default: the one
+    # in an ECR host name (<account>.dkr.ecr.<region>.amazonaws.com), else this registry's [registry] region.
+    region: str = _key("", "str")
 
 
 def _check_format(v: str) -> str:

@@ -176,8 +176,9 @@ class PullThrough:
         secret = self.secrets.get(r.secret_name(rule.credential_arn) or "")
         if secret is None:
             return None
-        if secret.access_key_id:
-            return AwsCredentials(secret.access_key_id, secret.secret_access_key.reveal(), self.region)
+        if secret.access_key_id:  # signed for the upstream's region, which it checks (not necessarily ours)
+            region = r.signing_region(secret.region, rule.upstream_url, self.region)
+            return AwsCredentials(secret.access_key_id, secret.secret_access_key.reveal(), region)
         return BasicCredentials(secret.username, secret.password.reveal())
 
     def client(self, rule: PullThroughRule) -> UpstreamClient:

@@ -93,6 +93,18 @@ def secret_arn(region: str, account_id: str, name: str) -> str:
     return f"arn:aws:secretsmanager:{region}:{account_id}{SECRET_ARN_MARKER}{name}"
 
 
+def ecr_region(upstream_url: str) -> str | None:
+    """The region in an ECR registry host name (`<account>.dkr.ecr.<region>.amazonaws.com`), if it is one."""
+    host = upstream_url.split("://", 1)[-1].split("/", 1)[0].split(":", 1)[0]
+    m = re.fullmatch(r"\d{12}\.dkr\.ecr(?:-fips)?\.([a-z0-9-]+)\.amazonaws\.com(?:\.cn)?", host)
+    return m.group(1) if m else None
+
+
+def signing_region(configured: str, upstream_url: str, ours: str) -> str:
+    """The region to sign an ECR-style upstream's requests for: the secret's, else its host name's, else ours."""
+    return configured or ecr_region(upstream_url) or ours
+
+
 def infer_upstream_registry(upstream_url: str) -> str | None:
     host = upstream_url.split("://", 1)[-1].rstrip("/")
     if host.endswith(".azurecr.io"):
