@@ -93,7 +93,9 @@ def _get_login_password(args: argparse.Namespace, config: Config) -> int:
     host, port = config.listen
     scheme = "https" if config.server.tls_cert_file else "http"
     endpoint = args.endpoint or f"{scheme}://{'127.0.0.1' if host in ('0.0.0.0', '::', '') else host}:{port}"
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or config.registry.region
+    # This registry checks the credential scope's region: its own, unless --endpoint names another registry.
+    env_region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    region = (env_region if args.endpoint else None) or config.registry.region
     try:
         client = botocore.session.get_session().create_client("ecr", endpoint_url=endpoint, region_name=region)
         data = client.get_authorization_token()["authorizationData"][0]
@@ -117,7 +119,10 @@ def _rotate_signing_key(args: argparse.Namespace, config: Config) -> int:
     ring = KeyRing(config.server.data_dir / "keys")
     ring.load()
     kid = ring.rotate()
-    print(f"new signing key {kid}; restart the server to sign with it (tokens signed by older keys stay valid)")
+    print(
+        f"new signing key {kid}: a running server (every worker) signs with it from its next token, no restart "
+        "needed; tokens signed by older keys stay valid until they expire"
+    )
     return 0
 
 
