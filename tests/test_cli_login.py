@@ -25,9 +25,9 @@ def _login(srv: MoorageServer, *args: str, region: str) -> subprocess.CompletedP
         "AWS_CONFIG_FILE": os.devnull,
         "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
     }
-    moorage = Path(sys.executable).with_name("moorage")
     return subprocess.run(
-        [str(moorage), "get-login-password", "--config", str(config), *args],
+        [sys.executable, "-m", "registry", "get-login-password", "--config", str(config), *args],
+        cwd=Path(__file__).resolve().parent.parent,  # this checkout's code
         env=env,
         capture_output=True,
         text=True,
