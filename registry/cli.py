@@ -317,7 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _serve_epilog() -> str:
     from registry.config import environment_variables
 
-    width = max(len(name) for name, _ in environment_variables()) + 2
+    variables = environment_variables()
+    width = max(len(name) for name, _ in variables) + 2
     lines = [
         "Settings come from, each winning over the one before: built-in defaults, the configuration file,",
         "MOORAGE_<SECTION>_<KEY> environment variables, then the options above. `moorage check-config FILE`",
@@ -327,7 +328,7 @@ def _serve_epilog() -> str:
         'does: `moorage config-example`). A value is read as TOML (true, 10, ["a"]) when it parses as such, else',
         "as a plain string. The default is shown:",
         f"  {'MOORAGE_CONFIG':<{width}}the configuration file, when --config is not given",
-        *(f"  {name:<{width}}{default}" for name, default in environment_variables()),
+        *(f"  {name:<{width}}{default}" for name, default in variables),
         "[[auth.principals]], [[pull_through.rules]] and [secrets.NAME] can only be set in the file.",
         "",
         "On SIGTERM or SIGINT the server stops accepting connections, lets in-flight requests finish, and exits 0",

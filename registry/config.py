@@ -619,7 +619,6 @@ def _toml_value(v: Any) -> str:
 
 def render(config: Config) -> str:
     """The effective configuration as TOML, secrets masked (what `moorage check-config` prints)."""
-    value = _toml_value
 
     def table(header: str, obj: Any) -> list[str]:
         lines = [header]
@@ -630,7 +629,7 @@ def render(config: Config) -> str:
                 for item in v:
                     nested += ["", *table(f"[[{header.strip('[]')}.{f.name}]]", item)]
                 continue
-            shown = value(v)
+            shown = _toml_value(v)
             if f.metadata.get("kind") == "duration":
                 shown += f"  # {v:g} seconds"
             lines.append(f"{f.name} = {shown}")

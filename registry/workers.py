@@ -50,7 +50,6 @@ MIN_RESTART_INTERVAL = 1.0  # seconds between two starts of one worker slot, how
 POLL = 0.1
 STOP_MARGIN = 1.0  # seconds past [server] drain_timeout before a worker that has not exited is killed
 BIND_RETRY_POLL = 0.1
-STOP_MARGIN = 1.0  # seconds past [server] drain_timeout before a worker that has not exited is killed
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 METRICS_PREFIX = "moorage-metrics-"  # + random: a supervisor's directory for its workers' metrics files
 METRICS_LOCKED = ".locked"  # made once the directory is locked: from then on, unlocked means its owner is gone

@@ -219,15 +219,26 @@ def spawn(
         )
 
 
-def terminate(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM a `spawn`ed server; SIGKILL after 15 s."""
+def terminate(proc: subprocess.Popen[bytes], grace: float = 15.0) -> None:
+    """SIGTERM a process (a `spawn`ed server, say); SIGKILL after `grace` seconds."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
-            proc.wait(15)
+            proc.wait(grace)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def assert_closed_by_server(sock: socket.socket, within: float) -> None:
+    """The server closes `sock` (EOF or a reset) within `within` seconds, sending nothing; then close our end."""
+    sock.settimeout(within)
+    try:
+        assert sock.recv(4096) == b""
+    except ConnectionResetError:
+        pass
+    finally:
+        sock.close()
 
 
 def ecr_client(srv: MoorageServer, key: str = ADMIN_KEY, secret: str = ADMIN_SECRET, region: str = "us-east-1"):

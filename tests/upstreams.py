@@ -18,7 +18,6 @@ import hashlib
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -28,7 +27,7 @@ from typing import IO
 
 import requests
 
-from tests.server import free_port
+from tests.server import free_port, terminate
 
 DISTRIBUTION_BIN = "/usr/bin/docker-registry"
 MOORAGE_USER_AGENT = "moorage-pull-through"
@@ -120,16 +119,6 @@ def log_tail(path: Path, n: int = 4000) -> str:
         return "(no log)"
 
 
-def _terminate(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 class DistributionRegistry(_AccessLogged):
     """`docker-registry serve` with its own directory: storage in <root>/reg, access log in <root>/access.log."""
 
@@ -166,7 +155,7 @@ class DistributionRegistry(_AccessLogged):
 
     def stop(self) -> None:
         if self.proc is not None:
-            _terminate(self.proc)
+            terminate(self.proc, grace=10)
             self.proc = None
         if self._log_fh is not None:
             self._log_fh.close()
@@ -275,7 +264,7 @@ class MisbehavingUpstream(_AccessLogged):
 
     def stop(self) -> None:
         if self.proc is not None:
-            _terminate(self.proc)
+            terminate(self.proc, grace=10)
             self.proc = None
         if self._stderr is not None:
             self._stderr.close()
