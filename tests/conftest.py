@@ -1,15 +1,53 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.helpers import CI
 from tests.oci import Client
 from tests.server import AUTH_OFF, MoorageServer, auth_config, login_password
+from tests.skopeo import Skopeo, isolated_skopeo
 
 _names = itertools.count()
+
+
+# -- skips under CI --------------------------------------------------------------------------------
+
+
+def _skip_reason(longrepr: object) -> str:
+    reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+    return reason.removeprefix("Skipped: ")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """With CI=true a skip is a failure (a missing tool, a daemon that did not start), reported with its
+    reason, unless the test is marked `may_skip`. Elsewhere skips stay skips, their reasons listed by -ra."""
+    report = yield
+    if CI and report.skipped and not hasattr(report, "wasxfail") and item.get_closest_marker("may_skip") is None:
+        report.outcome = "failed"
+        report.longrepr = f"skipped, which fails under CI=true: {_skip_reason(report.longrepr)}"
+    return report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(
+    collector: pytest.Collector,
+) -> Generator[None, pytest.CollectReport, pytest.CollectReport]:
+    """The same for a whole module skipped at collection."""
+    report = yield
+    if CI and report.skipped:
+        report.outcome = "failed"
+        report.longrepr = f"skipped, which fails under CI=true: {_skip_reason(report.longrepr)}"
+    return report
+
+
+# -- servers and clients ---------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="session", params=["anonymous", "token"])
@@ -52,3 +90,10 @@ def repo(request: pytest.FixtureRequest) -> str:
     base = request.node.name.lower().replace("[", "-").replace("]", "").replace("_", "-")
     base = "".join(c for c in base if c.isalnum() or c == "-")[:60].strip("-")
     return f"t{next(_names)}/{base}"
+
+
+@pytest.fixture(scope="module")
+def skopeo(tmp_path_factory: pytest.TempPathFactory) -> Skopeo:
+    """skopeo isolated from the machine's config: own policy, registries.conf, (empty) auth file and tmpdir.
+    Tests that take it skip (fail under CI=true) when skopeo is not installed; no others do."""
+    return isolated_skopeo(tmp_path_factory.mktemp("skopeo-cfg"))

@@ -6,6 +6,8 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass
+from typing import Any, Protocol
+from urllib.parse import urljoin
 
 import requests
 
@@ -152,6 +154,13 @@ class Client:
         self.push_manifest(repo, ref, image.manifest, image.media_type)
         return image.digest
 
+    def upload_size(self, location: str) -> int:
+        """How many bytes an upload session holds so far, from its status (204, Range: 0-<last>; an empty
+        session says 0-0, read as 1)."""
+        r = self.get(location)
+        assert r.status_code == 204, (r.status_code, r.text)
+        return int(r.headers["Range"].split("-")[1]) + 1
+
 
 def error_codes(r: requests.Response) -> list[str]:
     """The OCI error codes of a response, asserting the body has the spec's error shape."""
@@ -160,3 +169,52 @@ def error_codes(r: requests.Response) -> list[str]:
     for e in body["errors"]:
         assert isinstance(e.get("code"), str) and isinstance(e.get("message"), str), e
     return [e["code"] for e in body["errors"]]
+
+
+def location(r: requests.Response) -> str:
+    """The response's Location, resolved against the request URL (it may be relative)."""
+    assert "Location" in r.headers, (r.status_code, dict(r.headers))
+    return urljoin(r.url, r.headers["Location"])
+
+
+# -- pulls from a registry process ---------------------------------------------------------------------
+
+
+class Registry(Protocol):
+    """Anything with a base URL: a MoorageServer, an upstream registry."""
+
+    @property
+    def url(self) -> str: ...
+
+
+def get_manifest(
+    srv: Registry, repo: str, ref: str, *, auth: tuple[str, str] | None = None, timeout: float = 30, **kw: Any
+) -> requests.Response:
+    """GET a manifest accepting every manifest type (a fresh connection; nothing asserted)."""
+    return requests.get(
+        f"{srv.url}/v2/{repo}/manifests/{ref}",
+        headers={"Accept": ALL_MANIFEST_TYPES},
+        timeout=timeout,
+        auth=auth,
+        **kw,
+    )
+
+
+def get_blob(
+    srv: Registry, repo: str, digest: str, *, auth: tuple[str, str] | None = None, timeout: float = 60, **kw: Any
+) -> requests.Response:
+    """GET a blob (a fresh connection; nothing asserted)."""
+    return requests.get(f"{srv.url}/v2/{repo}/blobs/{digest}", timeout=timeout, auth=auth, **kw)
+
+
+def assert_pulls(
+    where: Client | Registry, repo: str, ref: str, image: Image, auth: tuple[str, str] | None = None
+) -> None:
+    """The manifest (byte-exact, with its digest) and every blob of `image` come back under `ref`."""
+    c = where if isinstance(where, Client) else Client(where.url, auth)
+    r = c.get(f"/v2/{repo}/manifests/{ref}", headers={"Accept": ALL_MANIFEST_TYPES})
+    assert r.status_code == 200, (repo, ref, r.status_code, r.text)
+    assert r.content == image.manifest and r.headers["Docker-Content-Digest"] == image.digest, (repo, ref)
+    for blob in image.blobs:
+        b = c.get(f"/v2/{repo}/blobs/{digest_of(blob)}")
+        assert b.status_code == 200 and b.content == blob, (repo, digest_of(blob), b.status_code, b.text[:300])

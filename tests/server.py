@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -11,10 +12,11 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import requests
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
 AUTH_OFF = "[auth]\nenabled = false\n"
 ADMIN_KEY = "AKIAMOORAGETESTADMIN"
 ADMIN_SECRET = "moorage-test-admin-secret-0123456789abcdef"
@@ -239,6 +241,35 @@ def assert_closed_by_server(sock: socket.socket, within: float) -> None:
         pass
     finally:
         sock.close()
+
+
+def blob_file(srv: MoorageServer, digest: str) -> Path:
+    """Where the filesystem store keeps a blob: <data_dir>/blobs/<alg>/<xx>/<hex>."""
+    alg, _, hexd = digest.partition(":")
+    return srv.data_dir / "blobs" / alg / hexd[:2] / hexd
+
+
+def moorage_cli(
+    *args: object, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """Run `moorage ARGS...` (python -m registry) from the repository root; nothing asserted."""
+    return subprocess.run(
+        [sys.executable, "-m", "registry", *map(str, args)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        cwd=REPO_ROOT,
+    )
+
+
+def moorage_json(srv: MoorageServer, *args: object, config: Path | None = None, timeout: float = 120) -> Any:
+    """Run `moorage ARGS... --config <srv's> --data-dir <srv's>` (while the server runs or not), which must
+    succeed; its JSON output."""
+    p = moorage_cli(*args, "--config", config or srv.config_path, "--data-dir", srv.data_dir, timeout=timeout)
+    assert p.returncode == 0, f"moorage {' '.join(map(str, args))} -> {p.returncode}\n{p.stdout}\n{p.stderr}"
+    return json.loads(p.stdout)
 
 
 def ecr_client(srv: MoorageServer, key: str = ADMIN_KEY, secret: str = ADMIN_SECRET, region: str = "us-east-1"):

@@ -1,17 +1,19 @@
-"""skopeo, isolated from the machine's configuration, for the real-client tests."""
+"""skopeo, isolated from the machine's configuration, for the real-client tests (the `skopeo` fixture in
+conftest.py), and the copies, inspections and layout checks several test modules make with it."""
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import pytest
 
-SKOPEO = shutil.which("skopeo")
+from tests.helpers import require
+from tests.layouts import reachable, read_layout
+
 Skopeo = Callable[..., subprocess.CompletedProcess[str]]
 
 
@@ -19,9 +21,9 @@ def isolated_skopeo(cfg: Path) -> Skopeo:
     """A skopeo runner with its own policy, registries.conf, (empty) auth file and tmpdir under `cfg`.
 
     Calls fail the test with the command and its output on a non-zero exit (unless check=False) or a timeout.
+    Without skopeo installed, a skip (a failure under CI=true) saying so.
     """
-    if SKOPEO is None:
-        pytest.skip("skopeo is not on PATH (apt-get install skopeo)")
+    skopeo = require("skopeo", "apt-get install skopeo")
     (cfg / "policy.json").write_text(json.dumps({"default": [{"type": "insecureAcceptAnything"}]}))
     (cfg / "registries.conf").write_text("")
     (cfg / "auth.json").write_text("{}")
@@ -34,7 +36,7 @@ def isolated_skopeo(cfg: Path) -> Skopeo:
         "DOCKER_CONFIG": str(cfg),  # no ~/.docker/config.json credentials either
     }
     base = [
-        SKOPEO,
+        skopeo,
         "--policy",
         str(cfg / "policy.json"),
         "--registries.d",
@@ -57,3 +59,50 @@ def isolated_skopeo(cfg: Path) -> Skopeo:
         return proc
 
     return run
+
+
+def skopeo_push(
+    skopeo: Skopeo, layout: Path, tag: str, dest: str, *, all_images: bool = False, creds: str | None = None
+) -> None:
+    """`skopeo copy` of `tag` in the OCI layout at `layout` to `docker://dest`, digests preserved."""
+    args = ["copy", "--dest-tls-verify=false", "--preserve-digests"]
+    if all_images:
+        args.append("--all")
+    if creds:
+        args += ["--dest-creds", creds]
+    skopeo(*args, f"oci:{layout}:{tag}", f"docker://{dest}")
+
+
+def skopeo_pull(
+    skopeo: Skopeo,
+    src: str,
+    layout: Path,
+    tag: str,
+    *,
+    all_images: bool = False,
+    arch: str = "",
+    extra: Iterable[str] = (),
+) -> None:
+    """`skopeo copy` of `docker://src` into the OCI layout at `layout` as `tag`, digests preserved; `arch`
+    picks a platform of an index."""
+    args = ["--override-arch", arch, "--override-os", "linux"] if arch else []
+    args += ["copy", "--src-tls-verify=false", "--preserve-digests", *extra]
+    if all_images:
+        args.append("--all")
+    skopeo(*args, f"docker://{src}", f"oci:{layout}:{tag}")
+
+
+def inspect_raw(skopeo: Skopeo, ref: str) -> bytes:
+    """The manifest at `ref` (with its transport: docker://, oci:, oci-archive:...) byte for byte."""
+    return skopeo("inspect", "--tls-verify=false", "--raw", ref).stdout.encode()
+
+
+def assert_layout_matches(dst: Path, tag: str, top_digest: str, blobs: dict[str, bytes]) -> None:
+    """The OCI layout at `dst` has `top_digest` under `tag` and exactly `blobs`, byte for byte."""
+    got = read_layout(dst, tag)
+    assert got.top_digest == top_digest, f"top digest changed: expected {top_digest}, got {got.top_digest}"
+    missing, extra = sorted(set(blobs) - set(got.blobs)), sorted(set(got.blobs) - set(blobs))
+    assert not missing and not extra, f"blob sets differ: missing={missing} extra={extra}"
+    differing = [d for d in blobs if blobs[d] != got.blobs[d]]
+    assert not differing, f"blob bytes differ for {differing}"
+    assert reachable(got.blobs, got.top_digest) == set(blobs)

@@ -34,7 +34,7 @@ from tests.dockerd import Dockerd, dockerd_fixture  # noqa: F401 - the `dockerd`
 from tests.oci import Client, digest_of, make_image
 from tests.runnable_image import runnable_image
 from tests.server import ADMIN_KEY, ADMIN_SECRET, MoorageServer, auth_config, ecr_client, free_port, login_password
-from tests.skopeo import Skopeo, isolated_skopeo
+from tests.skopeo import Skopeo
 from tests.upstreams import MOORAGE_USER_AGENT, DistributionRegistry, push_image
 
 MakeServer = Callable[..., MoorageServer]
@@ -120,11 +120,6 @@ def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DistributionR
     reg = DistributionRegistry(tmp_path_factory.mktemp("distribution")).start()
     yield reg
     reg.stop()
-
-
-@pytest.fixture(scope="module")
-def skopeo(tmp_path_factory: pytest.TempPathFactory) -> Skopeo:
-    return isolated_skopeo(tmp_path_factory.mktemp("skopeo-cfg"))
 
 
 def public_repository(srv: MoorageServer, admin: Client, name: str, image: Any, *, actions: list[str] = PULL) -> None:

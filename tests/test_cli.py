@@ -21,18 +21,11 @@ import pytest
 import requests
 
 from tests.dockerd import Dockerd, dockerd_fixture, rootfs_tar  # noqa: F401 - the `dockerd` fixture
+from tests.helpers import running, wait_for
 from tests.pki import PrivateNetwork
 from tests.server import AUTH_OFF, MoorageServer, assert_closed_by_server
 
 MakeServer = Callable[..., MoorageServer]
-
-
-def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.05)
 
 
 # -- shutdown: inside docker stop's grace period -------------------------------------------------------------
@@ -308,10 +301,15 @@ def test_readme_quick_start_runs_as_written(dockerd: Dockerd, tmp_path: Path) ->
         )
     d: Dockerd | None = None
     try:
-        deadline = time.monotonic() + 60
-        while ns.run("curl", "-sf", "http://127.0.0.1:5000/healthz", check=False).returncode != 0:
-            assert server.poll() is None and time.monotonic() < deadline, log_path.read_text()
-            time.sleep(0.2)
+        wait_for(
+            lambda: (
+                running(server, log_path)
+                and ns.run("curl", "-sf", "http://127.0.0.1:5000/healthz", check=False).returncode == 0
+            ),
+            60,
+            "`make run` to answer",
+            interval=0.2,
+        )
         d = Dockerd(dockerd.dockerd_bin, dockerd.docker_bin, wrap=ns.wrap)
         d.start()
         d.run("import", str(rootfs_tar(tmp_path / "rootfs.tar", "my image\n")), "myimage")

@@ -19,11 +19,7 @@ import pytest
 from tests.fleet import run_fleet
 from tests.oci import OCI_CONFIG, OCI_INDEX, OCI_LAYER, OCI_MANIFEST, descriptor, digest_of
 from tests.server import AUTH_OFF, MoorageServer
-from tests.upstreams import DISTRIBUTION_BIN, MOORAGE_USER_AGENT, DistributionRegistry, push_image
-
-pytestmark = pytest.mark.skipif(
-    not os.path.exists(DISTRIBUTION_BIN), reason="docker-registry (Distribution) is not installed"
-)
+from tests.upstreams import MOORAGE_USER_AGENT, DistributionRegistry, push_image
 
 MakeServer = Callable[..., MoorageServer]
 PULLERS = 50

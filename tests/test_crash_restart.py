@@ -19,7 +19,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,23 +27,16 @@ import pytest
 import requests
 
 from storage.shared import ProcessLocks
+from tests.helpers import gone, wait_for
 from tests.layouts import _init_layout, _tag, _write_blob, make_layer
 from tests.oci import OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, Client, canonical, descriptor
 from tests.server import AUTH_OFF, MoorageServer
-from tests.skopeo import SKOPEO, Skopeo, isolated_skopeo
+from tests.skopeo import Skopeo
 
 CYCLES = 10
 ALIVE_AFTER = 3.0  # seconds a restarted server must keep running (and answering) after it came up
 PUSHERS = 2
 REPO = "crash/app"
-
-
-def gone(pid: int) -> bool:
-    """Exited (a zombie counts: an orphan's new parent may not have reaped it yet)."""
-    try:
-        return "\nState:\tZ" in Path(f"/proc/{pid}/status").read_text()
-    except FileNotFoundError:
-        return True
 
 
 def processes_of(instance_id: str) -> list[int]:
@@ -59,15 +52,6 @@ def processes_of(instance_id: str) -> list[int]:
             if needle in environ.split(b"\0") and not gone(int(entry.name)):
                 found.append(int(entry.name))
     return found
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> float:
-    """Poll until `predicate` holds; the seconds it took."""
-    start = time.monotonic()
-    while not predicate():
-        assert time.monotonic() - start < timeout, f"timed out after {timeout}s waiting for {what}"
-        time.sleep(0.01)
-    return time.monotonic() - start
 
 
 def port_is_free(port: int) -> bool:
@@ -107,8 +91,8 @@ def test_workers_die_with_a_killed_supervisor_at_once(tmp_path: Path):
             assert len(workers) == 2
             srv.kill(group=False)  # the supervisor alone; reaped when this returns
             killed = time.monotonic()
-            wait_for(lambda w=workers: all(gone(pid) for pid in w), 5, "the workers to exit")
-            wait_for(lambda: port_is_free(srv.port), 5, "the port to be free")
+            wait_for(lambda w=workers: all(gone(pid) for pid in w), 5, "the workers to exit", interval=0.01)
+            wait_for(lambda: port_is_free(srv.port), 5, "the port to be free", interval=0.01)
             took.append(time.monotonic() - killed)
     finally:
         srv.kill()
@@ -309,13 +293,6 @@ def assert_everything_acknowledged_reads_back(srv: MoorageServer, pushed: list[P
 
 
 @pytest.fixture
-def skopeo(tmp_path: Path) -> Skopeo:
-    cfg = tmp_path / "skopeo-cfg"
-    cfg.mkdir()
-    return isolated_skopeo(cfg)
-
-
-@pytest.fixture
 def crash_server(tmp_path: Path) -> Iterator[MoorageServer]:
     srv = MoorageServer(tmp_path / "data", workers=2)
     yield srv
@@ -330,7 +307,6 @@ def assert_alive_and_answering(srv: MoorageServer, since: float, what: str) -> N
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(SKOPEO is None, reason="skopeo is not on PATH (apt-get install skopeo)")
 def test_sigkill_to_the_supervisor_during_pushes_then_restart(
     crash_server: MoorageServer, skopeo: Skopeo, tmp_path: Path
 ):
@@ -365,7 +341,6 @@ def test_sigkill_to_the_supervisor_during_pushes_then_restart(
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(SKOPEO is None, reason="skopeo is not on PATH (apt-get install skopeo)")
 def test_sigkill_to_a_worker_during_pushes(crash_server: MoorageServer, skopeo: Skopeo, tmp_path: Path):
     """Each cycle: SIGKILL to the worker started last (so one slot dies again and again, a few seconds after
     it started); the supervisor replaces it at once and keeps going."""
@@ -381,9 +356,8 @@ def test_sigkill_to_a_worker_during_pushes(crash_server: MoorageServer, skopeo: 
             assert victim in before and len(before) == 2
             os.kill(victim, signal.SIGKILL)
             killed = time.monotonic()
-            replacements.append(
-                wait_for(lambda b=before: len(set(srv.worker_pids()) - b) == 1, ALIVE_AFTER, "a new worker")
-            )
+            wait_for(lambda b=before: len(set(srv.worker_pids()) - b) == 1, ALIVE_AFTER, "a new worker", interval=0.01)
+            replacements.append(time.monotonic() - killed)
             (replacement,) = set(srv.worker_pids()) - before
             assert_alive_and_answering(srv, killed, f"cycle {cycle}")
             assert gone(victim) and not gone(replacement)

@@ -5,15 +5,14 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from tests.helpers import wait_for
 from tests.oci import Client, digest_of, error_codes, make_image, random_blob
-from tests.server import AUTH_OFF, MoorageServer
+from tests.server import AUTH_OFF, MoorageServer, moorage_cli
 
 
 def blob_files(data_dir: Path) -> set[str]:
@@ -33,15 +32,8 @@ def send_partial_stream(srv: MoorageServer, path: str, chunks: list[bytes]) -> s
 
 
 def wait_for_upload_size(c: Client, location: str, at_least: int, timeout: float = 10) -> int:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        r = c.get(location)
-        assert r.status_code == 204, r.text
-        size = int(r.headers["Range"].split("-")[1]) + 1
-        if size >= at_least:
-            return size
-        time.sleep(0.05)
-    raise AssertionError(f"upload never reached {at_least} bytes")
+    """The upload's size once it holds at least `at_least` bytes."""
+    return wait_for(lambda: (n := c.upload_size(location)) >= at_least and n, timeout, f"{at_least} bytes uploaded")
 
 
 def test_upload_session_resumes_after_restart(make_server) -> None:
@@ -116,9 +108,7 @@ def test_sigkill_mid_monolithic_upload_leaves_nothing(make_server) -> None:
         f"Content-Length: {len(data)}\r\n\r\n".encode()
         + data[: 1024 * 1024]
     )
-    deadline = time.monotonic() + 10
-    while not list((srv.data_dir / "uploads").glob(".ingest-*")) and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_for(lambda: list((srv.data_dir / "uploads").glob(".ingest-*")), 10, "the upload's spool file", interval=0.02)
     srv.kill()
     sock.close()
     srv.start()
@@ -130,12 +120,7 @@ def test_sigkill_mid_monolithic_upload_leaves_nothing(make_server) -> None:
     assert leftovers
     for path in leftovers:
         os.utime(path, (time.time() - 7200, time.time() - 7200))
-    p = subprocess.run(
-        [sys.executable, "-m", "registry", "gc", "--config", str(srv.config_path), "--data-dir", str(srv.data_dir)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    p = moorage_cli("gc", "--config", srv.config_path, "--data-dir", srv.data_dir, timeout=60)
     assert p.returncode == 0, p.stderr
     assert not list((srv.data_dir / "uploads").glob(".ingest-*"))  # (removed as stale by the command)
     assert json.loads(p.stdout)["dryRun"] is False
@@ -195,11 +180,6 @@ def test_create_on_push_false_gives_name_unknown(make_server) -> None:
 def test_bad_config_fails_at_start_naming_the_key(tmp_path: Path, config: str, message: str) -> None:
     cfg = tmp_path / "bad.toml"
     cfg.write_text(config)
-    p = subprocess.run(
-        [sys.executable, "-m", "registry", "serve", "--config", str(cfg), "--data-dir", str(tmp_path / "d")],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    p = moorage_cli("serve", "--config", cfg, "--data-dir", tmp_path / "d", timeout=30)
     assert p.returncode == 2
     assert message in p.stderr and "Traceback" not in p.stderr, p.stderr

@@ -11,8 +11,6 @@ import json
 import os
 import random
 import re
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -25,13 +23,14 @@ from typing import Any
 import pytest
 import requests
 
+from tests.helpers import wait_for
 from tests.oci import (
-    ALL_MANIFEST_TYPES,
     OCI_CONFIG,
     OCI_LAYER,
     OCI_MANIFEST,
     Client,
     Image,
+    assert_pulls,
     canonical,
     descriptor,
     digest_of,
@@ -39,11 +38,11 @@ from tests.oci import (
     random_blob,
 )
 from tests.server import AUTH_OFF, MoorageServer, ecr_client
-from tests.upstreams import DISTRIBUTION_BIN, MOORAGE_USER_AGENT, DistributionRegistry
+from tests.server import moorage_json as moorage
+from tests.upstreams import MOORAGE_USER_AGENT, DistributionRegistry
 from tests.upstreams import push_image as upstream_push
 
 MakeServer = Callable[..., MoorageServer]
-REPO_ROOT = Path(__file__).resolve().parent.parent
 GRACE_1MS = '[gc]\ngrace_period = "1ms"\n'
 MiB = 1024 * 1024
 
@@ -73,38 +72,6 @@ def blob_files(srv: MoorageServer) -> set[str]:
     if not root.exists():
         return set()
     return {f"{p.parent.parent.name}:{p.name}" for p in root.glob("*/*/*") if p.is_file()}
-
-
-def moorage(srv: MoorageServer, *args: str, config: Path | None = None) -> Any:
-    """Run the `moorage` CLI on the server's data dir (while it runs); its JSON output."""
-    p = subprocess.run(
-        [
-            sys.executable, "-m", "registry", *args,
-            "--config", str(config or srv.config_path), "--data-dir", str(srv.data_dir),
-        ],
-        capture_output=True, text=True, timeout=60, cwd=REPO_ROOT, check=False,
-    )  # fmt: skip
-    assert p.returncode == 0, f"moorage {' '.join(args)} -> {p.returncode}\n{p.stdout}\n{p.stderr}"
-    return json.loads(p.stdout)
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 5.0, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(interval)
-
-
-def assert_pulls(client: Client, repo: str, ref: str, image: Image) -> None:
-    r = client.get(f"/v2/{repo}/manifests/{ref}", headers={"Accept": ALL_MANIFEST_TYPES})
-    assert r.status_code == 200, (repo, ref, r.status_code, r.text)
-    assert r.content == image.manifest and r.headers["Docker-Content-Digest"] == image.digest
-    for blob in image.blobs:
-        b = client.get(f"/v2/{repo}/blobs/{digest_of(blob)}")
-        assert b.status_code == 200, (repo, digest_of(blob), b.status_code, b.text[:300])
-        assert b.content == blob, (repo, digest_of(blob), "bytes differ")
 
 
 def image_digests(ecr: Any, repo: str) -> set[str]:
@@ -155,7 +122,7 @@ def test_gc_removes_exactly_the_unreferenced_blobs(make_server: MakeServer):
     assert_pulls(client, "gc/one", e.digest, e)
     # The server notices the other process: collected blobs are no longer served (within ~2 s).
     for digest in garbage:
-        assert wait_for(lambda digest=digest: client.head(f"/v2/gc/one/blobs/{digest}").status_code == 404, 2.5), digest
+        wait_for(lambda d=digest: client.head(f"/v2/gc/one/blobs/{d}").status_code == 404, 2.5, f"{digest} gone")
     again = moorage(srv, "gc")
     assert again["blobsRemoved"] == 0 and again["bytesFreed"] == 0, again
 
@@ -188,7 +155,7 @@ def test_grace_period_protects_recent_unreferenced_blobs(make_server: MakeServer
     report = moorage(srv, "gc", config=short)
     assert report["blobsRemoved"] == 3 and report["bytesFreed"] == len(orphan) + sum(map(len, dropped.blobs))
     assert blob_files(srv) == set(blobs_of(kept))
-    assert wait_for(lambda: client.head(f"/v2/grace/repo/blobs/{digest}").status_code == 404, 2.5)
+    wait_for(lambda: client.head(f"/v2/grace/repo/blobs/{digest}").status_code == 404, 2.5, f"{digest} gone")
     assert_pulls(client, "grace/repo", "kept", kept)
 
 
@@ -224,7 +191,7 @@ def test_gc_command_leaves_in_flight_uploads_alone(make_server: MakeServer):
     try:
         assert half_sent.wait(10)
         # The server is streaming the body into a private file under uploads/.
-        assert wait_for(lambda: any((srv.data_dir / "uploads").glob(".ingest-*")), 5)
+        wait_for(lambda: any((srv.data_dir / "uploads").glob(".ingest-*")), 5, "the upload's spool file")
         r = client.post("/v2/inflight/repo/blobs/uploads/")
         assert r.status_code == 202, (r.status_code, r.text)
         location = r.headers["Location"]
@@ -446,7 +413,6 @@ def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DistributionR
     reg.stop()
 
 
-@pytest.mark.skipif(not os.path.exists(DISTRIBUTION_BIN), reason="docker-registry (Distribution) is not installed")
 def test_cache_eviction_removes_the_least_recently_pulled_image(
     make_server: MakeServer, upstream: DistributionRegistry
 ):
@@ -468,14 +434,14 @@ def test_cache_eviction_removes_the_least_recently_pulled_image(
         assert_pulls(client, repo, f"v{n}", image)
         time.sleep(0.05)
     assert_pulls(client, repo, "v1", images[0])
-    assert wait_for(lambda: blob_files(srv) == set(blobs_of(*images)), 5)
+    wait_for(lambda: blob_files(srv) == set(blobs_of(*images)), 5, "every blob cached")
 
     def pull_times() -> dict[str, float]:
         details = ecr.describe_images(repositoryName=repo)["imageDetails"]
         return {d["imageDigest"]: d["lastRecordedPullTime"].timestamp() for d in details if "lastRecordedPullTime" in d}
 
     # Pull times reach the database every few seconds; `moorage gc` reads them from there.
-    assert wait_for(lambda: len(pull_times()) == 3, 10), "pull times were never recorded"
+    wait_for(lambda: len(pull_times()) == 3, 10, "the pull times to be recorded")
     times = pull_times()
     assert times[images[0].digest] > times[images[2].digest] > times[images[1].digest]
 

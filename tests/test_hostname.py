@@ -17,7 +17,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ import pytest
 import requests
 
 from tests.dockerd import Dockerd, dockerd_fixture, rootfs_tar  # noqa: F401 - the `dockerd` fixture
+from tests.helpers import http_ok, running, wait_for
 from tests.oci import Client, make_image
 from tests.pki import Pki, PrivateNetwork
 from tests.server import (
@@ -159,15 +159,12 @@ def test_tls_with_an_ecr_shaped_hostname(tmp_path: Path):
     proc = spawn(tls_config(pki, f'hostname = "{host}"\n'), tmp_path / "srv", f"127.0.0.1:{port}", workers=2)
     try:
         url = f"https://127.0.0.1:{port}"
-        deadline = time.monotonic() + 20
-        while True:
-            assert proc.poll() is None, (tmp_path / "srv" / "moorage.log").read_text()
-            try:
-                requests.get(url + "/healthz", verify=str(pki.ca), timeout=1)
-                break
-            except (requests.ConnectionError, requests.Timeout):  # workers still starting behind the bound socket
-                assert time.monotonic() < deadline, (tmp_path / "srv" / "moorage.log").read_text()
-                time.sleep(0.1)
+        wait_for(  # workers may still be starting behind the bound socket
+            lambda: running(proc, tmp_path / "srv" / "moorage.log") and http_ok(url + "/healthz", verify=str(pki.ca)),
+            20,
+            "the server to answer",
+            interval=0.1,
+        )
         log = (tmp_path / "srv" / "moorage.log").read_text()
         assert f"serving on https://127.0.0.1:{port} with 2 workers" in log, log
         # Plain HTTP on the TLS port gets nowhere.
@@ -324,10 +321,14 @@ def test_docker_credential_ecr_login_against_moorage(
     log = tmp_path / "srv" / "moorage.log"
     d: Dockerd | None = None
     try:
-        deadline = time.monotonic() + 20
-        while ns.run("curl", "-sf", f"https://{ECR_HOST}/healthz", check=False).returncode != 0:
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.2)
+        wait_for(
+            lambda: (
+                running(proc, log) and ns.run("curl", "-sf", f"https://{ECR_HOST}/healthz", check=False).returncode == 0
+            ),
+            20,
+            "the server to answer",
+            interval=0.2,
+        )
 
         # The AWS CLI with no endpoint override: api.ecr.us-east-1.amazonaws.com is Moorage here.
         env = aws_env(AWS_CA_BUNDLE=str(pki.ca))

@@ -11,25 +11,23 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-import os
 import sqlite3
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
 
+from tests.helpers import wait_for
 from tests.oci import (
     ALL_MANIFEST_TYPES,
     OCI_INDEX,
     Client,
     Image,
+    assert_pulls,
     canonical,
     descriptor,
     digest_of,
@@ -37,11 +35,11 @@ from tests.oci import (
     make_image,
 )
 from tests.server import AUTH_OFF, MoorageServer, aws_cli, ecr_client
-from tests.upstreams import DISTRIBUTION_BIN, DistributionRegistry
+from tests.server import moorage_json as moorage
+from tests.upstreams import DistributionRegistry
 from tests.upstreams import push_image as upstream_push
 
 MakeServer = Callable[..., MoorageServer]
-REPO_ROOT = Path(__file__).resolve().parent.parent
 HOUR = 3600.0
 DAY = 86400.0
 SWEEP_EVERY_SECOND = AUTH_OFF + '[lifecycle]\nevaluation_interval = "1s"\n'
@@ -96,15 +94,6 @@ def repo_name(stem: str) -> str:
 # -- helpers -----------------------------------------------------------------------------------------------
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(interval)
-
-
 def push_tagged(client: Client, repo: str, image: Image, tags: list[str]) -> str:
     """Blobs, then one manifest PUT by digest carrying every tag (`?tag=` parameters); untagged if none."""
     for blob in image.blobs:
@@ -133,15 +122,6 @@ def seed_pushed_at(srv: MoorageServer, repo: str, digest: str, hours_ago: float,
     return when
 
 
-def assert_pulls(client: Client, repo: str, ref: str, image: Image) -> None:
-    r = client.get(f"/v2/{repo}/manifests/{ref}", headers={"Accept": ALL_MANIFEST_TYPES})
-    assert r.status_code == 200, (repo, ref, r.status_code, r.text)
-    assert r.content == image.manifest and r.headers["Docker-Content-Digest"] == image.digest
-    for blob in image.blobs:
-        b = client.get(f"/v2/{repo}/blobs/{digest_of(blob)}")
-        assert b.status_code == 200 and b.content == blob, (repo, digest_of(blob), b.status_code)
-
-
 def image_digests(ecr: Any, repo: str) -> set[str]:
     return {i["imageDigest"] for i in ecr.list_images(repositoryName=repo)["imageIds"]}
 
@@ -164,29 +144,26 @@ def pretty(policy: dict[str, Any]) -> str:
 
 
 def poll_preview(ecr: Any, repo: str, timeout: float = 15.0) -> dict[str, Any]:
-    """GetLifecyclePolicyPreview until it leaves IN_PROGRESS; every status seen must be IN_PROGRESS or COMPLETE."""
-    deadline = time.monotonic() + timeout
-    while True:
+    """GetLifecyclePolicyPreview until it is COMPLETE; every status seen before must be IN_PROGRESS."""
+
+    def complete() -> dict[str, Any] | None:
         out = ecr.get_lifecycle_policy_preview(repositoryName=repo)
         assert out["status"] in ("IN_PROGRESS", "COMPLETE"), out
-        if out["status"] == "COMPLETE" or time.monotonic() > deadline:
-            return out
-        time.sleep(0.05)
+        return out if out["status"] == "COMPLETE" else None
+
+    return wait_for(complete, timeout, f"the lifecycle preview of {repo}")
 
 
-def moorage(srv: MoorageServer, *args: str) -> Any:
-    """Run the `moorage` CLI on the server's data dir and config (while it runs); its JSON output."""
-    p = subprocess.run(
-        [sys.executable, "-m", "registry", *args, "--config", str(srv.config_path), "--data-dir", str(srv.data_dir)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO_ROOT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        check=False,
-    )
-    assert p.returncode == 0, f"moorage {' '.join(args)} -> {p.returncode}\n{p.stdout}\n{p.stderr}"
-    return json.loads(p.stdout)
+def next_sweep(ecr: Any, *repos: str, timeout: float = 15.0) -> None:
+    """Wait until a sweep that started after this call has been applied to each of `repos` (their policies'
+    lastEvaluatedAt passes the call's time): what the test checks next holds after a sweep, not after a
+    sleep that may have seen none."""
+    mark = time.time()
+
+    def swept() -> bool:
+        return all(ecr.get_lifecycle_policy(repositoryName=r)["lastEvaluatedAt"].timestamp() > mark for r in repos)
+
+    wait_for(swept, timeout, f"a lifecycle sweep of {', '.join(repos)} after {mark:.3f}")
 
 
 def iso(ts: float) -> str:
@@ -302,10 +279,10 @@ def test_scheduled_sweep_applies_every_documented_case(sweeping: MoorageServer):
         return {s.case["id"]: s.ids_of(image_digests(ecr, s.repo)) for s in seeded}
 
     expected = {s.case["id"]: s.kept for s in seeded}
-    wait_for(lambda: remaining() == expected, timeout=10)
-    assert remaining() == expected
-    time.sleep(2.5)  # two more sweeps change nothing: every outcome is stable
-    assert remaining() == expected
+    wait_for(lambda: remaining() == expected, 10, "every case's outcome", details=lambda: str(remaining()))
+    for _ in range(2):  # two more sweeps change nothing: every outcome is stable
+        next_sweep(ecr, *(s.repo for s in seeded))
+        assert remaining() == expected
 
     for s in seeded:
         details = describe(ecr, s.repo)
@@ -340,8 +317,7 @@ def test_preview_with_the_aws_cli(plain: MoorageServer):
         out = json.loads(aws_cli(plain, "ecr", "get-lifecycle-policy-preview", "--repository-name", s.repo).stdout)
         return out if out["status"] == "COMPLETE" else {}
 
-    out = wait_for(preview, timeout=15, interval=0.2)
-    assert out, "the preview never completed"
+    out = wait_for(preview, 15, "the preview to complete", interval=0.2)
     got = {r["imageDigest"]: (r["appliedRulePriority"], r["action"]["type"]) for r in out["previewResults"]}
     assert got == {s.digest("A"): (1, "EXPIRE"), s.digest("B"): (2, "EXPIRE"), s.digest("D"): (3, "EXPIRE")}
     assert out["summary"]["expiringImageTotalCount"] == 3
@@ -489,8 +465,11 @@ def test_cli_preview_as_of_and_run_on_a_live_server(make_server: MakeServer):
     assert {e["imageDigest"] for e in ran[0]["expired"]} == {images["old-1"].digest, images["old-2"].digest}
     assert image_digests(ecr, repo) == {images["new"].digest}
     # The server notices the other writer: the cached tag goes away within ~2 s.
-    gone = wait_for(lambda: client.get(f"/v2/{repo}/manifests/old-1").status_code == 404, timeout=2.5)
-    assert gone, "the server still serves a tag that `moorage lifecycle run` expired"
+    wait_for(
+        lambda: client.get(f"/v2/{repo}/manifests/old-1").status_code == 404,
+        2.5,
+        "the server to stop serving a tag that `moorage lifecycle run` expired",
+    )
     assert client.get(f"/v2/{repo}/manifests/{images['old-2'].digest}").status_code == 404
     assert_pulls(client, repo, "new", images["new"])
     assert ecr.get_lifecycle_policy(repositoryName=repo)["lastEvaluatedAt"].timestamp() > now - 1
@@ -528,7 +507,7 @@ def test_archive_transition_refused_pulls_and_restore(sweeping: MoorageServer):
     ]
     put_at = time.time()
     ecr.put_lifecycle_policy(repositoryName=by_push, lifecyclePolicyText=pretty(policy))
-    assert wait_for(lambda: describe(ecr, by_push)[old.digest]["imageStatus"] == "ARCHIVED", timeout=10)
+    wait_for(lambda: describe(ecr, by_push)[old.digest]["imageStatus"] == "ARCHIVED", 10, "the old image archived")
     details = describe(ecr, by_push)
     assert details[fresh.digest]["imageStatus"] == "ACTIVE" and "lastArchivedAt" not in details[fresh.digest]
     assert details[old.digest]["lastArchivedAt"].timestamp() >= put_at - 1
@@ -542,7 +521,7 @@ def test_archive_transition_refused_pulls_and_restore(sweeping: MoorageServer):
     got = ecr.batch_get_image(repositoryName=by_push, imageIds=[{"imageTag": "old"}, {"imageTag": "fresh"}])
     assert [i["imageId"]["imageDigest"] for i in got["images"]] == [fresh.digest]
     (failure,) = got["failures"]
-    assert failure["imageId"] == {"imageTag": "old"} and failure["failureCode"], failure
+    assert failure["imageId"] == {"imageTag": "old"} and failure["failureCode"] == "ImageInaccessible", failure
     assert_pulls(client, by_push, "fresh", fresh)
 
     ecr.delete_lifecycle_policy(repositoryName=by_push)  # else the next sweep archives it again
@@ -550,8 +529,8 @@ def test_archive_transition_refused_pulls_and_restore(sweeping: MoorageServer):
     restored = ecr.update_image_storage_class(
         repositoryName=by_push, imageId={"imageTag": "old"}, targetStorageClass="STANDARD"
     )
-    assert restored["imageStatus"] in ("ACTIVE", "ACTIVATING") and restored["imageId"]["imageDigest"] == old.digest
-    assert wait_for(lambda: describe(ecr, by_push)[old.digest]["imageStatus"] == "ACTIVE", timeout=5)
+    assert restored["imageStatus"] == "ACTIVE" and restored["imageId"]["imageDigest"] == old.digest  # at once
+    assert describe(ecr, by_push)[old.digest]["imageStatus"] == "ACTIVE"
     assert_pulls(client, by_push, "old", old)
     assert describe(ecr, by_push)[old.digest]["lastActivatedAt"].timestamp() >= restored_at - 1
 
@@ -600,9 +579,8 @@ def test_archived_images_expire_after_their_time_in_archive(sweeping: MoorageSer
         return {tag: d[img.digest]["imageStatus"] if img.digest in d else "GONE" for tag, img in images.items()}
 
     expected = {"long": "GONE", "recent": "ARCHIVED", "active": "ARCHIVED", "fresh": "ACTIVE"}
-    wait_for(lambda: status() == expected, timeout=10)
-    assert status() == expected
-    time.sleep(2.2)  # the image archived just now is not expired by the next sweeps
+    wait_for(lambda: status() == expected, 10, "the sweep's outcome", details=lambda: str(status()))
+    next_sweep(ecr, repo)  # the image archived just now is not expired by the next sweep
     assert status() == expected
     assert_pulls(client, repo, "fresh", images["fresh"])
 
@@ -617,7 +595,7 @@ def test_since_image_pulled_uses_recorded_pull_times(sweeping: MoorageServer):
     pulled_at = time.time()
 
     # Pull times are flushed to the database every few seconds; DescribeImages then shows them.
-    assert wait_for(lambda: "lastRecordedPullTime" in describe(ecr, repo)[images["pulled"].digest], timeout=10)
+    wait_for(lambda: "lastRecordedPullTime" in describe(ecr, repo)[images["pulled"].digest], 10, "the pull time")
     details = describe(ecr, repo)
     assert abs(details[images["pulled"].digest]["lastRecordedPullTime"].timestamp() - pulled_at) < 5
     assert "lastRecordedPullTime" not in details[images["never"].digest]
@@ -638,17 +616,17 @@ def test_since_image_pulled_uses_recorded_pull_times(sweeping: MoorageServer):
         return {tag: d[img.digest]["imageStatus"] for tag, img in images.items()}
 
     expected = {"pulled": "ACTIVE", "never": "ARCHIVED", "fresh": "ACTIVE"}
-    wait_for(lambda: status() == expected, timeout=10)
-    assert status() == expected
-    time.sleep(2.2)
+    wait_for(lambda: status() == expected, 10, "the sweep's outcome", details=lambda: str(status()))
+    next_sweep(ecr, repo)
     assert status() == expected, "a recently pulled image (or a fresh one) was archived"
 
     # Restored and not pulled since: the restore counts as activity, so the next sweeps leave it alone.
     ecr.update_image_storage_class(
         repositoryName=repo, imageId={"imageDigest": images["never"].digest}, targetStorageClass="STANDARD"
     )
-    time.sleep(2.5)
-    assert status() == {"pulled": "ACTIVE", "never": "ACTIVE", "fresh": "ACTIVE"}
+    for _ in range(2):
+        next_sweep(ecr, repo)
+        assert status() == {"pulled": "ACTIVE", "never": "ACTIVE", "fresh": "ACTIVE"}
     for tag, image in images.items():
         assert_pulls(client, repo, tag, image)
 
@@ -690,8 +668,8 @@ def test_images_an_index_references_are_kept_while_it_lives(sweeping: MoorageSer
     assert [r["imageDigest"] for r in preview["previewResults"]] == [stray.digest], preview["previewResults"]
 
     ecr.put_lifecycle_policy(repositoryName=repo, lifecyclePolicyText=pretty(policy))
-    assert wait_for(lambda: stray.digest not in image_digests(ecr, repo), timeout=10)
-    time.sleep(2.2)
+    wait_for(lambda: stray.digest not in image_digests(ecr, repo), 10, "the stray image to expire")
+    next_sweep(ecr, repo)  # and the next sweep leaves the index's children alone
     assert image_digests(ecr, repo) == {digest_of(index), amd.digest, arm.digest}
     r = client.get(f"/v2/{repo}/manifests/multi", headers={"Accept": ALL_MANIFEST_TYPES})
     assert r.status_code == 200 and r.content == index
@@ -700,15 +678,14 @@ def test_images_an_index_references_are_kept_while_it_lives(sweeping: MoorageSer
 
     # Once the index is gone its children are ordinary images: the policy keeps one of them.
     ecr.batch_delete_image(repositoryName=repo, imageIds=[{"imageTag": "multi"}])
-    assert wait_for(lambda: len(image_digests(ecr, repo)) == 1, timeout=10)
+    wait_for(
+        lambda: len(image_digests(ecr, repo)) == 1, 10, "one image left", details=lambda: str(image_digests(ecr, repo))
+    )
     assert image_digests(ecr, repo) <= {amd.digest, arm.digest}
 
 
 # == 6. repository creation templates ========================================================================
 
-needs_distribution = pytest.mark.skipif(
-    not os.path.exists(DISTRIBUTION_BIN), reason="docker-registry (Distribution) is not installed"
-)
 ROLE = "arn:aws:iam::000000000000:role/ecr-repository-templates"
 
 
@@ -728,7 +705,6 @@ def resource_tags(ecr: Any, name: str) -> dict[str, str]:
     return {t["Key"]: t["Value"] for t in ecr.list_tags_for_resource(resourceArn=arn)["tags"]}
 
 
-@needs_distribution
 def test_pull_through_template_applies_to_cache_repositories(make_server: MakeServer, upstream: DistributionRegistry):
     srv = make_server(AUTH_OFF + '[pull_through]\nallowed_upstreams = ["127.0.0.1"]\n')
     ecr, client = ecr_client(srv), Client(srv.url)

@@ -50,9 +50,7 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         except OSError as e:  # no mount(8) at all
             why = f"cannot run mount: {e}"
     if why is not None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{why} (CI=true: the disk-full test must run)")
-        pytest.skip(why)
+        pytest.skip(why)  # a failure under CI=true, as every skip (conftest.py)
     try:
         yield mount
     finally:

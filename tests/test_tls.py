@@ -26,6 +26,7 @@ import requests
 from cryptography.hazmat.primitives import serialization
 
 from tests.dockerd import Dockerd, dockerd_fixture, rootfs_tar  # noqa: F401 - the `dockerd` fixture
+from tests.helpers import running, wait_for
 from tests.pki import Pki, PrivateNetwork
 from tests.server import (
     ADMIN_KEY,
@@ -97,10 +98,11 @@ def test_sigterm_with_a_stalled_upload_over_tls_exits_by_the_drain_timeout(tmp_p
     sock = context.wrap_socket(socket.create_connection(("127.0.0.1", srv.port)), server_hostname="localhost")
     sock.sendall(f"PATCH {loc} HTTP/1.1\r\nHost: {srv.host}\r\nContent-Length: {4 << 20}\r\n\r\n".encode())
     sock.sendall(b"x" * (3 << 19))  # then nothing
-    deadline = time.monotonic() + 10
-    while requests.get(srv.url + loc, verify=str(pki.ca), timeout=10).headers.get("Range", "0-0") == "0-0":
-        assert time.monotonic() < deadline, "the stalled PATCH did not reach the server"
-        time.sleep(0.05)
+    wait_for(
+        lambda: requests.get(srv.url + loc, verify=str(pki.ca), timeout=10).headers.get("Range", "0-0") != "0-0",
+        10,
+        "the stalled PATCH to reach the server",
+    )
     assert srv.proc is not None
     started = time.monotonic()
     srv.proc.send_signal(signal.SIGTERM)
@@ -185,10 +187,17 @@ def test_docker_trusts_moorage_through_certs_d(dockerd: Dockerd, tmp_path: Path)
     proc = spawn(tls_config(pki, base=auth_config()), root, f"{REGISTRY_IP}:{REGISTRY_PORT}", ns.wrap, workers=2)
     d: Dockerd | None = None
     try:
-        deadline = time.monotonic() + 30
-        while ns.run("curl", "-sf", "--cacert", str(pki.ca), f"https://{host}/healthz", check=False).returncode:
-            assert proc.poll() is None and time.monotonic() < deadline, (root / "moorage.log").read_text()
-            time.sleep(0.2)
+        wait_for(
+            lambda: (
+                running(proc, root / "moorage.log")
+                and not ns.run(
+                    "curl", "-sf", "--cacert", str(pki.ca), f"https://{host}/healthz", check=False
+                ).returncode
+            ),
+            30,
+            "the server to answer",
+            interval=0.2,
+        )
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
         env |= {"AWS_ACCESS_KEY_ID": ADMIN_KEY, "AWS_SECRET_ACCESS_KEY": ADMIN_SECRET, "AWS_CA_BUNDLE": str(pki.ca)}
         login = [sys.executable, "-m", "registry", "get-login-password", "--endpoint", f"https://{host}"]

@@ -24,18 +24,16 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.helpers import wait_for
 from tests.layouts import (
     REF_NAME,
     LayoutImage,
     LayoutIndex,
     make_layer,
-    reachable,
-    read_layout,
     write_multi_platform_image,
     write_single_image,
 )
 from tests.oci import (
-    ALL_MANIFEST_TYPES,
     DOCKER_LIST,
     DOCKER_MANIFEST,
     OCI_CONFIG,
@@ -45,12 +43,12 @@ from tests.oci import (
     Image,
     descriptor,
     digest_of,
+    get_blob,
+    get_manifest,
     make_image,
 )
-from tests.server import AUTH_OFF, MoorageServer
-from tests.skopeo import SKOPEO, Skopeo, isolated_skopeo
-
-pytestmark = pytest.mark.skipif(SKOPEO is None, reason="skopeo is not on PATH (apt-get install skopeo)")
+from tests.server import AUTH_OFF, MoorageServer, blob_file, moorage_cli
+from tests.skopeo import Skopeo, assert_layout_matches, inspect_raw
 
 MakeServer = Callable[..., MoorageServer]
 REPOSITORY_ANNOTATION = "io.moorage.repository"
@@ -62,12 +60,6 @@ SIGNATURE = "application/vnd.example.signature.v1"
 
 
 # -- helpers -----------------------------------------------------------------------------------------------
-
-
-def moorage(*args: object, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "registry", *map(str, args)], capture_output=True, text=True, timeout=timeout
-    )
 
 
 def ok(p: subprocess.CompletedProcess[str]) -> dict:
@@ -105,38 +97,15 @@ def concurrently(commands: list[list[object]]) -> list[subprocess.CompletedProce
 
 
 def imp(srv: MoorageServer, source: Path, *ref: str) -> subprocess.CompletedProcess[str]:
-    return moorage("import", "--config", srv.config_path, "--data-dir", srv.data_dir, source, *ref)
+    return moorage_cli("import", "--config", srv.config_path, "--data-dir", srv.data_dir, source, *ref)
 
 
 def exp(srv: MoorageServer, *args: object) -> subprocess.CompletedProcess[str]:
-    return moorage("export", "--config", srv.config_path, "--data-dir", srv.data_dir, *args)
-
-
-def get_manifest(srv: MoorageServer, repo: str, ref: str) -> requests.Response:
-    return requests.get(f"{srv.url}/v2/{repo}/manifests/{ref}", headers={"Accept": ALL_MANIFEST_TYPES}, timeout=10)
-
-
-def get_blob(srv: MoorageServer, repo: str, digest: str) -> bytes:
-    r = requests.get(f"{srv.url}/v2/{repo}/blobs/{digest}", timeout=30)
-    assert r.status_code == 200, (repo, digest, r.status_code, r.text)
-    return r.content
+    return moorage_cli("export", "--config", srv.config_path, "--data-dir", srv.data_dir, *args)
 
 
 def catalog(srv: MoorageServer) -> list[str]:
     return requests.get(f"{srv.url}/v2/_catalog", timeout=10).json()["repositories"]
-
-
-def inspect_raw(skopeo: Skopeo, ref: str) -> bytes:
-    return skopeo("inspect", "--tls-verify=false", "--raw", ref).stdout.encode()
-
-
-def assert_layout_matches(dst: Path, tag: str, top_digest: str, blobs: dict[str, bytes]) -> None:
-    got = read_layout(dst, tag)
-    assert got.top_digest == top_digest, f"top digest changed: {top_digest} -> {got.top_digest}"
-    missing, extra = sorted(set(blobs) - set(got.blobs)), sorted(set(got.blobs) - set(blobs))
-    assert not missing and not extra, f"blob sets differ: missing={missing} extra={extra}"
-    assert [d for d in blobs if blobs[d] != got.blobs[d]] == [], "blob bytes differ"
-    assert reachable(got.blobs, got.top_digest) == set(blobs)
 
 
 def assert_pulls_back(
@@ -161,7 +130,7 @@ def assert_signature(srv: MoorageServer, repo: str, origin: Origin) -> None:
     ]
     assert get_manifest(srv, repo, origin.signature.digest).content == origin.signature.manifest
     for blob in origin.signature.blobs:
-        assert get_blob(srv, repo, digest_of(blob)) == blob
+        assert get_blob(srv, repo, digest_of(blob)).content == blob
 
 
 def blob_path(root: Path, digest: str) -> Path:
@@ -169,31 +138,11 @@ def blob_path(root: Path, digest: str) -> Path:
     return root / "blobs" / alg / hexd
 
 
-def stored_blob(srv: MoorageServer, digest: str) -> Path:
-    alg, _, hexd = digest.partition(":")
-    return srv.data_dir / "blobs" / alg / hexd[:2] / hexd
-
-
 def private_files(srv: MoorageServer) -> list[str]:
     return sorted(p.name for p in (srv.data_dir / "uploads").iterdir())
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.02) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
-
-
 # -- fixtures ----------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def skopeo(tmp_path_factory: pytest.TempPathFactory) -> Skopeo:
-    """skopeo isolated from the machine's config: own policy, registries.conf, auth file and tmpdir."""
-    return isolated_skopeo(tmp_path_factory.mktemp("skopeo-cfg"))
 
 
 @dataclass
@@ -392,7 +341,7 @@ def test_docker_media_types_export_for_skopeo_and_import_byte_exact(
         got = _skopeo_push(skopeo, f"{transport}:{where}:docker/app:1", b, f"{prefix}/docker/app:1")
         assert got == docker_image
         for blob in single.layers:
-            assert get_blob(b, f"{prefix}/docker/app", digest_of(blob)) == blob
+            assert get_blob(b, f"{prefix}/docker/app", digest_of(blob)).content == blob
         # A manifest list, this host's platform: that child, byte-exact.
         got = _skopeo_push(skopeo, f"{transport}:{where}:docker/list:1", b, f"{prefix}/docker/list:1")
         assert got == children[native]
@@ -403,7 +352,7 @@ def test_docker_media_types_export_for_skopeo_and_import_byte_exact(
         assert get_manifest(b, "all/docker/list", digest).content == body
     for child in multi.children:
         for blob in child.layers:
-            assert get_blob(b, "all/docker/list", digest_of(blob)) == blob
+            assert get_blob(b, "all/docker/list", digest_of(blob)).content == blob
 
     # moorage import: every image under its own name and digest, the Docker ones byte-exact; no made index.
     older = tmp_path / "older"  # as Moorage exported before it made indexes: the Docker entries alone
@@ -515,10 +464,10 @@ def test_docker_save_tarball(make_server: MakeServer, skopeo: Skopeo, tmp_path: 
         (DOCKER_LAYER, digest_of(layer1), len(layer1)),
         (DOCKER_LAYER_GZIP, digest_of(layer2), len(layer2)),
     ]
-    assert get_blob(b, "example/app", digest_of(config)) == config  # the same config and layer bytes
-    assert get_blob(b, "example/app", digest_of(layer1)) == layer1
-    assert get_blob(b, "example/app", digest_of(layer2)) == layer2
-    assert get_blob(b, "example/other", digest_of(plain2)) == plain2
+    assert get_blob(b, "example/app", digest_of(config)).content == config  # the same config and layer bytes
+    assert get_blob(b, "example/app", digest_of(layer1)).content == layer1
+    assert get_blob(b, "example/app", digest_of(layer2)).content == layer2
+    assert get_blob(b, "example/other", digest_of(plain2)).content == plain2
     # A real client takes it, layers and all.
     skopeo("copy", "--src-tls-verify=false", f"docker://{b.host}/example/app:v1", f"oci:{tmp_path / 'out'}:v1")
     info = json.loads(skopeo("inspect", "--tls-verify=false", f"docker://{b.host}/example/other:v1").stdout)
@@ -555,11 +504,11 @@ def test_docker_save_tarball(make_server: MakeServer, skopeo: Skopeo, tmp_path: 
     summary = ok(imp(b, tmp_path / "sk.tar"))
     assert [(i["repository"], i["tags"]) for i in summary["images"]] == [("example/sk", ["v1"])]
     doc = get_manifest(b, "example/sk", "v1").json()
-    assert json.loads(get_blob(b, "example/sk", doc["config"]["digest"])) == json.loads(src.config)
+    assert json.loads(get_blob(b, "example/sk", doc["config"]["digest"]).content) == json.loads(src.config)
     # docker-archive holds uncompressed layers: their digests are the config's diff_ids.
     assert [x["digest"] for x in doc["layers"]] == src.diff_ids
     for layer, compressed in zip(doc["layers"], src.layers, strict=True):
-        assert get_blob(b, "example/sk", layer["digest"]) == gzip.decompress(compressed)
+        assert get_blob(b, "example/sk", layer["digest"]).content == gzip.decompress(compressed)
 
 
 # == 3. pre-warming an offline pull-through cache ==========================================================
@@ -653,8 +602,8 @@ def _big_layout(path: Path, size: int) -> tuple[bytes, bytes, bytes]:
 
 
 def _kill_when(proc: subprocess.Popen[bytes], predicate: Callable[[], bool], what: str) -> None:
-    caught = wait_for(lambda: proc.poll() is not None or predicate(), 60, interval=0.001)
-    assert caught and proc.poll() is None, f"{what} finished before it could be killed (exit {proc.poll()})"
+    wait_for(lambda: proc.poll() is not None or predicate(), 60, what, interval=0.001)
+    assert proc.poll() is None, f"{what} finished before it could be killed (exit {proc.poll()})"
     proc.kill()
     proc.wait()
 
@@ -671,7 +620,7 @@ def test_killed_import_and_export_leave_nothing_partial_and_resume(make_server: 
         return any(p.stat().st_size > (1 << 20) for p in (b.data_dir / "uploads").glob(".ingest-*"))
 
     _kill_when(proc, writing_layer, "the import")
-    assert not stored_blob(b, digest_of(layer)).exists()  # no partial blob
+    assert not blob_file(b, digest_of(layer)).exists()  # no partial blob
     assert get_manifest(b, "big/app", "big").status_code == 404 and "big/app" not in catalog(b)
 
     summary = ok(imp(b, tmp_path / "big", "big/app"))  # run again: completes
@@ -691,7 +640,7 @@ def test_killed_import_and_export_leave_nothing_partial_and_resume(make_server: 
     assert not [p for p in private_files(b) if p.startswith(".ingest-")]
     r = get_manifest(b, "big/app", "big")
     assert r.status_code == 200 and r.content == manifest
-    assert hashlib.sha256(get_blob(b, "big/app", digest_of(layer))).digest() == hashlib.sha256(layer).digest()
+    assert hashlib.sha256(get_blob(b, "big/app", digest_of(layer)).content).digest() == hashlib.sha256(layer).digest()
 
     # Export to an archive, killed mid-layer: DEST never appears, and the re-run resumes after the last member.
     archive = tmp_path / "big.tar"
@@ -707,7 +656,7 @@ def test_killed_import_and_export_leave_nothing_partial_and_resume(make_server: 
 
     _kill_when(proc, writing_big_member, "the export")
     assert not archive.exists()
-    summary = ok(moorage("export", "--data-dir", b.data_dir, "big/app:big", archive))
+    summary = ok(moorage_cli("export", "--data-dir", b.data_dir, "big/app:big", archive))
     assert summary["blobsSkipped"] == 2 and summary["blobsWritten"] == 1  # manifest and config were complete
     assert not partial.exists() and not journal.exists()
     with tarfile.open(archive) as tar:
@@ -729,7 +678,7 @@ def test_corrupt_blob_is_refused_then_a_fixed_layout_completes(make_server: Make
 
     failed(imp(b, tmp_path / "src", "team/fixme"), digest_of(img.layers[2]), "does not match its digest")
     assert get_manifest(b, "team/fixme", "v1").status_code == 404 and catalog(b) == []  # nothing visible
-    assert not stored_blob(b, digest_of(img.layers[2])).exists() and private_files(b) == []
+    assert not blob_file(b, digest_of(img.layers[2])).exists() and private_files(b) == []
 
     bad.write_bytes(img.layers[2])
     summary = ok(imp(b, tmp_path / "src", "team/fixme"))
@@ -751,7 +700,7 @@ def test_running_server_serves_a_moved_tag_at_once(
     ok(exp(origin.srv, "team/multi:v2", only_multi))  # exported while A serves
     started = time.monotonic()
     ok(imp(b, only_multi, "team/app:v1"))  # one image in the layout: it becomes team/app:v1
-    assert wait_for(lambda: get_manifest(b, "team/app", "v1").content == origin.multi.index, 2.5, interval=0.05)
+    wait_for(lambda: get_manifest(b, "team/app", "v1").content == origin.multi.index, 2.5, "the server to see the tag")
     assert time.monotonic() - started < 5
 
 
