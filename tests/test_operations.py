@@ -11,12 +11,11 @@ import socket
 import struct
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import pytest
 import requests
 
+from tests.helpers import http_ok, wait_for
 from tests.oci import Client, digest_of, make_image, random_blob
 from tests.server import (
     ADMIN_KEY,
@@ -27,9 +26,11 @@ from tests.server import (
     ecr_client,
     free_port,
     login_password,
+    moorage_cli,
 )
 
 MANIFESTS = "/v2/{name}/manifests/{reference}"
+MiB = 1024 * 1024
 
 
 def scrape(srv: MoorageServer) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -49,15 +50,6 @@ def scrape(srv: MoorageServer) -> dict[tuple[str, frozenset[tuple[str, str]]], f
 
 def metric(samples: dict, name: str, **labels: str) -> float:
     return samples.get((name, frozenset(labels.items())), 0.0)
-
-
-def wait_for(predicate, timeout: float = 10.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_health_and_readiness(make_server) -> None:
@@ -171,6 +163,18 @@ def access_lines(srv: MoorageServer) -> list[dict]:
     return out
 
 
+def logged(srv: MoorageServer, what: str, count: int, **fields: object) -> list[dict]:
+    """The access log's lines that have `fields`, once there are `count` of them (a line is written by the
+    log thread just after its response: poll, don't sleep)."""
+
+    def lines() -> list[dict] | None:
+        found = [x for x in access_lines(srv) if all(x.get(k) == v for k, v in fields.items())]
+        assert len(found) <= count, f"more than {count} access log lines for {what}: {found}"
+        return found if len(found) == count else None
+
+    return wait_for(lines, what=f"{count} access log line(s) for {what}", details=lambda: srv.log()[-3000:])
+
+
 def test_structured_access_log_without_secrets(make_server) -> None:
     srv = make_server(auth_config())
     token = login_password(srv)
@@ -184,20 +188,20 @@ def test_structured_access_log_without_secrets(make_server) -> None:
         "downloadUrl"
     ]
     assert requests.get(url, timeout=5).content == img.layers[0]
-    time.sleep(0.3)
 
-    lines = access_lines(srv)
-    pull = next(x for x in lines if x["request_id"] == "trace-42")
+    (pull,) = logged(srv, "the pull", 1, request_id="trace-42")
     assert pull["method"] == "GET" and pull["status"] == 200 and pull["principal"] == "admin"
     assert pull["repository"] == "logs/app" and pull["action"] == "ecr:BatchGetImage"
     assert pull["route"] == MANIFESTS and pull["bytes_out"] == len(img.manifest) and pull["duration_ms"] >= 0
-    put = next(x for x in lines if x["method"] == "PUT" and x["route"] == MANIFESTS)
+    (put,) = logged(srv, "the manifest push", 1, method="PUT", route=MANIFESTS)
     assert put["status"] == 201 and put["action"] == "ecr:PutImage" and put["bytes_in"] == len(img.manifest)
-    denied = [x for x in lines if x["status"] == 401 and x["repository"] == "logs/app"]
-    assert denied and denied[0]["principal"] is None
-    api = [x for x in lines if x["route"] == "ecr:GetDownloadUrlForLayer"]
-    assert api and api[0]["principal"] == "admin" and api[0]["status"] == 200
-    assert all(len(x["request_id"]) >= 8 for x in lines)
+    (denied,) = logged(srv, "the pull without credentials", 1, status=401, repository="logs/app")
+    assert denied["principal"] is None and denied["method"] == "GET"
+    (api,) = logged(srv, "GetDownloadUrlForLayer", 1, route="ecr:GetDownloadUrlForLayer")
+    assert api["principal"] == "admin" and api["status"] == 200
+    (download,) = logged(srv, "the download", 1, route="/v2/{name}/blobs/{digest}")
+    assert download["status"] == 200 and download["bytes_out"] == len(img.layers[0])
+    assert all(len(x["request_id"]) >= 8 for x in access_lines(srv))
     text = srv.log()
     assert token not in text and ADMIN_SECRET not in text
     assert "token=" not in text  # download URLs carry a token in the query string: paths are logged without it
@@ -223,8 +227,7 @@ def test_blob_downloads_are_logged_with_their_bytes_and_keep_the_connection(make
         while len(received) < 256 * 1024:
             received += sock.recv(65536)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # RST on close
-    time.sleep(0.5)
-    gets = [x for x in access_lines(srv) if x["method"] == "GET" and x["route"] == "/v2/{name}/blobs/{digest}"]
+    gets = logged(srv, "four blob downloads", 4, method="GET", route="/v2/{name}/blobs/{digest}")
     assert [x["status"] for x in gets] == [200, 200, 200, 499], gets
     assert all(x["bytes_out"] == len(blob) for x in gets[:3])
     assert 200 * 1024 < gets[3]["bytes_out"] < len(blob)
@@ -236,21 +239,18 @@ def test_check_config_prints_effective_settings_with_secrets_masked(tmp_path: Pa
         auth_config() + '[secrets.hub]\nusername = "me"\npassword = "hunter2-very-secret"\n'
         '[pull_through]\ntag_refresh_interval = "3h"\n'
     )
-    p = subprocess.run(
-        [sys.executable, "-m", "registry", "check-config", str(cfg)], capture_output=True, text=True, timeout=30
-    )
+    p = moorage_cli("check-config", cfg, timeout=30)
     assert p.returncode == 0, p.stderr
     assert "valid" in p.stdout and 'name = "admin"' in p.stdout and "tag_refresh_interval = 10800.0" in p.stdout
     assert ADMIN_SECRET not in p.stdout and "hunter2-very-secret" not in p.stdout
     assert p.stdout.count('"****"') >= 2
     cfg.write_text('[gc]\ngrace_period = "forever"\n')
-    p = subprocess.run(
-        [sys.executable, "-m", "registry", "check-config", str(cfg)], capture_output=True, text=True, timeout=30
-    )
+    p = moorage_cli("check-config", cfg, timeout=30)
     assert p.returncode == 2 and "gc.grace_period" in p.stderr and "Traceback" not in p.stderr
 
 
 def test_configuration_from_environment(tmp_path: Path) -> None:
+    """Every MOORAGE_* variable takes effect: auth off, the listen address, the data dir, the log format."""
     port = free_port()
     env = {
         **os.environ,
@@ -259,74 +259,105 @@ def test_configuration_from_environment(tmp_path: Path) -> None:
         "MOORAGE_SERVER_DATA_DIR": str(tmp_path / "d"),
         "MOORAGE_LOG_FORMAT": "json",
     }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "registry", "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+    log_path = tmp_path / "serve.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "registry", "serve"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its workers too are killed below if it does not stop
+        )
     try:
         url = f"http://127.0.0.1:{port}"
-        wait_for(lambda: _up(url), what="the server")
+        wait_for(lambda: proc.poll() is None and http_ok(url + "/healthz", timeout=10), 60, "the server to answer")
         c = Client(url)
         c.push_image("env/app", "v1", make_image(n_layers=1))  # anonymous push: auth is off
         assert (tmp_path / "d" / "moorage.db").exists()
     finally:
         proc.terminate()
-        proc.wait(10)
-    bad = subprocess.run(
-        [sys.executable, "-m", "registry", "check-config", os.devnull],
-        env={**os.environ, "MOORAGE_NOPE_X": "1"},
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+        try:
+            proc.wait(40)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 0, log_path.read_text()
+    docs = [json.loads(line) for line in log_path.read_text().splitlines()]  # every line JSON
+    assert {"GET", "POST", "PUT"} == {d["method"] for d in docs if d["logger"] == "moorage.access"}, docs
+    assert all(d["msg"] for d in docs if d["logger"] != "moorage.access"), docs
+    bad = moorage_cli("check-config", os.devnull, env={**os.environ, "MOORAGE_NOPE_X": "1"}, timeout=30)
     assert bad.returncode == 2 and "MOORAGE_NOPE_X" in bad.stderr
 
 
-def _up(url: str) -> bool:
-    try:
-        return requests.get(url + "/healthz", timeout=1).status_code == 200
-    except (requests.ConnectionError, requests.Timeout):  # workers still starting behind the bound socket
-        return False
-
-
 def test_sigterm_drains_in_flight_requests(make_server) -> None:
+    """A PATCH in flight when SIGTERM arrives completes (its body still arriving after the signal), the log
+    says the drain waited for it, new connections are refused meanwhile, and the server exits 0."""
     srv = make_server()
     c = Client(srv.url)
     loc = c.post("/v2/drain/app/blobs/uploads/").headers["Location"]
-    data = os.urandom(300_000)
-    sock = socket.create_connection(("127.0.0.1", srv.port))
-    sock.sendall(
-        f"PATCH {loc} HTTP/1.1\r\nHost: {srv.host}\r\nContent-Length: {len(data)}\r\n\r\n".encode() + data[:100_000]
-    )
-    time.sleep(0.3)
-    assert srv.proc is not None
-    srv.proc.send_signal(signal.SIGTERM)
-    time.sleep(0.5)
-    sock.sendall(data[100_000:])  # the rest arrives after SIGTERM: the request must still complete
-    sock.settimeout(10)
-    reply = sock.recv(4096).decode()
-    sock.close()
+    data = os.urandom(3 * MiB)
+    head = f"PATCH {loc} HTTP/1.1\r\nHost: {srv.host}\r\nContent-Length: {len(data)}\r\n\r\n".encode()
+    with socket.create_connection(("127.0.0.1", srv.port)) as sock:
+        sock.sendall(head + data[: 2 * MiB])
+        # The store writes what arrives in 1 MiB pieces: the session growing shows the handler at work.
+        wait_for(lambda: c.upload_size(loc) >= MiB, what="the PATCH's first MiB to reach the upload")
+        log_from = len(srv.log().encode())
+        assert srv.proc is not None
+        srv.proc.send_signal(signal.SIGTERM)
+        wait_for(
+            lambda: "shutting down: draining 1 in-flight requests" in srv.log(log_from),
+            what="the drain to start",
+            details=lambda: srv.log(log_from),
+        )
+        wait_for(lambda: _refused(srv.port), what="the listener to close")
+        assert srv.proc.poll() is None, "the server exited with a request in flight"
+        sock.sendall(data[2 * MiB :])  # the rest arrives after SIGTERM: the request must still complete
+        sock.settimeout(30)
+        reply = sock.recv(4096).decode()
     assert reply.startswith("HTTP/1.1 202"), reply
-    assert srv.wait(15) == 0
+    assert srv.wait(30) == 0
+    after = srv.log(log_from)
+    assert "drain timed out" not in after and "stopped" in after, after
+    (patch,) = [x for x in access_lines(srv) if x["method"] == "PATCH"]
+    assert patch["status"] == 202 and patch["bytes_in"] == len(data), patch
     srv.start()
     assert Client(srv.url).get(loc).headers["Range"] == f"0-{len(data) - 1}"
 
 
-@pytest.mark.parametrize("command", [["gc", "--dry-run"], ["lifecycle", "run", "--dry-run"]])
-def test_offline_commands_take_the_config_like_serve(make_server, command: list[str]) -> None:
+def _refused(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+def test_offline_commands_take_the_config_like_serve(make_server) -> None:
+    """`gc` and `lifecycle run` read the server's config and data dir: here one image, nothing to free, no
+    policy to apply."""
     srv = make_server()
-    p = subprocess.run(
-        [sys.executable, "-m", "registry", *command, "--config", str(srv.config_path), "--data-dir", str(srv.data_dir)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    Client(srv.url).push_image("offline/app", "v1", make_image(n_layers=1))
+    where = ("--config", srv.config_path, "--data-dir", srv.data_dir)
+    p = moorage_cli("gc", "--dry-run", *where, timeout=60)
     assert p.returncode == 0, p.stderr
-    assert isinstance(json.loads(p.stdout), dict | list)
+    report = json.loads(p.stdout)
+    assert report.pop("seconds") >= 0
+    assert report == {
+        "dryRun": True,
+        "blobsRemoved": 0,
+        "bytesFreed": 0,
+        "orphanFilesRemoved": 0,
+        "uploadsPurged": 0,
+        "cacheImagesEvicted": 0,
+    }
+    p = moorage_cli("lifecycle", "run", "--dry-run", *where, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout) == []
 
 
 def test_ecr_api_request_id_matches_access_log(make_server) -> None:
     srv = make_server(auth_config())
     resp = ecr_client(srv, ADMIN_KEY, ADMIN_SECRET).describe_registry()
     request_id = resp["ResponseMetadata"]["RequestId"]
-    time.sleep(0.2)
-    assert any(x["request_id"] == request_id and x["route"] == "ecr:DescribeRegistry" for x in access_lines(srv))
+    (line,) = logged(srv, "DescribeRegistry", 1, request_id=request_id)
+    assert line["route"] == "ecr:DescribeRegistry" and line["status"] == 200 and line["principal"] == "admin"
