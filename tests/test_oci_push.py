@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -23,18 +23,13 @@ from tests.oci import (
     descriptor,
     digest_of,
     error_codes,
+    location,
     make_image,
     random_blob,
 )
 
 MiB = 1024 * 1024
 OCTET = {"Content-Type": "application/octet-stream"}
-
-
-def location(r: requests.Response) -> str:
-    """The response's Location, resolved against the request URL (it may be relative)."""
-    assert "Location" in r.headers, (r.status_code, dict(r.headers))
-    return urljoin(r.url, r.headers["Location"])
 
 
 def start_upload(client: Client, repo: str) -> requests.Response:
@@ -134,9 +129,15 @@ def test_post_then_put(client: Client, repo: str, alg: str) -> None:
 
 
 def test_push_same_blob_twice(client: Client, repo: str) -> None:
+    """The second upload of a blob already there succeeds the same way: 201, its digest, its location."""
     data = random_blob(300)
-    assert client.push_blob(repo, data) == client.push_blob(repo, data)
-    assert_blob(client, repo, digest_of(data), data)
+    d = digest_of(data)
+    for attempt in ("first", "again"):
+        r = client.post(f"/v2/{repo}/blobs/uploads/", params={"digest": d}, data=data, headers=OCTET)
+        assert r.status_code == 201, (attempt, r.status_code, r.text)
+        assert r.headers["Docker-Content-Digest"] == d, attempt
+        assert urlsplit(location(r)).path == f"/v2/{repo}/blobs/{d}", attempt
+        assert_blob(client, repo, d, data)
 
 
 # -- chunked --------------------------------------------------------------------------------------

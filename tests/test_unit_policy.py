@@ -767,46 +767,50 @@ def test_parse_errors(name: str, doc: Any, resource_policy: bool, fragment: str)
     assert fragment in str(e.value)
 
 
-@pytest.mark.parametrize(
-    "operator",
-    [
-        "StringEquals",
-        "StringNotEquals",
-        "StringLike",
-        "StringNotLike",
-        "StringEqualsIgnoreCase",
-        "StringNotEqualsIgnoreCase",
-        "ArnLike",
-        "ArnEquals",
-        "ArnNotLike",
-        "ForAnyValue:StringLike",
-        "ForAllValues:StringEquals",
-        "StringLikeIfExists",
-        "ForAllValues:StringNotEqualsIfExists",
-    ],
-)
-def test_known_string_operators_parse(operator: str) -> None:
-    identity({**ID_STMT, "Condition": {operator: {"k": "v"}}})
+ARN_A = "arn:aws:iam::111122223333:user/a"
+ARN_B = "arn:aws:iam::444455556666:user/b"
+
+# (operator, the policy's value, a context value for which the condition holds, one for which it does not;
+#  None: the key is absent from the request)
+OPERATORS: list[tuple[str, Any, Any, Any]] = [
+    ("StringEquals", "v", "v", "w"),
+    ("StringNotEquals", "v", "w", "v"),
+    ("StringLike", "v*", "vw", "wv"),
+    ("StringNotLike", "v*", "wv", "vw"),
+    ("StringEqualsIgnoreCase", "v", "V", "w"),
+    ("StringNotEqualsIgnoreCase", "v", "w", "V"),
+    ("ArnLike", "arn:aws:iam::111122223333:user/*", ARN_A, ARN_B),
+    ("ArnEquals", ARN_A, ARN_A, ARN_B),
+    ("ArnNotLike", "arn:aws:iam::111122223333:*", ARN_B, ARN_A),
+    ("ForAnyValue:StringLike", "t*", ["x", "team"], ["x", "y"]),
+    ("ForAllValues:StringEquals", ["a", "b"], ["a", "b"], ["a", "c"]),
+    ("StringLikeIfExists", "v*", None, "w"),
+    ("ForAllValues:StringNotEqualsIfExists", "v", ["w", "x"], ["w", "v"]),
+    ("NumericEquals", 1, "1.0", "2"),
+    ("NumericNotEquals", 1, "2", "1"),
+    ("NumericLessThanEquals", "1.5", "1.5", "1.6"),
+    ("NumericGreaterThanEquals", -3, "-3", "-4"),
+    ("DateEquals", "2024-01-01T00:00:00Z", "1704067200", "2024-01-02T00:00:00Z"),
+    ("DateNotEquals", 1704067200, "2024-01-02T00:00:00Z", "2024-01-01T00:00:00Z"),
+    ("DateLessThanEquals", "2024-01-01", "2024-01-01T00:00:00Z", "2024-01-01T00:00:01Z"),
+    ("DateGreaterThanEqualsIfExists", "2024-01-01T00:00:00+02:00", None, "2023-12-31T21:59:59Z"),
+    ("IpAddressIfExists", "::1", "::1", "::2"),
+    ("Bool", False, "false", "true"),
+    ("Null", True, None, "x"),
+]
 
 
-@pytest.mark.parametrize(
-    ("operator", "value"),
-    [
-        ("NumericEquals", 1),
-        ("NumericNotEquals", 1),
-        ("NumericLessThanEquals", "1.5"),
-        ("NumericGreaterThanEquals", -3),
-        ("DateEquals", "2024-01-01T00:00:00Z"),
-        ("DateNotEquals", 1704067200),
-        ("DateLessThanEquals", "2024-01-01"),
-        ("DateGreaterThanEqualsIfExists", "2024-01-01T00:00:00+02:00"),
-        ("IpAddressIfExists", "::1"),
-        ("Bool", False),
-        ("Null", True),
-    ],
-)
-def test_other_operators_parse(operator: str, value: Any) -> None:
-    identity({**ID_STMT, "Condition": {operator: {"k": value}}})
+@pytest.mark.parametrize(("operator", "value", "holds", "fails"), OPERATORS, ids=[o[0] for o in OPERATORS])
+def test_every_operator_parses_and_evaluates(operator: str, value: Any, holds: Any, fails: Any) -> None:
+    """Each operator the parser accepts also decides: allowed when its condition holds, denied when not."""
+    parsed = identity({**ID_STMT, "Condition": {operator: {"k": value}}})
+
+    def decision(context_value: Any) -> Decision:
+        keys = {} if context_value is None else {"k": context_value}
+        return policy.evaluate(RequestContext(USER, ACCOUNT, "ecr:BatchGetImage", REPO, keys), [parsed], []).decision
+
+    assert decision(holds) is ALLOW
+    assert decision(fails) is IMPLICIT
 
 
 def test_parse_accepts_bytes_and_2008_version() -> None:

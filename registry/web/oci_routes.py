@@ -303,6 +303,8 @@ async def start_upload(request: web.Request, name: str) -> web.Response:
     access = request.app[ACCESS]
     if mount is not None:
         oci.validate_digest(mount)
+        if mount_from is not None:
+            oci.validate_name(mount_from)  # a malformed `from` is NAME_INVALID, with auth on or off alike
     if mount is not None and access.enabled:
         # A mount reads the source: the caller must be allowed to pull it there (without `from`: anywhere).
         principal = registry_principal(request)
