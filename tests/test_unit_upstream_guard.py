@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import json
 import socket
+from types import SimpleNamespace
 
 import pytest
 
 from registry.config import ConfigError, from_dict
+from registry.proxy.pullthrough import DeclaredSizes
 from registry.proxy.rules import AllowEntry, NotAllowed, UpstreamPolicy, never_contacted, split_url
 from registry.proxy.upstream import GuardedResolver, UpstreamNotAllowed, _oci_errors
 
@@ -284,3 +287,62 @@ def test_config_allowlist_errors_name_the_key():
 def test_blob_download_timeout():
     assert from_dict({}).pull_through.blob_download_timeout == 900
     assert from_dict({"pull_through": {"blob_download_timeout": "2m"}}).pull_through.blob_download_timeout == 120
+
+
+# -- what cached manifests declare blobs to weigh (the bound of a blob download) --------------------------------
+
+
+class _Images:
+    """iter_images and get_manifest over a list, counting the manifests read."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[int, str, bytes]] = []  # (image id, digest, body)
+        self.reads = 0
+
+    def add(self, image_id: int, layer_sizes: dict[str, int]) -> None:
+        doc = {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": "sha256:" + "c" * 64,
+                "size": 2,
+            },
+            "layers": [
+                {"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": d, "size": n}
+                for d, n in layer_sizes.items()
+            ],
+        }
+        self.rows.append((image_id, f"sha256:{image_id:064x}", json.dumps(doc).encode()))
+
+    async def iter_images(self, repository: str, after_id: int = 0):  # type: ignore[no-untyped-def]
+        for image_id, digest, _ in sorted(self.rows):
+            if image_id > after_id:
+                yield SimpleNamespace(
+                    id=image_id, digest=digest, media_type="application/vnd.oci.image.manifest.v1+json"
+                )
+
+    async def get_manifest(self, repository: str, digest: str):  # type: ignore[no-untyped-def]
+        self.reads += 1
+        body = next(b for _, d, b in self.rows if d == digest)
+        return SimpleNamespace(body=body, media_type="application/vnd.oci.image.manifest.v1+json")
+
+
+def test_declared_sizes_are_read_incrementally():
+    images = _Images()
+    for i in range(1, 101):
+        images.add(i, {f"sha256:{i:064x}": i})
+    declared = DeclaredSizes(images, images)  # type: ignore[arg-type]
+
+    async def scenario() -> None:
+        assert await declared.size("r", f"sha256:{100:064x}") == 100 and images.reads == 100
+        assert await declared.size("r", f"sha256:{7:064x}") == 7 and images.reads == 100  # remembered
+        images.add(101, {f"sha256:{101:064x}": 101})
+        assert await declared.size("r", f"sha256:{101:064x}") == 101 and images.reads == 101  # only the new one
+        # An id reused after deletions (below the last one read): found by reading everything again.
+        images.rows = [row for row in images.rows if row[0] != 50]
+        images.add(50, {"sha256:" + "e" * 64: 5000})
+        assert await declared.size("r", "sha256:" + "e" * 64) == 5000
+        assert await declared.size("r", "sha256:" + "f" * 64) is None  # no manifest lists it
+
+    asyncio.run(scenario())

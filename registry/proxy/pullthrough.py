@@ -122,6 +122,7 @@ class PullThrough:
         self.rules: list[PullThroughRule] = []
         self.metrics: dict[str, RuleMetrics] = {}
         self.policy = r.UpstreamPolicy.parse(config.allowed_upstreams)  # which upstreams rules may name
+        self.declared = DeclaredSizes(images, meta)  # what cached manifests say blobs weigh (bounds downloads)
         self._session: aiohttp.ClientSession | None = None
         self._guard: GuardedResolver | None = None
         self._clients: dict[str, UpstreamClient] = {}
@@ -621,8 +622,14 @@ class Download(Spool):
         """Stream the upstream's body into the spool, no further than the blob's size; returns the hasher."""
         owner = self.owner
         upstream = r.base_url(self.rule)
-        declared = await self._declared_size()
-        resp = await owner.client(self.rule).blob(self.upstream_repository, self.digest)
+        lookup = asyncio.ensure_future(self._declared_size())  # while the request goes out
+        lookup.add_done_callback(_consume)
+        try:
+            resp = await owner.client(self.rule).blob(self.upstream_repository, self.digest)
+            declared = await lookup
+        finally:
+            if not lookup.done():
+                lookup.cancel()
         try:
             length = resp.content_length
             if declared is not None and length is not None and length != declared:
@@ -630,6 +637,10 @@ class Download(Spool):
                     upstream,
                     "invalid",
                     f"answered blob {self.digest} with {length} bytes, but the manifest declares {declared}",
+                )
+            if declared is None and length is None:
+                raise UpstreamError(
+                    upstream, "invalid", f"sent blob {self.digest} without a length, and no cached manifest declares it"
                 )
             self.size = declared if declared is not None else length
             # Processes following this download read the size first, then the spool (both at known paths).
@@ -656,22 +667,61 @@ class Download(Spool):
     async def _declared_size(self) -> int | None:
         """The size a cached manifest that lists this blob declares for it (None when none is found: then only
         the upstream's Content-Length and the deadline bound the download)."""
-        meta = self.owner.meta
         for repository in list(self.repositories):
-            async for image in self.owner.images.iter_images(repository):
-                if image.media_type in oci.INDEX_TYPES:
-                    continue
-                record = await meta.get_manifest(repository, image.digest)
-                if record is None:
-                    continue
-                try:
-                    parsed = oci.parse_manifest(record.body, record.media_type)
-                except RegistryError:
-                    continue
-                for d in (parsed.config, *parsed.layers):
-                    if d is not None and d.digest == self.digest:
-                        return d.size
+            if (size := await self.owner.declared.size(repository, self.digest)) is not None:
+                return size
         return None
+
+
+class DeclaredSizes:
+    """The blob sizes the cached manifests of each repository declare, read incrementally: a lookup reads only
+    the manifests stored since the previous one (images are listed in push order), so the size of a layer of
+    the manifest just pulled is found without re-reading the whole repository. Bounded: past MAX_ENTRIES
+    sizes, everything is forgotten and read again when asked for."""
+
+    MAX_ENTRIES = 200_000
+
+    def __init__(self, images: ImageService, meta: MetadataStore) -> None:
+        self.images = images
+        self.meta = meta
+        self._sizes: dict[str, dict[str, int]] = {}  # repository -> blob digest -> declared size
+        self._read_to: dict[str, int] = {}  # repository -> id of the last image read
+        self._entries = 0
+
+    async def size(self, repository: str, digest: str) -> int | None:
+        sizes = self._sizes.setdefault(repository, {})
+        if digest in sizes:
+            return sizes[digest]
+        read_to = self._read_to.get(repository, 0)
+        found = await self._read(repository, digest, sizes, read_to)
+        if found is None and read_to > 0:
+            # Image ids can be reused after deletions: read the whole repository again before giving up.
+            self._entries -= len(sizes)
+            sizes.clear()
+            found = await self._read(repository, digest, sizes, 0)
+        if self._entries > self.MAX_ENTRIES:
+            self._sizes.clear()
+            self._read_to.clear()
+            self._entries = 0
+        return found
+
+    async def _read(self, repository: str, digest: str, sizes: dict[str, int], read_to: int) -> int | None:
+        """Note the sizes the repository's manifests after image `read_to` declare; the one of `digest`."""
+        async for image in self.images.iter_images(repository, read_to):
+            read_to = image.id
+            if image.media_type in oci.INDEX_TYPES:
+                continue
+            record = await self.meta.get_manifest(repository, image.digest)
+            try:
+                parsed = oci.parse_manifest(record.body, record.media_type) if record is not None else None
+            except (RegistryError, ValueError):
+                parsed = None
+            for d in (parsed.config, *parsed.layers) if parsed is not None else ():
+                if d is not None and d.digest not in sizes:
+                    sizes[d.digest] = d.size
+                    self._entries += 1
+        self._read_to[repository] = read_to
+        return sizes.get(digest)
 
 
 @dataclass(eq=False)
