@@ -47,6 +47,15 @@ def pytest_make_collect_report(
     return report
 
 
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """A supervisor that was SIGKILLed (by a test on purpose, or by `make_server`'s teardown) leaves its
+    metrics directory in the temp dir; remove every such directory nobody holds any more, as the next
+    supervisor to start would, so that the suite leaves no /tmp/moorage-* behind."""
+    from registry.workers import remove_stale_metrics_dirs
+
+    remove_stale_metrics_dirs()
+
+
 # -- servers and clients ---------------------------------------------------------------------------
 
 
