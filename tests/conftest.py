@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.dockerd import dockerd_fixture  # noqa: F401 - the session's one private dockerd
 from tests.helpers import CI
 from tests.oci import Client
 from tests.server import AUTH_OFF, MoorageServer, auth_config, login_password

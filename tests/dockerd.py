@@ -1,7 +1,7 @@
 """A private dockerd for real-client tests: own data/exec roots, pidfile and unix socket under a temp dir.
 
-Use the session-scoped `dockerd` fixture by importing it into the test module:
-    from tests.dockerd import dockerd_fixture  # noqa: F401
+The session-scoped `dockerd` fixture is registered in tests/conftest.py, so the whole session shares one daemon
+(importing it into a module would make a daemon per module).
 It skips, with the reason and the tail of the daemon's log, when not root, when dockerd/docker are
 missing, or when the daemon does not come up.
 """

@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.dockerd import Dockerd, dockerd_fixture  # noqa: F401 - the `dockerd` fixture
+from tests.dockerd import Dockerd
 from tests.oci import Client, digest_of, make_image
 from tests.runnable_image import runnable_image
 from tests.server import ADMIN_KEY, ADMIN_SECRET, MoorageServer, auth_config, ecr_client, free_port, login_password

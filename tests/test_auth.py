@@ -27,7 +27,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 
-from tests.dockerd import Dockerd, dockerd_fixture  # noqa: F401 - the `dockerd` fixture
+from tests.dockerd import Dockerd
 from tests.oci import ALL_MANIFEST_TYPES, OCI_MANIFEST, Image, digest_of, error_codes, make_image, random_blob
 from tests.server import (
     ADMIN_KEY,

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.dockerd import Dockerd, dockerd_fixture, rootfs_tar  # noqa: F401 - the `dockerd` fixture
+from tests.dockerd import Dockerd, rootfs_tar
 from tests.helpers import running, wait_for
 from tests.pki import PrivateNetwork
 from tests.server import AUTH_OFF, MoorageServer, assert_closed_by_server

@@ -25,7 +25,7 @@ import pytest
 import requests
 
 from tests.base_image import BaseImageUnavailable, load_base_image
-from tests.dockerd import Dockerd, dockerd_fixture  # noqa: F401 - the `dockerd` fixture
+from tests.dockerd import Dockerd
 from tests.helpers import wait_for
 from tests.layouts import read_layout, write_single_image
 from tests.server import auth_config, free_port, login_password

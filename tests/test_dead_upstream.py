@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.dockerd import Dockerd, dockerd_fixture  # noqa: F401 - the `dockerd` fixture
+from tests.dockerd import Dockerd
 from tests.layouts import write_single_image
 from tests.oci import ALL_MANIFEST_TYPES, error_codes
 from tests.server import AUTH_OFF, MoorageServer

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.dockerd import Dockerd, dockerd_fixture  # noqa: F401 - the `dockerd` fixture
+from tests.dockerd import Dockerd
 from tests.oci import DOCKER_CONFIG, DOCKER_LAYER, DOCKER_MANIFEST, OCI_LAYER, OCI_MANIFEST
 from tests.server import MoorageServer, aws_cli
 

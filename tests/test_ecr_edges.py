@@ -26,7 +26,6 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 
-from tests.dockerd import dockerd_fixture  # noqa: F401 - the `dockerd` fixture
 from tests.server import ADMIN_KEY, ADMIN_SECRET, MoorageServer, auth_config, aws_cli, ecr_client, principal_toml
 
 ACCOUNT, REGION = "111122223333", "us-east-1"

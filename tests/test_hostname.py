@@ -25,7 +25,7 @@ import boto3
 import pytest
 import requests
 
-from tests.dockerd import Dockerd, dockerd_fixture, rootfs_tar  # noqa: F401 - the `dockerd` fixture
+from tests.dockerd import Dockerd, rootfs_tar
 from tests.helpers import http_ok, running, wait_for
 from tests.oci import Client, make_image
 from tests.pki import Pki, PrivateNetwork

@@ -26,7 +26,7 @@ import pytest
 import requests
 from botocore.exceptions import ClientError
 
-from tests.dockerd import Dockerd, dockerd_fixture  # noqa: F401 - the `dockerd` fixture
+from tests.dockerd import Dockerd
 from tests.helpers import wait_for
 from tests.layouts import LayoutImage, read_layout, write_multi_platform_image, write_single_image
 from tests.oci import (

@@ -25,7 +25,7 @@ import pytest
 import requests
 from cryptography.hazmat.primitives import serialization
 
-from tests.dockerd import Dockerd, dockerd_fixture, rootfs_tar  # noqa: F401 - the `dockerd` fixture
+from tests.dockerd import Dockerd, rootfs_tar
 from tests.helpers import running, wait_for
 from tests.pki import Pki, PrivateNetwork
 from tests.server import (
