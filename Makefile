@@ -42,8 +42,11 @@ system-deps:
 run: install
 	$(BIN)/moorage serve --listen $(LISTEN) --data-dir $(DATA)
 
+# Two processes (pytest-xdist), each running whole test files: the suite mostly waits on servers and clients, so
+# this halves its time on two cores. A line per test as it finishes (-v). TEST_JOBS=0 runs it in one process.
+TEST_JOBS ?= 2
 test: install-test system-deps
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(if $(filter-out 0,$(TEST_JOBS)),-n $(TEST_JOBS) --dist loadfile -v) $(PYTEST_ARGS)
 
 lint: install-test
 	$(BIN)/ruff check registry storage tests bench
