@@ -422,12 +422,19 @@ class PullThrough:
     async def _link_stored(self, rule: PullThroughRule, repository: str, digest: str) -> LocalBlob | None:
         """The blob is already here because this rule's upstream sent it (to another of its cache repositories,
         or another process): link it, no upstream. Bytes stored for any other reason don't count."""
-        stored = await self.blobs.stat(digest)
-        if stored is None or not await self.meta.blob_fetched_from(digest, origin(rule)):
+        stored = await self._proven_size(digest, origin(rule))
+        if stored is None:
             return None
         await self.meta.link_blob(repository, digest, stored, self.clock(), upstream=origin(rule))
         self._metrics(rule).blob_hits += 1
         return LocalBlob(self.blobs.local_path(digest), stored)
+
+    async def _proven_size(self, digest: str, upstream: str) -> int | None:
+        """The stored blob's size, if `upstream` sent and verified its bytes (a link records that); else None."""
+        stored = await self.blobs.stat(digest)
+        if stored is None or not await self.meta.blob_fetched_from(digest, upstream):
+            return None
+        return stored
 
     async def _start_download(self, rule: PullThroughRule, repository: str, digest: str) -> Download | Follower | None:
         """Lead the download when this process gets the digest's lock, else follow the process that has it."""
@@ -435,7 +442,7 @@ class PullThrough:
         lock = f"blob {digest}"
         download: Download | Follower
         if self.locks.try_acquire(lock):
-            if await self.blobs.stat(digest) is not None and await self.meta.blob_fetched_from(digest, origin(rule)):
+            if await self._proven_size(digest, origin(rule)) is not None:
                 self.locks.release(lock)  # this upstream's bytes were stored between our look and the lock
                 return None
             m.upstream_requests += 1
@@ -737,7 +744,7 @@ class Follower(Spool):
                     self._fd, self.size = await asyncio.to_thread(_open_spool, path)
                 except FileNotFoundError:
                     if not owner.locks.held_elsewhere(self.lock):
-                        if (stored := await self._proven()) is None:
+                        if (stored := await owner._proven_size(self.digest, self.origin)) is None:
                             raise FollowFailed(f"the download of {self.digest} in another process stopped") from None
                         self.size = self.written = stored
                         self.done = True
@@ -754,7 +761,7 @@ class Follower(Spool):
                 # Done when the leader let go of the digest and its upstream's link is recorded (the leader
                 # links before it lets go); bytes that appear while it still holds the lock prove nothing.
                 if not owner.locks.held_elsewhere(self.lock):
-                    if (stored := await self._proven()) is None:
+                    if (stored := await owner._proven_size(self.digest, self.origin)) is None:
                         raise UpstreamError(
                             r.base_url(self.rule),
                             "unavailable",
@@ -773,13 +780,6 @@ class Follower(Spool):
             owner._download_finished(self)
             await self._notify()
             self._maybe_close()
-
-    async def _proven(self) -> int | None:
-        """The stored size, if this follower's upstream proved the bytes (its leader linked them)."""
-        stored = await self.owner.blobs.stat(self.digest)
-        if stored is None or not await self.owner.meta.blob_fetched_from(self.digest, self.origin):
-            return None
-        return stored
 
 
 def origin(rule: PullThroughRule) -> str:
