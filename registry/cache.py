@@ -1,8 +1,11 @@
-"""A bounded LRU for hot metadata (tag -> digest, manifests, blob links).
+"""A bounded LRU for hot metadata (tag -> digest, manifests, blob links, whether a repository has archived
+images).
 
-Only positive answers are cached, and every write that could change one invalidates it, so a cached
-answer is never staler than the store. Writes by other processes (workers, offline commands) empty the cache
-before its next use: see `MetadataStore.epoch` and `storage.shared.ChangeCounter`.
+Only positive answers are cached, except the archived flag (asked on every blob GET, so its usual answer,
+"none", is worth keeping; every storage-class change invalidates it), and every write that could change an
+entry invalidates it, so a cached answer is never staler than the store. Writes by other processes (workers,
+offline commands) empty the cache before its next use: see `MetadataStore.epoch` and
+`storage.shared.ChangeCounter`.
 """
 
 from __future__ import annotations
