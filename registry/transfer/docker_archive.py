@@ -1,0 +1,182 @@
+"""A `docker save` tarball as an import plan: each image becomes a Docker schema 2 image whose layers are the
+tarball's layer files, byte for byte (its manifest, and so its digest, is made here). A layer's digest is only
+known once it is read, so layers are hashed while they are spooled into the blob store, during planning."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import posixpath
+from dataclasses import dataclass
+from typing import IO, TYPE_CHECKING, Any
+
+from registry import oci
+from registry.transfer.common import CHUNK, GZIP_MAGIC, ZSTD_MAGIC, TransferError, split_ref
+from registry.transfer.planning import Candidate, Counts, Image, Plan, select_images
+from registry.transfer.progress import Progress
+from registry.transfer.sources import Source
+
+if TYPE_CHECKING:
+    from registry.app import Services
+
+DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
+DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar"
+DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+DOCKER_LAYER_ZSTD = "application/vnd.docker.image.rootfs.diff.tar.zstd"
+
+
+@dataclass
+class _DockerImage:
+    image: Image
+    config: bytes
+    config_path: str
+    layers: list[str]  # source paths, resolved
+    diff_ids: list[Any]
+
+
+async def plan_docker(
+    s: Services, source: Source, repository: str | None, tag: str | None, progress: Progress, counts: Counts
+) -> Plan:
+    plan = Plan("docker")
+    path = source.resolve("manifest.json")
+    assert path is not None
+    try:
+        entries = json.loads(source.read(path))
+    except ValueError as e:
+        raise TransferError(f"{source}: manifest.json is not JSON ({e})") from None
+    if not isinstance(entries, list) or not all(
+        isinstance(e, dict)
+        and isinstance(e.get("Config"), str)
+        and isinstance(e.get("Layers"), list)
+        and all(isinstance(x, str) for x in e["Layers"])
+        and isinstance(e.get("RepoTags") or [], list)
+        for e in entries
+    ):
+        raise TransferError(f"{source}: manifest.json is not a docker save manifest (Config, RepoTags, Layers)")
+    cands: list[Candidate] = []
+    for i, e in enumerate(entries):
+        names = [n for n in e.get("RepoTags") or [] if isinstance(n, str)]
+        for n in names:
+            repo, t = split_ref(n)
+            cands.append(Candidate(i, repo, t, n))
+        if not names:
+            cands.append(Candidate(i, None, None, e["Config"]))
+
+    # Everything that can be checked without reading layers first.
+    images: list[_DockerImage] = []
+    for entry, repo, tags in select_images(source, cands, repository, tag):
+        e = entries[entry]
+        config_path = source.resolve(e["Config"])
+        if config_path is None:
+            raise TransferError(f"{source}: config {e['Config']} is missing")
+        config = source.read(config_path)
+        try:
+            doc = json.loads(config)
+            assert isinstance(doc, dict)
+        except (ValueError, AssertionError):
+            raise TransferError(f"{source}: config {e['Config']} is not a JSON object") from None
+        config_digest = oci.compute_digest(config)
+        named = _digest_in_name(e["Config"])
+        if named is not None and named != config_digest:
+            raise TransferError(f"{source}: config {e['Config']} does not match its digest (it is {config_digest})")
+        layers = []
+        for name in e["Layers"]:
+            resolved = source.resolve(name)
+            if resolved is None:
+                raise TransferError(f"{source}: layer {name} is missing")
+            layers.append(resolved)
+        diff_ids = (doc.get("rootfs") or {}).get("diff_ids") if isinstance(doc.get("rootfs"), dict) else None
+        if isinstance(diff_ids, list) and len(diff_ids) != len(layers):
+            raise TransferError(
+                f"{source}: {e['Config']} lists {len(diff_ids)} layers but manifest.json gives {len(layers)}"
+            )
+        image = Image(repo, tags)
+        images.append(_DockerImage(image, config, config_path, layers, diff_ids or []))
+        plan.blobs[config_digest] = (len(config), config_path)
+
+    # Layers: hashed while they are spooled into the blob store (their digests are only known then).
+    wanted = list(dict.fromkeys(p for d in images for p in d.layers))
+    progress.plan(len(wanted), sum(source.size(p) for p in wanted))
+    layers: dict[str, tuple[str, int, str]] = {}  # path -> (digest, size, media type)
+    it = source.stream(wanted)
+    while (item := await asyncio.to_thread(next, it, None)) is not None:
+        name, fh = item
+        layers[name] = await _spool_layer(s, source, name, fh, progress, counts)
+    for d in images:
+        descs = []
+        for i, name in enumerate(d.layers):
+            digest, size, media_type = layers[name]
+            if media_type == DOCKER_LAYER and i < len(d.diff_ids) and d.diff_ids[i] != digest:
+                raise TransferError(f"{source}: layer {name} does not match the config's diff_id {d.diff_ids[i]}")
+            plan.blobs[digest] = (size, name)
+            plan.stored.add(digest)
+            descs.append({"mediaType": media_type, "size": size, "digest": digest})
+        config_digest = oci.compute_digest(d.config)
+        body = (
+            json.dumps(
+                {
+                    "schemaVersion": 2,
+                    "mediaType": oci.DOCKER_MANIFEST,
+                    "config": {"mediaType": DOCKER_CONFIG, "size": len(d.config), "digest": config_digest},
+                    "layers": descs,
+                },
+                indent=3,
+            )
+            + "\n"
+        ).encode()
+        digest = oci.compute_digest(body)
+        plan.manifests[digest] = (oci.DOCKER_MANIFEST, body)
+        d.image.digest, d.image.media_type, d.image.manifests = digest, oci.DOCKER_MANIFEST, [digest]
+        d.image.blobs = list(dict.fromkeys([config_digest, *(x["digest"] for x in descs)]))
+        plan.images.append(d.image)
+    return plan
+
+
+def _digest_in_name(name: str) -> str | None:
+    """`blobs/sha256/<hex>` or `<hex>.json` name their content's sha256."""
+    base = posixpath.basename(name).removesuffix(".json")
+    if len(base) == 64 and all(c in "0123456789abcdef" for c in base):
+        return f"sha256:{base}"
+    return None
+
+
+async def _spool_layer(
+    s: Services, source: Source, name: str, fh: IO[bytes], progress: Progress, counts: Counts
+) -> tuple[str, int, str]:
+    """Copy a docker-save layer into the blob store (privately, then installed atomically under its digest)."""
+    spool = s.blobs.spool_path()
+
+    def write() -> tuple[str, int, bytes]:
+        hasher, size, head = hashlib.sha256(), 0, b""
+        with open(spool, "xb") as out:
+            while chunk := fh.read(CHUNK):
+                if not head:
+                    head = chunk[:4]
+                hasher.update(chunk)
+                out.write(chunk)
+                size += len(chunk)
+                progress.add(len(chunk))
+            out.flush()
+            os.fsync(out.fileno())
+        return f"sha256:{hasher.hexdigest()}", size, head
+
+    try:
+        digest, size, head = await asyncio.to_thread(write)
+        named = _digest_in_name(name) if name.startswith("blobs/") else None
+        if named is not None and named != digest:
+            raise TransferError(f"{source}: layer {name} does not match its digest (it is {digest})")
+        if await s.blobs.stat(digest) is None:
+            await s.blobs.install_spooled(spool, digest)
+            counts.stored += 1
+            counts.bytes += size
+        else:
+            counts.skipped += 1
+    finally:
+        await asyncio.to_thread(spool.unlink, True)
+    progress.blob_done()
+    media_type = (
+        DOCKER_LAYER_GZIP if head[:2] == GZIP_MAGIC else DOCKER_LAYER_ZSTD if head == ZSTD_MAGIC else DOCKER_LAYER
+    )
+    return digest, size, media_type

@@ -1,0 +1,188 @@
+"""`moorage import`: plan what the source holds, store the blobs the store lacks, then create the repositories,
+link the blobs and store the manifests.
+
+Import verifies every blob against its digest while it streams it into the store (a private file, fsynced,
+renamed: a killed import leaves no partial blob), skips blobs already stored, and only then creates the
+repository, links the blobs and stores the manifests byte-exact, children first and tags last, through the same
+checks as a push."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import tarfile
+import time
+import zlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+from registry.errors import NameUnknown
+from registry.service.images import tag_is_immutable
+from registry.transfer.common import CHUNK, INDEX_FILE, TransferError, parse_reference
+from registry.transfer.docker_archive import plan_docker
+from registry.transfer.planning import Counts, MissingContent, Plan, plan_oci
+from registry.transfer.progress import Progress
+from registry.transfer.sources import Source, open_source
+from storage.base import BlobNotFound, DigestMismatch, SizeMismatch
+
+if TYPE_CHECKING:
+    from registry.app import Services
+
+
+@dataclass
+class ImportRequest:
+    source: Source
+    repository: str | None
+    tag: str | None
+
+
+def prepare_import(source_path: Path, reference: str | None) -> ImportRequest:
+    """Check the arguments and open the source (before the data dir is touched)."""
+    repository, tag = parse_reference(reference) if reference else (None, None)
+    return ImportRequest(open_source(source_path), repository, tag)
+
+
+async def import_source(s: Services, request: ImportRequest, progress: Progress) -> dict[str, Any]:
+    """`moorage import SOURCE [REPOSITORY[:TAG]]`."""
+    started = time.monotonic()
+    source, repository, tag = request.source, request.repository, request.tag
+    counts = Counts()
+    try:
+        try:
+            plan = await _plan(s, source, repository, tag, progress, counts)
+            pending = [d for d in plan.blobs if d not in plan.stored]
+            progress.plan(len(pending), sum(plan.blobs[d][0] for d in pending))
+            await _ingest_blobs(s, source, plan, pending, progress, counts)
+            await _commit(s, source, plan, progress, counts)
+        except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as e:
+            raise TransferError(f"{source}: corrupt or truncated archive ({e})") from None
+    finally:
+        await asyncio.to_thread(source.close)
+        progress.close()
+    return {
+        "source": str(source.path),
+        "format": {"oci": "oci-layout" if source.kind == "directory" else "oci-archive"}.get(
+            plan.kind, "docker-archive"
+        ),
+        "images": [
+            {
+                "repository": i.repository,
+                "tags": i.tags,
+                "digest": i.digest,
+                "mediaType": i.media_type,
+                "referrers": i.referrers,
+            }
+            for i in plan.images
+        ],
+        "manifests": len(plan.manifests),
+        "blobs": len(plan.blobs),
+        "blobsStored": counts.stored,
+        "blobsSkipped": counts.skipped,
+        "bytesStored": counts.bytes,
+        "seconds": round(time.monotonic() - started, 3),
+    }
+
+
+async def _plan(
+    s: Services, source: Source, repository: str | None, tag: str | None, progress: Progress, counts: Counts
+) -> Plan:
+    is_oci = source.resolve(INDEX_FILE) is not None
+    is_docker = source.resolve("manifest.json") is not None
+    if not is_oci and not is_docker:
+        raise TransferError(
+            f"{source}: not an OCI image layout, an OCI archive or a docker save tarball "
+            "(it has neither index.json nor manifest.json)"
+        )
+    if is_oci:
+        try:
+            return await asyncio.to_thread(plan_oci, source, repository, tag)
+        except MissingContent:
+            if not is_docker:  # a `docker save` that is also a layout may omit other platforms' content
+                raise
+    return await plan_docker(s, source, repository, tag, progress, counts)
+
+
+async def _ingest_blobs(
+    s: Services, source: Source, plan: Plan, digests: list[str], progress: Progress, counts: Counts
+) -> None:
+    """Store the blobs the store does not have, verifying each against its digest (atomically, one by one)."""
+    todo = []
+    for digest in digests:
+        size, _ = plan.blobs[digest]
+        have = await s.blobs.stat(digest)
+        if have == size:
+            counts.skipped += 1
+            progress.blob_done(size)
+        elif have is not None:
+            raise TransferError(f"stored blob {digest} is {have} bytes, not {size}: the data dir is damaged")
+        else:
+            todo.append(digest)
+    by_path = {plan.blobs[d][1]: d for d in todo}
+    it = source.stream(list(by_path))
+    while (item := await asyncio.to_thread(next, it, None)) is not None:
+        path, fh = item
+        digest = by_path[path]
+        size = plan.blobs[digest][0]
+        try:
+            await s.blobs.ingest(_chunks(fh, progress), digest, size)
+        except DigestMismatch as e:
+            raise TransferError(
+                f"{source}: blob {digest} does not match its digest (its content is {e.actual})"
+            ) from None
+        except SizeMismatch as e:
+            raise TransferError(f"{source}: blob {digest} is {e.got} bytes, not the {e.expected} expected") from None
+        counts.stored += 1
+        counts.bytes += size
+        progress.blob_done()
+        plan.stored.add(digest)
+
+
+async def _chunks(fh: IO[bytes], progress: Progress) -> AsyncIterator[bytes]:
+    while chunk := await asyncio.to_thread(fh.read, CHUNK):
+        progress.add(len(chunk))
+        yield chunk
+
+
+async def _commit(s: Services, source: Source, plan: Plan, progress: Progress, counts: Counts) -> None:
+    """Create repositories, link blobs, store manifests (children first) and move tags (last)."""
+    for image in plan.images:  # refuse before writing anything when an immutable tag is in the way
+        try:
+            repo = await s.images.repository(image.repository)
+        except NameUnknown:
+            continue
+        for t in image.tags:
+            current = await s.meta.resolve_tag(image.repository, t)
+            if current and current != image.digest and tag_is_immutable(repo.settings, t):
+                raise TransferError(
+                    f"{image.repository}:{t} is immutable and already points at {current}; not importing"
+                )
+    for image in plan.images:
+        rule = s.pull_through.rule_for(image.repository)
+        await s.images.create_repository(image.repository, "PULL_THROUGH_CACHE" if rule else "CREATE_ON_PUSH")
+        for digest in image.blobs:
+            await _link(s, source, plan, image.repository, digest, progress, counts)
+        for digest in image.manifests:
+            media_type, body = plan.manifests[digest]
+            tags = tuple(image.tags) if digest == image.digest else ()
+            await s.images.put_manifest(image.repository, digest, body, media_type, tags)
+        if rule is not None:  # a pre-warmed cache: confirmed upstream now (offline mode serves it regardless)
+            for t in image.tags:
+                await s.meta.set_tag_checked(image.repository, t, time.time())
+
+
+async def _link(
+    s: Services, source: Source, plan: Plan, repository: str, digest: str, progress: Progress, counts: Counts
+) -> None:
+    size = plan.blobs[digest][0]
+    path = s.blobs.local_path(digest)
+    check = (lambda: path.exists()) if path is not None else None
+    try:
+        await s.meta.link_blob(repository, digest, size, time.time(), check)
+    except BlobNotFound:
+        # Garbage collection removed it (an unreferenced file older than its grace period) since it was
+        # stored or found: store it again.
+        progress.plan(1, size)
+        await _ingest_blobs(s, source, plan, [digest], progress, counts)
+        await s.meta.link_blob(repository, digest, size, time.time(), check)
