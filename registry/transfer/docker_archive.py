@@ -37,7 +37,7 @@ class _DockerImage:
 
 
 async def plan_docker(
-    s: Services, source: Source, repository: str | None, tag: str | None, progress: Progress, counts: Counts
+    services: Services, source: Source, repository: str | None, tag: str | None, progress: Progress, counts: Counts
 ) -> Plan:
     plan = Plan("docker")
     path = source.resolve("manifest.json")
@@ -47,42 +47,42 @@ async def plan_docker(
     except ValueError as e:
         raise TransferError(f"{source}: manifest.json is not JSON ({e})") from None
     if not isinstance(entries, list) or not all(
-        isinstance(e, dict)
-        and isinstance(e.get("Config"), str)
-        and isinstance(e.get("Layers"), list)
-        and all(isinstance(x, str) for x in e["Layers"])
-        and isinstance(e.get("RepoTags") or [], list)
-        for e in entries
+        isinstance(entry, dict)
+        and isinstance(entry.get("Config"), str)
+        and isinstance(entry.get("Layers"), list)
+        and all(isinstance(layer_name, str) for layer_name in entry["Layers"])
+        and isinstance(entry.get("RepoTags") or [], list)
+        for entry in entries
     ):
         raise TransferError(f"{source}: manifest.json is not a docker save manifest (Config, RepoTags, Layers)")
-    cands: list[Candidate] = []
-    for i, e in enumerate(entries):
-        names = [n for n in e.get("RepoTags") or [] if isinstance(n, str)]
-        for n in names:
-            repo, t = split_ref(n)
-            cands.append(Candidate(i, repo, t, n))
+    candidates: list[Candidate] = []
+    for index, entry in enumerate(entries):
+        names = [repo_tag for repo_tag in entry.get("RepoTags") or [] if isinstance(repo_tag, str)]
+        for repo_tag in names:
+            repo, tag_name = split_ref(repo_tag)
+            candidates.append(Candidate(index, repo, tag_name, repo_tag))
         if not names:
-            cands.append(Candidate(i, None, None, e["Config"]))
+            candidates.append(Candidate(index, None, None, entry["Config"]))
 
     # Everything that can be checked without reading layers first.
     images: list[_DockerImage] = []
-    for entry, repo, tags in select_images(source, cands, repository, tag):
-        e = entries[entry]
-        config_path = source.resolve(e["Config"])
+    for index, repo, tags in select_images(source, candidates, repository, tag):
+        entry = entries[index]
+        config_path = source.resolve(entry["Config"])
         if config_path is None:
-            raise TransferError(f"{source}: config {e['Config']} is missing")
+            raise TransferError(f"{source}: config {entry['Config']} is missing")
         config = source.read(config_path)
         try:
             doc = json.loads(config)
             assert isinstance(doc, dict)
         except (ValueError, AssertionError):
-            raise TransferError(f"{source}: config {e['Config']} is not a JSON object") from None
+            raise TransferError(f"{source}: config {entry['Config']} is not a JSON object") from None
         config_digest = oci.compute_digest(config)
-        named = _digest_in_name(e["Config"])
+        named = _digest_in_name(entry["Config"])
         if named is not None and named != config_digest:
-            raise TransferError(f"{source}: config {e['Config']} does not match its digest (it is {config_digest})")
+            raise TransferError(f"{source}: config {entry['Config']} does not match its digest (it is {config_digest})")
         layers = []
-        for name in e["Layers"]:
+        for name in entry["Layers"]:
             resolved = source.resolve(name)
             if resolved is None:
                 raise TransferError(f"{source}: layer {name} is missing")
@@ -90,37 +90,43 @@ async def plan_docker(
         diff_ids = (doc.get("rootfs") or {}).get("diff_ids") if isinstance(doc.get("rootfs"), dict) else None
         if isinstance(diff_ids, list) and len(diff_ids) != len(layers):
             raise TransferError(
-                f"{source}: {e['Config']} lists {len(diff_ids)} layers but manifest.json gives {len(layers)}"
+                f"{source}: {entry['Config']} lists {len(diff_ids)} layers but manifest.json gives {len(layers)}"
             )
         image = Image(repo, tags)
         images.append(_DockerImage(image, config, config_path, layers, diff_ids or []))
         plan.blobs[config_digest] = (len(config), config_path)
 
     # Layers: hashed while they are spooled into the blob store (their digests are only known then).
-    wanted = list(dict.fromkeys(p for d in images for p in d.layers))
-    progress.plan(len(wanted), sum(source.size(p) for p in wanted))
+    wanted = list(dict.fromkeys(layer_path for docker_image in images for layer_path in docker_image.layers))
+    progress.plan(len(wanted), sum(source.size(layer_path) for layer_path in wanted))
     layers: dict[str, tuple[str, int, str]] = {}  # path -> (digest, size, media type)
-    it = source.stream(wanted)
-    while (item := await asyncio.to_thread(next, it, None)) is not None:
+    layer_files = source.stream(wanted)
+    while (item := await asyncio.to_thread(next, layer_files, None)) is not None:
         name, fh = item
-        layers[name] = await _spool_layer(s, source, name, fh, progress, counts)
-    for d in images:
-        descs = []
-        for i, name in enumerate(d.layers):
+        layers[name] = await _spool_layer(services, source, name, fh, progress, counts)
+    for docker_image in images:
+        layer_descs = []
+        for position, name in enumerate(docker_image.layers):
             digest, size, media_type = layers[name]
-            if media_type == DOCKER_LAYER and i < len(d.diff_ids) and d.diff_ids[i] != digest:
-                raise TransferError(f"{source}: layer {name} does not match the config's diff_id {d.diff_ids[i]}")
+            if (
+                media_type == DOCKER_LAYER
+                and position < len(docker_image.diff_ids)
+                and docker_image.diff_ids[position] != digest
+            ):
+                raise TransferError(
+                    f"{source}: layer {name} does not match the config's diff_id {docker_image.diff_ids[position]}"
+                )
             plan.blobs[digest] = (size, name)
             plan.stored.add(digest)
-            descs.append({"mediaType": media_type, "size": size, "digest": digest})
-        config_digest = oci.compute_digest(d.config)
+            layer_descs.append({"mediaType": media_type, "size": size, "digest": digest})
+        config_digest = oci.compute_digest(docker_image.config)
         body = (
             json.dumps(
                 {
                     "schemaVersion": 2,
                     "mediaType": oci.DOCKER_MANIFEST,
-                    "config": {"mediaType": DOCKER_CONFIG, "size": len(d.config), "digest": config_digest},
-                    "layers": descs,
+                    "config": {"mediaType": DOCKER_CONFIG, "size": len(docker_image.config), "digest": config_digest},
+                    "layers": layer_descs,
                 },
                 indent=3,
             )
@@ -128,25 +134,26 @@ async def plan_docker(
         ).encode()
         digest = oci.compute_digest(body)
         plan.manifests[digest] = (oci.DOCKER_MANIFEST, body)
-        d.image.digest, d.image.media_type, d.image.manifests = digest, oci.DOCKER_MANIFEST, [digest]
-        d.image.blobs = list(dict.fromkeys([config_digest, *(x["digest"] for x in descs)]))
-        plan.images.append(d.image)
+        image = docker_image.image
+        image.digest, image.media_type, image.manifests = digest, oci.DOCKER_MANIFEST, [digest]
+        image.blobs = list(dict.fromkeys([config_digest, *(desc["digest"] for desc in layer_descs)]))
+        plan.images.append(image)
     return plan
 
 
 def _digest_in_name(name: str) -> str | None:
     """`blobs/sha256/<hex>` or `<hex>.json` name their content's sha256."""
     base = posixpath.basename(name).removesuffix(".json")
-    if len(base) == 64 and all(c in "0123456789abcdef" for c in base):
+    if len(base) == 64 and all(char in "0123456789abcdef" for char in base):
         return f"sha256:{base}"
     return None
 
 
 async def _spool_layer(
-    s: Services, source: Source, name: str, fh: IO[bytes], progress: Progress, counts: Counts
+    services: Services, source: Source, name: str, fh: IO[bytes], progress: Progress, counts: Counts
 ) -> tuple[str, int, str]:
     """Copy a docker-save layer into the blob store (privately, then installed atomically under its digest)."""
-    spool = s.blobs.spool_path()
+    spool = services.blobs.spool_path()
 
     def write() -> tuple[str, int, bytes]:
         hasher, size, head = hashlib.sha256(), 0, b""
@@ -167,8 +174,8 @@ async def _spool_layer(
         named = _digest_in_name(name) if name.startswith("blobs/") else None
         if named is not None and named != digest:
             raise TransferError(f"{source}: layer {name} does not match its digest (it is {digest})")
-        if await s.blobs.stat(digest) is None:
-            await s.blobs.install_spooled(spool, digest)
+        if await services.blobs.stat(digest) is None:
+            await services.blobs.install_spooled(spool, digest)
             counts.stored += 1
             counts.bytes += size
         else:

@@ -50,7 +50,7 @@ def prepare_export(references: list[str], dest: Path) -> ExportRequest:
     return ExportRequest(parsed, writer)
 
 
-async def export_images(s: Services, request: ExportRequest, progress: Progress) -> dict[str, Any]:
+async def export_images(services: Services, request: ExportRequest, progress: Progress) -> dict[str, Any]:
     """`moorage export REPOSITORY[:TAG]... DEST`."""
     started = time.monotonic()
     wanted: list[tuple[str, str]] = []
@@ -58,12 +58,12 @@ async def export_images(s: Services, request: ExportRequest, progress: Progress)
         if tag is not None:
             wanted.append((repository, tag))
             continue
-        if await s.meta.get_repository(repository) is None:
+        if await services.meta.get_repository(repository) is None:
             raise TransferError(f"repository {repository} does not exist")
-        tags = await _list_tags(s, repository)
+        tags = await _list_tags(services, repository)
         if not tags:
             raise TransferError(f"repository {repository} has no tagged images")
-        wanted += [(repository, t) for t in tags]
+        wanted += [(repository, tag_name) for tag_name in tags]
 
     # Everything is resolved before anything is written: an unknown name writes nothing.
     manifests: dict[str, bytes] = {}
@@ -75,13 +75,13 @@ async def export_images(s: Services, request: ExportRequest, progress: Progress)
     for repository, tag in dict.fromkeys(wanted):
         ref = f"{repository}:{tag}"
         try:
-            if s.pull_through.rule_for(repository) is not None:  # a cache: pulled through it if need be
-                digest = (await s.pull_through.get_manifest(repository, tag)).digest
+            if services.pull_through.rule_for(repository) is not None:  # a cache: pulled through it if need be
+                digest = (await services.pull_through.get_manifest(repository, tag)).digest
             else:
-                digest = await s.images.resolve(repository, tag)
+                digest = await services.images.resolve(repository, tag)
         except RegistryError as e:
             raise TransferError(f"{ref}: {e.message}") from None
-        media_type, _ = await _walk_export(s, repository, digest, ref, manifests, blobs, walked)
+        media_type, _ = await _walk_export(services, repository, digest, ref, manifests, blobs, walked)
         annotations = {REF_NAME: ref, REPOSITORY_ANNOTATION: repository}
         entries.append(
             {"mediaType": media_type, "digest": digest, "size": len(manifests[digest]), "annotations": annotations}
@@ -109,12 +109,14 @@ async def export_images(s: Services, request: ExportRequest, progress: Progress)
         if (repository, subject) in looked:
             continue
         looked.add((repository, subject))
-        for record in await s.meta.referrers(repository, subject):
+        for record in await services.meta.referrers(repository, subject):
             if record.digest in manifests:
                 continue
             found: set[tuple[str, str]] = set()
             ref = f"{repository}@{record.digest}"
-            media_type, artifact_type = await _walk_export(s, repository, record.digest, ref, manifests, blobs, found)
+            media_type, artifact_type = await _walk_export(
+                services, repository, record.digest, ref, manifests, blobs, found
+            )
             entry: dict[str, Any] = {"mediaType": media_type, "digest": record.digest, "size": len(record.body)}
             if artifact_type:
                 entry["artifactType"] = artifact_type
@@ -126,18 +128,18 @@ async def export_images(s: Services, request: ExportRequest, progress: Progress)
     written = skipped = nbytes = 0
     try:
         await writer.begin()
-        made = {d: body for d, body in extra.items() if d not in manifests}
+        made = {digest: body for digest, body in extra.items() if digest not in manifests}
         todo: list[tuple[str, int, Any]] = [
-            (d, len(body), body) for d, body in {**manifests, **made}.items() if d not in blobs
+            (digest, len(body), body) for digest, body in {**manifests, **made}.items() if digest not in blobs
         ]
-        todo += [(d, b.size, b) for d, b in blobs.items()]
+        todo += [(digest, blob.size, blob) for digest, blob in blobs.items()]
         progress.plan(len(todo), sum(size for _, size, _ in todo))
         for digest, size, what in todo:
             if writer.has(digest, size):
                 skipped += 1
                 progress.blob_done(size)
                 continue
-            chunks = one_chunk(what) if isinstance(what, bytes) else _blob_chunks(s, digest, what)
+            chunks = one_chunk(what) if isinstance(what, bytes) else _blob_chunks(services, digest, what)
             await writer.put(digest, size, chunks, progress)
             written += 1
             nbytes += size
@@ -167,11 +169,11 @@ class _ExportBlob:
     repository: str  # one repository that has it (to read it through the pull-through cache if need be)
 
 
-async def _list_tags(s: Services, repository: str) -> list[str]:
+async def _list_tags(services: Services, repository: str) -> list[str]:
     tags: list[str] = []
     last = None
     while True:
-        page = await s.meta.list_tags(repository, last, 1000)
+        page = await services.meta.list_tags(repository, last, 1000)
         tags += page.items
         if not page.more or not page.items:
             return tags
@@ -179,7 +181,7 @@ async def _list_tags(s: Services, repository: str) -> list[str]:
 
 
 async def _walk_export(
-    s: Services,
+    services: Services,
     repository: str,
     digest: str,
     ref: str,
@@ -190,10 +192,12 @@ async def _walk_export(
     """Gather a manifest, its children and blobs; returns its media type and artifact type."""
     walked.add((repository, digest))
     try:
-        record = await s.pull_through.get_manifest(repository, digest)
+        record = await services.pull_through.get_manifest(repository, digest)
     except RegistryError as e:
         cached = (
-            " (a pull-through cache holds only what has been pulled)" if s.pull_through.rule_for(repository) else ""
+            " (a pull-through cache holds only what has been pulled)"
+            if services.pull_through.rule_for(repository)
+            else ""
         )
         raise TransferError(f"{ref}: manifest {digest} is not available: {e.message}{cached}") from None
     parsed = oci.parse_manifest(record.body, record.media_type)
@@ -201,15 +205,15 @@ async def _walk_export(
         return record.media_type, parsed.artifact_type
     manifests[digest] = record.body
     for child in parsed.manifests:
-        await _walk_export(s, repository, child.digest, ref, manifests, blobs, walked)
+        await _walk_export(services, repository, child.digest, ref, manifests, blobs, walked)
     for blob in [parsed.config, *parsed.layers] if parsed.config else parsed.layers:
         if blob.digest in blobs:
             continue
-        size = await s.meta.linked_blob_size(repository, blob.digest)
+        size = await services.meta.linked_blob_size(repository, blob.digest)
         if size is None:
             if blob.urls:  # non-distributable: not stored, clients fetch it from its URLs
                 continue
-            if s.pull_through.rule_for(repository) is None:
+            if services.pull_through.rule_for(repository) is None:
                 raise TransferError(f"{ref}: blob {blob.digest} is missing from repository {repository}")
             size = blob.size  # not cached yet: read through the cache from the upstream
         if size != blob.size:
@@ -218,12 +222,12 @@ async def _walk_export(
     return record.media_type, parsed.artifact_type
 
 
-async def _blob_chunks(s: Services, digest: str, blob: _ExportBlob) -> AsyncIterator[bytes]:
-    if await s.blobs.stat(digest) is None and s.pull_through.rule_for(blob.repository) is not None:
+async def _blob_chunks(services: Services, digest: str, blob: _ExportBlob) -> AsyncIterator[bytes]:
+    if await services.blobs.stat(digest) is None and services.pull_through.rule_for(blob.repository) is not None:
         from registry.proxy.pullthrough import StreamingBlob
 
         try:
-            opened = await s.pull_through.open_blob(blob.repository, digest)
+            opened = await services.pull_through.open_blob(blob.repository, digest)
         except RegistryError as e:
             raise TransferError(f"blob {digest} of {blob.repository} is not available: {e.message}") from None
         if isinstance(opened, StreamingBlob):
@@ -232,7 +236,7 @@ async def _blob_chunks(s: Services, digest: str, blob: _ExportBlob) -> AsyncIter
                 yield chunk
             return
     try:
-        async for chunk in s.blobs.read(digest):
+        async for chunk in services.blobs.read(digest):
             yield chunk
     except BlobNotFound:
         raise TransferError(f"blob {digest} of {blob.repository} is gone from the data dir") from None

@@ -44,18 +44,18 @@ def prepare_import(source_path: Path, reference: str | None) -> ImportRequest:
     return ImportRequest(open_source(source_path), repository, tag)
 
 
-async def import_source(s: Services, request: ImportRequest, progress: Progress) -> dict[str, Any]:
+async def import_source(services: Services, request: ImportRequest, progress: Progress) -> dict[str, Any]:
     """`moorage import SOURCE [REPOSITORY[:TAG]]`."""
     started = time.monotonic()
     source, repository, tag = request.source, request.repository, request.tag
     counts = Counts()
     try:
         try:
-            plan = await _plan(s, source, repository, tag, progress, counts)
-            pending = [d for d in plan.blobs if d not in plan.stored]
-            progress.plan(len(pending), sum(plan.blobs[d][0] for d in pending))
-            await _ingest_blobs(s, source, plan, pending, progress, counts)
-            await _commit(s, source, plan, progress, counts)
+            plan = await _plan(services, source, repository, tag, progress, counts)
+            pending = [digest for digest in plan.blobs if digest not in plan.stored]
+            progress.plan(len(pending), sum(plan.blobs[digest][0] for digest in pending))
+            await _ingest_blobs(services, source, plan, pending, progress, counts)
+            await _commit(services, source, plan, progress, counts)
         except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as e:
             raise TransferError(f"{source}: corrupt or truncated archive ({e})") from None
     finally:
@@ -68,13 +68,13 @@ async def import_source(s: Services, request: ImportRequest, progress: Progress)
         ),
         "images": [
             {
-                "repository": i.repository,
-                "tags": i.tags,
-                "digest": i.digest,
-                "mediaType": i.media_type,
-                "referrers": i.referrers,
+                "repository": image.repository,
+                "tags": image.tags,
+                "digest": image.digest,
+                "mediaType": image.media_type,
+                "referrers": image.referrers,
             }
-            for i in plan.images
+            for image in plan.images
         ],
         "manifests": len(plan.manifests),
         "blobs": len(plan.blobs),
@@ -86,7 +86,7 @@ async def import_source(s: Services, request: ImportRequest, progress: Progress)
 
 
 async def _plan(
-    s: Services, source: Source, repository: str | None, tag: str | None, progress: Progress, counts: Counts
+    services: Services, source: Source, repository: str | None, tag: str | None, progress: Progress, counts: Counts
 ) -> Plan:
     is_oci = source.resolve(INDEX_FILE) is not None
     is_docker = source.resolve("manifest.json") is not None
@@ -101,17 +101,17 @@ async def _plan(
         except MissingContent:
             if not is_docker:  # a `docker save` that is also a layout may omit other platforms' content
                 raise
-    return await plan_docker(s, source, repository, tag, progress, counts)
+    return await plan_docker(services, source, repository, tag, progress, counts)
 
 
 async def _ingest_blobs(
-    s: Services, source: Source, plan: Plan, digests: list[str], progress: Progress, counts: Counts
+    services: Services, source: Source, plan: Plan, digests: list[str], progress: Progress, counts: Counts
 ) -> None:
     """Store the blobs the store does not have, verifying each against its digest (atomically, one by one)."""
     todo = []
     for digest in digests:
         size, _ = plan.blobs[digest]
-        have = await s.blobs.stat(digest)
+        have = await services.blobs.stat(digest)
         if have == size:
             counts.skipped += 1
             progress.blob_done(size)
@@ -119,14 +119,14 @@ async def _ingest_blobs(
             raise TransferError(f"stored blob {digest} is {have} bytes, not {size}: the data dir is damaged")
         else:
             todo.append(digest)
-    by_path = {plan.blobs[d][1]: d for d in todo}
-    it = source.stream(list(by_path))
-    while (item := await asyncio.to_thread(next, it, None)) is not None:
+    by_path = {plan.blobs[blob_digest][1]: blob_digest for blob_digest in todo}
+    files = source.stream(list(by_path))
+    while (item := await asyncio.to_thread(next, files, None)) is not None:
         path, fh = item
         digest = by_path[path]
         size = plan.blobs[digest][0]
         try:
-            await s.blobs.ingest(_chunks(fh, progress), digest, size)
+            await services.blobs.ingest(_chunks(fh, progress), digest, size)
         except DigestMismatch as e:
             raise TransferError(
                 f"{source}: blob {digest} does not match its digest (its content is {e.actual})"
@@ -145,44 +145,44 @@ async def _chunks(fh: IO[bytes], progress: Progress) -> AsyncIterator[bytes]:
         yield chunk
 
 
-async def _commit(s: Services, source: Source, plan: Plan, progress: Progress, counts: Counts) -> None:
+async def _commit(services: Services, source: Source, plan: Plan, progress: Progress, counts: Counts) -> None:
     """Create repositories, link blobs, store manifests (children first) and move tags (last)."""
     for image in plan.images:  # refuse before writing anything when an immutable tag is in the way
         try:
-            repo = await s.images.repository(image.repository)
+            existing = await services.images.repository(image.repository)
         except NameUnknown:
             continue
-        for t in image.tags:
-            current = await s.meta.resolve_tag(image.repository, t)
-            if current and current != image.digest and tag_is_immutable(repo.settings, t):
+        for tag in image.tags:
+            current = await services.meta.resolve_tag(image.repository, tag)
+            if current and current != image.digest and tag_is_immutable(existing.settings, tag):
                 raise TransferError(
-                    f"{image.repository}:{t} is immutable and already points at {current}; not importing"
+                    f"{image.repository}:{tag} is immutable and already points at {current}; not importing"
                 )
     for image in plan.images:
-        rule = s.pull_through.rule_for(image.repository)
-        await s.images.create_repository(image.repository, "PULL_THROUGH_CACHE" if rule else "CREATE_ON_PUSH")
+        rule = services.pull_through.rule_for(image.repository)
+        await services.images.create_repository(image.repository, "PULL_THROUGH_CACHE" if rule else "CREATE_ON_PUSH")
         for digest in image.blobs:
-            await _link(s, source, plan, image.repository, digest, progress, counts)
+            await _link(services, source, plan, image.repository, digest, progress, counts)
         for digest in image.manifests:
             media_type, body = plan.manifests[digest]
             tags = tuple(image.tags) if digest == image.digest else ()
-            await s.images.put_manifest(image.repository, digest, body, media_type, tags)
+            await services.images.put_manifest(image.repository, digest, body, media_type, tags)
         if rule is not None:  # a pre-warmed cache: confirmed upstream now (offline mode serves it regardless)
-            for t in image.tags:
-                await s.meta.set_tag_checked(image.repository, t, time.time())
+            for tag in image.tags:
+                await services.meta.set_tag_checked(image.repository, tag, time.time())
 
 
 async def _link(
-    s: Services, source: Source, plan: Plan, repository: str, digest: str, progress: Progress, counts: Counts
+    services: Services, source: Source, plan: Plan, repository: str, digest: str, progress: Progress, counts: Counts
 ) -> None:
     size = plan.blobs[digest][0]
-    path = s.blobs.local_path(digest)
+    path = services.blobs.local_path(digest)
     check = (lambda: path.exists()) if path is not None else None
     try:
-        await s.meta.link_blob(repository, digest, size, time.time(), check)
+        await services.meta.link_blob(repository, digest, size, time.time(), check)
     except BlobNotFound:
         # Garbage collection removed it (an unreferenced file older than its grace period) since it was
         # stored or found: store it again.
         progress.plan(1, size)
-        await _ingest_blobs(s, source, plan, [digest], progress, counts)
-        await s.meta.link_blob(repository, digest, size, time.time(), check)
+        await _ingest_blobs(services, source, plan, [digest], progress, counts)
+        await services.meta.link_blob(repository, digest, size, time.time(), check)

@@ -25,6 +25,8 @@ CONTAINERD_NAME = "io.containerd.image.name"  # what `docker save` (containerd i
 
 @dataclass
 class Candidate:
+    """An image a source names (one per name it gives it), before the choice of what to import."""
+
     entry: int  # which image of the source
     repository: str | None
     tag: str | None
@@ -33,6 +35,8 @@ class Candidate:
 
 @dataclass
 class Image:
+    """An image to import: where it goes, under which tags, and what it is made of."""
+
     repository: str
     tags: list[str]
     digest: str = ""
@@ -44,6 +48,8 @@ class Image:
 
 @dataclass
 class Plan:
+    """Everything an import stores, as the source holds it (a docker save tarball's layers are stored while planned)."""
+
     kind: str
     images: list[Image] = field(default_factory=list)
     manifests: dict[str, tuple[str, bytes]] = field(default_factory=dict)  # digest -> (media type, body)
@@ -53,48 +59,56 @@ class Plan:
 
 @dataclass
 class Counts:
+    """Blobs stored and skipped, and bytes stored, for the summary."""
+
     stored: int = 0
     skipped: int = 0
     bytes: int = 0
 
 
-def _narrow(cands: list[Candidate], repository: str) -> list[Candidate]:
+def _narrow(candidates: list[Candidate], repository: str) -> list[Candidate]:
     """Prefer images the source says belong to `repository` (exactly, else as its suffix: `hub/team/app` for
     `team/app`)."""
-    exact = [c for c in cands if c.repository == repository]
+    exact = [candidate for candidate in candidates if candidate.repository == repository]
     if exact:
         return exact
-    suffix = [c for c in cands if c.repository and repository.endswith("/" + c.repository)]
-    return suffix or cands
+    suffix = [
+        candidate
+        for candidate in candidates
+        if candidate.repository and repository.endswith("/" + candidate.repository)
+    ]
+    return suffix or candidates
 
 
 def select_images(
-    source: Source, cands: list[Candidate], repository: str | None, tag: str | None
+    source: Source, candidates: list[Candidate], repository: str | None, tag: str | None
 ) -> list[tuple[int, str, list[str]]]:
     """Which images of the source to import, into which repository, under which tags. Untagged entries beside
     tagged ones (referrers: signatures, SBOMs) are not images of their own."""
-    named = [c for c in cands if c.tag]
-    entries = sorted({c.entry for c in named}) or sorted({c.entry for c in cands})
+    named = [candidate for candidate in candidates if candidate.tag]
+    entries = sorted({candidate.entry for candidate in named}) or sorted({candidate.entry for candidate in candidates})
     if not entries:
         raise TransferError(f"{source}: holds no images")
     chosen: list[tuple[int, str, str]] = []
     if repository is None:
         if not named:
             raise TransferError(f"{source}: its images have no names; give REPOSITORY[:TAG]")
-        for c in named:
-            if not c.repository:
-                raise TransferError(f"{source}: image {c.ref!r} does not name its repository; give REPOSITORY[:TAG]")
-            chosen.append((c.entry, c.repository, c.tag or ""))
+        for candidate in named:
+            if not candidate.repository:
+                raise TransferError(
+                    f"{source}: image {candidate.ref!r} does not name its repository; give REPOSITORY[:TAG]"
+                )
+            chosen.append((candidate.entry, candidate.repository, candidate.tag or ""))
     elif tag is not None:
         if len(entries) == 1:
             return [(entries[0], repository, [tag])]
-        matching = _narrow([c for c in named if c.tag == tag], repository)
-        found = sorted({c.entry for c in matching})
+        matching = _narrow([candidate for candidate in named if candidate.tag == tag], repository)
+        found = sorted({candidate.entry for candidate in matching})
         if not found:
-            have = ", ".join(sorted({c.ref for c in named})) or "no tagged images"
+            have = ", ".join(sorted({candidate.ref for candidate in named})) or "no tagged images"
             raise TransferError(f"{source}: no image is tagged {tag} (it has {have})")
         if len(found) > 1:
-            refs = ", ".join(sorted({c.ref for c in matching}))
+            refs = ", ".join(sorted({candidate.ref for candidate in matching}))
             raise TransferError(f"{source}: several images are tagged {tag} ({refs}); name one as REPOSITORY:TAG")
         return [(found[0], repository, [tag])]
     else:
@@ -104,25 +118,25 @@ def select_images(
             raise TransferError(f"{source}: none of its {len(entries)} images has a tag; give REPOSITORY:TAG")
         matching = _narrow(named, repository)
         by_tag: dict[str, set[int]] = {}
-        for c in matching:
-            by_tag.setdefault(c.tag or "", set()).add(c.entry)
-        for t, found in by_tag.items():
+        for candidate in matching:
+            by_tag.setdefault(candidate.tag or "", set()).add(candidate.entry)
+        for image_tag, found in by_tag.items():
             if len(found) > 1:
-                refs = ", ".join(sorted({c.ref for c in matching if c.tag == t}))
+                refs = ", ".join(sorted({candidate.ref for candidate in matching if candidate.tag == image_tag}))
                 raise TransferError(
-                    f"{source}: tag {t} names several images ({refs}); import one at a time as REPOSITORY:TAG"
+                    f"{source}: tag {image_tag} names several images ({refs}); import one at a time as REPOSITORY:TAG"
                 )
-        chosen = [(c.entry, repository, c.tag or "") for c in matching]
+        chosen = [(candidate.entry, repository, candidate.tag or "") for candidate in matching]
     grouped: dict[tuple[int, str], list[str]] = {}
-    for entry, repo, t in chosen:
+    for entry, repo, image_tag in chosen:
         try:
             oci.validate_name(repo)
-            oci.validate_tag(t)
+            oci.validate_tag(image_tag)
         except RegistryError as e:
-            raise TransferError(f"{source}: cannot import as {repo}:{t}: {e.message}") from None
+            raise TransferError(f"{source}: cannot import as {repo}:{image_tag}: {e.message}") from None
         tags = grouped.setdefault((entry, repo), [])
-        if t not in tags:
-            tags.append(t)
+        if image_tag not in tags:
+            tags.append(image_tag)
     return [(entry, repo, tags) for (entry, repo), tags in grouped.items()]
 
 
@@ -139,18 +153,18 @@ def plan_oci(source: Source, repository: str | None, tag: str | None) -> Plan:
         index = oci.parse_manifest(body, oci.OCI_INDEX)
     except RegistryError as e:
         raise TransferError(f"{source}: index.json: {e.message}") from None
-    descs = [_unwrap(source, d, index.manifests) for d in index.manifests]
-    cands: list[Candidate] = []
+    descs = [_unwrap(source, desc, index.manifests) for desc in index.manifests]
+    candidates: list[Candidate] = []
     first: dict[str, int] = {}  # entries naming the same manifest are one image (with several tags)
-    for n, d in enumerate(descs):
-        i = first.setdefault(d.digest, n)
-        ann = d.annotations or {}
-        ref = ann.get(REF_NAME)
-        repo, t = split_ref(ref)
-        c_repo, c_tag = split_ref(ann.get(CONTAINERD_NAME))
-        repo = ann.get(REPOSITORY_ANNOTATION) or repo or c_repo
-        cands.append(Candidate(i, repo, t or c_tag, ref or d.digest))
-    chosen = select_images(source, cands, repository, tag)
+    for position, desc in enumerate(descs):
+        first_entry = first.setdefault(desc.digest, position)
+        annotations = desc.annotations or {}
+        ref = annotations.get(REF_NAME)
+        ref_repository, ref_tag = split_ref(ref)
+        containerd_repository, containerd_tag = split_ref(annotations.get(CONTAINERD_NAME))
+        repo = annotations.get(REPOSITORY_ANNOTATION) or ref_repository or containerd_repository
+        candidates.append(Candidate(first_entry, repo, ref_tag or containerd_tag, ref or desc.digest))
+    chosen = select_images(source, candidates, repository, tag)
     for entry, repo, tags in chosen:
         top = descs[entry]
         image = Image(repo, tags, top.digest, top.media_type)
@@ -158,7 +172,11 @@ def plan_oci(source: Source, repository: str | None, tag: str | None) -> Plan:
         image.media_type = plan.manifests[top.digest][0]
         plan.images.append(image)
     picked = {entry for entry, _, _ in chosen}
-    _plan_referrers(source, plan, [d for i, d in enumerate(descs) if i not in picked and not cands[i].tag])
+    _plan_referrers(
+        source,
+        plan,
+        [desc for position, desc in enumerate(descs) if position not in picked and not candidates[position].tag],
+    )
     return plan
 
 
@@ -170,7 +188,7 @@ def _unwrap(source: Source, desc: oci.Descriptor, entries: tuple[oci.Descriptor,
     wrapped = (desc.annotations or {}).get(OCI_INDEX_FOR)
     if not wrapped or desc.media_type != oci.OCI_INDEX:
         return desc
-    own = next((d for d in entries if d.digest == wrapped), None)
+    own = next((entry for entry in entries if entry.digest == wrapped), None)
     if own is not None:
         return dataclasses.replace(own, annotations=desc.annotations)
     try:
@@ -209,12 +227,12 @@ def _plan_referrers(source: Source, plan: Plan, loose: list[oci.Descriptor]) -> 
                 plan.manifests.update(side.manifests)
                 plan.blobs.update(side.blobs)
                 image.manifests = part.manifests
-                image.blobs += [d for d in part.blobs if d not in image.blobs]
+                image.blobs += [digest for digest in part.blobs if digest not in image.blobs]
                 image.referrers += 1
                 found.append(desc)
         if not found:
             return
-        loose = [d for d in loose if d not in found]
+        loose = [desc for desc in loose if desc not in found]
         for image in plan.images:  # the tagged manifest last: its tags move once everything else is in
             image.manifests.remove(image.digest)
             image.manifests.append(image.digest)

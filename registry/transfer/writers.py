@@ -156,17 +156,17 @@ class DirectoryWriter(Writer):
     async def finish(self, entries: list[dict[str, Any]]) -> None:
         index_path = self.dest / INDEX_FILE
         # Entries already there stay, unless this export replaces them (same name; same untagged manifest).
-        names = {e["annotations"].get(REF_NAME) for e in entries} - {None}
-        untagged = {e["digest"] for e in entries if REF_NAME not in e["annotations"]}
+        names = {entry["annotations"].get(REF_NAME) for entry in entries} - {None}
+        untagged = {entry["digest"] for entry in entries if REF_NAME not in entry["annotations"]}
         kept: list[dict[str, Any]] = []
         if index_path.is_file():
             try:
-                old = json.loads(index_path.read_bytes())
-                for m in old.get("manifests", []):
-                    name = (m.get("annotations") or {}).get(REF_NAME)
-                    if name in names or (name is None and m.get("digest") in untagged):
+                old_index = json.loads(index_path.read_bytes())
+                for old_entry in old_index.get("manifests", []):
+                    name = (old_entry.get("annotations") or {}).get(REF_NAME)
+                    if name in names or (name is None and old_entry.get("digest") in untagged):
                         continue
-                    kept.append(m)
+                    kept.append(old_entry)
             except (ValueError, AttributeError, TypeError):
                 kept = []
         for alg_dir in (self.dest / "blobs").glob("*"):
@@ -261,27 +261,27 @@ class ArchiveWriter(Writer):
         start = self.offset
         header: bytes | None = info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
         hasher = hashlib.new(oci.digest_algorithm(digest)) if digest else None
-        comp: Any = None
+        compressor: Any = None
         written = 0
         try:
             async for chunk in chunks:
                 if not chunk:
                     continue
-                if comp is None and self.compress:
+                if compressor is None and self.compress:
                     # Compressed layers don't shrink: store them (fast); compress the rest.
                     level = 0 if chunk[:2] == GZIP_MAGIC or chunk[:4] == ZSTD_MAGIC else 6
-                    comp = zlib.compressobj(level, zlib.DEFLATED, 31)
+                    compressor = zlib.compressobj(level, zlib.DEFLATED, 31)
                 if header is not None:
-                    await asyncio.to_thread(self._emit, comp, header, None)
+                    await asyncio.to_thread(self._emit, compressor, header, None)
                     header = None
-                await asyncio.to_thread(self._emit, comp, chunk, hasher)
+                await asyncio.to_thread(self._emit, compressor, chunk, hasher)
                 written += len(chunk)
                 if progress is not None:
                     progress.add(len(chunk))
-            if self.compress and comp is None:
-                comp = zlib.compressobj(6, zlib.DEFLATED, 31)
+            if self.compress and compressor is None:
+                compressor = zlib.compressobj(6, zlib.DEFLATED, 31)
             if header is not None:
-                await asyncio.to_thread(self._emit, comp, header, None)
+                await asyncio.to_thread(self._emit, compressor, header, None)
             if digest is not None:
                 assert hasher is not None
                 actual = f"{hasher.name}:{hasher.hexdigest()}"
@@ -290,9 +290,9 @@ class ArchiveWriter(Writer):
             elif written != info.size:
                 raise TransferError(f"{name}: wrote {written} bytes, not {info.size}")
             padding = (-written) % tarfile.BLOCKSIZE
-            await asyncio.to_thread(self._emit, comp, b"\0" * padding, None)
-            if comp is not None:
-                await asyncio.to_thread(self._emit_raw, comp.flush())
+            await asyncio.to_thread(self._emit, compressor, b"\0" * padding, None)
+            if compressor is not None:
+                await asyncio.to_thread(self._emit_raw, compressor.flush())
             await asyncio.to_thread(_flush, fh)
         except BaseException:
             with contextlib.suppress(Exception):
@@ -305,10 +305,10 @@ class ArchiveWriter(Writer):
             self.members[name] = info.size
             await asyncio.to_thread(self._save_journal)
 
-    def _emit(self, comp: Any, data: bytes, hasher: Any) -> None:
+    def _emit(self, compressor: Any, data: bytes, hasher: Any) -> None:
         if hasher is not None:
             hasher.update(data)
-        self._emit_raw(comp.compress(data) if comp is not None else data)
+        self._emit_raw(compressor.compress(data) if compressor is not None else data)
 
     def _emit_raw(self, data: bytes) -> None:
         assert self.fh is not None
