@@ -153,7 +153,7 @@ async def _spool_layer(
     services: Services, source: Source, name: str, fh: IO[bytes], progress: Progress, counts: Counts
 ) -> tuple[str, int, str]:
     """Copy a docker-save layer into the blob store (privately, then installed atomically under its digest)."""
-    spool = services.blobs.spool_path()
+    spool = services.blobs.spool_path()  # storage-call
 
     def write() -> tuple[str, int, bytes]:
         hasher, size, head = hashlib.sha256(), 0, b""
@@ -174,8 +174,8 @@ async def _spool_layer(
         named = _digest_in_name(name) if name.startswith("blobs/") else None
         if named is not None and named != digest:
             raise TransferError(f"{source}: layer {name} does not match its digest (it is {digest})")
-        if await services.blobs.stat(digest) is None:
-            await services.blobs.install_spooled(spool, digest)
+        if await services.blobs.stat(digest) is None:  # storage-call
+            await services.blobs.install_spooled(spool, digest)  # storage-call
             counts.stored += 1
             counts.bytes += size
         else:

@@ -223,7 +223,10 @@ async def _walk_export(
 
 
 async def _blob_chunks(services: Services, digest: str, blob: _ExportBlob) -> AsyncIterator[bytes]:
-    if await services.blobs.stat(digest) is None and services.pull_through.rule_for(blob.repository) is not None:
+    if (
+        await services.blobs.stat(digest) is None  # storage-call
+        and services.pull_through.rule_for(blob.repository) is not None
+    ):
         from registry.proxy.pullthrough import StreamingBlob
 
         try:
@@ -236,7 +239,7 @@ async def _blob_chunks(services: Services, digest: str, blob: _ExportBlob) -> As
                 yield chunk
             return
     try:
-        async for chunk in services.blobs.read(digest):
+        async for chunk in services.blobs.read(digest):  # storage-call
             yield chunk
     except BlobNotFound:
         raise TransferError(f"blob {digest} of {blob.repository} is gone from the data dir") from None

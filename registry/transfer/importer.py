@@ -111,7 +111,7 @@ async def _ingest_blobs(
     todo = []
     for digest in digests:
         size, _ = plan.blobs[digest]
-        have = await services.blobs.stat(digest)
+        have = await services.blobs.stat(digest)  # storage-call
         if have == size:
             counts.skipped += 1
             progress.blob_done(size)
@@ -126,7 +126,7 @@ async def _ingest_blobs(
         digest = by_path[path]
         size = plan.blobs[digest][0]
         try:
-            await services.blobs.ingest(_chunks(fh, progress), digest, size)
+            await services.blobs.ingest(_chunks(fh, progress), digest, size)  # storage-call
         except DigestMismatch as e:
             raise TransferError(
                 f"{source}: blob {digest} does not match its digest (its content is {e.actual})"
@@ -176,7 +176,7 @@ async def _link(
     services: Services, source: Source, plan: Plan, repository: str, digest: str, progress: Progress, counts: Counts
 ) -> None:
     size = plan.blobs[digest][0]
-    path = services.blobs.local_path(digest)
+    path = services.blobs.local_path(digest)  # storage-call
     check = (lambda: path.exists()) if path is not None else None
     try:
         await services.meta.link_blob(repository, digest, size, time.time(), check)
