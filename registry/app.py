@@ -2,8 +2,8 @@
 
 `Services` is the set of stores and services without HTTP; the server (each of its workers) and the offline
 commands (`moorage gc`, `moorage lifecycle ...`) build it the same way, so they work on a data dir while a
-server runs on it: SQLite serializes the writers, and `storage.shared` carries locks and cache invalidation
-between the processes.
+server runs on it: the stores (`storage.factory.open_stores`) serialize the writers, and their coordination
+(`storage.coordination`) carries locks and cache invalidation between the processes.
 """
 
 from __future__ import annotations
@@ -47,14 +47,18 @@ from registry.web.context import (
     IMAGES,
     META,
     PULL_THROUGH,
+    READER,
+    STORES,
     UPLOADS,
 )
 from registry.web.middleware import InFlight, access_middleware
 from registry.workers import BACKLOG
-from storage.base import PullThroughRule, StorageError
-from storage.fs import FilesystemBlobStore
-from storage.shared import ProcessLocks
-from storage.sqlite import SQLiteMetadataStore
+from storage.blobs import BlobStore
+from storage.coordination import Locks
+from storage.errors import StorageError
+from storage.factory import Stores, open_stores
+from storage.metadata import MetadataStore
+from storage.records import PullThroughRule
 
 log = logging.getLogger("moorage")
 IN_FLIGHT = web.AppKey("in_flight", InFlight)
@@ -70,28 +74,42 @@ STARTUP_LOCK = "startup"  # held while a process creates keys, the admin princip
 @dataclass(slots=True)
 class Services:
     config: Config
-    meta: SQLiteMetadataStore
-    blobs: FilesystemBlobStore
+    stores: Stores
     images: ImageService
     uploads: UploadService
     templates: TemplateService
     pull_through: PullThrough
     lifecycle: LifecycleService
     gc: GarbageCollector
-    locks: ProcessLocks
     metrics: metrics.Metrics | None = None
+
+    @property
+    def meta(self) -> MetadataStore:
+        return self.stores.meta
+
+    @property
+    def blobs(self) -> BlobStore:
+        return self.stores.blobs
+
+    @property
+    def locks(self) -> Locks:
+        return self.stores.locks
 
     @classmethod
     def build(cls, config: Config) -> Services:
         data_dir = config.server.data_dir
         account = config.registry.account_id
-        locks = ProcessLocks(data_dir / "moorage.locks")
-        meta = SQLiteMetadataStore(data_dir / "moorage.db")
-        blobs = FilesystemBlobStore(data_dir, locks)
+        stores = open_stores(
+            data_dir,
+            free_space_floor=config.storage.free_space_floor,
+            min_free_space=config.storage.min_free_space,
+        )
+        meta, blobs = stores.meta, stores.blobs
         templates = TemplateService(meta, account_id=account)
         images = ImageService(
             meta,
             blobs,
+            stores.changes,
             create_on_push=config.registry.create_on_push,
             cache_entries=config.registry.metadata_cache_entries,
             templates=templates.init_for,
@@ -103,38 +121,36 @@ class Services:
             config=config.pull_through,
             secrets=config.secrets,
             region=config.registry.region,
-            locks=locks,
+            locks=stores.locks,
+            changes=stores.changes,
         )
         return cls(
             config,
-            meta,
-            blobs,
+            stores,
             images,
             UploadService(images, meta, blobs),
             templates,
             pull_through,
             LifecycleService(images, meta, account_id=account),
             GarbageCollector(meta, blobs, grace_period=config.gc.grace_period, on_removed=images.forget_all),
-            locks,
         )
 
     async def open(self) -> None:
         async with self.locks.hold(STARTUP_LOCK):  # one process at a time migrates and declares the rules
-            await self.meta.open()
+            await self.stores.open()
             await _declare_rules(self.config, self.meta)
         await self.pull_through.start()
 
     async def close(self) -> None:
         """Every step runs even when one before it fails (a full disk refusing the last pull times, say): the
         database and files are always closed and shutdown completes. Failures are logged."""
-        for step in (self.pull_through.close, self.images.flush_pulls, self.blobs.close, self.meta.close):
+        for step in (self.pull_through.close, self.images.flush_pulls, self.stores.close):
             try:
                 await step()
             except StorageError as e:
                 log.error("shutdown: %s failed: %s", step.__qualname__, e)
             except Exception:
                 log.exception("shutdown: %s failed", step.__qualname__)
-        self.locks.close()
 
     async def evict_cache(self, *, dry_run: bool = False) -> int:
         return await evict(
@@ -211,6 +227,8 @@ def create_app(config: Config, worker: int | None = None) -> web.Application:
         ),
     )
     app[META], app[BLOBS], app[IMAGES], app[UPLOADS] = s.meta, s.blobs, s.images, s.uploads
+    app[STORES] = s.stores
+    app[READER] = s.pull_through
     app[ACCESS], app[PULL_THROUGH], app[ECR] = access, s.pull_through, ecr
     app[ECR_OPERATIONS] = (ecr, s.lifecycle, s.templates)
 
@@ -338,7 +356,7 @@ async def _watch_parent(parent: int, stop: asyncio.Event) -> None:
     stop.set()
 
 
-async def _declare_rules(config: Config, meta: SQLiteMetadataStore) -> None:
+async def _declare_rules(config: Config, meta: MetadataStore) -> None:
     """Rules declared in the configuration are (re)written at every start."""
     now = time.time()
     existing = {rule.prefix: rule for rule in await meta.list_rules()}

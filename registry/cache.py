@@ -4,8 +4,7 @@ images).
 Only positive answers are cached, except the archived flag (asked on every blob GET, so its usual answer,
 "none", is worth keeping; every storage-class change invalidates it), and every write that could change an
 entry invalidates it, so a cached answer is never staler than the store. Writes by other processes (workers,
-offline commands) empty the cache before its next use: see `MetadataStore.epoch` and
-`storage.shared.ChangeCounter`.
+offline commands) empty the cache before its next use: see `storage.coordination.ChangeFeed`.
 """
 
 from __future__ import annotations

@@ -75,7 +75,7 @@ def _run(config: Config, verb: str, prepare: Callable[[], Any], job: Callable[[A
 
     from registry import transfer
     from registry.errors import RegistryError
-    from storage.base import StorageError
+    from storage.errors import StorageError
 
     progress = transfer.Progress(verb, sys.stderr if sys.stderr.isatty() else None)
 

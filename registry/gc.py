@@ -2,23 +2,29 @@
 
 A blob is collected when no manifest in any repository references it and nothing has touched it (an upload,
 a mount, a link) for `grace_period`, so an in-flight push whose manifest has not arrived yet loses nothing.
-Each candidate is re-checked and its file removed inside one write transaction; blob links and manifest
-writes re-check the blob inside theirs, so a manifest can never commit a reference to a collected blob
-(`storage.sqlite`). Also removed: files a crash left with no blob row (after the grace period) and upload
+Each collection takes three steps, none holding a database transaction across blob I/O:
+
+1. claim the blob in the metadata store: a tombstone that refuses new links (`claim_blob` re-checks the
+   condition atomically; a manifest write re-checks its blobs' links inside its own transaction, so it can
+   never commit a reference to a claimed blob);
+2. delete its bytes through the blob store (`BlobStore.delete`, the only place blob bytes are removed);
+3. drop the row.
+
+A crash between the steps leaves a tombstone, which the next run finishes. A link made just after a run
+finished looks for the bytes afterwards (`ImageService.link_blob`). Also removed: bytes a crash left with no
+row (after the grace period, through the same claim), scratch files of interrupted writes, and upload
 sessions abandoned for a day.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from storage import base as st
-from storage.fs import FilesystemBlobStore
+from storage.blobs import BlobStore
+from storage.metadata import MetadataStore
 
 log = logging.getLogger("moorage.gc")
 BATCH = 500
@@ -48,8 +54,8 @@ class GcReport:
 class GarbageCollector:
     def __init__(
         self,
-        meta: st.MetadataStore,
-        blobs: FilesystemBlobStore,
+        meta: MetadataStore,
+        blobs: BlobStore,
         *,
         grace_period: float,
         on_removed: Callable[[], None] = lambda: None,
@@ -65,28 +71,26 @@ class GarbageCollector:
         started = time.monotonic()
         report = GcReport(dry_run)
         cutoff = self.clock() - self.grace_period
-        seen: set[str] = set()
-        while True:
-            batch = [(d, s) for d, s in await self.meta.gc_candidates(cutoff, BATCH + len(seen)) if d not in seen]
-            if not batch:
-                break
-            for digest, size in batch[:BATCH]:
-                seen.add(digest)
-                path = self.blobs.local_path(digest)
+        after = ""
+        while batch := await self.meta.unreferenced_blobs(cutoff, after, BATCH):
+            after = batch[-1].digest
+            for blob in batch:
                 if dry_run:
-                    report.blobs += 1
-                    report.bytes += size
-                elif await self.meta.delete_unreferenced_blob(digest, cutoff, _unlinker(path)):
-                    report.blobs += 1
-                    report.bytes += size
-                    log.info("gc: removed %s (%d bytes)", digest, size)
+                    if not blob.claimed:
+                        report.blobs += 1
+                        report.bytes += blob.size
+                elif await self._collect(blob.digest, cutoff):
+                    if not blob.claimed:
+                        report.blobs += 1
+                        report.bytes += blob.size
+                        log.info("gc: removed %s (%d bytes)", blob.digest, blob.size)
         report.orphan_files = await self._orphans(cutoff, dry_run)
         if not dry_run:
             for upload_id in await self.meta.stale_uploads(self.clock() - max(ABANDONED_UPLOAD, self.grace_period)):
-                await self.blobs.abort(upload_id)
+                await self.blobs.delete_upload(upload_id)
                 await self.meta.delete_upload(upload_id)
                 report.uploads += 1
-            report.orphan_files += await asyncio.to_thread(self.blobs.remove_leftovers)
+            report.orphan_files += await self.blobs.remove_leftovers()
             if report.blobs:
                 self.on_removed()
         report.seconds = time.monotonic() - started
@@ -101,29 +105,32 @@ class GarbageCollector:
         )
         return report
 
+    async def _collect(self, digest: str, cutoff: float) -> bool:
+        """Claim, delete the bytes, drop the row; False when the blob is no longer collectable."""
+        if not await self.meta.claim_blob(digest, cutoff):
+            return False
+        await self.blobs.delete(digest)
+        await self.meta.drop_blob(digest)
+        return True
+
     async def _orphans(self, cutoff: float, dry_run: bool) -> int:
-        known = await self.meta.known_blobs()
+        """Stored bytes that no row records (a crash between install and link), older than the grace period."""
         removed = 0
-        async for digest in self.blobs.iter_digests():
-            if digest in known:
-                continue
-            path = self.blobs.local_path(digest)
-            try:
-                if path is None or os.stat(path).st_mtime >= cutoff:
-                    continue
-            except FileNotFoundError:
-                continue
-            if dry_run or await self.meta.delete_orphan_file(digest, _unlinker(path)):
-                removed += 1
+        batch: list[str] = []
+
+        async def settle() -> int:
+            known = await self.meta.known_blobs(batch)
+            orphans = [digest for digest in batch if digest not in known]
+            batch.clear()
+            if dry_run:
+                return len(orphans)
+            return sum([await self._collect(digest, cutoff) for digest in orphans])
+
+        async for digest, info in self.blobs.iter_digests():
+            if info.modified < cutoff:
+                batch.append(digest)
+                if len(batch) >= BATCH:
+                    removed += await settle()
+        if batch:
+            removed += await settle()
         return removed
-
-
-def _unlinker(path: object) -> Callable[[], None]:
-    def unlink() -> None:
-        if path is not None:
-            try:
-                os.unlink(path)  # type: ignore[arg-type]
-            except FileNotFoundError:
-                pass
-
-    return unlink

@@ -5,7 +5,7 @@ the listening socket(s) itself (so a second Moorage on the same port fails at on
 sharing it), starts the workers with the socket inherited (`moorage serve ... --worker-fds`), and the kernel
 hands each new connection to whichever worker accepts it first.
 
-The workers share everything through the data dir (see `storage.shared`): the database (SQLite serializes
+The workers share everything through the data dir (see `storage.local`): the database (SQLite serializes
 writers; a change counter tells the others' caches), named locks for pull-through downloads and upload
 sessions, and the signing keys. Only worker 0 runs the scheduled jobs (lifecycle sweeps, garbage collection).
 Metrics are kept per process in prometheus-client's multiprocess files and summed on every scrape (in a temp

@@ -1,6 +1,6 @@
-"""Filesystem blob store.
+"""The filesystem blob store (`storage.blobs.BlobStore` on a local directory).
 
-Layout under the data directory (every path is built by `_blob_path` / `_upload_path`)::
+Layout under the data directory (every path is built by `_blob_path`, `_upload_path` or `_shared_path`)::
 
     <root>/
       blobs/
@@ -11,88 +11,74 @@ Layout under the data directory (every path is built by `_blob_path` / `_upload_
           ...
       uploads/
         <upload uuid>          bytes received so far for an upload session (sessions survive restarts)
-        .ingest-<uuid>         a monolithic upload being written
+        .ingest-<uuid>         a fresh writer's bytes (a monolithic upload, an import)
+        .ingest-shared-<key>   a shared writer's bytes (a pull-through download other processes follow), and
+        .ingest-shared-<key>.size   "<pid> <declared size>": which live process writes it
 
 A blob is written to a file under uploads/, hashed while streaming, fsynced, and renamed into blobs/ (then the
 directory is fsynced): a reader never sees a partial blob, and a crash at any moment loses nothing that was
 acknowledged. Each blob is stored once however many repositories link it.
 
 A write that finds the disk full (ENOSPC, or EDQUOT for a quota) raises `StorageFull` and keeps nothing of
-itself: a monolithic upload's file is removed, and a chunk appended to an upload session is cut off again, so the
+itself: a fresh writer's file is removed, and a chunk written to an upload session is cut off again, so the
 session stays at the offset it had and the client can resume from there once space is freed. Files are written
-unbuffered (the writes are already coalesced to WRITE_BUFFER), so no buffered bytes are left over to fail again
-when the file is closed.
+unbuffered (writes are coalesced to WRITE_BUFFER here), so no buffered bytes are left over to fail again when
+the file is closed.
 
 File I/O and hashing run in worker threads (hashlib releases the GIL for large buffers) and are pipelined
-with reading the request, so the event loop never blocks on the disk.
+with receiving the next bytes, so the event loop never blocks on the disk.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import hashlib
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from storage.base import BlobNotFound, DigestMismatch, OffsetMismatch, SizeMismatch, StorageFull, UploadNotFound
-from storage.shared import ProcessLocks
+from storage.blobs import BlobInfo, FileRange
+from storage.coordination import Locks
+from storage.errors import BlobNotFound, DigestMismatch, StorageFull, UploadNotFound
+from storage.files import FULL_ERRNOS, full_is_storage_full, install, write_all
 
-WRITE_BUFFER = 1 << 20  # coalesce request chunks into 1 MiB writes
-LEFTOVER_AGE = 3600.0  # a spool file untouched this long belongs to no live writer
+WRITE_BUFFER = 1 << 20  # coalesce small writes into 1 MiB ones
+LEFTOVER_AGE = 3600.0  # a scratch file untouched this long belongs to no live writer
 READ_CHUNK = 1 << 20
-FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})  # the disk, or the data dir's quota, is full
-
-
-@contextlib.contextmanager
-def _full_is_storage_full(what: str, where: Path) -> Iterator[None]:
-    """Turn "no space left" (or "quota exceeded") into StorageFull; every other OSError passes unchanged."""
-    try:
-        yield
-    except OSError as e:
-        if e.errno in FULL_ERRNOS:
-            raise StorageFull(f"{what}: {e.strerror} (writing {e.filename or where})") from e
-        raise
 
 
 @dataclass(slots=True)
 class _HashState:
-    """sha256 of an upload's first `offset` bytes, kept in memory while the session is live."""
+    """sha256 of an upload session's first `offset` bytes, kept in memory while the session is live."""
 
     hasher: hashlib._Hash
     offset: int
 
 
 class FilesystemBlobStore:
-    def __init__(self, root: Path, locks: ProcessLocks | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        locks: Locks | None = None,
+        *,
+        free_space_floor: Callable[[int], int] = lambda total: 0,
+        min_free_space: str = "0",
+    ) -> None:
         self.root = Path(root)
         self.locks = locks  # upload sessions are written by one process at a time
+        self.free_space_floor = free_space_floor  # free bytes (on a filesystem of that many) below: not ready
+        self.min_free_space = min_free_space  # ... as configured, for the message
         self._blobs = self.root / "blobs"
         self._uploads = self.root / "uploads"
         self._blobs.mkdir(parents=True, exist_ok=True)
         self._uploads.mkdir(parents=True, exist_ok=True)
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._session_locks: dict[str, asyncio.Lock] = {}
         self._hashes: dict[str, _HashState] = {}
-        self.remove_leftovers()
-
-    def remove_leftovers(self, older_than: float = LEFTOVER_AGE) -> int:
-        """Remove spool files of monolithic uploads and downloads interrupted by a crash (never acknowledged).
-        Only stale ones: another process on the same data dir (a server, `moorage import`) may be writing."""
-        cutoff = time.time() - older_than
-        removed = 0
-        for leftover in self._uploads.glob(".ingest-*"):
-            try:
-                if leftover.stat().st_mtime < cutoff:
-                    leftover.unlink()
-                    removed += 1
-            except FileNotFoundError:
-                pass
-        return removed
+        self._remove_leftovers(LEFTOVER_AGE)
 
     # -- paths -------------------------------------------------------------------------------------
     def _blob_path(self, digest: str) -> Path:
@@ -102,16 +88,24 @@ class FilesystemBlobStore:
     def _upload_path(self, upload_id: str) -> Path:
         return self._uploads / upload_id
 
+    def _shared_path(self, key: str) -> Path:
+        return self._uploads / f".ingest-shared-{hashlib.blake2b(key.encode(), digest_size=16).hexdigest()}"
+
     # -- reading -----------------------------------------------------------------------------------
-    async def stat(self, digest: str) -> int | None:
+    async def stat(self, digest: str) -> BlobInfo | None:
         try:
             st = await asyncio.to_thread(os.stat, self._blob_path(digest))
         except FileNotFoundError:
             return None
-        return st.st_size
+        return BlobInfo(st.st_size, st.st_mtime)
 
-    def local_path(self, digest: str) -> Path | None:
-        return self._blob_path(digest)
+    async def open(
+        self, digest: str, offset: int = 0, length: int | None = None, *, redirect: bool = False
+    ) -> FileRange:
+        info = await self.stat(digest)
+        if info is None:
+            raise BlobNotFound(digest)
+        return FileRange(str(self._blob_path(digest)), offset, info.size - offset if length is None else length)
 
     async def read(self, digest: str, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
         try:
@@ -132,26 +126,40 @@ class FilesystemBlobStore:
         finally:
             await asyncio.to_thread(fh.close)
 
-    # -- uploads -----------------------------------------------------------------------------------
+    # -- fresh and shared writers --------------------------------------------------------------------
     @contextlib.asynccontextmanager
-    async def _lock(self, upload_id: str) -> AsyncIterator[None]:
-        """One writer per upload session: within this process, then across the processes on the data dir."""
-        lock = self._locks.get(upload_id)
-        if lock is None:
-            lock = self._locks[upload_id] = asyncio.Lock()
-        async with lock:
-            if self.locks is None:
-                yield
-                return
-            async with self.locks.hold(f"upload {upload_id}"):
-                yield
+    async def writer(self, *, shared: str | None = None, size: int | None = None) -> AsyncIterator[FileWriter]:
+        if shared is None:
+            path, sidecar = self._uploads / f".ingest-{uuid.uuid4()}", None
+        else:
+            path = self._shared_path(shared)
+            sidecar = path.with_name(path.name + ".size")
+        with full_is_storage_full("starting a blob", path):
+            fd = await asyncio.to_thread(_create, path, sidecar, size)
+        writer = FileWriter(self, path, fd, hashlib.sha256(), 0, through=shared is not None)
+        try:
+            yield writer
+        finally:
+            if not (writer.committed or writer.aborted):
+                await writer.abort()
+            if sidecar is not None:
+                await asyncio.to_thread(sidecar.unlink, True)
 
-    async def start_upload(self, upload_id: str) -> None:
+    async def follow(self, shared: str) -> FileFollow | None:
+        path = self._shared_path(shared)
+        try:
+            fd, size = await asyncio.to_thread(_open_shared, path)
+        except FileNotFoundError:
+            return None
+        return FileFollow(fd, size)
+
+    # -- upload sessions ---------------------------------------------------------------------------
+    async def create_upload(self, upload_id: str) -> None:
         def create() -> None:
             with open(self._upload_path(upload_id), "xb"):
                 pass
 
-        with _full_is_storage_full("starting an upload", self._upload_path(upload_id)):
+        with full_is_storage_full("starting an upload", self._upload_path(upload_id)):
             await asyncio.to_thread(create)
         self._hashes[upload_id] = _HashState(hashlib.sha256(), 0)
 
@@ -162,142 +170,53 @@ class FilesystemBlobStore:
             raise UploadNotFound(upload_id) from None
         return st.st_size
 
-    async def append(
-        self,
-        upload_id: str,
-        chunks: AsyncIterator[bytes],
-        *,
-        offset: int | None = None,
-        length: int | None = None,
-    ) -> int:
-        path = self._upload_path(upload_id)
-        async with self._lock(upload_id):
-            try:
-                fh = await asyncio.to_thread(open, path, "r+b", buffering=0)
-            except FileNotFoundError:
-                raise UploadNotFound(upload_id) from None
-            try:
-                size = await asyncio.to_thread(fh.seek, 0, os.SEEK_END)
-                if offset is not None and offset != size:
-                    raise OffsetMismatch(size, offset)
-                state = self._hashes.get(upload_id)
-                if state is not None and state.offset != size:
-                    state = None  # out of step (e.g. a write that failed half way): rehash at commit
-                try:
-                    received = await _pump(chunks, fh, state.hasher if state else None)
-                    await asyncio.to_thread(os.fsync, fh.fileno())
-                except OSError as e:
-                    if e.errno not in FULL_ERRNOS:
-                        raise
-                    # Disk full: cut the chunk off again (shrinking needs no space), so the session is where it
-                    # was before this request and the space the chunk took is free again.
-                    self._hashes.pop(upload_id, None)
-                    await asyncio.to_thread(_truncate, fh, size)
-                    raise StorageFull(f"appending to upload {upload_id}: {e.strerror} (writing {path})") from e
-            finally:
-                await asyncio.to_thread(fh.close)
-            if state is not None:
-                state.offset = size + received
-                self._hashes[upload_id] = state
-            else:
-                self._hashes.pop(upload_id, None)
-            if length is not None and received != length:
-                raise SizeMismatch(length, received)
-            return size + received
-
-    async def commit(self, upload_id: str, digest: str) -> int:
-        async with self._lock(upload_id):
+    @contextlib.asynccontextmanager
+    async def resume_upload(self, upload_id: str) -> AsyncIterator[FileWriter]:
+        lock = self._session_locks.get(upload_id)
+        if lock is None:
+            lock = self._session_locks[upload_id] = asyncio.Lock()
+        async with lock, self._process_lock(upload_id):
             path = self._upload_path(upload_id)
             try:
-                size = (await asyncio.to_thread(os.stat, path)).st_size
+                fd = await asyncio.to_thread(os.open, path, os.O_WRONLY | os.O_CLOEXEC)
             except FileNotFoundError:
                 raise UploadNotFound(upload_id) from None
-            state = self._hashes.get(upload_id)
-            alg = digest.partition(":")[0]
-            if alg == "sha256" and state is not None and state.offset == size:
-                actual = "sha256:" + state.hasher.hexdigest()
-            else:
-                actual = await asyncio.to_thread(_hash_file, path, alg)
-            if actual != digest:
-                await self._discard(upload_id)
-                raise DigestMismatch(digest, actual)
-            with _full_is_storage_full(f"installing {digest}", self._blob_path(digest)):
-                await asyncio.to_thread(self._install, path, self._blob_path(digest))
-            self._forget(upload_id)
-            return size
+            start = await asyncio.to_thread(os.lseek, fd, 0, os.SEEK_END)
+            state = self._hashes.pop(upload_id, None)
+            if state is not None and state.offset != start:
+                state = None  # out of step (a write that failed half way): rehash at commit
+            writer = FileWriter(self, path, fd, state.hasher if state else None, start, session=upload_id)
+            try:
+                yield writer
+                if not (writer.committed or writer.aborted):
+                    await writer.flush()  # the chunk is durable before it is acknowledged
+            except StorageFull:
+                # Disk full: cut the chunk off again (shrinking needs no space), so the session is where it was
+                # before this request and the space the chunk took is free again.
+                await writer._close(truncate_to=start)
+                raise
+            finally:
+                await writer._close()
+                if writer.committed or writer.aborted:
+                    self._forget(upload_id)
+                elif writer.hasher is not None and writer.consistent:
+                    self._hashes[upload_id] = _HashState(writer.hasher, writer.size)
 
-    async def abort(self, upload_id: str) -> None:
-        async with self._lock(upload_id):
-            await self._discard(upload_id)
+    @contextlib.asynccontextmanager
+    async def _process_lock(self, upload_id: str) -> AsyncIterator[None]:
+        if self.locks is None:
+            yield
+            return
+        async with self.locks.hold(f"upload {upload_id}"):
+            yield
 
-    async def _discard(self, upload_id: str) -> None:
+    async def delete_upload(self, upload_id: str) -> None:
         await asyncio.to_thread(self._upload_path(upload_id).unlink, True)
         self._forget(upload_id)
 
     def _forget(self, upload_id: str) -> None:
         self._hashes.pop(upload_id, None)
-        self._locks.pop(upload_id, None)
-
-    async def ingest(self, chunks: AsyncIterator[bytes], digest: str, length: int | None = None) -> int:
-        """A monolithic upload: stream into a private file, verify, install."""
-        tmp = self._uploads / f".ingest-{uuid.uuid4()}"
-        with _full_is_storage_full(f"storing {digest}", tmp):
-            fh = await asyncio.to_thread(open, tmp, "xb", buffering=0)
-            try:
-                try:
-                    alg = digest.partition(":")[0]
-                    hasher = hashlib.new(alg)
-                    received = await _pump(chunks, fh, hasher)
-                    await asyncio.to_thread(os.fsync, fh.fileno())
-                finally:
-                    await asyncio.to_thread(fh.close)
-                if length is not None and received != length:
-                    raise SizeMismatch(length, received)
-                actual = f"{alg}:{hasher.hexdigest()}"
-                if actual != digest:
-                    raise DigestMismatch(digest, actual)
-                await asyncio.to_thread(self._install, tmp, self._blob_path(digest))
-                return received
-            finally:
-                await asyncio.to_thread(tmp.unlink, True)
-
-    async def put(self, digest: str, data: bytes) -> None:
-        def write() -> None:
-            tmp = self._uploads / f".ingest-{uuid.uuid4()}"
-            try:
-                with open(tmp, "xb", buffering=0) as fh:
-                    _write_all(fh, data)
-                    os.fsync(fh.fileno())
-                self._install(tmp, self._blob_path(digest))
-            finally:
-                tmp.unlink(missing_ok=True)
-
-        with _full_is_storage_full(f"storing {digest}", self._uploads):
-            await asyncio.to_thread(write)
-
-    # -- spooling (a download that readers follow while it is written) -----------------------------
-    def spool_path(self, digest: str | None = None) -> Path:
-        """Where a blob is spooled before `install_spooled`. For a known `digest` (a pull-through download) a
-        known path, so other processes can follow it: the downloader holds the digest's lock, and a file left
-        by a crash is replaced (or removed at start-up). Without one, a fresh private path."""
-        if digest is None:
-            return self._uploads / f".ingest-{uuid.uuid4()}"
-        alg, _, hexpart = digest.partition(":")
-        return self._uploads / f".ingest-pull-{alg}-{hexpart}"
-
-    async def install_spooled(self, path: Path, digest: str) -> None:
-        """Make a verified, fsynced spool file the blob `digest` (atomically)."""
-        with _full_is_storage_full(f"installing {digest}", self._blob_path(digest)):
-            await asyncio.to_thread(self._install, path, self._blob_path(digest))
-
-    def _install(self, src: Path, dst: Path) -> None:
-        """Atomically make `src` the blob at `dst` (runs in a worker thread)."""
-        if dst.exists():  # content-addressed: the same bytes are already there
-            src.unlink(missing_ok=True)
-            return
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(src, dst)
-        _fsync_dir(dst.parent)
+        self._session_locks.pop(upload_id, None)
 
     # -- deleting ----------------------------------------------------------------------------------
     async def delete(self, digest: str) -> bool:
@@ -307,72 +226,274 @@ class FilesystemBlobStore:
         except FileNotFoundError:
             return False
 
-    async def iter_digests(self) -> AsyncIterator[str]:
-        def scan() -> list[str]:
+    async def iter_digests(self) -> AsyncIterator[tuple[str, BlobInfo]]:
+        def scan() -> list[tuple[str, BlobInfo]]:
             found = []
             for alg_dir in self._blobs.iterdir():
                 if not alg_dir.is_dir():
                     continue
                 for prefix in alg_dir.iterdir():
-                    found.extend(f"{alg_dir.name}:{p.name}" for p in prefix.iterdir())
+                    for blob in prefix.iterdir():
+                        with contextlib.suppress(FileNotFoundError):
+                            st = blob.stat()
+                            found.append((f"{alg_dir.name}:{blob.name}", BlobInfo(st.st_size, st.st_mtime)))
             return found
 
-        for digest in await asyncio.to_thread(scan):
-            yield digest
+        for item in await asyncio.to_thread(scan):
+            yield item
+
+    async def remove_leftovers(self) -> int:
+        return await asyncio.to_thread(self._remove_leftovers, LEFTOVER_AGE)
+
+    def _remove_leftovers(self, older_than: float) -> int:
+        """Remove scratch files of writes interrupted by a crash (never acknowledged). Only stale ones: another
+        process on the same data dir (a server, `moorage import`) may be writing."""
+        cutoff = time.time() - older_than
+        removed = 0
+        for leftover in self._uploads.glob(".ingest-*"):
+            try:
+                if leftover.stat().st_mtime < cutoff:
+                    leftover.unlink()
+                    removed += 1
+            except FileNotFoundError:
+                pass
+        return removed
+
+    async def health(self) -> list[str]:
+        """Runs in a thread (statvfs may block on a network mount)."""
+        return await asyncio.to_thread(self._health)
+
+    def _health(self) -> list[str]:
+        problems = [
+            f"storage: {path} is not writable"
+            for path in (self._blobs, self._uploads)
+            if not os.access(path, os.W_OK | os.X_OK)
+        ]
+        # Each filesystem under the data dir (the database's, blobs/, uploads/: usually one) with less free space
+        # than the floor, or no free inodes.
+        seen = set()
+        for path in (self.root, self._blobs, self._uploads):
+            try:
+                device, st = os.stat(path).st_dev, os.statvfs(path)
+            except OSError:
+                continue  # missing or unreadable: the writability check says so
+            if device in seen:
+                continue
+            seen.add(device)
+            where = "the data directory" if path == self.root else f"{path.name}/"
+            free, floor = st.f_bavail * st.f_frsize, self.free_space_floor(st.f_blocks * st.f_frsize)
+            if free < floor:
+                problems.append(
+                    f"storage: {free / 2**20:.1f} MiB free for {where}, below [storage] min_free_space "
+                    f"({self.min_free_space}); writes may fail"
+                )
+            if st.f_files and not st.f_favail:
+                problems.append(f"storage: no free inodes for {where}; writes will fail")
+        return problems
 
     async def close(self) -> None:
         self._hashes.clear()
 
 
-async def _pump(chunks: AsyncIterator[bytes], fh, hasher: hashlib._Hash | None) -> int:
-    """Write a chunk stream to `fh` (hashing it), one worker-thread write per ~1 MiB, overlapped with
-    receiving the next buffer. Returns the number of bytes written."""
-    loop = asyncio.get_running_loop()
-    pending: asyncio.Future[None] | None = None
-    buf: list[bytes] = []
-    buffered = total = 0
+class FileWriter:
+    """One blob being written to a local file (`storage.blobs.BlobWriter`).
 
-    def write(data: bytes) -> None:
-        _write_all(fh, data)
-        if hasher is not None:
-            hasher.update(data)
+    Writes are coalesced into WRITE_BUFFER pieces, each written and hashed in a worker thread while the next
+    bytes arrive. A write-through writer (a shared one: others read the file as it grows) lands every write
+    before returning."""
 
-    try:
-        async for chunk in chunks:
-            if not chunk:
-                continue
-            buf.append(chunk)
-            buffered += len(chunk)
-            total += len(chunk)
-            if buffered >= WRITE_BUFFER:
-                data = b"".join(buf)
-                buf.clear()
-                buffered = 0
-                if pending is not None:
-                    await pending
-                pending = loop.run_in_executor(None, write, data)
-        if pending is not None:
+    def __init__(
+        self,
+        store: FilesystemBlobStore,
+        path: Path,
+        fd: int,
+        hasher: hashlib._Hash | None,
+        start: int,
+        *,
+        through: bool = False,
+        session: str | None = None,
+    ) -> None:
+        self.store = store
+        self.path = path
+        self.hasher = hasher
+        self.session = session
+        self.committed = self.aborted = False
+        self.consistent = True  # the hasher covers exactly the bytes in the file
+        self._fd: int | None = fd
+        self._through = through
+        self._size = start
+        self._buffer: list[bytes] = []
+        self._buffered = 0
+        self._pending: asyncio.Future[None] | None = None
+        self._dirty = False  # written to since the last fsync
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    async def write(self, data: bytes) -> None:
+        if not data:
+            return
+        self._dirty = True
+        self._size += len(data)
+        if self._through:
+            await self._land(data)
+            return
+        self._buffer.append(data)
+        self._buffered += len(data)
+        if self._buffered >= WRITE_BUFFER:
+            await self._flush_buffer(wait=False)
+
+    async def _flush_buffer(self, *, wait: bool) -> None:
+        data = b"".join(self._buffer)
+        self._buffer.clear()
+        self._buffered = 0
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
             await pending
-            pending = None
-        if buf:
-            await loop.run_in_executor(None, write, b"".join(buf))
-    finally:
-        if pending is not None:  # the client went away mid-stream: let the last write land
-            with contextlib.suppress(Exception):
-                await asyncio.shield(pending)
-    return total
+        if data:
+            self._pending = asyncio.get_running_loop().run_in_executor(None, self._write_sync, data)
+        if wait and self._pending is not None:
+            pending, self._pending = self._pending, None
+            await pending
+
+    async def _land(self, data: bytes) -> None:
+        await asyncio.to_thread(self._write_sync, data)
+
+    def _write_sync(self, data: bytes) -> None:
+        assert self._fd is not None
+        try:
+            write_all(self._fd, data)
+        except OSError as e:
+            self.consistent = False
+            if e.errno in FULL_ERRNOS:
+                raise StorageFull(f"writing a blob: {e.strerror} (writing {self.path})") from e
+            raise
+        if self.hasher is not None:
+            self.hasher.update(data)
+
+    async def _sync(self) -> None:
+        await self._flush_buffer(wait=True)
+        assert self._fd is not None
+        with full_is_storage_full("writing a blob", self.path):
+            await asyncio.to_thread(os.fsync, self._fd)
+        self._dirty = False
+
+    async def flush(self) -> None:
+        """Make what was written durable (fsync)."""
+        if self._dirty or self._buffer:
+            await self._sync()
+
+    async def commit(self, expected: str) -> int:
+        await self._sync()
+        algorithm = expected.partition(":")[0]
+        if algorithm == "sha256" and self.hasher is not None and self.consistent:
+            actual = "sha256:" + self.hasher.hexdigest()
+        else:
+            actual = await asyncio.to_thread(_hash_file, self.path, algorithm)
+        if actual != expected:
+            await self.abort()
+            raise DigestMismatch(expected, actual)
+        await self._close()
+        with full_is_storage_full(f"installing {expected}", self.store._blob_path(expected)):
+            await asyncio.to_thread(install, self.path, self.store._blob_path(expected))
+        self.committed = True
+        return self._size
+
+    async def abort(self) -> None:
+        self.aborted = True
+        await self._close()
+        await asyncio.to_thread(self.path.unlink, True)
+
+    async def _close(self, truncate_to: int | None = None) -> None:
+        """Let the last write land (a client that went away mid-stream), make what stays durable, close. An
+        upload session keeps its bytes; `truncate_to` cuts a chunk off again (after StorageFull)."""
+        if self._fd is None:
+            return
+        fd = self._fd
+        try:
+            if truncate_to is not None or self.aborted:
+                self._buffer.clear()
+                self.consistent = False
+                if self._pending is not None:
+                    with contextlib.suppress(Exception):
+                        await asyncio.shield(self._pending)
+                    self._pending = None
+                if truncate_to is not None:
+                    await asyncio.to_thread(os.ftruncate, fd, truncate_to)
+                    self._size = truncate_to
+            elif self._dirty or self._buffer:
+                try:
+                    await self._sync()
+                except Exception:
+                    self.consistent = False
+                    if self.session is None:
+                        raise
+        finally:
+            self._fd = None
+            if self._pending is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self._pending)
+                self._pending = None
+            await asyncio.to_thread(os.close, fd)
 
 
-def _write_all(fh, data: bytes) -> None:
-    """All of `data` to an unbuffered file (a raw write may take only part of it; the next one then raises)."""
-    view = memoryview(data)
-    while view:
-        view = view[fh.write(view) :]
+class FileFollow:
+    """Another writer's shared file, read while it grows (`storage.blobs.SharedWrite`)."""
+
+    def __init__(self, fd: int, declared_size: int | None) -> None:
+        self._fd: int | None = fd
+        self._declared = declared_size
+
+    @property
+    def declared_size(self) -> int | None:
+        return self._declared
+
+    async def available(self) -> int:
+        assert self._fd is not None
+        return os.fstat(self._fd).st_size
+
+    async def read(self, offset: int, length: int) -> bytes:
+        assert self._fd is not None
+        return await asyncio.to_thread(os.pread, self._fd, length, offset)
+
+    async def close(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
 
 
-def _truncate(fh, size: int) -> None:
-    fh.truncate(size)
-    fh.seek(size)
+def _create(path: Path, sidecar: Path | None, size: int | None) -> int:
+    """Create a writer's file. A shared one: this process holds the key's lock, so files there are a crashed
+    process's leftovers: the old file goes first, then the sidecar names this process (and the size), then the
+    new file appears. A follower that reads a sidecar naming a live process can therefore only open this file."""
+    if sidecar is None:
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    path.unlink(missing_ok=True)
+    tmp = sidecar.with_name(sidecar.name + ".tmp")
+    tmp.write_text(f"{os.getpid()} {'' if size is None else size}")
+    os.replace(tmp, sidecar)
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+
+
+def _open_shared(path: Path) -> tuple[int, int | None]:
+    """Open the shared file of the live process writing it, and its declared size. FileNotFoundError until
+    there is one (a sidecar left by a crashed process names a dead one)."""
+    pid, _, size = path.with_name(path.name + ".size").read_text().partition(" ")
+    if not pid.isdigit() or not _alive(int(pid)):
+        raise FileNotFoundError(f"{path}: left by process {pid}, which is gone")
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    return fd, int(size) if size.strip() else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _hash_file(path: Path, algorithm: str) -> str:
@@ -381,16 +502,3 @@ def _hash_file(path: Path, algorithm: str) -> str:
         while chunk := fh.read(READ_CHUNK):
             h.update(chunk)
     return f"{algorithm}:{h.hexdigest()}"
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError as e:  # pragma: no cover - platforms without directory fds
-        if e.errno in (errno.EINVAL, errno.EACCES):
-            return
-        raise
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from storage.shared import ProcessLocks
+from storage.local import ProcessLocks
 from tests.helpers import gone, wait_for
 from tests.layouts import _init_layout, _tag, _write_blob, make_layer
 from tests.oci import OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, Client, canonical, descriptor

@@ -161,7 +161,7 @@ def test_lifecycle_tag_pattern_is_fast() -> None:
 
 def test_mutability_exclusion_filter_is_fast() -> None:
     from registry.service.images import tag_is_immutable
-    from storage.base import RepositorySettings
+    from storage.records import RepositorySettings
 
     settings = RepositorySettings("IMMUTABLE_WITH_EXCLUSION", ("*a" * 20 + "*b",))
     started = time.perf_counter()

@@ -1,4 +1,4 @@
-"""storage.shared: the named locks and the change counter that processes on one data dir share.
+"""storage.local: the named locks and the change counter that processes on one data dir share.
 
 Another process is a real one (a Python child holding a lock), since per-process semantics are the point.
 """
@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from storage.shared import ChangeCounter, ProcessLocks
+from storage.local import ChangeCounter, ProcessLocks
 
 HOLDER = textwrap.dedent(
     """
     import sys, time
-    from storage.shared import ProcessLocks
+    from storage.local import ProcessLocks
     locks = ProcessLocks(sys.argv[1])
     assert locks.try_acquire(sys.argv[2])
     print("held", flush=True)
@@ -125,7 +125,7 @@ def test_change_counter_is_shared_and_bumps_are_never_lost(tmp_path: Path):
     assert mine.value() == 0
     script = textwrap.dedent(
         f"""
-        from storage.shared import ChangeCounter
+        from storage.local import ChangeCounter
         c = ChangeCounter({str(path)!r})
         for _ in range(500):
             c.bump()
@@ -145,18 +145,21 @@ def test_store_epoch_moves_only_for_other_processes_writes(tmp_path: Path, write
     from storage.sqlite import SQLiteMetadataStore
 
     async def main() -> tuple[int, int]:
-        store = SQLiteMetadataStore(tmp_path / "moorage.db")
-        other = SQLiteMetadataStore(tmp_path / "moorage.db")
+        feed, other_feed = ChangeCounter(tmp_path / "changes"), ChangeCounter(tmp_path / "changes")
+        store = SQLiteMetadataStore(tmp_path / "moorage.db", feed)
+        other = SQLiteMetadataStore(tmp_path / "moorage.db", other_feed)
         await store.open()
         await other.open()
         try:
-            before = store.epoch()
+            before = feed.epoch()
             target = store if writer == "this process" else other
             await target.ensure_repository("a/b", time.time(), None)
-            return before, store.epoch()
+            return before, feed.epoch()
         finally:
             await store.close()
             await other.close()
+            feed.close()
+            other_feed.close()
 
     before, after = asyncio.run(main())
     # Two stores in one test stand for two processes: each keeps its own view of the shared counter.

@@ -21,6 +21,9 @@ from pathlib import Path
 
 import pytest
 
+from registry.proxy.fill import origin, shared_key
+from storage.fs import FilesystemBlobStore
+from storage.records import PullThroughRule
 from tests.helpers import gone, wait_for
 from tests.layouts import read_layout, write_single_image
 from tests.oci import (
@@ -287,7 +290,9 @@ def test_a_crashed_downloads_leftovers_are_never_served(make_server: MakeServer,
     b = make_server(AUTH_OFF + "[pull_through]\n" + allowed + rule, data_dir=a.data_dir)
     dead = subprocess.Popen(["true"])
     dead.wait()
-    spool = a.data_dir / "uploads" / f".ingest-pull-sha256-{digest.split(':')[1]}"
+    # Where a's download of the layer from this upstream writes, as a crashed process would have left it.
+    key = shared_key(digest, origin(PullThroughRule("up", slow_upstream.url)))
+    spool = FilesystemBlobStore(a.data_dir)._shared_path(key)
     spool.write_bytes(bytes(len(layer)))  # all the bytes, all wrong
     spool.with_name(spool.name + ".size").write_text(f"{dead.pid} {len(layer)}")
     ca, cb = Client(a.url), Client(b.url)

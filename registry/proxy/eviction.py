@@ -13,7 +13,8 @@ import logging
 from registry.proxy import rules as r
 from registry.proxy.pullthrough import PullThrough
 from registry.service.lifecycle import LifecycleService
-from storage import base as st
+from storage.metadata import MetadataStore
+from storage.records import ImageRecord
 
 log = logging.getLogger("moorage.eviction")
 
@@ -21,7 +22,7 @@ log = logging.getLogger("moorage.eviction")
 async def evict(
     pull_through: PullThrough,
     lifecycle: LifecycleService,
-    meta: st.MetadataStore,
+    meta: MetadataStore,
     max_bytes: int,
     *,
     dry_run: bool = False,
@@ -29,7 +30,7 @@ async def evict(
     """Evict until the cache fits; returns the number of images evicted (that would be, with `dry_run`)."""
     if max_bytes <= 0 or not pull_through.rules:
         return 0
-    images: list[st.ImageRecord] = []
+    images: list[ImageRecord] = []
     last: str | None = None
     while batch := await meta.describe_repositories(last, 500):
         for repo in batch:

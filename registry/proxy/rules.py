@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from storage.base import PullThroughRule as Rule
+from storage.records import PullThroughRule as Rule
 
 ROOT = "ROOT"
 DOCKER_HUB_HOSTS = frozenset({"registry-1.docker.io", "docker.io", "index.docker.io", "registry.hub.docker.com"})

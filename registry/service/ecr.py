@@ -54,7 +54,9 @@ from registry.proxy.pullthrough import PullThrough
 from registry.proxy.upstream import UpstreamError
 from registry.service.images import ImageService
 from registry.service.uploads import UploadService
-from storage import base as st
+from storage import errors as storage_errors
+from storage.metadata import MetadataStore
+from storage.records import ImageRecord, PullThroughRule, RepositoryRecord, RepositorySettings
 
 PART_SIZE = 10 * 1024 * 1024
 UPSTREAM_URL = re.compile(r"(?:https?://)?[A-Za-z0-9.-]+(?::\d+)?")
@@ -79,7 +81,7 @@ class EcrService:
         self,
         images: ImageService,
         uploads: UploadService,
-        meta: st.MetadataStore,
+        meta: MetadataStore,
         pull_through: PullThrough,
         *,
         account_id: str,
@@ -103,7 +105,7 @@ class EcrService:
     def repository_arn(self, name: str) -> str:
         return f"arn:aws:ecr:{self.region}:{self.account_id}:repository/{name}"
 
-    def _repository(self, r: st.RepositoryRecord, caller: Caller) -> dict[str, Any]:
+    def _repository(self, r: RepositoryRecord, caller: Caller) -> dict[str, Any]:
         s = r.settings
         out: dict[str, Any] = {
             "repositoryArn": self.repository_arn(r.name),
@@ -124,7 +126,7 @@ class EcrService:
     def _not_found(self, name: str) -> RegistryError:
         return repository_not_found(name, self.account_id)
 
-    async def _repo(self, name: str) -> st.RepositoryRecord:
+    async def _repo(self, name: str) -> RepositoryRecord:
         return await existing_repository(self.images, name, self.account_id)
 
     def _image_not_found(self, name: str, image_id: dict[str, str]) -> RegistryError:
@@ -134,7 +136,7 @@ class EcrService:
             f"'{name}' in the registry with id '{self.account_id}'"
         )
 
-    def _detail(self, img: st.ImageRecord) -> dict[str, Any]:
+    def _detail(self, img: ImageRecord) -> dict[str, Any]:
         d: dict[str, Any] = {
             "registryId": self.account_id,
             "repositoryName": img.repository,
@@ -173,7 +175,7 @@ class EcrService:
         return {"registryId": self.account_id, "replicationConfiguration": {"rules": []}}
 
     # -- pull-through cache rules --------------------------------------------------------------------
-    def _rule(self, rule: st.PullThroughRule, *, created: bool = True, updated: bool = False) -> dict[str, Any]:
+    def _rule(self, rule: PullThroughRule, *, created: bool = True, updated: bool = False) -> dict[str, Any]:
         out: dict[str, Any] = {
             "ecrRepositoryPrefix": rule.prefix,
             "upstreamRegistryUrl": rule.upstream_url,
@@ -246,7 +248,7 @@ class EcrService:
                 f"({self.pull_through.config.max_rules}) has been reached"
             )
         now = self.clock()
-        rule = st.PullThroughRule(
+        rule = PullThroughRule(
             prefix,
             url,
             upstream_prefix,
@@ -257,7 +259,7 @@ class EcrService:
         )
         try:
             await self.meta.create_rule(rule)
-        except st.Conflict:
+        except storage_errors.Conflict:
             raise PullThroughCacheRuleAlreadyExists(
                 f"A pull through cache rule with prefix '{prefix}' already exists in the registry with id "
                 f"'{self.account_id}'"
@@ -333,11 +335,11 @@ class EcrService:
     # -- repositories ------------------------------------------------------------------------------
     async def create_repository(self, p: dict[str, Any], caller: Caller) -> dict[str, Any]:
         name = p["repositoryName"]
-        settings = _settings(p, st.RepositorySettings())
+        settings = _settings(p, RepositorySettings())
         tags = _tags(p.get("tags") or [])
         try:
             record = await self.meta.create_repository(name, self.clock(), settings, tags)
-        except st.RepositoryExists:
+        except storage_errors.RepositoryExists:
             raise RepositoryAlreadyExists(
                 f"The repository with name '{name}' already exists in the registry with id '{self.account_id}'"
             ) from None
@@ -345,7 +347,7 @@ class EcrService:
         return {"repository": self._repository(record, caller)}
 
     async def describe_repositories(
-        self, p: dict[str, Any], caller: Caller, visible: Callable[[st.RepositoryRecord], bool] = lambda r: True
+        self, p: dict[str, Any], caller: Caller, visible: Callable[[RepositoryRecord], bool] = lambda r: True
     ) -> dict[str, Any]:
         names = p.get("repositoryNames")
         if names is not None:
@@ -363,7 +365,7 @@ class EcrService:
         name = p["repositoryName"]
         try:
             record = await self.meta.delete_repository(name, bool(p.get("force")))
-        except st.RepositoryNotEmpty:
+        except storage_errors.RepositoryNotEmpty:
             raise RepositoryNotEmpty(
                 f"The repository with name '{name}' in registry with id '{self.account_id}' cannot be deleted "
                 "because it still contains images"
@@ -512,7 +514,7 @@ class EcrService:
             after_id = img.id
         return {"imageDetails": details}
 
-    async def _find(self, name: str, image_id: dict[str, str]) -> st.ImageRecord | None:
+    async def _find(self, name: str, image_id: dict[str, str]) -> ImageRecord | None:
         """The image an ImageIdentifier names (tag and digest must agree when both are given)."""
         digest, tag = image_id.get("imageDigest"), image_id.get("imageTag")
         if tag is not None:
@@ -828,15 +830,13 @@ def _filters(exclusions: tuple[str, ...]) -> list[dict[str, str]]:
     return [{"filterType": "WILDCARD", "filter": f} for f in exclusions]
 
 
-def _replace(s: st.RepositorySettings, **changes: Any) -> st.RepositorySettings:
+def _replace(s: RepositorySettings, **changes: Any) -> RepositorySettings:
     from dataclasses import replace
 
     return replace(s, **changes)
 
 
-def _settings(
-    p: dict[str, Any], current: st.RepositorySettings, *, replace_filters: bool = False
-) -> st.RepositorySettings:
+def _settings(p: dict[str, Any], current: RepositorySettings, *, replace_filters: bool = False) -> RepositorySettings:
     mode = p.get("imageTagMutability", current.image_tag_mutability)
     filters = p.get("imageTagMutabilityExclusionFilters")
     exclusions = (
@@ -857,7 +857,7 @@ def _settings(
     kms_key = enc.get("kmsKey", current.kms_key if "encryptionType" not in enc else None)
     if kms_key and encryption_type == "AES256":
         raise InvalidParameter("kmsKey can only be specified with encryptionType KMS or KMS_DSSE")
-    return st.RepositorySettings(mode, exclusions, bool(scan), encryption_type, kms_key)
+    return RepositorySettings(mode, exclusions, bool(scan), encryption_type, kms_key)
 
 
 def _tags(tags: list[dict[str, str]]) -> dict[str, str]:
@@ -879,7 +879,7 @@ def _jackson(doc: Any) -> str:
     return json.dumps(doc, indent=2, separators=(",", " : "))
 
 
-async def existing_repository(images: ImageService, name: str, account_id: str) -> st.RepositoryRecord:
+async def existing_repository(images: ImageService, name: str, account_id: str) -> RepositoryRecord:
     """The repository, or ECR's RepositoryNotFoundException."""
     try:
         return await images.repository(name)

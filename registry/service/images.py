@@ -25,18 +25,19 @@ from registry.errors import (
     TagImmutable,
 )
 from registry.glob import glob_matches
-from storage.base import (
-    BlobNotFound,
-    BlobStore,
+from registry.service.reader import AuthorizeImport, StoredBlob, no_import_check
+from storage.blobs import BlobStore
+from storage.coordination import ChangeFeed
+from storage.errors import BlobNotFound, TagConflict
+from storage.metadata import MetadataStore
+from storage.records import (
     ImageRecord,
     ManifestRecord,
     ManifestWrite,
-    MetadataStore,
     Page,
     RepositoryInit,
     RepositoryRecord,
     RepositorySettings,
-    TagConflict,
 )
 
 MAX_PAGE = 1000
@@ -73,6 +74,7 @@ class ImageService:
         self,
         meta: MetadataStore,
         blobs: BlobStore,
+        changes: ChangeFeed | None = None,
         *,
         create_on_push: bool = True,
         cache_entries: int = 10000,
@@ -81,6 +83,7 @@ class ImageService:
     ) -> None:
         self.meta = meta
         self.blobs = blobs
+        self.changes = changes  # other processes' commits: the cache is dropped when it moves
         self.create_on_push = create_on_push
         # (repository, "CREATE_ON_PUSH" | "PULL_THROUGH_CACHE") -> what a new repository starts with
         self.templates = templates
@@ -91,7 +94,7 @@ class ImageService:
 
     def _cache(self) -> LRUCache:
         """The cache, emptied first if another process (a worker, an offline command) wrote since it was filled."""
-        epoch = self.meta.epoch()
+        epoch = self.changes.epoch() if self.changes is not None else 0
         if epoch != self._epoch:
             self._epoch = epoch
             self.cache.clear()
@@ -198,7 +201,10 @@ class ImageService:
             self.cache.put_if_current(version, key, digest)
         return digest
 
-    async def get_manifest(self, name: str, reference: str) -> ManifestRecord:
+    async def get_manifest(
+        self, name: str, reference: str, authorize_import: AuthorizeImport = no_import_check
+    ) -> ManifestRecord:
+        """The stored manifest (`authorize_import` is for readers that import: `service.reader.ImageReader`)."""
         digest = await self.resolve(name, reference)
         key = ("manifest", name, digest)
         record = self._cache().get(key)
@@ -396,6 +402,24 @@ class ImageService:
                 raise BlobUnknown(f"blob {digest} is not in repository {name}", detail={"digest": digest})
             self.cache.put_if_current(version, key, size)
         return size
+
+    async def link_blob(self, name: str, digest: str, size: int, *, upstream: str | None = None) -> None:
+        """Link stored bytes into a repository (an upload, a mount, a pull-through download, an import).
+
+        Garbage collection claims a blob before it deletes the bytes, and a claimed blob refuses links; the link
+        also touches the blob, so once it is made no collection can claim it for the grace period. What is left
+        is bytes deleted by a collection that finished just before the link: the bytes are looked for after
+        it, and their absence undoes it. BlobNotFound: the bytes are gone (the caller says "retry")."""
+        await self.meta.link_blob(name, digest, size, self.clock(), upstream=upstream)
+        if await self.blobs.stat(digest) is None:
+            await self.meta.unlink_blob(name, digest)
+            raise BlobNotFound(digest)
+
+    async def open_blob(
+        self, name: str, digest: str, authorize_import: AuthorizeImport = no_import_check, *, head: bool = False
+    ) -> StoredBlob:
+        """A blob linked in the repository (`service.reader.ImageReader`); BlobUnknown otherwise."""
+        return StoredBlob(digest, await self.blob_size(name, digest))
 
     async def repositories_with_blob(self, digest: str) -> list[str]:
         return await self.meta.repositories_with_blob(digest)

@@ -26,7 +26,8 @@ from registry.errors import (
 )
 from registry.service.ecr import existing_repository, page_offset
 from registry.service.images import ImageService
-from storage import base as st
+from storage.metadata import MetadataStore
+from storage.records import ImageRecord, LifecyclePreview, RepositoryRecord
 
 log = logging.getLogger("moorage.lifecycle")
 PAGE = 500
@@ -36,7 +37,7 @@ PREVIEW_STALE = 600.0  # seconds: a preview still "in progress" after this was l
 @dataclass(frozen=True, slots=True)
 class Planned:
     action: lc.Action
-    image: st.ImageRecord
+    image: ImageRecord
 
 
 @dataclass(slots=True)
@@ -49,7 +50,7 @@ class SweepReport:
 
 class LifecycleService:
     def __init__(
-        self, images: ImageService, meta: st.MetadataStore, *, account_id: str, clock: Callable[[], float] = time.time
+        self, images: ImageService, meta: MetadataStore, *, account_id: str, clock: Callable[[], float] = time.time
     ) -> None:
         self.images = images
         self.meta = meta
@@ -58,7 +59,7 @@ class LifecycleService:
         self._preview_tasks: set[asyncio.Task[None]] = set()
 
     # -- planning ----------------------------------------------------------------------------------
-    async def images_of(self, repository: str) -> list[st.ImageRecord]:
+    async def images_of(self, repository: str) -> list[ImageRecord]:
         return [img async for img in self.images.iter_images(repository)]
 
     async def plan(self, repository: str, policy: lc.Policy, now: float) -> list[Planned]:
@@ -116,8 +117,8 @@ class LifecycleService:
                     )
         return report
 
-    async def repositories_with_policies(self) -> list[st.RepositoryRecord]:
-        out: list[st.RepositoryRecord] = []
+    async def repositories_with_policies(self) -> list[RepositoryRecord]:
+        out: list[RepositoryRecord] = []
         last: str | None = None
         while batch := await self.meta.describe_repositories(last, PAGE):
             out += [r for r in batch if r.lifecycle_policy]
@@ -155,7 +156,7 @@ class LifecycleService:
         return reports
 
     # -- ECR operations ----------------------------------------------------------------------------
-    async def _repo(self, name: str) -> st.RepositoryRecord:
+    async def _repo(self, name: str) -> RepositoryRecord:
         return await existing_repository(self.images, name, self.account_id)
 
     def _no_policy(self, name: str) -> RegistryError:
@@ -212,16 +213,16 @@ class LifecycleService:
                 f"A lifecycle policy preview is already in progress for the repository with name '{name}'"
             )
         # Stored, not kept in memory: with several workers the next call may reach another process.
-        await self.meta.put_lifecycle_preview(name, st.LifecyclePreview(text, "IN_PROGRESS", now))
+        await self.meta.put_lifecycle_preview(name, LifecyclePreview(text, "IN_PROGRESS", now))
 
         async def run() -> None:
             try:
                 results = [_preview_result(x) for x in await self.plan(name, policy, now)]
-                await self.meta.put_lifecycle_preview(name, st.LifecyclePreview(text, "COMPLETE", now, results))
+                await self.meta.put_lifecycle_preview(name, LifecyclePreview(text, "COMPLETE", now, results))
             except Exception:
                 log.exception("lifecycle preview of %s failed", name)
                 with contextlib.suppress(Exception):  # the repository may be gone
-                    await self.meta.put_lifecycle_preview(name, st.LifecyclePreview(text, "FAILED", now))
+                    await self.meta.put_lifecycle_preview(name, LifecyclePreview(text, "FAILED", now))
 
         task = asyncio.ensure_future(run())
         self._preview_tasks.add(task)

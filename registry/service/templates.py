@@ -17,7 +17,8 @@ from registry.auth.policy import PolicyError, parse_policy
 from registry.errors import InvalidParameter, RegistryError, TemplateAlreadyExists, TemplateNotFound
 from registry.proxy import rules
 from registry.service.ecr import _settings, _tags, page_offset
-from storage import base as st
+from storage.metadata import MetadataStore
+from storage.records import RepositoryInit, RepositorySettings
 
 FIELDS = (
     "description",
@@ -37,12 +38,12 @@ def _matches(prefix: str, name: str) -> bool:
 
 
 class TemplateService:
-    def __init__(self, meta: st.MetadataStore, *, account_id: str, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, meta: MetadataStore, *, account_id: str, clock: Callable[[], float] = time.time) -> None:
         self.meta = meta
         self.account_id = account_id
         self.clock = clock
 
-    async def init_for(self, name: str, reason: str) -> st.RepositoryInit | None:
+    async def init_for(self, name: str, reason: str) -> RepositoryInit | None:
         """The most specific template for `name` that applies for `reason`, as a RepositoryInit."""
         best: tuple[str, dict[str, Any]] | None = None
         for prefix, body, _, _ in await self.meta.list_templates():
@@ -54,9 +55,9 @@ class TemplateService:
         if best is None:
             return None
         doc = best[1]
-        settings = _settings(doc, st.RepositorySettings())
+        settings = _settings(doc, RepositorySettings())
         tags = tuple((t["Key"], t["Value"]) for t in doc.get("resourceTags", []))
-        return st.RepositoryInit(
+        return RepositoryInit(
             settings,
             doc.get("repositoryPolicy") or None,
             lc.minify(doc["lifecyclePolicy"]) if doc.get("lifecyclePolicy") else None,
@@ -66,7 +67,7 @@ class TemplateService:
     # -- ECR operations ----------------------------------------------------------------------------
     def _validate(self, doc: dict[str, Any]) -> None:
         try:
-            _settings(doc, st.RepositorySettings())
+            _settings(doc, RepositorySettings())
             _tags(doc.get("resourceTags") or [])
         except RegistryError as e:
             raise InvalidParameter(e.message) from None

@@ -1,7 +1,8 @@
 """Blob upload sessions: monolithic, chunked, streamed, resumable across restarts, and cross-repository mounts.
 
 A session is a row in the metadata store (so it survives a restart) plus the bytes received so far in the
-blob store. Finishing one verifies the digest, installs the blob atomically and links it to the repository.
+blob store (a session writer, `storage.blobs.BlobIngester.resume_upload`). Finishing one verifies the digest,
+installs the blob atomically and links it to the repository.
 
 A session belongs to the principal that started it: for anyone else (even one allowed to push to the
 repository) it does not exist (BLOB_UPLOAD_UNKNOWN, or UploadNotFoundException on the ECR API). An owner is a
@@ -27,16 +28,10 @@ from registry.errors import (
     UploadRangeInvalid,
 )
 from registry.service.images import ImageService
-from storage.base import (
-    BlobNotFound,
-    BlobStore,
-    DigestMismatch,
-    MetadataStore,
-    OffsetMismatch,
-    SizeMismatch,
-    UploadNotFound,
-    UploadRecord,
-)
+from storage.blobs import BlobStore, BlobWriter
+from storage.errors import BlobNotFound, DigestMismatch, UploadNotFound
+from storage.metadata import MetadataStore
+from storage.records import UploadRecord
 
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
@@ -92,17 +87,15 @@ class UploadService:
             return Started(digest=digest)
 
         upload_id = str(uuid.uuid4())
-        await self.blobs.start_upload(upload_id)
+        await self.blobs.create_upload(upload_id)
         await self.meta.create_upload(UploadRecord(upload_id, name, self.clock(), owner))
         return Started(upload_id=upload_id)
 
     async def _link(self, name: str, digest: str, size: int) -> None:
-        """Link a stored blob into the repository; the check inside the write makes sure garbage collection did
-        not remove the bytes in between (then the client is told to retry, and nothing is acknowledged)."""
-        path = self.blobs.local_path(digest)
-        check = (lambda: path.exists()) if path is not None else None
+        """Link a stored blob into the repository; when garbage collection removed the bytes in between, the
+        client is told to retry, and nothing is acknowledged."""
         try:
-            await self.meta.link_blob(name, digest, size, self.clock(), check)
+            await self.images.link_blob(name, digest, size)
         except BlobNotFound:
             raise BlobUploadInvalid(f"blob {digest} was garbage-collected while it was uploaded; retry") from None
 
@@ -117,15 +110,14 @@ class UploadService:
         return size
 
     async def _ingest(self, body: AsyncIterator[bytes], digest: str, length: int | None) -> int:
-        try:
-            return await self.blobs.ingest(body, digest, length)
-        except DigestMismatch as e:
-            raise DigestInvalid(
-                f"content digest is {e.actual}, not {e.expected}",
-                detail={"expected": e.expected, "actual": e.actual},
-            ) from None
-        except SizeMismatch as e:
-            raise SizeInvalid(f"Content-Length is {e.expected} but {e.got} bytes arrived") from None
+        async with self.blobs.writer() as writer:
+            received = await _pour(body, writer)
+            if length is not None and received != length:
+                raise SizeInvalid(f"Content-Length is {length} but {received} bytes arrived")
+            try:
+                return await writer.commit(digest)
+            except DigestMismatch as e:
+                raise digest_invalid(e) from None
 
     async def session(self, name: str, upload_id: str, owner: str | None) -> UploadRecord:
         """The session, if it is `owner`'s in repository `name` (someone else's answers exactly as a missing one)."""
@@ -167,16 +159,23 @@ class UploadService:
                 )
             offset, length = start, end - start + 1
         try:
-            return await self.blobs.append(upload_id, body, offset=offset, length=length)
-        except OffsetMismatch as e:
-            raise UploadRangeInvalid(
-                f"upload is at offset {e.expected}; chunk starts at {e.got}",
-                headers={"Range": upload_range(e.expected)},
-            ) from None
-        except SizeMismatch as e:
-            raise SizeInvalid(f"expected {e.expected} bytes, received {e.got}") from None
+            async with self.blobs.resume_upload(upload_id) as writer:
+                return await self._append(writer, body, offset, length)
         except UploadNotFound:
             raise BlobUploadUnknown("upload data is gone", detail={"uuid": upload_id}) from None
+
+    @staticmethod
+    async def _append(writer: BlobWriter, body: AsyncIterator[bytes], offset: int | None, length: int | None) -> int:
+        """A chunk: it must start where the session ends, and be as long as it says (what arrived is kept)."""
+        start = writer.size
+        if offset is not None and offset != start:
+            raise UploadRangeInvalid(
+                f"upload is at offset {start}; chunk starts at {offset}", headers={"Range": upload_range(start)}
+            )
+        received = await _pour(body, writer)
+        if length is not None and received != length:
+            raise SizeInvalid(f"expected {length} bytes, received {received}")
+        return writer.size
 
     async def finish(
         self,
@@ -197,13 +196,11 @@ class UploadService:
         else:
             await self.session(name, upload_id, owner)
         try:
-            size = await self.blobs.commit(upload_id, digest)
+            async with self.blobs.resume_upload(upload_id) as writer:
+                size = await writer.commit(digest)
         except DigestMismatch as e:
             await self.meta.delete_upload(upload_id)
-            raise DigestInvalid(
-                f"content digest is {e.actual}, not {e.expected}",
-                detail={"expected": e.expected, "actual": e.actual},
-            ) from None
+            raise digest_invalid(e) from None
         except UploadNotFound:
             raise BlobUploadUnknown("upload data is gone", detail={"uuid": upload_id}) from None
         await self.meta.delete_upload(upload_id)
@@ -212,10 +209,26 @@ class UploadService:
 
     async def cancel(self, name: str, upload_id: str, owner: str | None) -> None:
         await self.session(name, upload_id, owner)
-        await self.blobs.abort(upload_id)
+        await self.blobs.delete_upload(upload_id)
         await self.meta.delete_upload(upload_id)
 
 
 def upload_range(size: int) -> str:
     """The `Range` header of an upload holding `size` bytes (`0-0` when empty, as Distribution sends)."""
     return f"0-{max(size - 1, 0)}"
+
+
+async def _pour(body: AsyncIterator[bytes], writer: BlobWriter) -> int:
+    """Write a request body; returns how many bytes it had."""
+    received = 0
+    async for chunk in body:
+        received += len(chunk)
+        await writer.write(chunk)
+    return received
+
+
+def digest_invalid(e: DigestMismatch) -> DigestInvalid:
+    """The one wire error for bytes whose digest is not the one claimed."""
+    return DigestInvalid(
+        f"content digest is {e.actual}, not {e.expected}", detail={"expected": e.expected, "actual": e.actual}
+    )

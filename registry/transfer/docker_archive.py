@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import os
 import posixpath
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any
@@ -152,36 +151,26 @@ def _digest_in_name(name: str) -> str | None:
 async def _spool_layer(
     services: Services, source: Source, name: str, fh: IO[bytes], progress: Progress, counts: Counts
 ) -> tuple[str, int, str]:
-    """Copy a docker-save layer into the blob store (privately, then installed atomically under its digest)."""
-    spool = services.blobs.spool_path()  # storage-call
-
-    def write() -> tuple[str, int, bytes]:
-        hasher, size, head = hashlib.sha256(), 0, b""
-        with open(spool, "xb") as out:
-            while chunk := fh.read(CHUNK):
-                if not head:
-                    head = chunk[:4]
-                hasher.update(chunk)
-                out.write(chunk)
-                size += len(chunk)
-                progress.add(len(chunk))
-            out.flush()
-            os.fsync(out.fileno())
-        return f"sha256:{hasher.hexdigest()}", size, head
-
-    try:
-        digest, size, head = await asyncio.to_thread(write)
+    """Copy a docker-save layer into the blob store (privately, then installed atomically under its digest).
+    Its digest is known only at the end: it is hashed here while it is written (the writer hashes again)."""
+    async with services.blobs.writer() as writer:
+        hasher, head = hashlib.sha256(), b""
+        while chunk := await asyncio.to_thread(fh.read, CHUNK):
+            if not head:
+                head = chunk[:4]
+            hasher.update(chunk)
+            progress.add(len(chunk))
+            await writer.write(chunk)
+        digest, size = f"sha256:{hasher.hexdigest()}", writer.size
         named = _digest_in_name(name) if name.startswith("blobs/") else None
         if named is not None and named != digest:
             raise TransferError(f"{source}: layer {name} does not match its digest (it is {digest})")
-        if await services.blobs.stat(digest) is None:  # storage-call
-            await services.blobs.install_spooled(spool, digest)  # storage-call
+        if await services.blobs.stat(digest) is None:
+            await writer.commit(digest)
             counts.stored += 1
             counts.bytes += size
         else:
             counts.skipped += 1
-    finally:
-        await asyncio.to_thread(spool.unlink, True)
     progress.blob_done()
     media_type = (
         DOCKER_LAYER_GZIP if head[:2] == GZIP_MAGIC else DOCKER_LAYER_ZSTD if head == ZSTD_MAGIC else DOCKER_LAYER

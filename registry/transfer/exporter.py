@@ -25,10 +25,11 @@ from typing import TYPE_CHECKING, Any
 
 from registry import oci
 from registry.errors import RegistryError
+from registry.service.reader import ArrivingBlob
 from registry.transfer.common import OCI_INDEX_FOR, REF_NAME, REPOSITORY_ANNOTATION, TransferError, parse_reference
 from registry.transfer.progress import Progress
 from registry.transfer.writers import ArchiveWriter, Writer, one_chunk, writer_for
-from storage.base import BlobNotFound
+from storage.errors import BlobNotFound
 
 if TYPE_CHECKING:
     from registry.app import Services
@@ -223,23 +224,18 @@ async def _walk_export(
 
 
 async def _blob_chunks(services: Services, digest: str, blob: _ExportBlob) -> AsyncIterator[bytes]:
-    if (
-        await services.blobs.stat(digest) is None  # storage-call
-        and services.pull_through.rule_for(blob.repository) is not None
-    ):
-        from registry.proxy.pullthrough import StreamingBlob
-
+    if await services.blobs.stat(digest) is None and services.pull_through.rule_for(blob.repository) is not None:
         try:
             opened = await services.pull_through.open_blob(blob.repository, digest)
         except RegistryError as e:
             raise TransferError(f"blob {digest} of {blob.repository} is not available: {e.message}") from None
-        if isinstance(opened, StreamingBlob):
+        if isinstance(opened, ArrivingBlob):
             assert opened.chunks is not None
             async for chunk in opened.chunks:
                 yield chunk
             return
     try:
-        async for chunk in services.blobs.read(digest):  # storage-call
+        async for chunk in services.blobs.read(digest):
             yield chunk
     except BlobNotFound:
         raise TransferError(f"blob {digest} of {blob.repository} is gone from the data dir") from None

@@ -13,10 +13,9 @@ import gzip
 import tarfile
 import time
 import zlib
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 from registry.errors import NameUnknown
 from registry.service.images import tag_is_immutable
@@ -25,7 +24,7 @@ from registry.transfer.docker_archive import plan_docker
 from registry.transfer.planning import Counts, MissingContent, Plan, plan_oci
 from registry.transfer.progress import Progress
 from registry.transfer.sources import Source, open_source
-from storage.base import BlobNotFound, DigestMismatch, SizeMismatch
+from storage.errors import BlobNotFound, DigestMismatch
 
 if TYPE_CHECKING:
     from registry.app import Services
@@ -111,7 +110,8 @@ async def _ingest_blobs(
     todo = []
     for digest in digests:
         size, _ = plan.blobs[digest]
-        have = await services.blobs.stat(digest)  # storage-call
+        info = await services.blobs.stat(digest)
+        have = None if info is None else info.size
         if have == size:
             counts.skipped += 1
             progress.blob_done(size)
@@ -125,24 +125,22 @@ async def _ingest_blobs(
         path, fh = item
         digest = by_path[path]
         size = plan.blobs[digest][0]
-        try:
-            await services.blobs.ingest(_chunks(fh, progress), digest, size)  # storage-call
-        except DigestMismatch as e:
-            raise TransferError(
-                f"{source}: blob {digest} does not match its digest (its content is {e.actual})"
-            ) from None
-        except SizeMismatch as e:
-            raise TransferError(f"{source}: blob {digest} is {e.got} bytes, not the {e.expected} expected") from None
+        async with services.blobs.writer() as writer:
+            while chunk := await asyncio.to_thread(fh.read, CHUNK):
+                progress.add(len(chunk))
+                await writer.write(chunk)
+            if writer.size != size:
+                raise TransferError(f"{source}: blob {digest} is {writer.size} bytes, not the {size} expected")
+            try:
+                await writer.commit(digest)
+            except DigestMismatch as e:
+                raise TransferError(
+                    f"{source}: blob {digest} does not match its digest (its content is {e.actual})"
+                ) from None
         counts.stored += 1
         counts.bytes += size
         progress.blob_done()
         plan.stored.add(digest)
-
-
-async def _chunks(fh: IO[bytes], progress: Progress) -> AsyncIterator[bytes]:
-    while chunk := await asyncio.to_thread(fh.read, CHUNK):
-        progress.add(len(chunk))
-        yield chunk
 
 
 async def _commit(services: Services, source: Source, plan: Plan, progress: Progress, counts: Counts) -> None:
@@ -176,13 +174,11 @@ async def _link(
     services: Services, source: Source, plan: Plan, repository: str, digest: str, progress: Progress, counts: Counts
 ) -> None:
     size = plan.blobs[digest][0]
-    path = services.blobs.local_path(digest)  # storage-call
-    check = (lambda: path.exists()) if path is not None else None
     try:
-        await services.meta.link_blob(repository, digest, size, time.time(), check)
+        await services.images.link_blob(repository, digest, size)
     except BlobNotFound:
         # Garbage collection removed it (an unreferenced file older than its grace period) since it was
         # stored or found: store it again.
         progress.plan(1, size)
         await _ingest_blobs(services, source, plan, [digest], progress, counts)
-        await services.meta.link_blob(repository, digest, size, time.time(), check)
+        await services.images.link_blob(repository, digest, size)

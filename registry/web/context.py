@@ -9,12 +9,16 @@ from registry.config import Config
 from registry.proxy.pullthrough import PullThrough
 from registry.service.ecr import EcrService
 from registry.service.images import ImageService
+from registry.service.reader import ImageReader
 from registry.service.uploads import UploadService
-from storage.base import BlobStore, MetadataStore
+from storage.blobs import BlobStore
+from storage.factory import Stores
+from storage.metadata import MetadataStore
 
 CONFIG = web.AppKey("config", Config)
 META = web.AppKey("meta", MetadataStore)
 BLOBS = web.AppKey("blobs", BlobStore)
+STORES = web.AppKey("stores", Stores)
 IMAGES = web.AppKey("images", ImageService)
 UPLOADS = web.AppKey("uploads", UploadService)
 ACCESS = web.AppKey("access", AccessControl)
@@ -22,3 +26,5 @@ ECR = web.AppKey("ecr", EcrService)
 # Objects whose snake_case methods are ECR operations (the repository/image API, lifecycle, templates).
 ECR_OPERATIONS = web.AppKey("ecr_operations", tuple)
 PULL_THROUGH = web.AppKey("pull_through", PullThrough)
+# What the /v2 read routes ask (the pull-through cache, wrapping the image service).
+READER = web.AppKey("reader", ImageReader)

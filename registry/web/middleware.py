@@ -16,7 +16,7 @@ from aiohttp import web
 from registry import logs
 from registry.errors import NotFound, RegistryError, StorageFull, Unsupported
 from registry.web.sendfile import SendfileResponse
-from storage.base import StorageFull as OutOfSpace
+from storage.errors import StorageFull as OutOfSpace
 
 log = logging.getLogger("moorage.http")
 access_log = logging.getLogger("moorage.access")

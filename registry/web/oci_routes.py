@@ -6,9 +6,9 @@ raw (un-normalised) path; every handler gets a validated name.
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from urllib.parse import quote
 
 from aiohttp import web
@@ -29,8 +29,8 @@ from registry.errors import (
     PaginationInvalid,
     Unsupported,
 )
-from registry.proxy.pullthrough import AuthorizeImport, StreamingBlob
 from registry.service.images import MAX_PAGE
+from registry.service.reader import ArrivingBlob, AuthorizeImport
 from registry.service.uploads import upload_range
 from registry.web.auth import (
     AUTHENTICATED,
@@ -43,9 +43,11 @@ from registry.web.auth import (
     token_endpoint,
     upload_owner,
 )
-from registry.web.context import ACCESS, BLOBS, IMAGES, PULL_THROUGH, UPLOADS
+from registry.web.context import ACCESS, BLOBS, IMAGES, PULL_THROUGH, READER, UPLOADS
 from registry.web.middleware import ACTION, REPOSITORY, ROUTE, read_body, stamp
 from registry.web.sendfile import SendfileResponse
+from storage.blobs import BlobStore, FileRange, RedirectURL
+from storage.errors import BlobNotFound
 
 OCTET_STREAM = "application/octet-stream"
 SMALL_BLOB = 64 * 1024  # blobs up to this size are served from memory
@@ -151,7 +153,7 @@ async def referrers(request: web.Request, name: str, digest: str) -> web.Respons
 async def get_manifest(request: web.Request, name: str, reference: str) -> web.Response:
     oci.validate_reference(reference)
     images = request.app[IMAGES]
-    record = await request.app[PULL_THROUGH].get_manifest(name, reference, import_authorizer(request, name))
+    record = await request.app[READER].get_manifest(name, reference, import_authorizer(request, name))
     if record.storage_class == "ARCHIVE":
         raise ImageArchived(
             f"{name}@{record.digest} is archived, and pulls of archived images fail until it is restored: "
@@ -213,7 +215,7 @@ async def get_blob(request: web.Request, name: str, digest: str) -> web.StreamRe
             "(aws ecr update-image-storage-class ... --target-storage-class STANDARD) to pull it",
             detail={"digest": digest, "storageClass": "ARCHIVE"},
         )
-    blob = await request.app[PULL_THROUGH].open_blob(name, digest, import_authorizer(request, name), head=head)
+    blob = await request.app[READER].open_blob(name, digest, import_authorizer(request, name), head=head)
     headers = {
         "Docker-Content-Digest": digest,
         "Content-Type": OCTET_STREAM,
@@ -221,7 +223,7 @@ async def get_blob(request: web.Request, name: str, digest: str) -> web.StreamRe
         "ETag": f'"{digest}"',
         "Cache-Control": "max-age=31536000",
     }
-    if isinstance(blob, StreamingBlob):  # arriving from upstream right now: stream it as it comes
+    if isinstance(blob, ArrivingBlob):  # arriving from upstream right now: stream it as it comes
         resp = web.StreamResponse(status=200, headers=headers)
         if blob.size is not None:
             resp.content_length = blob.size
@@ -247,32 +249,44 @@ async def get_blob(request: web.Request, name: str, digest: str) -> web.StreamRe
             offset, count = rng
             status = 206
             headers["Content-Range"] = f"bytes {offset}-{offset + count - 1}/{size}"
-    if blob.path is not None and size <= SMALL_BLOB and not head:
+    blobs = request.app[BLOBS]
+    if size <= SMALL_BLOB and not head:
         # Small blobs (configs, tiny layers) from memory: a thread-pool open and a sendfile set-up cost more
         # than the bytes. Content-addressed, so a cached copy is never stale.
         small = request.app[SMALL_BLOBS]
         data = small.get(digest)
         if data is None:
-            try:
-                data = await asyncio.to_thread(blob.path.read_bytes)
-            except FileNotFoundError:
-                data = b""
-            if len(data) != size:  # the file is not what the metadata says: don't cache it
-                raise BlobUnknown(f"blob {digest} is not readable", detail={"digest": digest})
+            data = await _read_small(blobs, digest, size)
             small.put(digest, data)
         return web.Response(body=data[offset : offset + count], status=status, headers=headers)
-    if blob.path is not None:
-        return SendfileResponse(blob.path, offset, count, status=status, headers=headers)
-    blobs = request.app[BLOBS]
+    try:
+        body = await blobs.open(digest, offset, count, redirect=not head)
+    except BlobNotFound:
+        raise BlobUnknown(f"blob {digest} is not readable", detail={"digest": digest}) from None
+    if isinstance(body, FileRange):
+        return SendfileResponse(Path(body.file), body.offset, body.length, status=status, headers=headers)
+    if isinstance(body, RedirectURL):
+        return web.Response(status=307, headers={"Location": body.url, "Docker-Content-Digest": digest})
     resp = web.StreamResponse(status=status, headers=headers)
     resp.content_length = count
     stamp(request, resp)
     await resp.prepare(request)
     if not head:
-        async for chunk in blobs.read(digest, offset, count):
+        async for chunk in body.chunks:
             await resp.write(chunk)
     await resp.write_eof()
     return resp
+
+
+async def _read_small(blobs: BlobStore, digest: str, size: int) -> bytes:
+    """A small blob's bytes, checked against the size the metadata says (a file that is not that: not cached)."""
+    try:
+        data = b"".join([chunk async for chunk in blobs.read(digest)])
+    except BlobNotFound:
+        data = b""
+    if len(data) != size:
+        raise BlobUnknown(f"blob {digest} is not readable", detail={"digest": digest})
+    return data
 
 
 def import_authorizer(request: web.Request, name: str) -> AuthorizeImport:

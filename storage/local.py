@@ -1,4 +1,4 @@
-"""What the processes on one data dir share besides the stores: named locks and a change counter.
+"""Coordination on one machine (`storage.coordination`): named locks and a change feed in two small files.
 
 Several processes work on one data dir at once: the server's workers (`[server] workers`) and the offline
 commands (`moorage gc`, `moorage import`). They coordinate through two small files:
@@ -11,7 +11,7 @@ commands (`moorage gc`, `moorage import`). They coordinate through two small fil
   that keeps caches reads it (one memory load, no system call) before trusting them, so a push answered by one
   worker is seen at once by the others.
 
-A PostgreSQL backend would use advisory locks and LISTEN/NOTIFY for the same two jobs.
+`storage.postgres` does the same two jobs across machines with advisory locks and LISTEN/NOTIFY.
 """
 
 from __future__ import annotations
@@ -116,7 +116,26 @@ class ChangeCounter:
         if os.fstat(self._fd).st_size < _COUNTER.size:
             os.ftruncate(self._fd, _COUNTER.size)  # zero-filled
         self._map: mmap.mmap | None = mmap.mmap(self._fd, _COUNTER.size)
+        self._seen = self.value()
+        self._epoch = 0
 
+    # -- the ChangeFeed contract --------------------------------------------------------------------
+    def epoch(self) -> int:
+        """Grows when another process has committed since this one last looked."""
+        now = self.value()
+        if now != self._seen:
+            self._seen = now
+            self._epoch += 1
+        return self._epoch
+
+    def committed(self) -> None:
+        """After each commit: tell the other processes. When nobody else wrote since we last looked, our own
+        write needs no epoch change (the write path already invalidated exactly what it changed)."""
+        now = self.bump()
+        if now - 1 == self._seen:
+            self._seen = now
+
+    # -- the counter ----------------------------------------------------------------------------------
     def value(self) -> int:
         assert self._map is not None, "counter is closed"
         return _COUNTER.unpack_from(self._map)[0]

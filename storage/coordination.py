@@ -1,0 +1,46 @@
+"""How the processes (and, with a shared backend, the machines) serving one registry coordinate.
+
+- `Locks`: named exclusive locks: one pull-through download per blob, one writer per upload session, one
+  process at a time migrating the schema or creating keys. A lock held by a process that dies is released.
+- `ChangeFeed`: a number that grows after every commit anywhere. A process keeps its caches only while the
+  number it saw when filling them is current, so a push answered by one worker (or replica) is seen by the
+  next request anywhere.
+
+One machine: `storage.local` (POSIX record locks on one file, a counter in a shared memory map). Across
+machines the same two jobs fall to PostgreSQL (advisory locks, LISTEN/NOTIFY).
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
+from typing import Protocol
+
+
+class Locks(Protocol):
+    def try_acquire(self, name: str) -> bool:
+        """Take the lock if nobody (here or elsewhere) holds it; never waits."""
+
+    def release(self, name: str) -> None: ...
+
+    def held_elsewhere(self, name: str) -> bool:
+        """Whether another process holds it right now."""
+
+    def hold(self, name: str) -> AbstractAsyncContextManager[None]:
+        """Wait for the lock (without blocking the loop) and hold it for the block."""
+
+    def hold_blocking(self, name: str) -> AbstractContextManager[None]:
+        """Hold the lock, waiting in this thread: start-up code that runs before the event loop."""
+
+    def close(self) -> None:
+        """Release everything this process holds."""
+
+
+class ChangeFeed(Protocol):
+    def epoch(self) -> int:
+        """Grows each time another process's commit is noticed; cheap enough to call before each cache lookup.
+        A cache filled at an older epoch must be dropped."""
+
+    def committed(self) -> None:
+        """Tell the others that this process committed a write."""
+
+    def close(self) -> None: ...

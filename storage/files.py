@@ -1,0 +1,73 @@
+"""Durable local file writes, written once: every local writer (blobs, keys, credentials, exports) uses these.
+
+A file that must survive a crash whole is written to a temporary name beside it, fsynced, renamed over the
+final name, and its directory fsynced: a reader sees the old file or the new one, never part of one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from storage.errors import StorageFull
+
+FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})  # the disk, or the data dir's quota, is full
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new name in `path` durable."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as e:  # pragma: no cover - platforms without directory descriptors
+        if e.errno in (errno.EINVAL, errno.EACCES):
+            return
+        raise
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes, *, mode: int = 0o644, suffix: str = ".tmp") -> None:
+    """Replace `path` with `data` atomically and durably (`mode` 0o600 for secrets)."""
+    tmp = path.with_name(path.name + suffix)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+    try:
+        write_all(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """All of `data` to a descriptor (a write may take only part of it; the next one then raises)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def install(src: Path, dst: Path) -> None:
+    """Make the fsynced file `src` the content-addressed file `dst`, atomically. The same content already there
+    wins (`src` is removed)."""
+    if dst.exists():
+        src.unlink(missing_ok=True)
+        return
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(src, dst)
+    fsync_dir(dst.parent)
+
+
+@contextlib.contextmanager
+def full_is_storage_full(what: str, where: Path) -> Iterator[None]:
+    """Turn "no space left" (or "quota exceeded") into StorageFull; every other OSError passes unchanged."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno in FULL_ERRNOS:
+            raise StorageFull(f"{what}: {e.strerror} (writing {e.filename or where})") from e
+        raise

@@ -1,0 +1,233 @@
+"""The metadata store contract: repositories, manifests, tags, blob links, rules, uploads, lifecycle state.
+
+Small Protocols composed into one `MetadataStore`. A driver stores and answers; it decides no policy. Rules
+are decided above it and handed down as data: which tags may not move (`ManifestWrite.protected_tags`,
+from the repository's immutability settings), which blobs a manifest requires (`required_blobs`, re-checked
+inside the write), which blobs garbage collection may take (`claim_blob`'s condition, from the grace period).
+Each multi-row write is one transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Protocol
+
+from storage.records import (
+    BlobRow,
+    ImageRecord,
+    LifecyclePreview,
+    ManifestRecord,
+    ManifestWrite,
+    Page,
+    PullThroughRule,
+    PutOutcome,
+    RepositoryInit,
+    RepositoryRecord,
+    RepositorySettings,
+    UploadRecord,
+)
+
+
+class RepositoryStore(Protocol):
+    async def get_repository(self, name: str) -> RepositoryRecord | None: ...
+
+    async def ensure_repository(
+        self, name: str, now: float, init: RepositoryInit | None = None
+    ) -> RepositoryRecord: ...
+
+    async def create_repository(
+        self, name: str, now: float, settings: RepositorySettings, tags: dict[str, str]
+    ) -> RepositoryRecord:
+        """Raises RepositoryExists."""
+
+    async def delete_repository(self, name: str, force: bool) -> RepositoryRecord | None:
+        """Delete a repository with its manifests, tags and blob links; RepositoryNotEmpty unless `force`."""
+
+    async def update_settings(self, name: str, settings: RepositorySettings) -> RepositoryRecord | None: ...
+
+    async def set_policy(self, name: str, policy: str | None) -> RepositoryRecord | None: ...
+
+    async def list_repositories(self, last: str | None, limit: int) -> Page: ...
+
+    async def describe_repositories(self, last: str | None, limit: int) -> list[RepositoryRecord]: ...
+
+    async def resource_tags(self, name: str) -> dict[str, str]: ...
+
+    async def tag_resource(self, name: str, tags: dict[str, str]) -> None: ...
+
+    async def untag_resource(self, name: str, keys: list[str]) -> None: ...
+
+
+class BlobLinks(Protocol):
+    async def link_blob(
+        self,
+        repository: str,
+        digest: str,
+        size: int,
+        now: float,
+        *,
+        upstream: str | None = None,
+    ) -> None:
+        """Link (and touch) a blob. BlobNotFound when garbage collection has claimed it (the caller checks that
+        the bytes are still stored after the link: `registry.service.blobs.link_stored`). `upstream` records
+        that a pull-through download from that upstream sent (and proved) these bytes."""
+
+    async def blob_fetched_from(self, digest: str, upstream: str) -> bool:
+        """Whether a verified pull-through download from `upstream` linked the blob into some repository."""
+
+    async def linked_blob_size(self, repository: str, digest: str) -> int | None: ...
+
+    async def linked_blobs(self, repository: str, digests: Iterable[str]) -> set[str]: ...
+
+    async def unlink_blob(self, repository: str, digest: str) -> bool: ...
+
+    async def blob_size(self, digest: str) -> int | None:
+        """Size of a blob linked in any repository (for a mount without `from`)."""
+
+    async def repositories_with_blob(self, digest: str, limit: int = 100) -> list[str]: ...
+
+
+class ManifestStore(Protocol):
+    async def put_manifest(self, write: ManifestWrite) -> PutOutcome:
+        """Raises TagConflict (and writes nothing) when a protected tag points elsewhere."""
+
+    async def get_manifest(self, repository: str, digest: str) -> ManifestRecord | None: ...
+
+    async def resolve_tag(self, repository: str, tag: str) -> str | None: ...
+
+    async def existing_manifests(self, repository: str, digests: Iterable[str]) -> set[str]: ...
+
+    async def list_tags(self, repository: str, last: str | None, limit: int) -> Page: ...
+
+    async def delete_manifest(self, repository: str, digest: str) -> list[str] | None:
+        """Delete a manifest and its tags; returns the tags removed, None when it did not exist."""
+
+    async def delete_tag(self, repository: str, tag: str) -> str | None:
+        """Delete a tag; returns the digest it pointed at, None when it did not exist."""
+
+    async def referrers(self, repository: str, subject: str) -> Sequence[ManifestRecord]: ...
+
+    async def list_images(self, repository: str, after_id: int, limit: int) -> list[ImageRecord]:
+        """Images in push order (by id), after `after_id`, at most `limit`."""
+
+    async def images_by_digest(self, repository: str, digests: Iterable[str]) -> dict[str, ImageRecord]: ...
+
+    async def parents_of(self, repository: str, digests: Iterable[str]) -> dict[str, list[str]]:
+        """For each digest, the indexes in the repository that list it."""
+
+    async def blob_referenced(self, repository: str, digest: str) -> bool:
+        """Whether a manifest in the repository lists the blob."""
+
+    async def has_archived_images(self, repository: str) -> bool: ...
+
+    async def blob_archived_only(self, repository: str, digest: str) -> bool:
+        """Whether the manifests of the repository that list the blob are all archived (and there is one)."""
+
+    async def manifest_blobs(self, repository: str, digest: str) -> list[tuple[str, int]]:
+        """(digest, size) of the blobs a manifest references."""
+
+    async def blob_reference_counts(self, digests: Iterable[str]) -> dict[str, int]:
+        """How many manifests, in all repositories, reference each blob."""
+
+    async def record_pulls(self, pulls: Iterable[tuple[str, str, float]]) -> None:
+        """Set last-pulled times from (repository, digest, time) triples."""
+
+
+class PullThroughStore(Protocol):
+    async def list_rules(self) -> list[PullThroughRule]: ...
+
+    async def create_rule(self, rule: PullThroughRule) -> None:
+        """Raises Conflict when the prefix is taken."""
+
+    async def upsert_rule(self, rule: PullThroughRule) -> None: ...
+
+    async def update_rule_credentials(
+        self, prefix: str, credential_arn: str | None, now: float
+    ) -> PullThroughRule | None: ...
+
+    async def delete_rule(self, prefix: str) -> PullThroughRule | None: ...
+
+    async def tag_checked_at(self, repository: str, tag: str) -> float | None:
+        """When a cached tag was last confirmed against its upstream."""
+
+    async def set_tag_checked(self, repository: str, tag: str, when: float) -> None: ...
+
+
+class LifecycleStore(Protocol):
+    async def set_lifecycle_policy(self, name: str, text: str | None) -> RepositoryRecord | None: ...
+
+    async def put_lifecycle_preview(self, name: str, preview: LifecyclePreview) -> None: ...
+
+    async def note_upstream_failure(self, key: str, when: float) -> None: ...
+
+    async def upstream_failed_at(self, keys: Sequence[str]) -> float | None: ...
+
+    async def clear_upstream_failure(self, key: str) -> None: ...
+
+    async def get_lifecycle_preview(self, name: str) -> LifecyclePreview | None: ...
+
+    async def mark_lifecycle_evaluated(self, name: str, when: float) -> None: ...
+
+    async def set_storage_class(self, repository: str, digest: str, storage_class: str, now: float) -> bool: ...
+
+
+class GarbageStore(Protocol):
+    """Garbage collection's three steps, none holding a transaction across blob I/O: claim a blob (a tombstone
+    that refuses new links), delete its bytes from the blob store, drop the row. A crash in between leaves a
+    tombstone, which the next run finishes."""
+
+    async def unreferenced_blobs(self, touched_before: float, after: str, limit: int) -> list[BlobRow]:
+        """Blobs (by digest, after `after`) that no manifest references and nothing touched since
+        `touched_before`, and tombstones left by an interrupted collection."""
+
+    async def claim_blob(self, digest: str, touched_before: float) -> bool:
+        """Atomically: if no manifest references the blob and nothing touched it since `touched_before` (or it
+        has no row at all: stored bytes nothing recorded), tombstone it and remove its links. False otherwise."""
+
+    async def drop_blob(self, digest: str) -> None:
+        """Remove a claimed blob's tombstone (its bytes are gone)."""
+
+    async def known_blobs(self, digests: Iterable[str]) -> set[str]:
+        """Which of these digests have a row (linked, or claimed)."""
+
+    async def stale_uploads(self, before: float) -> list[str]: ...
+
+
+class TemplateStore(Protocol):
+    async def list_templates(self) -> list[tuple[str, str, float, float]]:
+        """(prefix, JSON body, created_at, updated_at) for every repository creation template."""
+
+    async def put_template(self, prefix: str, body: str, now: float, *, create: bool) -> bool:
+        """Create (False when it exists) or update (False when it does not) a template."""
+
+    async def delete_template(self, prefix: str) -> tuple[str, str, float, float] | None: ...
+
+
+class UploadStore(Protocol):
+    async def create_upload(self, upload: UploadRecord) -> None: ...
+
+    async def get_upload(self, upload_id: str) -> UploadRecord | None: ...
+
+    async def delete_upload(self, upload_id: str) -> None: ...
+
+
+class MetadataStore(
+    RepositoryStore,
+    BlobLinks,
+    ManifestStore,
+    PullThroughStore,
+    LifecycleStore,
+    GarbageStore,
+    TemplateStore,
+    UploadStore,
+    Protocol,
+):
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def storage_stats(self) -> dict[str, int]:
+        """uploads_in_progress, blobs, blob_bytes, repositories, images."""
+
+    async def health(self) -> list[str]:
+        """What keeps the store from answering (empty: ready); raises when it cannot even be asked."""

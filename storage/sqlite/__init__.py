@@ -1,0 +1,16 @@
+"""The SQLite metadata store: the embedded default (one machine, one file in the data dir).
+
+- `schema.py`: the embedded migrations.
+- `connection.py`: connections, transactions, the change feed after commits.
+- `repositories.py`: repositories, templates, rules, lifecycle state, upload sessions.
+- `manifests.py`: blob links, manifests, tags, referrers, garbage collection's claims.
+"""
+
+from storage.sqlite.manifests import ManifestQueries
+
+
+class SQLiteMetadataStore(ManifestQueries):
+    """Every query of the `storage.metadata.MetadataStore` contract on one SQLite database."""
+
+
+__all__ = ["SQLiteMetadataStore"]
