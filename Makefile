@@ -1,6 +1,6 @@
 # Two commands set everything up on a fresh Debian/Ubuntu machine with Python 3.11+:
 #   make run    start the registry on 127.0.0.1:5000 with data in ./data
-#   make test   install what the tests need and run the whole suite
+#   make test   install what the tests need, lint (ruff, mypy) and run the whole suite
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -44,16 +44,19 @@ run: install
 
 # Two processes (pytest-xdist), each running whole test files: the suite mostly waits on servers and clients, so
 # this halves its time on two cores. A line per test as it finishes (-v). TEST_JOBS=0 runs it in one process.
+# The lint runs first; if it fails, no test runs.
 TEST_JOBS ?= 2
-test: install-test system-deps
+test: lint system-deps
 	$(BIN)/python -m pytest $(if $(filter-out 0,$(TEST_JOBS)),-n $(TEST_JOBS) --dist loadfile -v) $(PYTEST_ARGS)
 
+# ruff (lint and format) and mypy (its settings, and which modules are strict, are in pyproject.toml).
 lint: install-test
 	$(BIN)/ruff check registry storage tests bench
 	$(BIN)/ruff format --check registry storage tests bench
+	$(BIN)/mypy
 
 bench: install-test
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .mypy_cache

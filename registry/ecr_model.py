@@ -17,7 +17,7 @@ from typing import Any
 import botocore.session
 from botocore.model import OperationModel, ServiceModel, Shape
 
-from registry.errors import InvalidParameter, SerializationError
+from registry.errors import InvalidParameter, RegistryError, SerializationError
 
 TARGET_PREFIX = "AmazonEC2ContainerRegistry_V20150921"
 
@@ -37,7 +37,7 @@ def _pattern(pattern: str) -> re.Pattern[str]:
     return re.compile(pattern)
 
 
-def _invalid(path: str, constraint: str) -> InvalidParameter:
+def _invalid(path: str, constraint: str) -> RegistryError:  # an InvalidParameter (a class errors.py makes at run time)
     return InvalidParameter(f"Invalid parameter at '{path}' failed to satisfy constraint: '{constraint}'")
 
 

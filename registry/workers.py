@@ -123,19 +123,19 @@ def supervise(config: Config, count: int, argv: list[str], sockets: list[socket.
 
     die_with_me = _die_with_parent()
 
-    def start(slot: _Slot) -> None:
+    def start(slot: _Slot) -> subprocess.Popen[bytes]:
         cmd = [sys.executable, "-m", "registry", *argv, "--worker-fds", fds, "--worker-index", str(slot.index)]
         cmd += ["--supervisor-pid", str(os.getpid())]
         pass_fds = [*(s.fileno() for s in sockets), metrics_lock]  # workers keep the metrics dir locked too
         slot.proc = subprocess.Popen(cmd, pass_fds=pass_fds, env=env, preexec_fn=die_with_me)
         slot.started_at = time.monotonic()
+        return slot.proc
 
     slots = [_Slot(i) for i in range(count)]
     status = 0
     try:
-        for slot in slots:
-            start(slot)
-        log.info("supervisor %d started %d workers: %s", os.getpid(), count, ", ".join(str(s.proc.pid) for s in slots))
+        pids = [str(start(slot).pid) for slot in slots]
+        log.info("supervisor %d started %d workers: %s", os.getpid(), count, ", ".join(pids))
         while not stopping:
             time.sleep(POLL)
             now = time.monotonic()
@@ -270,7 +270,8 @@ def _mark_dead(metrics_dir: str, pid: int) -> None:
     """Drop a dead worker's live-gauge files (its counters stay, so totals never go backwards)."""
     from prometheus_client import multiprocess
 
-    multiprocess.mark_process_dead(pid, metrics_dir)
+    # prometheus_client ships py.typed but leaves mark_process_dead unannotated.
+    multiprocess.mark_process_dead(pid, metrics_dir)  # type: ignore[no-untyped-call]
 
 
 def inherited_sockets(fds: str) -> list[socket.socket]:
