@@ -21,7 +21,6 @@ from typing import Any
 
 from aiohttp import web
 
-from registry import jobs
 from registry.auth.access import AccessControl
 from registry.auth.principals import Directory
 from registry.auth.tokens import DOWNLOAD_TTL, KeyRing
@@ -36,7 +35,7 @@ from registry.service.lifecycle import LifecycleService
 from registry.service.templates import TemplateService
 from registry.service.uploads import UploadService
 from registry.tls import tls_context
-from registry.web import ecr_api, health, metrics, oci_routes
+from registry.web import ecr_api, health, jobs, metrics, oci_routes
 from registry.web.connections import Limits, Runner
 from registry.web.context import (
     ACCESS,
@@ -282,12 +281,16 @@ async def serve(
     # With TLS, a handshake must be done within header_timeout too (asyncio's default is 60 s; the head's own
     # deadline starts after it).
     assert runner.server is not None
-    handshake = {"ssl": tls, "ssl_handshake_timeout": server.header_timeout} if tls is not None else {}
+    handshake_timeout = server.header_timeout if tls is not None else None
     listeners: list[asyncio.AbstractServer] = []
     watch = asyncio.ensure_future(_watch_parent(supervisor, stop)) if supervisor is not None else None
     try:
         for sock in sockets:
-            listeners.append(await loop.create_server(runner.server, sock=sock, backlog=BACKLOG, **handshake))
+            listeners.append(
+                await loop.create_server(
+                    runner.server, sock=sock, backlog=BACKLOG, ssl=tls, ssl_handshake_timeout=handshake_timeout
+                )
+            )
         if announce:
             log.info("%s", announce)
         await stop.wait()

@@ -138,14 +138,15 @@ class ChangeCounter:
     # -- the counter ----------------------------------------------------------------------------------
     def value(self) -> int:
         assert self._map is not None, "counter is closed"
-        return _COUNTER.unpack_from(self._map)[0]
+        value: int = _COUNTER.unpack_from(self._map)[0]
+        return value
 
     def bump(self) -> int:
         """Add one (atomically across processes) and return the new value."""
         assert self._map is not None, "counter is closed"
         fcntl.flock(self._fd, fcntl.LOCK_EX)
         try:
-            value = _COUNTER.unpack_from(self._map)[0] + 1
+            value: int = _COUNTER.unpack_from(self._map)[0] + 1
             _COUNTER.pack_into(self._map, 0, value)
         finally:
             fcntl.flock(self._fd, fcntl.LOCK_UN)

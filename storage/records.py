@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,7 +24,7 @@ class LifecyclePreview:
     policy_text: str
     status: str
     started_at: float
-    results: list[dict] | None = None
+    results: list[dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -154,13 +154,14 @@ def module_graph() -> Edges:
 
 
 def folder(name: str) -> str:
-    """A module's folder: its package ("registry.proxy"). The modules directly in `registry/` are each a folder
-    of their own ("registry.config"): that package holds both the entry points that import every folder (app,
-    cli) and the leaves that every folder imports (errors, oci, glob), so as one node it would close a cycle
-    with every folder by construction and hide the cycles worth cutting."""
+    """A module's folder: its package ("registry.proxy"). The modules directly in a top-level package
+    (`registry/`, `storage/`) are each a folder of their own ("registry.config", "storage.factory"): such a
+    package holds both the entry points that import every folder (app, cli, factory) and the leaves that every
+    folder imports (errors, oci, records), so as one node it would close a cycle with every folder by
+    construction and hide the cycles worth cutting."""
     module = modules()[name]
     package = module.package
-    return name if package == "registry" and not module.is_package else package
+    return name if package in ("registry", "storage") and not module.is_package else package
 
 
 def folder_graph() -> Edges:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 from collections.abc import AsyncIterator
@@ -133,7 +134,7 @@ class Spool:
         try:
             while True:
                 async with self._changed:
-                    await self._changed.wait_for(lambda at=offset: self._ready(at))
+                    await self._changed.wait_for(functools.partial(self._ready, offset))
                 if self._view is None and self.done:  # the shared write is over: read the installed blob
                     async for data in self.owner.blobs.read(self.digest, offset):
                         yield data

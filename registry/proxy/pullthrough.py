@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Hashable
@@ -188,10 +189,14 @@ class PullThrough:
         if task is None:
             task = asyncio.ensure_future(factory())
             self._flights[key] = task
-            task.add_done_callback(lambda t: (self._flights.pop(key, None), consume(t)))
+            task.add_done_callback(functools.partial(self._landed, key))
         else:
             self.rule_metrics(rule).single_flight_joins += 1
         return await asyncio.shield(task)
+
+    def _landed(self, key: Hashable, task: asyncio.Future[Any]) -> None:
+        self._flights.pop(key, None)
+        consume(task)
 
     # -- failures ----------------------------------------------------------------------------------
     async def _recently_failed(self, *keys: str) -> bool:
@@ -261,7 +266,7 @@ class PullThrough:
 
         task = asyncio.ensure_future(check())
         self._flights[key] = task
-        task.add_done_callback(lambda t: (self._flights.pop(key, None), consume(t)))
+        task.add_done_callback(functools.partial(self._landed, key))
 
     async def _checked_at(self, repository: str, tag: str) -> float | None:
         key = (repository, tag)

@@ -279,8 +279,8 @@ class ImageService:
 
         image_size = sum(d.size for d in parsed.layers)
         if parsed.manifests:
-            children = await self.meta.images_by_digest(name, parsed.referenced_manifests)
-            image_size = max((c.image_size for c in children.values()), default=0)
+            child_images = await self.meta.images_by_digest(name, parsed.referenced_manifests)
+            image_size = max((child.image_size for child in child_images.values()), default=0)
         protected = tuple(t for t in tags if tag_is_immutable(settings, t))
         try:
             outcome = await self.meta.put_manifest(

@@ -98,15 +98,15 @@ async def plan_docker(
     # Layers: hashed while they are spooled into the blob store (their digests are only known then).
     wanted = list(dict.fromkeys(layer_path for docker_image in images for layer_path in docker_image.layers))
     progress.plan(len(wanted), sum(source.size(layer_path) for layer_path in wanted))
-    layers: dict[str, tuple[str, int, str]] = {}  # path -> (digest, size, media type)
+    spooled: dict[str, tuple[str, int, str]] = {}  # path -> (digest, size, media type)
     layer_files = source.stream(wanted)
     while (item := await asyncio.to_thread(next, layer_files, None)) is not None:
         name, fh = item
-        layers[name] = await _spool_layer(services, source, name, fh, progress, counts)
+        spooled[name] = await _spool_layer(services, source, name, fh, progress, counts)
     for docker_image in images:
         layer_descs = []
         for position, name in enumerate(docker_image.layers):
-            digest, size, media_type = layers[name]
+            digest, size, media_type = spooled[name]
             if (
                 media_type == DOCKER_LAYER
                 and position < len(docker_image.diff_ids)
@@ -135,7 +135,7 @@ async def plan_docker(
         plan.manifests[digest] = (oci.DOCKER_MANIFEST, body)
         image = docker_image.image
         image.digest, image.media_type, image.manifests = digest, oci.DOCKER_MANIFEST, [digest]
-        image.blobs = list(dict.fromkeys([config_digest, *(desc["digest"] for desc in layer_descs)]))
+        image.blobs = list(dict.fromkeys([config_digest, *(str(desc["digest"]) for desc in layer_descs)]))
         plan.images.append(image)
     return plan
 

@@ -120,8 +120,8 @@ def select_images(
         by_tag: dict[str, set[int]] = {}
         for candidate in matching:
             by_tag.setdefault(candidate.tag or "", set()).add(candidate.entry)
-        for image_tag, found in by_tag.items():
-            if len(found) > 1:
+        for image_tag, entries_tagged in by_tag.items():
+            if len(entries_tagged) > 1:
                 refs = ", ".join(sorted({candidate.ref for candidate in matching if candidate.tag == image_tag}))
                 raise TransferError(
                     f"{source}: tag {image_tag} names several images ({refs}); import one at a time as REPOSITORY:TAG"

@@ -121,7 +121,8 @@ class InFlight:
         self._idle.clear()
 
     def leave(self) -> None:
-        self._tasks.discard(asyncio.current_task())  # type: ignore[arg-type]
+        if (task := asyncio.current_task()) is not None:
+            self._tasks.discard(task)
         if not self._tasks:
             self._idle.set()
 

@@ -87,6 +87,8 @@ async def sendfile(
 
     # A connection closed meanwhile takes its socket out of the epoll silently, so a watchdog looks every
     # second and fails the wait (one timer per transfer, not one per wait).
+    timer: asyncio.TimerHandle
+
     def watchdog() -> None:
         nonlocal timer
         if transport.is_closing():

@@ -65,7 +65,7 @@ class SQLiteConnection:
         return conn
 
     async def _migrate(self, conn: aiosqlite.Connection) -> None:
-        (version,) = (await conn.execute_fetchall("PRAGMA user_version"))[0]
+        (version,) = next(iter(await conn.execute_fetchall("PRAGMA user_version")))
         if version > len(MIGRATIONS):
             raise StorageError(
                 f"{self.path} has schema version {version}, newer than this Moorage knows "
@@ -141,7 +141,7 @@ class SQLiteConnection:
 
     @staticmethod
     async def _one(conn: aiosqlite.Connection, sql: str, params: Sequence[Any] = ()) -> Any:
-        rows = await conn.execute_fetchall(sql, params)
+        rows = list(await conn.execute_fetchall(sql, params))
         return rows[0] if rows else None
 
     async def _in_query(self, sql: str, prefix: Sequence[Any], values: Iterable[str]) -> list[Any]:

@@ -116,10 +116,11 @@ class ManifestQueries(RepositoryQueries):
             row = await self._one(
                 db, "SELECT id FROM manifests WHERE repository_id = ? AND digest = ?", (repo_id, write.digest)
             )
-            current = {}
+            current: dict[str, str] = {}
             if write.tags:
                 current = dict(
-                    await db.execute_fetchall(
+                    (name, digest)
+                    for name, digest in await db.execute_fetchall(
                         f"SELECT t.name, m.digest FROM tags t JOIN manifests m ON m.id = t.manifest_id "
                         f"WHERE t.repository_id = ? AND t.name IN ({','.join('?' * len(write.tags))})",
                         (repo_id, *write.tags),
@@ -256,7 +257,8 @@ class ManifestQueries(RepositoryQueries):
             if row is None:
                 return None
             await db.execute("DELETE FROM tags WHERE repository_id = ? AND name = ?", (row[0], tag))
-            return row[1]
+            digest: str = row[1]
+            return digest
 
     async def referrers(self, repository: str, subject: str) -> Sequence[ManifestRecord]:
         rows = await self._fetchall(

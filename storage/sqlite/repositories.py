@@ -294,7 +294,7 @@ class RepositoryQueries(SQLiteConnection):
         rows = await self._fetchall(
             "SELECT prefix, body, created_at, updated_at FROM creation_templates ORDER BY prefix"
         )
-        return [tuple(r) for r in rows]  # type: ignore[misc]
+        return [(r[0], r[1], r[2], r[3]) for r in rows]
 
     async def put_template(self, prefix: str, body: str, now: float, *, create: bool) -> bool:
         async with self._tx() as db:
@@ -316,7 +316,7 @@ class RepositoryQueries(SQLiteConnection):
                 db, "SELECT prefix, body, created_at, updated_at FROM creation_templates WHERE prefix = ?", (prefix,)
             )
             await db.execute("DELETE FROM creation_templates WHERE prefix = ?", (prefix,))
-        return tuple(row) if row else None  # type: ignore[return-value]
+        return (row[0], row[1], row[2], row[3]) if row else None
 
     # -- upload sessions ---------------------------------------------------------------------------
     async def create_upload(self, upload: UploadRecord) -> None:
