@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+STANDARD, ARCHIVE = "STANDARD", "ARCHIVE"  # an image's storage class (ECR's words)
+
 
 @dataclass(frozen=True, slots=True)
 class RepositorySettings:
@@ -49,7 +51,12 @@ class ManifestRecord:
     annotations: dict[str, str] | None
     pushed_at: float
     body: bytes
-    storage_class: str = "STANDARD"
+    storage_class: str = STANDARD
+
+    @property
+    def archived(self) -> bool:
+        """Archived images are not pulled until restored (ECR's archive storage class)."""
+        return self.storage_class == ARCHIVE
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,9 +75,14 @@ class ImageRecord:
     pushed_at: float
     last_pulled_at: float | None
     tags: tuple[str, ...]
-    storage_class: str = "STANDARD"
+    storage_class: str = STANDARD
     last_archived_at: float | None = None
     last_activated_at: float | None = None
+
+    @property
+    def archived(self) -> bool:
+        """Archived images are not pulled until restored (ECR's archive storage class)."""
+        return self.storage_class == ARCHIVE
 
 
 @dataclass(frozen=True, slots=True)

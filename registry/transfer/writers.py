@@ -33,6 +33,7 @@ from registry.transfer.common import (
     blob_member,
 )
 from registry.transfer.progress import Progress
+from storage.files import atomic_write, fsync_dir
 
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 PARTIAL = ".partial"
@@ -74,26 +75,13 @@ def _mismatch(digest: str, actual: str, size: int, got: int) -> TransferError:
     return TransferError(f"blob {digest} is damaged in the data dir: its content is {actual}")
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + PARTIAL)
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_hashed(fh: IO[bytes], hasher: Any, chunk: bytes) -> None:
     fh.write(chunk)
     hasher.update(chunk)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    atomic_write(path, data, suffix=PARTIAL)
 
 
 def _flush(fh: IO[bytes]) -> None:
@@ -122,7 +110,7 @@ class DirectoryWriter(Writer):
         self.check()
         dest.mkdir(parents=True, exist_ok=True)
         if not (dest / LAYOUT_FILE).is_file():
-            await asyncio.to_thread(_write_atomically, dest / LAYOUT_FILE, LAYOUT_VERSION)
+            await asyncio.to_thread(_atomic_write, dest / LAYOUT_FILE, LAYOUT_VERSION)
 
     def has(self, digest: str, size: int) -> bool:
         try:
@@ -173,9 +161,9 @@ class DirectoryWriter(Writer):
             if alg_dir.is_dir():
                 for leftover in alg_dir.glob("*" + PARTIAL):  # from an export that was killed
                     leftover.unlink(missing_ok=True)
-                await asyncio.to_thread(_fsync_dir, alg_dir)
-        await asyncio.to_thread(_write_atomically, index_path, _index_json(kept + entries))
-        await asyncio.to_thread(_fsync_dir, self.dest)
+                await asyncio.to_thread(fsync_dir, alg_dir)
+        await asyncio.to_thread(_atomic_write, index_path, _index_json(kept + entries))
+        await asyncio.to_thread(fsync_dir, self.dest)
 
 
 class ArchiveWriter(Writer):
@@ -317,7 +305,7 @@ class ArchiveWriter(Writer):
 
     def _save_journal(self) -> None:
         state = {"compress": self.compress, "offset": self.offset, "members": self.members}
-        _write_atomically(self.journal, json.dumps(state).encode())
+        _atomic_write(self.journal, json.dumps(state).encode())
 
     async def finish(self, entries: list[dict[str, Any]]) -> None:
         index = _index_json(entries)
@@ -332,7 +320,7 @@ class ArchiveWriter(Writer):
         self.fh = None
         await asyncio.to_thread(os.replace, self.partial, self.dest)
         self.journal.unlink(missing_ok=True)
-        await asyncio.to_thread(_fsync_dir, self.dest.parent)
+        await asyncio.to_thread(fsync_dir, self.dest.parent)
 
     def close(self) -> None:
         if self.fh is not None:

@@ -154,7 +154,7 @@ async def get_manifest(request: web.Request, name: str, reference: str) -> web.R
     oci.validate_reference(reference)
     images = request.app[IMAGES]
     record = await request.app[READER].get_manifest(name, reference, import_authorizer(request, name))
-    if record.storage_class == "ARCHIVE":
+    if record.archived:
         raise ImageArchived(
             f"{name}@{record.digest} is archived, and pulls of archived images fail until it is restored: "
             f"aws ecr update-image-storage-class --repository-name {name} --image-id imageDigest={record.digest} "
