@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from registry.iam_policy import PolicyError, parse_policy
+
 
 class ConfigError(Exception):
     """Configuration problems, each phrased for the user and naming its key: validation goes on past the first,
@@ -203,8 +205,6 @@ def _check_secret(v: Secret) -> Secret:
 
 
 def _check_policy(v: str) -> str:
-    from registry.auth.policy import PolicyError, parse_policy
-
     try:
         parse_policy(v)
     except PolicyError as e:

@@ -17,7 +17,11 @@ import functools
 import time
 from collections.abc import Callable, Mapping, Sequence
 
-from registry.auth.policy import (
+from registry.auth.principals import Directory, Principal
+from registry.auth.tokens import Claims, KeyRing, TokenError
+from registry.cache import LRUCache
+from registry.errors import AuthenticationRequired, Denied, Unauthorized
+from registry.iam_policy import (
     Decision,
     Evaluation,
     Policy,
@@ -26,10 +30,6 @@ from registry.auth.policy import (
     evaluate,
     parse_policy,
 )
-from registry.auth.principals import Directory, Principal
-from registry.auth.tokens import Claims, KeyRing, TokenError
-from registry.cache import LRUCache
-from registry.errors import AuthenticationRequired, Denied, Unauthorized
 
 EVALUATION_CACHE = 4096
 EXPIRED_MESSAGE = "Your authorization token has expired. Reauthenticate and try again."

@@ -13,8 +13,8 @@ import string
 from dataclasses import dataclass
 from pathlib import Path
 
-from registry.auth.policy import Policy, parse_policy
 from registry.config import AuthConfig, Secret
+from registry.iam_policy import Policy, parse_policy
 
 ADMIN_FILE = "admin-credentials.json"
 ADMIN_POLICY = '{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}'

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from registry import jsonsafe, oci
-from registry.auth.policy import PolicyError, parse_policy
 from registry.auth.tokens import DOWNLOAD_PARAM
 from registry.errors import (
     BlobUnknown,
@@ -49,6 +48,7 @@ from registry.errors import (
     UploadNotFound,
     UploadRangeInvalid,
 )
+from registry.iam_policy import PolicyError, parse_policy
 from registry.proxy import rules
 from registry.proxy.pullthrough import PullThrough
 from registry.proxy.upstream import UpstreamError

@@ -13,8 +13,8 @@ from collections.abc import Callable
 from typing import Any
 
 from registry import lifecycle as lc
-from registry.auth.policy import PolicyError, parse_policy
 from registry.errors import InvalidParameter, RegistryError, TemplateAlreadyExists, TemplateNotFound
+from registry.iam_policy import PolicyError, parse_policy
 from registry.proxy import rules
 from registry.service.ecr import _settings, _tags, page_offset
 from storage import base as st
