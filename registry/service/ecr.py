@@ -54,6 +54,7 @@ from registry.proxy.pullthrough import PullThrough
 from registry.proxy.upstream import UpstreamError
 from registry.service.images import ImageService
 from registry.service.uploads import UploadService
+from registry.upstream_url import NotAllowed
 from storage import base as st
 
 PART_SIZE = 10 * 1024 * 1024
@@ -236,7 +237,7 @@ class EcrService:
             raise InvalidParameter("upstreamRepositoryPrefix can only be set when ecrRepositoryPrefix is not ROOT")
         try:  # the same allowlist as rules in the configuration, and as every request made upstream
             self.pull_through.policy.check_url(url)
-        except rules.NotAllowed as e:
+        except NotAllowed as e:
             raise UnsupportedUpstreamRegistry(f"The upstream registry '{url}' is not supported here: {e}") from None
         self._check_secret(p.get("credentialArn"))
         existing = await self.meta.list_rules()

@@ -15,7 +15,7 @@ from typing import Any
 from registry import lifecycle as lc
 from registry.errors import InvalidParameter, RegistryError, TemplateAlreadyExists, TemplateNotFound
 from registry.iam_policy import PolicyError, parse_policy
-from registry.proxy import rules
+from registry.naming import most_specific, normalize_prefix
 from registry.service.ecr import _settings, _tags, page_offset
 from storage import base as st
 
@@ -32,10 +32,6 @@ FIELDS = (
 )
 
 
-def _matches(prefix: str, name: str) -> bool:
-    return prefix == rules.ROOT or name.startswith(prefix + "/")
-
-
 class TemplateService:
     def __init__(self, meta: st.MetadataStore, *, account_id: str, clock: Callable[[], float] = time.time) -> None:
         self.meta = meta
@@ -44,13 +40,9 @@ class TemplateService:
 
     async def init_for(self, name: str, reason: str) -> st.RepositoryInit | None:
         """The most specific template for `name` that applies for `reason`, as a RepositoryInit."""
-        best: tuple[str, dict[str, Any]] | None = None
-        for prefix, body, _, _ in await self.meta.list_templates():
-            doc = json.loads(body)
-            if reason not in doc.get("appliedFor", []) or not _matches(prefix, name):
-                continue
-            if best is None or best[0] == rules.ROOT or (prefix != rules.ROOT and len(prefix) > len(best[0])):
-                best = (prefix, doc)
+        documents = [(prefix, json.loads(body)) for prefix, body, _, _ in await self.meta.list_templates()]
+        applicable = [(prefix, doc) for prefix, doc in documents if reason in doc.get("appliedFor", [])]
+        best = most_specific(applicable, lambda template: template[0], name)
         if best is None:
             return None
         doc = best[1]
@@ -102,7 +94,7 @@ class TemplateService:
         )
 
     async def create_repository_creation_template(self, p: dict[str, Any], caller: Any) -> dict[str, Any]:
-        prefix = rules.normalize_prefix(p["prefix"])
+        prefix = normalize_prefix(p["prefix"])
         doc = {k: p[k] for k in FIELDS if k in p}
         self._validate(doc)
         now = self.clock()
@@ -111,7 +103,7 @@ class TemplateService:
         return {"registryId": self.account_id, "repositoryCreationTemplate": self._shape(prefix, doc, now, now)}
 
     async def update_repository_creation_template(self, p: dict[str, Any], caller: Any) -> dict[str, Any]:
-        prefix = rules.normalize_prefix(p["prefix"])
+        prefix = normalize_prefix(p["prefix"])
         current = {t[0]: t for t in await self.meta.list_templates()}.get(prefix)
         if current is None:
             raise self._not_found(prefix)
@@ -122,7 +114,7 @@ class TemplateService:
         return {"registryId": self.account_id, "repositoryCreationTemplate": self._shape(prefix, doc, current[2], now)}
 
     async def delete_repository_creation_template(self, p: dict[str, Any], caller: Any) -> dict[str, Any]:
-        prefix = rules.normalize_prefix(p["prefix"])
+        prefix = normalize_prefix(p["prefix"])
         deleted = await self.meta.delete_template(prefix)
         if deleted is None:
             raise self._not_found(prefix)
@@ -135,7 +127,7 @@ class TemplateService:
         templates = await self.meta.list_templates()
         wanted = p.get("prefixes")
         if wanted is not None:
-            wanted = {rules.normalize_prefix(x) for x in wanted}
+            wanted = {normalize_prefix(x) for x in wanted}
             templates = [t for t in templates if t[0] in wanted]
         start = page_offset(p.get("nextToken"))
         limit = p.get("maxResults", 100)
