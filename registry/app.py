@@ -30,6 +30,7 @@ from registry.gc import GarbageCollector
 from registry.proxy import rules
 from registry.proxy.eviction import evict
 from registry.proxy.pullthrough import PullThrough
+from registry.proxy.rule_service import PullThroughRuleService
 from registry.service.ecr import EcrService
 from registry.service.images import ImageService
 from registry.service.lifecycle import LifecycleService
@@ -202,7 +203,6 @@ def create_app(config: Config, worker: int | None = None) -> web.Application:
         s.images,
         s.uploads,
         s.meta,
-        s.pull_through,
         account_id=config.registry.account_id,
         region=config.registry.region,
         issue_token=issue_token,
@@ -212,7 +212,8 @@ def create_app(config: Config, worker: int | None = None) -> web.Application:
     )
     app[META], app[BLOBS], app[IMAGES], app[UPLOADS] = s.meta, s.blobs, s.images, s.uploads
     app[ACCESS], app[PULL_THROUGH], app[ECR] = access, s.pull_through, ecr
-    app[ECR_OPERATIONS] = (ecr, s.lifecycle, s.templates)
+    pull_through_rules = PullThroughRuleService(s.meta, s.pull_through, account_id=config.registry.account_id)
+    app[ECR_OPERATIONS] = (*ecr.operations, pull_through_rules, s.lifecycle, s.templates)
 
     async def lifespan(app: web.Application) -> AsyncIterator[None]:
         await s.open()

@@ -24,7 +24,7 @@ from registry.errors import (
     LifecyclePolicyPreviewNotFound,
     RegistryError,
 )
-from registry.service.ecr import existing_repository, page_offset
+from registry.service.ecr_shapes import ARCHIVE, existing_repository, image_status, offset_page
 from registry.service.images import ImageService
 from storage import base as st
 
@@ -103,7 +103,7 @@ class LifecycleService:
                     action.rule_priority,
                 )
             else:
-                if await self.meta.set_storage_class(repository, image.digest, "ARCHIVE", now):
+                if await self.meta.set_storage_class(repository, image.digest, ARCHIVE, now):
                     self.images.forget_manifest(repository, image.digest)
                     report.transitioned.append(p)
                     log.info(
@@ -259,16 +259,14 @@ class LifecycleService:
         if p.get("imageIds") is not None:
             wanted = {i.get("imageDigest") for i in p["imageIds"]} | {i.get("imageTag") for i in p["imageIds"]}
             results = [r for r in results if r["imageDigest"] in wanted or set(r.get("imageTags", ())) & wanted]
-        start = page_offset(p.get("nextToken"))
-        limit = p.get("maxResults", 100)
-        out["previewResults"] = results[start : start + limit]
-        if start + limit < len(results):
-            out["nextToken"] = str(start + limit)
+        out["previewResults"], next_token = offset_page(results, p)
+        if next_token is not None:
+            out["nextToken"] = next_token
         transitioning = sum(1 for r in everything if r["action"]["type"] == "TRANSITION")
         out["summary"] = {"expiringImageTotalCount": sum(1 for r in everything if r["action"]["type"] == "EXPIRE")}
         if transitioning:
             out["summary"]["transitioningImageTotalCounts"] = [
-                {"targetStorageClass": "ARCHIVE", "imageTotalCount": transitioning}
+                {"targetStorageClass": ARCHIVE, "imageTotalCount": transitioning}
             ]
         return out
 
@@ -295,7 +293,7 @@ class LifecycleService:
                 "imageDigest": digest,
                 **({"imageTag": image_id["imageTag"]} if image_id.get("imageTag") else {}),
             },
-            "imageStatus": "ARCHIVED" if target == "ARCHIVE" else "ACTIVE",
+            "imageStatus": image_status(target),
         }
 
 

@@ -16,7 +16,7 @@ from registry import lifecycle as lc
 from registry.errors import InvalidParameter, RegistryError, TemplateAlreadyExists, TemplateNotFound
 from registry.iam_policy import PolicyError, parse_policy
 from registry.naming import most_specific, normalize_prefix
-from registry.service.ecr import _settings, _tags, page_offset
+from registry.service.ecr_shapes import offset_page, repository_settings, resource_tags
 from storage import base as st
 
 FIELDS = (
@@ -46,7 +46,7 @@ class TemplateService:
         if best is None:
             return None
         doc = best[1]
-        settings = _settings(doc, st.RepositorySettings())
+        settings = repository_settings(doc, st.RepositorySettings())
         tags = tuple((t["Key"], t["Value"]) for t in doc.get("resourceTags", []))
         return st.RepositoryInit(
             settings,
@@ -58,8 +58,8 @@ class TemplateService:
     # -- ECR operations ----------------------------------------------------------------------------
     def _validate(self, doc: dict[str, Any]) -> None:
         try:
-            _settings(doc, st.RepositorySettings())
-            _tags(doc.get("resourceTags") or [])
+            repository_settings(doc, st.RepositorySettings())
+            resource_tags(doc.get("resourceTags") or [])
         except RegistryError as e:
             raise InvalidParameter(e.message) from None
         if doc.get("lifecyclePolicy"):
@@ -129,14 +129,14 @@ class TemplateService:
         if wanted is not None:
             wanted = {normalize_prefix(x) for x in wanted}
             templates = [t for t in templates if t[0] in wanted]
-        start = page_offset(p.get("nextToken"))
-        limit = p.get("maxResults", 100)
+        page, next_token = offset_page(templates, p)
         out: dict[str, Any] = {
             "registryId": self.account_id,
             "repositoryCreationTemplates": [
-                self._shape(prefix, json.loads(body), c, u) for prefix, body, c, u in templates[start : start + limit]
+                self._shape(prefix, json.loads(body), created_at, updated_at)
+                for prefix, body, created_at, updated_at in page
             ],
         }
-        if start + limit < len(templates):
-            out["nextToken"] = str(start + limit)
+        if next_token is not None:
+            out["nextToken"] = next_token
         return out

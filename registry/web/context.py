@@ -19,6 +19,7 @@ IMAGES = web.AppKey("images", ImageService)
 UPLOADS = web.AppKey("uploads", UploadService)
 ACCESS = web.AppKey("access", AccessControl)
 ECR = web.AppKey("ecr", EcrService)
-# Objects whose snake_case methods are ECR operations (the repository/image API, lifecycle, templates).
+# Objects whose snake_case methods are ECR operations (the repository, image and layer APIs, pull-through cache
+# rules, lifecycle, templates).
 ECR_OPERATIONS = web.AppKey("ecr_operations", tuple)
 PULL_THROUGH = web.AppKey("pull_through", PullThrough)
