@@ -192,7 +192,6 @@ def create_app(config: Config, worker: int | None = None) -> web.Application:
         keyring=keyring,
         account_id=config.registry.account_id,
         region=config.registry.region,
-        token_ttl=config.auth.token_ttl,
         challenge=config.auth.challenge,
     )
 
