@@ -125,18 +125,18 @@ class AllowEntry:
 
     @classmethod
     def parse(cls, text: str) -> AllowEntry:
-        s = text.strip().lower()
+        entry = text.strip().lower()
         port: int | None = None
-        if s.startswith("["):  # [v6] or [v6]:port or [v6/len]:port
-            host, closed, rest = s[1:].partition("]")
+        if entry.startswith("["):  # [v6] or [v6]:port or [v6/len]:port
+            host, closed, rest = entry[1:].partition("]")
             if not closed or (rest and not rest.startswith(":")):
                 raise ValueError(f"{text!r}: expected [IPV6]:PORT")
             port = _port(rest[1:]) if rest else None
-        elif s.count(":") == 1:
-            host, _, p = s.partition(":")
-            port = _port(p)
+        elif entry.count(":") == 1:
+            host, _, port_text = entry.partition(":")
+            port = _port(port_text)
         else:
-            host = s
+            host = entry
         host = host.rstrip(".") if host != "." else host
         if not host:
             raise ValueError(f"{text!r}: no host")
@@ -198,13 +198,13 @@ class UpstreamPolicy:
 
     @classmethod
     def parse(cls, entries: Iterable[str]) -> UpstreamPolicy:
-        return cls(tuple(AllowEntry.parse(e) for e in entries))
+        return cls(tuple(AllowEntry.parse(entry) for entry in entries))
 
     def _named(self, host: str, port: int) -> bool:
-        return any(e.names(host, port) for e in self.entries)
+        return any(entry.names(host, port) for entry in self.entries)
 
     def _covered(self, ip: IPAddress, port: int) -> bool:
-        return any(e.covers(ip, port) for e in self.entries)
+        return any(entry.covers(ip, port) for entry in self.entries)
 
     def check_host(self, host: str, port: int) -> None:
         """Raise NotAllowed unless `host` (a name or an IP address) may be an upstream on `port`. For a name,
@@ -251,7 +251,7 @@ class UpstreamPolicy:
         return scheme, host, port
 
     def _listed(self) -> str:
-        return ", ".join(e.text for e in self.entries) or "empty"
+        return ", ".join(entry.text for entry in self.entries) or "empty"
 
 
 def _with_port(ip: IPAddress, port: int) -> str:

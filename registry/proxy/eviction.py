@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import logging
 
-from registry.proxy import rules as r
+from registry.proxy import rules
 from registry.proxy.pullthrough import PullThrough
 from registry.service.lifecycle import LifecycleService
-from storage import base as st
+from storage.base import ImageRecord, MetadataStore
 
 log = logging.getLogger("moorage.eviction")
 
@@ -21,7 +21,7 @@ log = logging.getLogger("moorage.eviction")
 async def evict(
     pull_through: PullThrough,
     lifecycle: LifecycleService,
-    meta: st.MetadataStore,
+    meta: MetadataStore,
     max_bytes: int,
     *,
     dry_run: bool = False,
@@ -29,19 +29,19 @@ async def evict(
     """Evict until the cache fits; returns the number of images evicted (that would be, with `dry_run`)."""
     if max_bytes <= 0 or not pull_through.rules:
         return 0
-    images: list[st.ImageRecord] = []
+    images: list[ImageRecord] = []
     last: str | None = None
     while batch := await meta.describe_repositories(last, 500):
         for repo in batch:
-            if r.match(pull_through.rules, repo.name) is not None:
+            if rules.match(pull_through.rules, repo.name) is not None:
                 images += await lifecycle.images_of(repo.name)
         last = batch[-1].name
     blobs = {img.digest: await meta.manifest_blobs(img.repository, img.digest) for img in images}
-    sizes = {d: s for refs in blobs.values() for d, s in refs}
+    sizes = {digest: size for refs in blobs.values() for digest, size in refs}
     refcount = await meta.blob_reference_counts(list(sizes))
     usage = sum(sizes.values())
     evicted = 0
-    for img in sorted(images, key=lambda i: (i.last_pulled_at or i.pushed_at, i.id)):
+    for img in sorted(images, key=lambda image: (image.last_pulled_at or image.pushed_at, image.id)):
         if usage <= max_bytes:
             break
         if (await meta.parents_of(img.repository, [img.digest])).get(img.digest):

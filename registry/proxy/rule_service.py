@@ -89,15 +89,15 @@ class PullThroughRuleService:
                 "the Moorage configuration"
             )
 
-    async def create_pull_through_cache_rule(self, p: dict[str, Any], caller: Caller) -> dict[str, Any]:
-        prefix = normalize_prefix(p["ecrRepositoryPrefix"])
-        upstream_prefix = normalize_prefix(p.get("upstreamRepositoryPrefix", ROOT))
-        url = p["upstreamRegistryUrl"].rstrip("/")
+    async def create_pull_through_cache_rule(self, params: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        prefix = normalize_prefix(params["ecrRepositoryPrefix"])
+        upstream_prefix = normalize_prefix(params.get("upstreamRepositoryPrefix", ROOT))
+        url = params["upstreamRegistryUrl"].rstrip("/")
         if not is_upstream_url(url):
             received = url if len(url) <= 200 else url[:200] + "..."
             hint = (
                 " (the AWS CLI v1 fetched that URL and sent its body: set cli_follow_urlparam = false in ~/.aws/config)"
-                if any(c in url for c in "\n<{ ")
+                if any(char in url for char in "\n<{ ")
                 else ""
             )
             raise InvalidParameter(
@@ -110,7 +110,7 @@ class PullThroughRuleService:
             self.pull_through.policy.check_url(url)
         except NotAllowed as e:
             raise UnsupportedUpstreamRegistry(f"The upstream registry '{url}' is not supported here: {e}") from None
-        self._check_secret(p.get("credentialArn"))
+        self._check_secret(params.get("credentialArn"))
         existing = await self.meta.list_rules()
         if len(existing) >= self.pull_through.config.max_rules:
             raise LimitExceeded(
@@ -122,8 +122,8 @@ class PullThroughRuleService:
             prefix,
             url,
             upstream_prefix,
-            p.get("credentialArn"),
-            p.get("upstreamRegistry") or infer_upstream_registry(url),
+            params.get("credentialArn"),
+            params.get("upstreamRegistry") or infer_upstream_registry(url),
             now,
             now,
         )
@@ -137,9 +137,9 @@ class PullThroughRuleService:
         await self.pull_through.reload()
         return self._rule(rule)
 
-    async def describe_pull_through_cache_rules(self, p: dict[str, Any], caller: Caller) -> dict[str, Any]:
+    async def describe_pull_through_cache_rules(self, params: dict[str, Any], caller: Caller) -> dict[str, Any]:
         all_rules = {rule.prefix: rule for rule in await self.meta.list_rules()}
-        wanted = p.get("ecrRepositoryPrefixes")
+        wanted = params.get("ecrRepositoryPrefixes")
         if wanted is not None:
             out = []
             for prefix in wanted:
@@ -147,20 +147,20 @@ class PullThroughRuleService:
                 if rule is None:
                     raise self._rule_not_found(prefix)
                 out.append(rule)
-            return {"pullThroughCacheRules": [self._rule(x, updated=True) for x in out]}
-        limit = p.get("maxResults", DEFAULT_PAGE)
-        after = decode_token(p.get("nextToken"), str) or ""
-        ordered = [x for prefix, x in sorted(all_rules.items()) if prefix > after]
-        result: dict[str, Any] = {"pullThroughCacheRules": [self._rule(x, updated=True) for x in ordered[:limit]]}
+            return {"pullThroughCacheRules": [self._rule(rule, updated=True) for rule in out]}
+        limit = params.get("maxResults", DEFAULT_PAGE)
+        after = decode_token(params.get("nextToken"), str) or ""
+        ordered = [rule for prefix, rule in sorted(all_rules.items()) if prefix > after]
+        result: dict[str, Any] = {"pullThroughCacheRules": [self._rule(rule, updated=True) for rule in ordered[:limit]]}
         if len(ordered) > limit:
             result["nextToken"] = encode_token(ordered[limit - 1].prefix)
         return result
 
-    async def update_pull_through_cache_rule(self, p: dict[str, Any], caller: Caller) -> dict[str, Any]:
-        prefix = normalize_prefix(p["ecrRepositoryPrefix"])
+    async def update_pull_through_cache_rule(self, params: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        prefix = normalize_prefix(params["ecrRepositoryPrefix"])
         self._check_not_declared(prefix, "change")
-        self._check_secret(p.get("credentialArn"))
-        rule = await self.meta.update_rule_credentials(prefix, p.get("credentialArn"), self.clock())
+        self._check_secret(params.get("credentialArn"))
+        rule = await self.meta.update_rule_credentials(prefix, params.get("credentialArn"), self.clock())
         if rule is None:
             raise self._rule_not_found(prefix)
         await self.pull_through.reload()
@@ -169,8 +169,8 @@ class PullThroughRuleService:
         out.pop("upstreamRegistry", None)
         return out
 
-    async def delete_pull_through_cache_rule(self, p: dict[str, Any], caller: Caller) -> dict[str, Any]:
-        prefix = normalize_prefix(p["ecrRepositoryPrefix"])
+    async def delete_pull_through_cache_rule(self, params: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        prefix = normalize_prefix(params["ecrRepositoryPrefix"])
         self._check_not_declared(prefix, "delete")
         rule = await self.meta.delete_rule(prefix)  # the cache repositories it created stay
         if rule is None:
@@ -180,9 +180,9 @@ class PullThroughRuleService:
         out.pop("upstreamRegistry", None)
         return out
 
-    async def validate_pull_through_cache_rule(self, p: dict[str, Any], caller: Caller) -> dict[str, Any]:
-        prefix = normalize_prefix(p["ecrRepositoryPrefix"])
-        rule = next((x for x in await self.meta.list_rules() if x.prefix == prefix), None)
+    async def validate_pull_through_cache_rule(self, params: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        prefix = normalize_prefix(params["ecrRepositoryPrefix"])
+        rule = next((rule for rule in await self.meta.list_rules() if rule.prefix == prefix), None)
         if rule is None:
             raise self._rule_not_found(prefix)
         out = self._rule(rule, created=False)

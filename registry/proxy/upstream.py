@@ -367,11 +367,11 @@ class UpstreamClient:
         try:
             async with self.session.post(
                 url, data=body, headers=headers, timeout=self.timeout, allow_redirects=False
-            ) as r:
-                doc: Any = json.loads(await _read_at_most(r, 1 << 20))
+            ) as response:
+                doc: Any = json.loads(await _read_at_most(response, 1 << 20))
                 if not isinstance(doc, dict):
                     raise ValueError("not a JSON object")
-                if r.status != 200:
+                if response.status != 200:
                     public = self.guard.is_public(url.host or "")
                     kind = doc.get("__type") if isinstance(doc.get("__type"), str) else ""
                     said = kind if _AWS_TYPE.fullmatch(kind) else ""
@@ -380,8 +380,8 @@ class UpstreamClient:
                     raise UpstreamError(
                         self.base_url,
                         "denied",
-                        f"GetAuthorizationToken failed: HTTP {r.status} {said}".rstrip(),
-                        r.status,
+                        f"GetAuthorizationToken failed: HTTP {response.status} {said}".rstrip(),
+                        response.status,
                     )
         except aiohttp.ClientConnectorError as e:
             if isinstance(e.os_error, UpstreamNotAllowed):

@@ -86,24 +86,24 @@ class EcrService:
         return await existing_repository(self.images, name, self.account_id)
 
     # -- auth and registry -------------------------------------------------------------------------
-    async def get_authorization_token(self, p: dict[str, Any], caller: Caller) -> dict[str, Any]:
+    async def get_authorization_token(self, params: dict[str, Any], caller: Caller) -> dict[str, Any]:
         token, expires_at = self.issue_token(caller.principal_name, None)
         encoded = base64.b64encode(f"AWS:{token}".encode()).decode()
-        ids = p.get("registryIds") or [self.account_id]
+        ids = params.get("registryIds") or [self.account_id]
         return {
             "authorizationData": [
                 {"authorizationToken": encoded, "expiresAt": expires_at, "proxyEndpoint": caller.base_url} for _ in ids
             ]
         }
 
-    async def describe_registry(self, p: dict[str, Any], caller: Caller) -> dict[str, Any]:
+    async def describe_registry(self, params: dict[str, Any], caller: Caller) -> dict[str, Any]:
         return {"registryId": self.account_id, "replicationConfiguration": {"rules": []}}
 
     # -- repositories ------------------------------------------------------------------------------
-    async def create_repository(self, p: dict[str, Any], caller: Caller) -> dict[str, Any]:
-        name = p["repositoryName"]
-        settings = repository_settings(p, RepositorySettings())
-        tags = resource_tags(p.get("tags") or [])
+    async def create_repository(self, params: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        name = params["repositoryName"]
+        settings = repository_settings(params, RepositorySettings())
+        tags = resource_tags(params.get("tags") or [])
         try:
             record = await self.meta.create_repository(name, self.clock(), settings, tags)
         except RepositoryExists:
@@ -114,24 +114,26 @@ class EcrService:
         return {"repository": self._repository(record, caller)}
 
     async def describe_repositories(
-        self, p: dict[str, Any], caller: Caller, visible: Callable[[RepositoryRecord], bool] = lambda record: True
+        self, params: dict[str, Any], caller: Caller, visible: Callable[[RepositoryRecord], bool] = lambda record: True
     ) -> dict[str, Any]:
-        names = p.get("repositoryNames")
+        names = params.get("repositoryNames")
         if names is not None:
-            if "nextToken" in p or "maxResults" in p:
+            if "nextToken" in params or "maxResults" in params:
                 raise InvalidParameter("Cannot specify nextToken or maxResults together with repositoryNames")
             return {"repositories": [self._repository(await self._repo(name), caller) for name in names]}
-        limit = p.get("maxResults", DEFAULT_PAGE)
-        records, more = await self.images.visible_repositories(decode_token(p.get("nextToken"), str), limit, visible)
+        limit = params.get("maxResults", DEFAULT_PAGE)
+        records, more = await self.images.visible_repositories(
+            decode_token(params.get("nextToken"), str), limit, visible
+        )
         result: dict[str, Any] = {"repositories": [self._repository(record, caller) for record in records]}
         if more:  # the token names the last repository returned: never one the caller may not see
             result["nextToken"] = encode_token(records[-1].name)
         return result
 
-    async def delete_repository(self, p: dict[str, Any], caller: Caller) -> dict[str, Any]:
-        name = p["repositoryName"]
+    async def delete_repository(self, params: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        name = params["repositoryName"]
         try:
-            record = await self.meta.delete_repository(name, bool(p.get("force")))
+            record = await self.meta.delete_repository(name, bool(params.get("force")))
         except StoredRepositoryNotEmpty:
             raise RepositoryNotEmpty(
                 f"The repository with name '{name}' in registry with id '{self.account_id}' cannot be deleted "
@@ -142,10 +144,10 @@ class EcrService:
         self.images.forget_all()
         return {"repository": self._repository(record, caller)}
 
-    async def put_image_tag_mutability(self, p: dict[str, Any], caller: Caller) -> dict[str, Any]:
-        name = p["repositoryName"]
+    async def put_image_tag_mutability(self, params: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        name = params["repositoryName"]
         repo = await self._repo(name)
-        settings = repository_settings(p, repo.settings, replace_filters=True)
+        settings = repository_settings(params, repo.settings, replace_filters=True)
         await self.meta.update_settings(name, settings)
         self.images.forget_repository(name)
         out = {
@@ -157,10 +159,10 @@ class EcrService:
             out["imageTagMutabilityExclusionFilters"] = mutability_filters(settings.mutability_exclusions)
         return out
 
-    async def put_image_scanning_configuration(self, p: dict[str, Any], caller: Caller) -> dict[str, Any]:
-        name = p["repositoryName"]
+    async def put_image_scanning_configuration(self, params: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        name = params["repositoryName"]
         repo = await self._repo(name)
-        scan = bool(p["imageScanningConfiguration"].get("scanOnPush", False))
+        scan = bool(params["imageScanningConfiguration"].get("scanOnPush", False))
         await self.meta.update_settings(name, replace(repo.settings, scan_on_push=scan))
         self.images.forget_repository(name)
         return {
@@ -170,11 +172,11 @@ class EcrService:
         }
 
     # -- repository policies -----------------------------------------------------------------------
-    async def set_repository_policy(self, p: dict[str, Any], caller: Caller) -> dict[str, Any]:
-        name = p["repositoryName"]
+    async def set_repository_policy(self, params: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        name = params["repositoryName"]
         await self._repo(name)
         try:
-            doc = jsonsafe.loads(p["policyText"])
+            doc = jsonsafe.loads(params["policyText"])
             parse_policy(doc, resource_policy=True)
         except (ValueError, PolicyError) as e:
             raise InvalidParameter(
@@ -186,17 +188,17 @@ class EcrService:
         self.images.forget_repository(name)
         return {"registryId": self.account_id, "repositoryName": name, "policyText": text}
 
-    async def get_repository_policy(self, p: dict[str, Any], caller: Caller) -> dict[str, Any]:
-        name = p["repositoryName"]
+    async def get_repository_policy(self, params: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        name = params["repositoryName"]
         repo = await self._repo(name)
         if repo.policy is None:
             raise self._no_policy(name)
         return {"registryId": self.account_id, "repositoryName": name, "policyText": repo.policy}
 
-    async def delete_repository_policy(self, p: dict[str, Any], caller: Caller) -> dict[str, Any]:
-        out = await self.get_repository_policy(p, caller)
-        await self.meta.set_policy(p["repositoryName"], None)
-        self.images.forget_repository(p["repositoryName"])
+    async def delete_repository_policy(self, params: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        out = await self.get_repository_policy(params, caller)
+        await self.meta.set_policy(params["repositoryName"], None)
+        self.images.forget_repository(params["repositoryName"])
         return out
 
     def _no_policy(self, name: str) -> RegistryError:
@@ -212,24 +214,24 @@ class EcrService:
             raise InvalidParameter("Invalid parameter at 'resourceArn' failed to satisfy constraint: 'Invalid ARN'")
         return name
 
-    async def tag_resource(self, p: dict[str, Any], caller: Caller) -> dict[str, Any]:
-        name = self.repository_from_arn(p["resourceArn"])
+    async def tag_resource(self, params: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        name = self.repository_from_arn(params["resourceArn"])
         await self._repo(name)
-        tags = resource_tags(p["tags"])
+        tags = resource_tags(params["tags"])
         current = await self.meta.resource_tags(name)
         if len(current | tags) > MAX_RESOURCE_TAGS:
             raise TooManyTags(f"A repository can have at most {MAX_RESOURCE_TAGS} tags")
         await self.meta.tag_resource(name, tags)
         return {}
 
-    async def untag_resource(self, p: dict[str, Any], caller: Caller) -> dict[str, Any]:
-        name = self.repository_from_arn(p["resourceArn"])
+    async def untag_resource(self, params: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        name = self.repository_from_arn(params["resourceArn"])
         await self._repo(name)
-        await self.meta.untag_resource(name, list(p["tagKeys"]))
+        await self.meta.untag_resource(name, list(params["tagKeys"]))
         return {}
 
-    async def list_tags_for_resource(self, p: dict[str, Any], caller: Caller) -> dict[str, Any]:
-        name = self.repository_from_arn(p["resourceArn"])
+    async def list_tags_for_resource(self, params: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        name = self.repository_from_arn(params["resourceArn"])
         await self._repo(name)
         tags = await self.meta.resource_tags(name)
         return {"tags": [{"Key": key, "Value": value} for key, value in tags.items()]}

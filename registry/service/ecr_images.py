@@ -40,19 +40,20 @@ class ImageOperations:
     async def _repo(self, name: str) -> RepositoryRecord:
         return await existing_repository(self.images, name, self.account_id)
 
-    async def list_images(self, p: dict[str, Any], caller: Caller) -> dict[str, Any]:
+    async def list_images(self, params: dict[str, Any], caller: Caller) -> dict[str, Any]:
         """One entry per (digest, tag) pair, an untagged image once. The token is [image id, entries of that
         image already returned]: the next page starts at that image."""
-        name = p["repositoryName"]
+        name = params["repositoryName"]
         await self._repo(name)
-        status = (p.get("filter") or {}).get("tagStatus", "ANY")
-        limit = p.get("maxResults", DEFAULT_PAGE)
-        start_id, skip = decode_token(p.get("nextToken"), list) or (0, 0)
+        status = (params.get("filter") or {}).get("tagStatus", "ANY")
+        limit = params.get("maxResults", DEFAULT_PAGE)
+        start_id, skip = decode_token(params.get("nextToken"), list) or (0, 0)
         ids: list[dict[str, str]] = []
         async for img in self.images.iter_images(name, start_id - 1):
             if (status == "TAGGED" and not img.tags) or (status == "UNTAGGED" and img.tags):
                 continue
-            entries = [{"imageDigest": img.digest, "imageTag": t} for t in img.tags] or [{"imageDigest": img.digest}]
+            tagged = [{"imageDigest": img.digest, "imageTag": tag} for tag in img.tags]
+            entries = tagged or [{"imageDigest": img.digest}]
             first = skip if img.id == start_id else 0
             for i in range(first, len(entries)):
                 if len(ids) == limit:
@@ -60,22 +61,22 @@ class ImageOperations:
                 ids.append(entries[i])
         return {"imageIds": ids}
 
-    async def describe_images(self, p: dict[str, Any], caller: Caller) -> dict[str, Any]:
-        name = p["repositoryName"]
+    async def describe_images(self, params: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        name = params["repositoryName"]
         await self._repo(name)
-        if p.get("imageIds") is not None:
-            if "nextToken" in p or "maxResults" in p:
+        if params.get("imageIds") is not None:
+            if "nextToken" in params or "maxResults" in params:
                 raise InvalidParameter("Cannot specify nextToken or maxResults together with imageIds")
             details = []
-            for image_id in p["imageIds"]:
+            for image_id in params["imageIds"]:
                 img = await self._find(name, image_id)
                 if img is None:
                     raise image_not_found(name, image_id, self.account_id)
                 details.append(image_detail(img, self.account_id))
             return {"imageDetails": details}
-        status = (p.get("filter") or {}).get("tagStatus", "ANY")
-        limit = p.get("maxResults", DEFAULT_PAGE)
-        after_id = decode_token(p.get("nextToken"), int) or 0
+        status = (params.get("filter") or {}).get("tagStatus", "ANY")
+        limit = params.get("maxResults", DEFAULT_PAGE)
+        after_id = decode_token(params.get("nextToken"), int) or 0
         details = []
         async for img in self.images.iter_images(name, after_id):
             if (status == "TAGGED" and not img.tags) or (status == "UNTAGGED" and img.tags):
@@ -118,12 +119,12 @@ class ImageOperations:
                 )
         return None
 
-    async def batch_get_image(self, p: dict[str, Any], caller: Caller) -> dict[str, Any]:
-        name = p["repositoryName"]
+    async def batch_get_image(self, params: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        name = params["repositoryName"]
         await self._repo(name)
-        accepted = set(p.get("acceptedMediaTypes") or [])
+        accepted = set(params.get("acceptedMediaTypes") or [])
         images, failures = [], []
-        for image_id in p["imageIds"]:
+        for image_id in params["imageIds"]:
             if (bad := self._check_image_id(image_id)) is not None:
                 failures.append(bad)
                 continue
@@ -168,11 +169,11 @@ class ImageOperations:
             )
         return {"images": images, "failures": failures}
 
-    async def batch_delete_image(self, p: dict[str, Any], caller: Caller) -> dict[str, Any]:
-        name = p["repositoryName"]
+    async def batch_delete_image(self, params: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        name = params["repositoryName"]
         await self._repo(name)
         deleted, failures = [], []
-        for image_id in p["imageIds"]:
+        for image_id in params["imageIds"]:
             if (bad := self._check_image_id(image_id)) is not None:
                 failures.append(bad)
                 continue
@@ -198,11 +199,11 @@ class ImageOperations:
             deleted.append({"imageDigest": img.digest, **({"imageTag": tag} if tag is not None else {})})
         return {"imageIds": deleted, "failures": failures}
 
-    async def put_image(self, p: dict[str, Any], caller: Caller) -> dict[str, Any]:
-        name = p["repositoryName"]
+    async def put_image(self, params: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        name = params["repositoryName"]
         await self._repo(name)
-        body = p["imageManifest"].encode("utf-8")
-        media_type = p.get("imageManifestMediaType")
+        body = params["imageManifest"].encode("utf-8")
+        media_type = params.get("imageManifestMediaType")
         try:
             doc = jsonsafe.loads(body)
         except ValueError:  # also a document nested too deep
@@ -214,7 +215,7 @@ class ImageOperations:
                 "Invalid parameter at 'imageManifestMediaType' failed to satisfy constraint: "
                 "'Member must not be null when the manifest has no mediaType'"
             )
-        digest = p.get("imageDigest")
+        digest = params.get("imageDigest")
         if digest is not None:
             try:
                 oci.validate_digest(digest)
@@ -225,7 +226,7 @@ class ImageOperations:
             actual = oci.compute_digest(body, oci.digest_algorithm(digest))
             if actual != digest:
                 raise ImageDigestDoesNotMatch(f"The provided digest {digest} does not match the manifest's {actual}")
-        tag = p.get("imageTag")
+        tag = params.get("imageTag")
         if tag is not None:
             try:
                 oci.validate_tag(tag)
@@ -259,7 +260,7 @@ class ImageOperations:
                 "registryId": self.account_id,
                 "repositoryName": name,
                 "imageId": image_id,
-                "imageManifest": p["imageManifest"],
+                "imageManifest": params["imageManifest"],
                 "imageManifestMediaType": result.media_type,
             }
         }

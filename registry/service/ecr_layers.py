@@ -50,11 +50,11 @@ class LayerOperations:
     async def _repo(self, name: str) -> RepositoryRecord:
         return await existing_repository(self.images, name, self.account_id)
 
-    async def batch_check_layer_availability(self, p: dict[str, Any], caller: Caller) -> dict[str, Any]:
-        name = p["repositoryName"]
+    async def batch_check_layer_availability(self, params: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        name = params["repositoryName"]
         await self._repo(name)
         layers, failures = [], []
-        for digest in p["layerDigests"]:
+        for digest in params["layerDigests"]:
             try:
                 oci.validate_digest(digest)
             except DigestInvalid as e:
@@ -71,16 +71,16 @@ class LayerOperations:
                 layers.append({"layerDigest": digest, "layerAvailability": "AVAILABLE", "layerSize": size})
         return {"layers": layers, "failures": failures}
 
-    async def initiate_layer_upload(self, p: dict[str, Any], caller: Caller) -> dict[str, Any]:
-        name = p["repositoryName"]
+    async def initiate_layer_upload(self, params: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        name = params["repositoryName"]
         await self._repo(name)
         started = await self.uploads.start(name, owner=caller.principal_name)
         return {"uploadId": started.upload_id, "partSize": PART_SIZE}
 
-    async def upload_layer_part(self, p: dict[str, Any], caller: Caller) -> dict[str, Any]:
-        name, upload_id = p["repositoryName"], p["uploadId"].lower()
+    async def upload_layer_part(self, params: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        name, upload_id = params["repositoryName"], params["uploadId"].lower()
         await self._repo(name)
-        first, last, data = p["partFirstByte"], p["partLastByte"], p["layerPartBlob"]
+        first, last, data = params["partFirstByte"], params["partLastByte"], params["layerPartBlob"]
         if last < first or last - first + 1 != len(data):
             raise InvalidLayerPart(
                 f"partFirstByte {first} and partLastByte {last} do not match the part's {len(data)} bytes",
@@ -128,10 +128,10 @@ class LayerOperations:
     def _upload_not_found(self, upload_id: str) -> RegistryError:
         return UploadNotFound(f"Upload with id '{upload_id}' was not found")
 
-    async def complete_layer_upload(self, p: dict[str, Any], caller: Caller) -> dict[str, Any]:
-        name, upload_id = p["repositoryName"], p["uploadId"].lower()
+    async def complete_layer_upload(self, params: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        name, upload_id = params["repositoryName"], params["uploadId"].lower()
         await self._repo(name)
-        digest = p["layerDigests"][0]
+        digest = params["layerDigests"][0]
         try:
             oci.validate_digest(digest)
         except DigestInvalid as e:
@@ -156,8 +156,8 @@ class LayerOperations:
             raise InvalidLayer(f"The layer digest does not match the uploaded content: {e.message}") from None
         return {"registryId": self.account_id, "repositoryName": name, "uploadId": upload_id, "layerDigest": digest}
 
-    async def get_download_url_for_layer(self, p: dict[str, Any], caller: Caller) -> dict[str, Any]:
-        name, digest = p["repositoryName"], p["layerDigest"]
+    async def get_download_url_for_layer(self, params: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        name, digest = params["repositoryName"], params["layerDigest"]
         await self._repo(name)
         try:
             await self.images.blob_size(name, digest)

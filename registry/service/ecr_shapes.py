@@ -116,14 +116,14 @@ def policy_text(doc: Any) -> str:
 
 
 def repository_settings(
-    p: dict[str, Any], current: RepositorySettings, *, replace_filters: bool = False
+    params: dict[str, Any], current: RepositorySettings, *, replace_filters: bool = False
 ) -> RepositorySettings:
     """The settings a request (CreateRepository, PutImageTagMutability, a creation template) asks for, on top of
     `current`."""
-    mode = p.get("imageTagMutability", current.image_tag_mutability)
-    filters = p.get("imageTagMutabilityExclusionFilters")
+    mode = params.get("imageTagMutability", current.image_tag_mutability)
+    filters = params.get("imageTagMutabilityExclusionFilters")
     exclusions = (
-        tuple(f["filter"] for f in filters)
+        tuple(item["filter"] for item in filters)
         if filters is not None
         else (() if replace_filters else current.mutability_exclusions)
     )
@@ -134,8 +134,8 @@ def repository_settings(
             f"imageTagMutabilityExclusionFilters can only be used with a *_WITH_EXCLUSION "
             f"imageTagMutability, not {mode}"
         )
-    scan = p.get("imageScanningConfiguration", {}).get("scanOnPush", current.scan_on_push)
-    encryption = p.get("encryptionConfiguration") or {}
+    scan = params.get("imageScanningConfiguration", {}).get("scanOnPush", current.scan_on_push)
+    encryption = params.get("encryptionConfiguration") or {}
     encryption_type = encryption.get("encryptionType", current.encryption_type)
     kms_key = encryption.get("kmsKey", current.kms_key if "encryptionType" not in encryption else None)
     if kms_key and encryption_type == "AES256":
@@ -188,10 +188,10 @@ def page_offset(token: str | None) -> int:
     return int(token)
 
 
-def offset_page(items: Sequence[T], p: dict[str, Any]) -> tuple[Sequence[T], str | None]:
+def offset_page(items: Sequence[T], params: dict[str, Any]) -> tuple[Sequence[T], str | None]:
     """The page of `items` a request's nextToken (an offset) and maxResults ask for, and the next page's token."""
-    start = page_offset(p.get("nextToken"))
-    end = start + p.get("maxResults", DEFAULT_PAGE)
+    start = page_offset(params.get("nextToken"))
+    end = start + params.get("maxResults", DEFAULT_PAGE)
     return items[start:end], str(end) if end < len(items) else None
 
 

@@ -98,7 +98,9 @@ async def handle(request: web.Request) -> web.Response:
     if listing:
         # Pages list only what the caller may describe: every repository not denied to a caller allowed on
         # `repository/*` (as ECR requires), the repositories it is allowed one by one otherwise.
-        extra["visible"] = lambda r: access.allowed(principal, ["ecr:DescribeRepositories"], r.name, r.policy, keys)
+        extra["visible"] = lambda repo: access.allowed(
+            principal, ["ecr:DescribeRepositories"], repo.name, repo.policy, keys
+        )
     elif repository is None:
         access.check(principal, [f"ecr:{name}"], None, condition_keys=keys)
     for repo in repository if isinstance(repository, list) else [repository] if repository else []:
