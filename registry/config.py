@@ -600,8 +600,8 @@ def _check_principals(principals: tuple[PrincipalConfig, ...]) -> None:
     problems = _Problems()
     for attr in ("name", "access_key_id"):
         seen: set[str] = set()
-        for i, p in enumerate(principals):
-            value = getattr(p, attr)
+        for i, principal in enumerate(principals):
+            value = getattr(principal, attr)
             if value in seen:
                 problems.found.append(f"auth.principals[{i}].{attr}: {value!r} is used by another principal")
             seen.add(value)

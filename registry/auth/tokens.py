@@ -121,10 +121,10 @@ class KeyRing:
 
     def _stamp(self) -> tuple[int, int, int] | None:
         try:
-            st = os.stat(self.directory / "current")
+            current = os.stat(self.directory / "current")
         except OSError:
             return None
-        return st.st_ino, st.st_mtime_ns, st.st_size
+        return current.st_ino, current.st_mtime_ns, current.st_size
 
     def refresh(self) -> None:
         """Sign with the key `keys/current` names now, if another process (`moorage rotate-signing-key`, or
