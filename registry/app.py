@@ -29,6 +29,7 @@ from registry.gc import GarbageCollector
 from registry.proxy import rules
 from registry.proxy.eviction import evict
 from registry.proxy.pullthrough import PullThrough
+from registry.proxy.rule_service import PullThroughRuleService
 from registry.service.ecr import EcrService
 from registry.service.images import ImageService
 from registry.service.lifecycle import LifecycleService
@@ -206,7 +207,6 @@ def create_app(config: Config, worker: int | None = None) -> web.Application:
         keyring=keyring,
         account_id=config.registry.account_id,
         region=config.registry.region,
-        token_ttl=config.auth.token_ttl,
         challenge=config.auth.challenge,
     )
 
@@ -217,7 +217,6 @@ def create_app(config: Config, worker: int | None = None) -> web.Application:
         s.images,
         s.uploads,
         s.meta,
-        s.pull_through,
         account_id=config.registry.account_id,
         region=config.registry.region,
         issue_token=issue_token,
@@ -229,7 +228,8 @@ def create_app(config: Config, worker: int | None = None) -> web.Application:
     app[STORES] = s.stores
     app[READER] = s.pull_through
     app[ACCESS], app[PULL_THROUGH], app[ECR] = access, s.pull_through, ecr
-    app[ECR_OPERATIONS] = (ecr, s.lifecycle, s.templates)
+    pull_through_rules = PullThroughRuleService(s.meta, s.pull_through, account_id=config.registry.account_id)
+    app[ECR_OPERATIONS] = (*ecr.operations, pull_through_rules, s.lifecycle, s.templates)
 
     async def lifespan(app: web.Application) -> AsyncIterator[None]:
         await s.open()

@@ -146,27 +146,21 @@ def _offline(config: Config, job: Any) -> int:
 
 
 def _lifecycle_preview(args: argparse.Namespace, config: Config) -> int:
-    from registry import lifecycle as lc
-    from registry.service.lifecycle import report_json
+    from registry import lifecycle
+    from registry.service.lifecycle import SweepReport, iso_time, report_json
 
     as_of = _parse_time(args.as_of) if args.as_of else time.time()
 
-    async def job(s: Any) -> Any:
-        repo = await s.meta.get_repository(args.repository)
+    async def job(services: Any) -> Any:
+        repo = await services.meta.get_repository(args.repository)
         if repo is None:
             raise ValueError(f"repository {args.repository} does not exist")
         if not repo.lifecycle_policy:
             raise ValueError(f"repository {args.repository} has no lifecycle policy")
-        planned = await s.lifecycle.plan(repo.name, lc.parse_policy(repo.lifecycle_policy), as_of)
-        from registry.service.lifecycle import SweepReport
-
-        report = SweepReport(
-            repo.name,
-            [p for p in planned if p.action.action == "expire"],
-            [p for p in planned if p.action.action == "transition"],
-        )
+        planned = await services.lifecycle.plan(repo.name, lifecycle.parse_policy(repo.lifecycle_policy), as_of)
+        report = SweepReport.planned(repo.name, planned)
         return {
-            "asOf": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(as_of)),
+            "asOf": iso_time(as_of),
             "lifecyclePolicyText": repo.lifecycle_policy,
             **report_json([report])[0],
         }
@@ -177,16 +171,16 @@ def _lifecycle_preview(args: argparse.Namespace, config: Config) -> int:
 def _lifecycle_run(args: argparse.Namespace, config: Config) -> int:
     from registry.service.lifecycle import report_json
 
-    async def job(s: Any) -> Any:
-        return report_json(await s.lifecycle.sweep(dry_run=args.dry_run, repository=args.repository))
+    async def job(services: Any) -> Any:
+        return report_json(await services.lifecycle.sweep(dry_run=args.dry_run, repository=args.repository))
 
     return _offline(config, job)
 
 
 def _gc(args: argparse.Namespace, config: Config) -> int:
-    async def job(s: Any) -> Any:
-        evicted = await s.evict_cache(dry_run=args.dry_run)
-        report = (await s.gc.run(dry_run=args.dry_run)).as_dict()
+    async def job(services: Any) -> Any:
+        evicted = await services.evict_cache(dry_run=args.dry_run)
+        report = (await services.gc.run(dry_run=args.dry_run)).as_dict()
         return {**report, "cacheImagesEvicted": evicted}
 
     return _offline(config, job)
@@ -276,13 +270,13 @@ def build_parser() -> argparse.ArgumentParser:
     login.set_defaults(func=_get_login_password)
 
     lifecycle = sub.add_parser("lifecycle", help="lifecycle policies: preview what would go, or apply them now")
-    lsub = lifecycle.add_subparsers(dest="lifecycle_command", required=True)
-    preview = lsub.add_parser("preview", help="print, as JSON, what a repository's policy would expire")
+    lifecycle_commands = lifecycle.add_subparsers(dest="lifecycle_command", required=True)
+    preview = lifecycle_commands.add_parser("preview", help="print, as JSON, what a repository's policy would expire")
     _common(preview)
     preview.add_argument("--repository", required=True)
     preview.add_argument("--as-of", help="evaluate at this ISO-8601 time instead of now (see what goes next week)")
     preview.set_defaults(func=_lifecycle_preview)
-    run = lsub.add_parser("run", help="apply every repository's lifecycle policy now")
+    run = lifecycle_commands.add_parser("run", help="apply every repository's lifecycle policy now")
     _common(run)
     run.add_argument("--dry-run", action="store_true", help="report what would be expired, change nothing")
     run.add_argument("--repository", help="only this repository")
@@ -347,9 +341,9 @@ def _config_example() -> int:
     return 0
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", type=Path, help="TOML configuration file (see config.example.toml)")
-    p.add_argument("--data-dir", type=Path, help="the data directory (default ./data, or the config's)")
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="TOML configuration file (see config.example.toml)")
+    parser.add_argument("--data-dir", type=Path, help="the data directory (default ./data, or the config's)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,6 +18,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from registry.iam_policy import PolicyError, parse_policy
+from registry.naming import ECR_HOSTNAME, ROOT
+from registry.upstream_url import (
+    DEFAULT_ALLOWED_UPSTREAMS,
+    UPSTREAM_URL_SHAPE,
+    NotAllowed,
+    UpstreamPolicy,
+    is_upstream_url,
+)
+
 
 class ConfigError(Exception):
     """Configuration problems, each phrased for the user and naming its key: validation goes on past the first,
@@ -125,8 +135,6 @@ _HOSTNAME = re.compile(
     r"(?P<host>[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
     r"|\[[0-9A-Fa-f:.]+\])(?::(?P<port>\d{1,5}))?"
 )
-# What docker-credential-ecr-login (and kubelet) take for an ECR registry: <account>.dkr.ecr.<region>.amazonaws.com
-ECR_HOSTNAME = re.compile(r"(?P<account>\d{12})\.dkr\.ecr(?:-fips)?\.(?P<region>[a-z0-9-]+)\.amazonaws\.com(?:\.cn)?")
 
 
 def _check_hostname(v: str) -> str:
@@ -203,8 +211,6 @@ def _check_secret(v: Secret) -> Secret:
 
 
 def _check_policy(v: str) -> str:
-    from registry.auth.policy import PolicyError, parse_policy
-
     try:
         parse_policy(v)
     except PolicyError as e:
@@ -278,7 +284,7 @@ class AuthConfig:
 
 
 def _check_prefix(v: str) -> str:
-    if v != "ROOT" and not re.fullmatch(
+    if v != ROOT and not re.fullmatch(
         r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*/?", v
     ):
         raise ValueError("must be ROOT or a repository namespace such as docker-hub or team/quay")
@@ -288,14 +294,13 @@ def _check_prefix(v: str) -> str:
 
 
 def _check_upstream_url(v: str) -> str:
-    if not re.fullmatch(r"(?:https?://)?[A-Za-z0-9.-]+(?::\d+)?/?", v):
-        raise ValueError("must be a registry host, optionally with a scheme and port (http://127.0.0.1:5001)")
-    return v.rstrip("/")
+    url = v.removesuffix("/")
+    if not is_upstream_url(url):
+        raise ValueError(f"must be {UPSTREAM_URL_SHAPE} (http://127.0.0.1:5001)")
+    return url
 
 
 def _check_allowed_upstreams(v: tuple[str, ...]) -> tuple[str, ...]:
-    from registry.proxy.rules import UpstreamPolicy
-
     UpstreamPolicy.parse(v)  # each entry's ValueError names it
     return v
 
@@ -310,7 +315,7 @@ def _check_secret_name(v: str) -> str:
 class RuleConfig:
     ecr_repository_prefix: str = _required("str", _check_prefix)
     upstream_registry_url: str = _required("str", _check_upstream_url)
-    upstream_repository_prefix: str = _key("ROOT", "str", _check_prefix)
+    upstream_repository_prefix: str = _key(ROOT, "str", _check_prefix)
     credential: str = _key("", "str", lambda v: _check_secret_name(v) if v else v)
 
 
@@ -320,7 +325,7 @@ class PullThroughConfig:
     tag_refresh_interval: float = _key(24 * 3600.0, "duration")
     upstream_timeout: float = _key(30.0, "duration")
     upstream_response_timeout: float = _key(5.0, "duration")
-    allowed_upstreams: tuple[str, ...] = _key(("*",), "strs", _check_allowed_upstreams)
+    allowed_upstreams: tuple[str, ...] = _key(DEFAULT_ALLOWED_UPSTREAMS, "strs", _check_allowed_upstreams)
     blob_download_timeout: float = _key(15 * 60.0, "duration")
     failure_retry_interval: float = _key(60.0, "duration")
     offline: bool = _key(False, "bool")
@@ -569,8 +574,6 @@ def _check_rules(config: Config) -> None:
             f"pull_through.rules: {len(rules)} rules, more than pull_through.max_rules "
             f"({config.pull_through.max_rules})"
         )
-    from registry.proxy.rules import NotAllowed, UpstreamPolicy
-
     policy = UpstreamPolicy.parse(config.pull_through.allowed_upstreams)
     seen: set[str] = set()
     for i, rule in enumerate(rules):
@@ -580,7 +583,7 @@ def _check_rules(config: Config) -> None:
                 f"{key}.ecr_repository_prefix: {rule.ecr_repository_prefix!r} is used by another rule"
             )
         seen.add(rule.ecr_repository_prefix)
-        if rule.ecr_repository_prefix == "ROOT" and rule.upstream_repository_prefix != "ROOT":
+        if rule.ecr_repository_prefix == ROOT and rule.upstream_repository_prefix != ROOT:
             problems.found.append(
                 f"{key}.upstream_repository_prefix: only allowed when ecr_repository_prefix is not ROOT"
             )
@@ -597,8 +600,8 @@ def _check_principals(principals: tuple[PrincipalConfig, ...]) -> None:
     problems = _Problems()
     for attr in ("name", "access_key_id"):
         seen: set[str] = set()
-        for i, p in enumerate(principals):
-            value = getattr(p, attr)
+        for i, principal in enumerate(principals):
+            value = getattr(principal, attr)
             if value in seen:
                 problems.found.append(f"auth.principals[{i}].{attr}: {value!r} is used by another principal")
             seen.add(value)

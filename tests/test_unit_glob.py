@@ -145,7 +145,7 @@ def _elapsed(fn: object, *args: object, repeat: int = 1) -> float:
 
 
 def test_iam_resource_glob_is_fast() -> None:
-    from registry.auth.policy import resource_matches
+    from registry.iam_policy import resource_matches
 
     arn = "arn:aws:ecr:us-east-1:000000000000:repository/team-a/" + "a" * 53
     pattern = "arn:aws:ecr:us-east-1:000000000000:repository/team-a/" + "*a" * 7 + "*b"
@@ -175,7 +175,7 @@ def test_pathological_policy_evaluates_within_a_millisecond_or_so() -> None:
     match, none matching), against the longest names: evaluated in well under a millisecond (~0.6 ms here)."""
     import json
 
-    from registry.auth import policy
+    from registry import iam_policy as policy
 
     resource = "arn:aws:ecr:*:*:repository/*" + "a?" * 60 + "c*"
     like = "arn:aws:iam::*" + "a?" * 60 + "c*"

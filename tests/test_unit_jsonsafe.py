@@ -7,8 +7,8 @@ import json
 
 import pytest
 
+from registry import iam_policy as policy
 from registry import jsonsafe, lifecycle, oci
-from registry.auth import policy
 from registry.errors import BlobUploadInvalid, ManifestInvalid, RangeNotSatisfiable
 
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from registry.auth import policy
-from registry.auth.policy import Decision, PolicyError, RequestContext
+from registry import iam_policy as policy
+from registry.iam_policy import Decision, PolicyError, RequestContext
 
 ACCOUNT = "111122223333"
 REPO = f"arn:aws:ecr:us-east-1:{ACCOUNT}:repository/team-a/app"

@@ -16,8 +16,8 @@ import pytest
 
 from registry.config import ConfigError, from_dict
 from registry.proxy.pullthrough import DeclaredSizes
-from registry.proxy.rules import AllowEntry, NotAllowed, UpstreamPolicy, never_contacted, split_url
 from registry.proxy.upstream import GuardedResolver, UpstreamNotAllowed, _oci_errors
+from registry.upstream_url import AllowEntry, NotAllowed, UpstreamPolicy, never_contacted, split_url
 
 DEFAULT = UpstreamPolicy.parse(["*"])
 OPERATOR = UpstreamPolicy.parse(["registry-1.docker.io", "ghcr.io", "*.example.com", "127.0.0.1:5001", "10.0.0.0/8"])

@@ -17,7 +17,11 @@ import functools
 import time
 from collections.abc import Callable, Mapping, Sequence
 
-from registry.auth.policy import (
+from registry.auth.principals import Directory, Principal
+from registry.auth.tokens import TOKEN_EXPIRED, Claims, KeyRing, TokenError
+from registry.cache import LRUCache
+from registry.errors import AuthenticationRequired, Denied, Unauthorized
+from registry.iam_policy import (
     Decision,
     Evaluation,
     Policy,
@@ -26,13 +30,9 @@ from registry.auth.policy import (
     evaluate,
     parse_policy,
 )
-from registry.auth.principals import Directory, Principal
-from registry.auth.tokens import Claims, KeyRing, TokenError
-from registry.cache import LRUCache
-from registry.errors import AuthenticationRequired, Denied, Unauthorized
+from registry.naming import repository_arn
 
 EVALUATION_CACHE = 4096
-EXPIRED_MESSAGE = "Your authorization token has expired. Reauthenticate and try again."
 ECR_SERVICE = "ecr.amazonaws.com"
 ANONYMOUS_TTL = 3600.0  # anonymous tokens name nobody and grant nothing by themselves; one is shared meanwhile
 
@@ -51,7 +51,6 @@ class AccessControl:
         keyring: KeyRing,
         account_id: str,
         region: str,
-        token_ttl: float,
         challenge: str = "bearer",
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -61,18 +60,11 @@ class AccessControl:
         self.keyring = keyring
         self.account_id = account_id
         self.region = region
-        self.token_ttl = token_ttl
         self.clock = clock
         self._evaluations = LRUCache(EVALUATION_CACHE)
         self._anonymous: tuple[str, float, float] | None = None  # (token, issued_at, expires_at)
 
-    def repository_arn(self, repository: str) -> str:
-        return f"arn:aws:ecr:{self.region}:{self.account_id}:repository/{repository}"
-
     # -- authentication ----------------------------------------------------------------------------
-    def issue_token(self, principal: Principal) -> tuple[str, float]:
-        return self.keyring.issue(principal.name, self.clock(), self.token_ttl)
-
     def anonymous_token(self) -> tuple[str, float, float]:
         """A token naming nobody, with its issue and expiry times. One is shared while more than half of its life
         is left (a fleet of mirrors asks for one per repository it pulls; signing each would cost more)."""
@@ -90,7 +82,7 @@ class AccessControl:
             claims = self.keyring.verify(token, self.clock())
         except TokenError as e:
             if e.kind == "expired":
-                raise Denied(EXPIRED_MESSAGE) from None
+                raise Denied(TOKEN_EXPIRED) from None
             raise Unauthorized(e.message, headers=dict(challenge)) from None
         if claims.anonymous:
             return None, claims
@@ -134,7 +126,7 @@ class AccessControl:
     ) -> bool:
         if not self.enabled:
             return True
-        resource = self.repository_arn(repository) if repository else "*"
+        resource = repository_arn(self.region, self.account_id, repository) if repository else "*"
         return any(
             self.evaluate(principal, a, resource, policy_text, condition_keys or {})[1].decision is Decision.ALLOW
             for a in actions
@@ -155,7 +147,7 @@ class AccessControl:
         carries `challenge`, or ECR's Basic challenge for `realm` without one."""
         if not self.enabled:
             return
-        resource = self.repository_arn(repository) if repository else "*"
+        resource = repository_arn(self.region, self.account_id, repository) if repository else "*"
         first: tuple[RequestContext, Evaluation] | None = None
         for action in actions:
             ctx, ev = self.evaluate(principal, action, resource, policy_text, condition_keys or {})

@@ -13,8 +13,8 @@ import string
 from dataclasses import dataclass
 from pathlib import Path
 
-from registry.auth.policy import Policy, parse_policy
 from registry.config import AuthConfig, Secret
+from registry.iam_policy import Policy, parse_policy
 
 ADMIN_FILE = "admin-credentials.json"
 ADMIN_POLICY = '{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}'
@@ -37,13 +37,13 @@ class Directory:
     """Principals by access key id and by name."""
 
     def __init__(self, principals: list[Principal], created_admin: Path | None = None) -> None:
-        self.by_access_key = {p.access_key_id: p for p in principals}
-        self.by_name = {p.name: p for p in principals}
+        self.by_access_key = {principal.access_key_id: principal for principal in principals}
+        self.by_name = {principal.name: principal for principal in principals}
         self.created_admin = created_admin  # set on the start that generated the admin's keys
 
     def secret_for(self, access_key_id: str) -> str | None:
-        p = self.by_access_key.get(access_key_id)
-        return p.secret_access_key.reveal() if p else None
+        principal = self.by_access_key.get(access_key_id)
+        return principal.secret_access_key.reveal() if principal else None
 
     @classmethod
     def load(cls, auth: AuthConfig, account_id: str, data_dir: Path) -> Directory:
@@ -53,13 +53,13 @@ class Directory:
             return cls(
                 [
                     Principal(
-                        p.name,
-                        p.access_key_id,
-                        p.secret_access_key,
-                        principal_arn(account_id, p.name),
-                        (parse_policy(p.policy),),
+                        declared.name,
+                        declared.access_key_id,
+                        declared.secret_access_key,
+                        principal_arn(account_id, declared.name),
+                        (parse_policy(declared.policy),),
                     )
-                    for p in auth.principals
+                    for declared in auth.principals
                 ]
             )
         path = data_dir / ADMIN_FILE

@@ -43,6 +43,9 @@ DOWNLOAD_AUDIENCE = "moorage:download"
 ANONYMOUS_AUDIENCE = "moorage:anonymous"
 DOWNLOAD_PARAM = "signature"  # the query parameter of a download URL that carries its signature
 DOWNLOAD_TTL = 3600.0  # ECR's presigned layer URLs last an hour
+# What an expired token or download URL is refused with (ECR's words for a token: a 403, not a 401).
+TOKEN_EXPIRED = "Your authorization token has expired. Reauthenticate and try again."
+DOWNLOAD_EXPIRED = "The download URL has expired; get a new one with GetDownloadUrlForLayer."
 
 
 class TokenError(Exception):
@@ -118,10 +121,10 @@ class KeyRing:
 
     def _stamp(self) -> tuple[int, int, int] | None:
         try:
-            st = os.stat(self.directory / "current")
+            current = os.stat(self.directory / "current")
         except OSError:
             return None
-        return st.st_ino, st.st_mtime_ns, st.st_size
+        return current.st_ino, current.st_mtime_ns, current.st_size
 
     def refresh(self) -> None:
         """Sign with the key `keys/current` names now, if another process (`moorage rotate-signing-key`, or
@@ -185,7 +188,7 @@ class KeyRing:
         if claims.is_download:
             raise TokenError("wrong_use", "this is a download URL's signature, not an authorization token")
         if now >= claims.expires_at:
-            raise TokenError("expired", "Your authorization token has expired. Reauthenticate and try again.")
+            raise TokenError("expired", TOKEN_EXPIRED)
         return claims
 
     def verify_download(self, token: str, now: float, repository: str, digest: str) -> Claims:
@@ -196,7 +199,7 @@ class KeyRing:
         if claims.repository != repository or claims.digest != digest:
             raise TokenError("wrong_blob", "the download URL is for another repository or layer")
         if now >= claims.expires_at:
-            raise TokenError("expired", "The download URL has expired; get a new one with GetDownloadUrlForLayer.")
+            raise TokenError("expired", DOWNLOAD_EXPIRED)
         return claims
 
     def _claims(self, token: str) -> Claims:

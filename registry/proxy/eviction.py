@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 
-from registry.proxy import rules as r
+from registry.proxy import rules
 from registry.proxy.pullthrough import PullThrough
 from registry.service.lifecycle import LifecycleService
 from storage.metadata import MetadataStore
@@ -34,15 +34,15 @@ async def evict(
     last: str | None = None
     while batch := await meta.describe_repositories(last, 500):
         for repo in batch:
-            if r.match(pull_through.rules, repo.name) is not None:
+            if rules.match(pull_through.rules, repo.name) is not None:
                 images += await lifecycle.images_of(repo.name)
         last = batch[-1].name
     blobs = {img.digest: await meta.manifest_blobs(img.repository, img.digest) for img in images}
-    sizes = {d: s for refs in blobs.values() for d, s in refs}
+    sizes = {digest: size for refs in blobs.values() for digest, size in refs}
     refcount = await meta.blob_reference_counts(list(sizes))
     usage = sum(sizes.values())
     evicted = 0
-    for img in sorted(images, key=lambda i: (i.last_pulled_at or i.pushed_at, i.id)):
+    for img in sorted(images, key=lambda image: (image.last_pulled_at or image.pushed_at, image.id)):
         if usage <= max_bytes:
             break
         if (await meta.parents_of(img.repository, [img.digest])).get(img.digest):

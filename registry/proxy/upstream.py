@@ -5,13 +5,14 @@ is fetched from the challenge's realm and cached per scope until it expires) and
 (access keys: a SigV4-signed GetAuthorizationToken, the token cached and renewed before it expires). Every
 request has bounded connect and read timeouts.
 
-Every host it contacts is held to `[pull_through] allowed_upstreams` (`rules.UpstreamPolicy`): the upstream,
-each redirect it answers with (followed here, one hop at a time) and a Bearer challenge's token realm. Names
-are checked when a URL is used, and the addresses they resolve to when connecting (`GuardedResolver`), so a
-name that resolves, or is rebound, to 169.254.169.254 or a loopback address is refused too. Credentials go
-only to the upstream's own origin (Basic, Bearer, the SigV4-signed token call) and to its token realm (Basic,
-to get a token); a redirect to another origin is followed without them. Error messages never carry an
-upstream's response body: only its status and OCI error codes (with their messages, for a public upstream).
+Every host it contacts is held to `[pull_through] allowed_upstreams` (`registry.upstream_url.UpstreamPolicy`):
+the upstream, each redirect it answers with (followed here, one hop at a time) and a Bearer challenge's token
+realm. Names are checked when a URL is used, and the addresses they resolve to when connecting
+(`GuardedResolver`), so a name that resolves, or is rebound, to 169.254.169.254 or a loopback address is refused
+too. Credentials go only to the upstream's own origin (Basic, Bearer, the SigV4-signed token call) and to its
+token realm (Basic, to get a token); a redirect to another origin is followed without them. Error messages never
+carry an upstream's response body: only its status and OCI error codes (with their messages, for a public
+upstream).
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ from aiohttp.resolver import DefaultResolver
 from yarl import URL
 
 from registry import oci
-from registry.auth.sigv4 import canonical_request, sign
-from registry.proxy.rules import NotAllowed, UpstreamPolicy, is_public, normalize_host
+from registry.auth.sigv4 import AMZ_DATE_FORMAT, canonical_request, sign
+from registry.upstream_url import NotAllowed, UpstreamPolicy, is_public, normalize_host
 
 MANIFEST_ACCEPT = ", ".join([oci.OCI_INDEX, oci.OCI_MANIFEST, oci.DOCKER_LIST, oci.DOCKER_MANIFEST])
 _CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
@@ -345,7 +346,7 @@ class UpstreamClient:
         """GetAuthorizationToken on an ECR-style upstream, signed with SigV4 (sent to the upstream itself, no
         redirects)."""
         body = b"{}"
-        amz_date = datetime.fromtimestamp(self.clock(), UTC).strftime("%Y%m%dT%H%M%SZ")
+        amz_date = datetime.fromtimestamp(self.clock(), UTC).strftime(AMZ_DATE_FORMAT)
         host = self.base_url.split("://", 1)[1]
         headers = {
             "Host": host,
@@ -366,11 +367,11 @@ class UpstreamClient:
         try:
             async with self.session.post(
                 url, data=body, headers=headers, timeout=self.timeout, allow_redirects=False
-            ) as r:
-                doc: Any = json.loads(await _read_at_most(r, 1 << 20))
+            ) as response:
+                doc: Any = json.loads(await _read_at_most(response, 1 << 20))
                 if not isinstance(doc, dict):
                     raise ValueError("not a JSON object")
-                if r.status != 200:
+                if response.status != 200:
                     public = self.guard.is_public(url.host or "")
                     kind = doc.get("__type") if isinstance(doc.get("__type"), str) else ""
                     said = kind if _AWS_TYPE.fullmatch(kind) else ""
@@ -379,8 +380,8 @@ class UpstreamClient:
                     raise UpstreamError(
                         self.base_url,
                         "denied",
-                        f"GetAuthorizationToken failed: HTTP {r.status} {said}".rstrip(),
-                        r.status,
+                        f"GetAuthorizationToken failed: HTTP {response.status} {said}".rstrip(),
+                        response.status,
                     )
         except aiohttp.ClientConnectorError as e:
             if isinstance(e.os_error, UpstreamNotAllowed):

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from registry import lifecycle as lc
+from registry import lifecycle
 from registry.errors import (
     ImageNotFound,
     InvalidParameter,
@@ -24,7 +24,7 @@ from registry.errors import (
     LifecyclePolicyPreviewNotFound,
     RegistryError,
 )
-from registry.service.ecr import existing_repository, page_offset
+from registry.service.ecr_shapes import ARCHIVE, existing_repository, image_status, offset_page
 from registry.service.images import ImageService
 from storage.metadata import MetadataStore
 from storage.records import ImageRecord, LifecyclePreview, RepositoryRecord
@@ -36,7 +36,7 @@ PREVIEW_STALE = 600.0  # seconds: a preview still "in progress" after this was l
 
 @dataclass(frozen=True, slots=True)
 class Planned:
-    action: lc.Action
+    action: lifecycle.Action
     image: ImageRecord
 
 
@@ -46,6 +46,15 @@ class SweepReport:
     expired: list[Planned] = field(default_factory=list)
     transitioned: list[Planned] = field(default_factory=list)
     bytes: int = 0
+
+    @classmethod
+    def planned(cls, repository: str, planned: list[Planned]) -> SweepReport:
+        """What applying `planned` would do (a dry run, a preview)."""
+        return cls(
+            repository,
+            [step for step in planned if step.action.action == "expire"],
+            [step for step in planned if step.action.action == "transition"],
+        )
 
 
 class LifecycleService:
@@ -62,37 +71,37 @@ class LifecycleService:
     async def images_of(self, repository: str) -> list[ImageRecord]:
         return [img async for img in self.images.iter_images(repository)]
 
-    async def plan(self, repository: str, policy: lc.Policy, now: float) -> list[Planned]:
+    async def plan(self, repository: str, policy: lifecycle.Policy, now: float) -> list[Planned]:
         records = await self.images_of(repository)
-        parents = await self.meta.parents_of(repository, [r.digest for r in records])
-        by_digest = {r.digest: r for r in records}
+        parents = await self.meta.parents_of(repository, [record.digest for record in records])
+        by_digest = {record.digest: record for record in records}
         images = [
-            lc.Image(
-                digest=r.digest,
-                tags=r.tags,
-                pushed_at=r.pushed_at,
-                last_pulled_at=r.last_pulled_at,
-                storage_class=r.storage_class.lower(),
-                last_archived_at=r.last_archived_at,
-                last_activated_at=r.last_activated_at,
-                referenced_by_index=bool(parents.get(r.digest)),
+            lifecycle.Image(
+                digest=record.digest,
+                tags=record.tags,
+                pushed_at=record.pushed_at,
+                last_pulled_at=record.last_pulled_at,
+                storage_class=record.storage_class.lower(),
+                last_archived_at=record.last_archived_at,
+                last_activated_at=record.last_activated_at,
+                referenced_by_index=bool(parents.get(record.digest)),
             )
-            for r in records
+            for record in records
         ]
-        return [Planned(a, by_digest[a.digest]) for a in lc.evaluate(policy, images, now)]
+        return [Planned(action, by_digest[action.digest]) for action in lifecycle.evaluate(policy, images, now)]
 
     async def apply(self, repository: str, planned: list[Planned], *, reason: str) -> SweepReport:
         report = SweepReport(repository)
         now = self.clock()
-        for p in planned:
-            image, action = p.image, p.action
+        for step in planned:
+            image, action = step.image, step.action
             tags = ",".join(image.tags) or "untagged"
             if action.action == "expire":
                 try:
                     await self.images.delete_manifest(repository, image.digest)
                 except RegistryError:
                     continue  # deleted meanwhile
-                report.expired.append(p)
+                report.expired.append(step)
                 report.bytes += image.image_size
                 log.info(
                     "lifecycle (%s): expired %s@%s (%s, pushed %s) by rule %d",
@@ -100,13 +109,13 @@ class LifecycleService:
                     repository,
                     image.digest,
                     tags,
-                    _iso(image.pushed_at),
+                    iso_time(image.pushed_at),
                     action.rule_priority,
                 )
             else:
-                if await self.meta.set_storage_class(repository, image.digest, "ARCHIVE", now):
+                if await self.meta.set_storage_class(repository, image.digest, ARCHIVE, now):
                     self.images.forget_manifest(repository, image.digest)
-                    report.transitioned.append(p)
+                    report.transitioned.append(step)
                     log.info(
                         "lifecycle (%s): archived %s@%s (%s) by rule %d",
                         reason,
@@ -121,7 +130,7 @@ class LifecycleService:
         out: list[RepositoryRecord] = []
         last: str | None = None
         while batch := await self.meta.describe_repositories(last, PAGE):
-            out += [r for r in batch if r.lifecycle_policy]
+            out += [repo for repo in batch if repo.lifecycle_policy]
             last = batch[-1].name
         return out
 
@@ -132,22 +141,18 @@ class LifecycleService:
         now = self.clock() if now is None else now
         repos = await self.repositories_with_policies()
         if repository is not None:
-            repos = [r for r in repos if r.name == repository]
+            repos = [repo for repo in repos if repo.name == repository]
         reports = []
         for repo in repos:
             assert repo.lifecycle_policy is not None
             try:
-                policy = lc.parse_policy(repo.lifecycle_policy)
-            except lc.LifecyclePolicyError as e:  # stored before a validation rule changed
+                policy = lifecycle.parse_policy(repo.lifecycle_policy)
+            except lifecycle.LifecyclePolicyError as e:  # stored before a validation rule changed
                 log.error("lifecycle: the policy of %s is no longer valid, skipped: %s", repo.name, e)
                 continue
             planned = await self.plan(repo.name, policy, now)
             if dry_run:
-                report = SweepReport(
-                    repo.name,
-                    [p for p in planned if p.action.action == "expire"],
-                    [p for p in planned if p.action.action == "transition"],
-                )
+                report = SweepReport.planned(repo.name, planned)
             else:
                 report = await self.apply(repo.name, planned, reason="scheduled sweep")
                 await self.meta.mark_lifecycle_evaluated(repo.name, now)
@@ -166,23 +171,23 @@ class LifecycleService:
         )
 
     @staticmethod
-    def _parse(text: str) -> lc.Policy:
+    def _parse(text: str) -> lifecycle.Policy:
         try:
-            return lc.parse_policy(text)
-        except lc.LifecyclePolicyError as e:
-            raise InvalidParameter(lc.error_message(e)) from None
+            return lifecycle.parse_policy(text)
+        except lifecycle.LifecyclePolicyError as e:
+            raise InvalidParameter(lifecycle.error_message(e)) from None
 
-    async def put_lifecycle_policy(self, p: dict[str, Any], caller: Any) -> dict[str, Any]:
-        name = p["repositoryName"]
+    async def put_lifecycle_policy(self, params: dict[str, Any], caller: Any) -> dict[str, Any]:
+        name = params["repositoryName"]
         await self._repo(name)
-        self._parse(p["lifecyclePolicyText"])
-        text = lc.minify(p["lifecyclePolicyText"])
+        self._parse(params["lifecyclePolicyText"])
+        text = lifecycle.minify(params["lifecyclePolicyText"])
         await self.meta.set_lifecycle_policy(name, text)
         self.images.forget_repository(name)
         return {"registryId": self.account_id, "repositoryName": name, "lifecyclePolicyText": text}
 
-    async def get_lifecycle_policy(self, p: dict[str, Any], caller: Any) -> dict[str, Any]:
-        name = p["repositoryName"]
+    async def get_lifecycle_policy(self, params: dict[str, Any], caller: Any) -> dict[str, Any]:
+        name = params["repositoryName"]
         repo = await self._repo(name)
         if not repo.lifecycle_policy:
             raise self._no_policy(name)
@@ -193,16 +198,16 @@ class LifecycleService:
             "lastEvaluatedAt": repo.lifecycle_evaluated_at or 0,
         }
 
-    async def delete_lifecycle_policy(self, p: dict[str, Any], caller: Any) -> dict[str, Any]:
-        out = await self.get_lifecycle_policy(p, caller)
-        await self.meta.set_lifecycle_policy(p["repositoryName"], None)
-        self.images.forget_repository(p["repositoryName"])
+    async def delete_lifecycle_policy(self, params: dict[str, Any], caller: Any) -> dict[str, Any]:
+        out = await self.get_lifecycle_policy(params, caller)
+        await self.meta.set_lifecycle_policy(params["repositoryName"], None)
+        self.images.forget_repository(params["repositoryName"])
         return out
 
-    async def start_lifecycle_policy_preview(self, p: dict[str, Any], caller: Any) -> dict[str, Any]:
-        name = p["repositoryName"]
+    async def start_lifecycle_policy_preview(self, params: dict[str, Any], caller: Any) -> dict[str, Any]:
+        name = params["repositoryName"]
         repo = await self._repo(name)
-        text = p.get("lifecyclePolicyText") or repo.lifecycle_policy
+        text = params.get("lifecyclePolicyText") or repo.lifecycle_policy
         if not text:
             raise self._no_policy(name)
         policy = self._parse(text)
@@ -217,7 +222,7 @@ class LifecycleService:
 
         async def run() -> None:
             try:
-                results = [_preview_result(x) for x in await self.plan(name, policy, now)]
+                results = [_preview_result(planned) for planned in await self.plan(name, policy, now)]
                 await self.meta.put_lifecycle_preview(name, LifecyclePreview(text, "COMPLETE", now, results))
             except Exception:
                 log.exception("lifecycle preview of %s failed", name)
@@ -234,8 +239,8 @@ class LifecycleService:
             "status": "IN_PROGRESS",
         }
 
-    async def get_lifecycle_policy_preview(self, p: dict[str, Any], caller: Any) -> dict[str, Any]:
-        name = p["repositoryName"]
+    async def get_lifecycle_policy_preview(self, params: dict[str, Any], caller: Any) -> dict[str, Any]:
+        name = params["repositoryName"]
         await self._repo(name)
         preview = await self.meta.get_lifecycle_preview(name)
         if preview is None:
@@ -252,31 +257,35 @@ class LifecycleService:
             return out
         everything = preview.results
         results = everything
-        status = (p.get("filter") or {}).get("tagStatus", "ANY")
+        status = (params.get("filter") or {}).get("tagStatus", "ANY")
         if status == "TAGGED":
-            results = [r for r in results if r.get("imageTags")]
+            results = [result for result in results if result.get("imageTags")]
         elif status == "UNTAGGED":
-            results = [r for r in results if not r.get("imageTags")]
-        if p.get("imageIds") is not None:
-            wanted = {i.get("imageDigest") for i in p["imageIds"]} | {i.get("imageTag") for i in p["imageIds"]}
-            results = [r for r in results if r["imageDigest"] in wanted or set(r.get("imageTags", ())) & wanted]
-        start = page_offset(p.get("nextToken"))
-        limit = p.get("maxResults", 100)
-        out["previewResults"] = results[start : start + limit]
-        if start + limit < len(results):
-            out["nextToken"] = str(start + limit)
-        transitioning = sum(1 for r in everything if r["action"]["type"] == "TRANSITION")
-        out["summary"] = {"expiringImageTotalCount": sum(1 for r in everything if r["action"]["type"] == "EXPIRE")}
+            results = [result for result in results if not result.get("imageTags")]
+        if params.get("imageIds") is not None:
+            image_ids = params["imageIds"]
+            wanted = {i.get("imageDigest") for i in image_ids} | {i.get("imageTag") for i in image_ids}
+            results = [
+                result
+                for result in results
+                if result["imageDigest"] in wanted or set(result.get("imageTags", ())) & wanted
+            ]
+        out["previewResults"], next_token = offset_page(results, params)
+        if next_token is not None:
+            out["nextToken"] = next_token
+        transitioning = sum(1 for result in everything if result["action"]["type"] == "TRANSITION")
+        expiring = sum(1 for result in everything if result["action"]["type"] == "EXPIRE")
+        out["summary"] = {"expiringImageTotalCount": expiring}
         if transitioning:
             out["summary"]["transitioningImageTotalCounts"] = [
-                {"targetStorageClass": "ARCHIVE", "imageTotalCount": transitioning}
+                {"targetStorageClass": ARCHIVE, "imageTotalCount": transitioning}
             ]
         return out
 
-    async def update_image_storage_class(self, p: dict[str, Any], caller: Any) -> dict[str, Any]:
-        name = p["repositoryName"]
+    async def update_image_storage_class(self, params: dict[str, Any], caller: Any) -> dict[str, Any]:
+        name = params["repositoryName"]
         await self._repo(name)
-        image_id = p["imageId"]
+        image_id = params["imageId"]
         digest = image_id.get("imageDigest")
         if image_id.get("imageTag") is not None:
             digest = await self.meta.resolve_tag(name, image_id["imageTag"])
@@ -286,7 +295,7 @@ class LifecycleService:
                 f"The image with imageId {image_id} does not exist within the repository with name "
                 f"'{name}' in the registry with id '{self.account_id}'"
             )
-        target = p["targetStorageClass"]
+        target = params["targetStorageClass"]
         await self.meta.set_storage_class(name, digest, target, self.clock())
         self.images.forget_manifest(name, digest)
         return {
@@ -296,48 +305,49 @@ class LifecycleService:
                 "imageDigest": digest,
                 **({"imageTag": image_id["imageTag"]} if image_id.get("imageTag") else {}),
             },
-            "imageStatus": "ARCHIVED" if target == "ARCHIVE" else "ACTIVE",
+            "imageStatus": image_status(target),
         }
 
 
-def _preview_result(r: Planned) -> dict[str, Any]:
-    action: dict[str, Any] = {"type": r.action.action.upper()}
-    if r.action.target_storage_class:
-        action["targetStorageClass"] = r.action.target_storage_class.upper()
+def _preview_result(planned: Planned) -> dict[str, Any]:
+    action: dict[str, Any] = {"type": planned.action.action.upper()}
+    if planned.action.target_storage_class:
+        action["targetStorageClass"] = planned.action.target_storage_class.upper()
     out: dict[str, Any] = {
-        "imageDigest": r.image.digest,
-        "imagePushedAt": r.image.pushed_at,
+        "imageDigest": planned.image.digest,
+        "imagePushedAt": planned.image.pushed_at,
         "action": action,
-        "appliedRulePriority": r.action.rule_priority,
-        "storageClass": r.image.storage_class,
+        "appliedRulePriority": planned.action.rule_priority,
+        "storageClass": planned.image.storage_class,
     }
-    if r.image.tags:
-        out["imageTags"] = list(r.image.tags)
+    if planned.image.tags:
+        out["imageTags"] = list(planned.image.tags)
     return out
 
 
-def _iso(ts: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+def iso_time(timestamp: float) -> str:
+    """Epoch seconds as ISO 8601 UTC to the second (2024-05-01T12:00:00Z), as the CLI prints times."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
 
 
 def report_json(reports: list[SweepReport]) -> list[dict[str, Any]]:
     """What the CLI prints."""
 
-    def entry(p: Planned) -> dict[str, Any]:
+    def entry(planned: Planned) -> dict[str, Any]:
         return {
-            "imageDigest": p.image.digest,
-            "imageTags": list(p.image.tags),
-            "imagePushedAt": _iso(p.image.pushed_at),
-            "action": p.action.action,
-            "appliedRulePriority": p.action.rule_priority,
-            "imageSizeInBytes": p.image.image_size,
+            "imageDigest": planned.image.digest,
+            "imageTags": list(planned.image.tags),
+            "imagePushedAt": iso_time(planned.image.pushed_at),
+            "action": planned.action.action,
+            "appliedRulePriority": planned.action.rule_priority,
+            "imageSizeInBytes": planned.image.image_size,
         }
 
     return [
         {
-            "repository": r.repository,
-            "expired": [entry(p) for p in r.expired],
-            "transitioned": [entry(p) for p in r.transitioned],
+            "repository": report.repository,
+            "expired": [entry(planned) for planned in report.expired],
+            "transitioned": [entry(planned) for planned in report.transitioned],
         }
-        for r in reports
+        for report in reports
     ]

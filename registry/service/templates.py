@@ -12,11 +12,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from registry import lifecycle as lc
-from registry.auth.policy import PolicyError, parse_policy
+from registry import lifecycle
 from registry.errors import InvalidParameter, RegistryError, TemplateAlreadyExists, TemplateNotFound
-from registry.proxy import rules
-from registry.service.ecr import _settings, _tags, page_offset
+from registry.iam_policy import PolicyError, parse_policy
+from registry.naming import most_specific, normalize_prefix
+from registry.service.ecr_shapes import offset_page, repository_settings, resource_tags
 from storage.metadata import MetadataStore
 from storage.records import RepositoryInit, RepositorySettings
 
@@ -33,10 +33,6 @@ FIELDS = (
 )
 
 
-def _matches(prefix: str, name: str) -> bool:
-    return prefix == rules.ROOT or name.startswith(prefix + "/")
-
-
 class TemplateService:
     def __init__(self, meta: MetadataStore, *, account_id: str, clock: Callable[[], float] = time.time) -> None:
         self.meta = meta
@@ -45,37 +41,33 @@ class TemplateService:
 
     async def init_for(self, name: str, reason: str) -> RepositoryInit | None:
         """The most specific template for `name` that applies for `reason`, as a RepositoryInit."""
-        best: tuple[str, dict[str, Any]] | None = None
-        for prefix, body, _, _ in await self.meta.list_templates():
-            doc = json.loads(body)
-            if reason not in doc.get("appliedFor", []) or not _matches(prefix, name):
-                continue
-            if best is None or best[0] == rules.ROOT or (prefix != rules.ROOT and len(prefix) > len(best[0])):
-                best = (prefix, doc)
+        documents = [(prefix, json.loads(body)) for prefix, body, _, _ in await self.meta.list_templates()]
+        applicable = [(prefix, doc) for prefix, doc in documents if reason in doc.get("appliedFor", [])]
+        best = most_specific(applicable, lambda template: template[0], name)
         if best is None:
             return None
         doc = best[1]
-        settings = _settings(doc, RepositorySettings())
-        tags = tuple((t["Key"], t["Value"]) for t in doc.get("resourceTags", []))
+        settings = repository_settings(doc, RepositorySettings())
+        tags = tuple((tag["Key"], tag["Value"]) for tag in doc.get("resourceTags", []))
         return RepositoryInit(
             settings,
             doc.get("repositoryPolicy") or None,
-            lc.minify(doc["lifecyclePolicy"]) if doc.get("lifecyclePolicy") else None,
+            lifecycle.minify(doc["lifecyclePolicy"]) if doc.get("lifecyclePolicy") else None,
             tags,
         )
 
     # -- ECR operations ----------------------------------------------------------------------------
     def _validate(self, doc: dict[str, Any]) -> None:
         try:
-            _settings(doc, RepositorySettings())
-            _tags(doc.get("resourceTags") or [])
+            repository_settings(doc, RepositorySettings())
+            resource_tags(doc.get("resourceTags") or [])
         except RegistryError as e:
             raise InvalidParameter(e.message) from None
         if doc.get("lifecyclePolicy"):
             try:
-                lc.parse_policy(doc["lifecyclePolicy"])
-            except lc.LifecyclePolicyError as e:
-                raise InvalidParameter(lc.error_message(e)) from None
+                lifecycle.parse_policy(doc["lifecyclePolicy"])
+            except lifecycle.LifecyclePolicyError as e:
+                raise InvalidParameter(lifecycle.error_message(e)) from None
         if doc.get("repositoryPolicy"):
             try:
                 parse_policy(doc["repositoryPolicy"], resource_policy=True)
@@ -88,7 +80,7 @@ class TemplateService:
     def _shape(self, prefix: str, doc: dict[str, Any], created_at: float, updated_at: float) -> dict[str, Any]:
         out = {
             "prefix": prefix,
-            **{k: doc[k] for k in FIELDS if doc.get(k) not in (None, "", [])},
+            **{key: doc[key] for key in FIELDS if doc.get(key) not in (None, "", [])},
             "createdAt": created_at,
             "updatedAt": updated_at,
         }
@@ -102,28 +94,28 @@ class TemplateService:
             f"registry with id '{self.account_id}'"
         )
 
-    async def create_repository_creation_template(self, p: dict[str, Any], caller: Any) -> dict[str, Any]:
-        prefix = rules.normalize_prefix(p["prefix"])
-        doc = {k: p[k] for k in FIELDS if k in p}
+    async def create_repository_creation_template(self, params: dict[str, Any], caller: Any) -> dict[str, Any]:
+        prefix = normalize_prefix(params["prefix"])
+        doc = {key: params[key] for key in FIELDS if key in params}
         self._validate(doc)
         now = self.clock()
         if not await self.meta.put_template(prefix, json.dumps(doc), now, create=True):
             raise TemplateAlreadyExists(f"A repository creation template with prefix '{prefix}' already exists")
         return {"registryId": self.account_id, "repositoryCreationTemplate": self._shape(prefix, doc, now, now)}
 
-    async def update_repository_creation_template(self, p: dict[str, Any], caller: Any) -> dict[str, Any]:
-        prefix = rules.normalize_prefix(p["prefix"])
-        current = {t[0]: t for t in await self.meta.list_templates()}.get(prefix)
+    async def update_repository_creation_template(self, params: dict[str, Any], caller: Any) -> dict[str, Any]:
+        prefix = normalize_prefix(params["prefix"])
+        current = {template[0]: template for template in await self.meta.list_templates()}.get(prefix)
         if current is None:
             raise self._not_found(prefix)
-        doc = {**json.loads(current[1]), **{k: p[k] for k in FIELDS if k in p}}
+        doc = {**json.loads(current[1]), **{key: params[key] for key in FIELDS if key in params}}
         self._validate(doc)
         now = self.clock()
         await self.meta.put_template(prefix, json.dumps(doc), now, create=False)
         return {"registryId": self.account_id, "repositoryCreationTemplate": self._shape(prefix, doc, current[2], now)}
 
-    async def delete_repository_creation_template(self, p: dict[str, Any], caller: Any) -> dict[str, Any]:
-        prefix = rules.normalize_prefix(p["prefix"])
+    async def delete_repository_creation_template(self, params: dict[str, Any], caller: Any) -> dict[str, Any]:
+        prefix = normalize_prefix(params["prefix"])
         deleted = await self.meta.delete_template(prefix)
         if deleted is None:
             raise self._not_found(prefix)
@@ -132,20 +124,20 @@ class TemplateService:
             "repositoryCreationTemplate": self._shape(prefix, json.loads(deleted[1]), deleted[2], deleted[3]),
         }
 
-    async def describe_repository_creation_templates(self, p: dict[str, Any], caller: Any) -> dict[str, Any]:
+    async def describe_repository_creation_templates(self, params: dict[str, Any], caller: Any) -> dict[str, Any]:
         templates = await self.meta.list_templates()
-        wanted = p.get("prefixes")
+        wanted = params.get("prefixes")
         if wanted is not None:
-            wanted = {rules.normalize_prefix(x) for x in wanted}
-            templates = [t for t in templates if t[0] in wanted]
-        start = page_offset(p.get("nextToken"))
-        limit = p.get("maxResults", 100)
+            wanted = {normalize_prefix(prefix) for prefix in wanted}
+            templates = [template for template in templates if template[0] in wanted]
+        page, next_token = offset_page(templates, params)
         out: dict[str, Any] = {
             "registryId": self.account_id,
             "repositoryCreationTemplates": [
-                self._shape(prefix, json.loads(body), c, u) for prefix, body, c, u in templates[start : start + limit]
+                self._shape(prefix, json.loads(body), created_at, updated_at)
+                for prefix, body, created_at, updated_at in page
             ],
         }
-        if start + limit < len(templates):
-            out["nextToken"] = str(start + limit)
+        if next_token is not None:
+            out["nextToken"] = next_token
         return out

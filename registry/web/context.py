@@ -23,7 +23,8 @@ IMAGES = web.AppKey("images", ImageService)
 UPLOADS = web.AppKey("uploads", UploadService)
 ACCESS = web.AppKey("access", AccessControl)
 ECR = web.AppKey("ecr", EcrService)
-# Objects whose snake_case methods are ECR operations (the repository/image API, lifecycle, templates).
+# Objects whose snake_case methods are ECR operations (the repository, image and layer APIs, pull-through cache
+# rules, lifecycle, templates).
 ECR_OPERATIONS = web.AppKey("ecr_operations", tuple)
 PULL_THROUGH = web.AppKey("pull_through", PullThrough)
 # What the /v2 read routes ask (the pull-through cache, wrapping the image service).

@@ -2,7 +2,8 @@
 
 botocore POSTs to the endpoint URL's path (usually `/`), so routing is on the header. Each request is
 authenticated (SigV4), validated against the service model, authorized (`ecr:<Operation>` on the repository),
-then handed to the operation of the same name in `registry.service.ecr`.
+then handed to the operation of the same name: a method of one of the `ECR_OPERATIONS` objects (the ECR
+service's parts in `registry.service.ecr*`, lifecycle, templates, pull-through cache rules).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from aiohttp import web
 
 from registry import ecr_model, jsonsafe
 from registry.errors import EcrError, InvalidParameter, SerializationError, UnknownOperation
-from registry.service.ecr import Caller
+from registry.service.ecr_shapes import Caller
 from registry.web.auth import api_principal, base_url, condition_keys
 from registry.web.context import ACCESS, ECR, ECR_OPERATIONS, IMAGES
 from registry.web.middleware import (
@@ -97,7 +98,9 @@ async def handle(request: web.Request) -> web.Response:
     if listing:
         # Pages list only what the caller may describe: every repository not denied to a caller allowed on
         # `repository/*` (as ECR requires), the repositories it is allowed one by one otherwise.
-        extra["visible"] = lambda r: access.allowed(principal, ["ecr:DescribeRepositories"], r.name, r.policy, keys)
+        extra["visible"] = lambda repo: access.allowed(
+            principal, ["ecr:DescribeRepositories"], repo.name, repo.policy, keys
+        )
     elif repository is None:
         access.check(principal, [f"ecr:{name}"], None, condition_keys=keys)
     for repo in repository if isinstance(repository, list) else [repository] if repository else []:

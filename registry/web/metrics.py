@@ -77,47 +77,51 @@ class Metrics:
         self._children: dict[tuple[str, str, int], tuple[Any, Any, Any, Any]] = {}
         self._pull_through: PullThrough | None = None
         self._synced: dict[tuple[str, str], int] = {}
-        r = self.registry
+        registry = self.registry
         self.requests = Counter(
-            "moorage_http_requests", "HTTP requests served", ["route", "method", "status"], registry=r
+            "moorage_http_requests", "HTTP requests served", ["route", "method", "status"], registry=registry
         )
         self.latency = Histogram(
             "moorage_http_request_duration_seconds",
             "Time to serve a request",
             ["route", "method"],
             buckets=LATENCY_BUCKETS,
-            registry=r,
+            registry=registry,
         )
-        self.bytes_in = Counter("moorage_http_request_bytes", "Request body bytes received", ["route"], registry=r)
-        self.bytes_out = Counter("moorage_http_response_bytes", "Response body bytes sent", ["route"], registry=r)
-        self.lifecycle_runs = Counter("moorage_lifecycle_runs", "Lifecycle sweeps run", registry=r)
+        self.bytes_in = Counter(
+            "moorage_http_request_bytes", "Request body bytes received", ["route"], registry=registry
+        )
+        self.bytes_out = Counter(
+            "moorage_http_response_bytes", "Response body bytes sent", ["route"], registry=registry
+        )
+        self.lifecycle_runs = Counter("moorage_lifecycle_runs", "Lifecycle sweeps run", registry=registry)
         self.lifecycle_images = Counter(
-            "moorage_lifecycle_images_expired", "Images expired by lifecycle policies", registry=r
+            "moorage_lifecycle_images_expired", "Images expired by lifecycle policies", registry=registry
         )
         self.lifecycle_archived = Counter(
             "moorage_lifecycle_images_archived",
             "Images moved to the archive storage class by lifecycle policies",
-            registry=r,
+            registry=registry,
         )
         self.lifecycle_bytes = Counter(
-            "moorage_lifecycle_bytes_expired", "Image bytes expired by lifecycle policies", registry=r
+            "moorage_lifecycle_bytes_expired", "Image bytes expired by lifecycle policies", registry=registry
         )
-        self.gc_runs = Counter("moorage_gc_runs", "Garbage collection runs", registry=r)
-        self.gc_blobs = Counter("moorage_gc_blobs_removed", "Blobs removed by garbage collection", registry=r)
-        self.gc_bytes = Counter("moorage_gc_bytes_removed", "Bytes removed by garbage collection", registry=r)
+        self.gc_runs = Counter("moorage_gc_runs", "Garbage collection runs", registry=registry)
+        self.gc_blobs = Counter("moorage_gc_blobs_removed", "Blobs removed by garbage collection", registry=registry)
+        self.gc_bytes = Counter("moorage_gc_bytes_removed", "Bytes removed by garbage collection", registry=registry)
         self.evictions = Counter(
-            "moorage_pull_through_evictions", "Cached images evicted to stay under max_cache_bytes", registry=r
+            "moorage_pull_through_evictions", "Cached images evicted to stay under max_cache_bytes", registry=registry
         )
         self.pull_through_counters = {
-            name: Counter(f"moorage_pull_through_{name}", doc, ["rule"], registry=r)
+            name: Counter(f"moorage_pull_through_{name}", doc, ["rule"], registry=registry)
             for name, doc in _RULE_COUNTERS.items()
         }
         self.pull_through_kind_counters = {
-            name: Counter(f"moorage_pull_through_{name}", doc, ["rule", "kind"], registry=r)
+            name: Counter(f"moorage_pull_through_{name}", doc, ["rule", "kind"], registry=registry)
             for name, doc in _KIND_COUNTERS.items()
         }
         if multiprocess is None:
-            self.exposition = r
+            self.exposition = registry
         else:  # every worker's files, summed; the storage gauges are read from the shared database anyway
             self.exposition = CollectorRegistry()
             MultiProcessCollector(self.exposition, multiprocess)
@@ -170,12 +174,14 @@ class _StorageCollector:
         self.gauges = gauges
 
     def collect(self) -> Iterator[Metric]:
-        g = self.gauges
-        yield GaugeMetricFamily("moorage_uploads_in_progress", "Open blob upload sessions", value=g.uploads_in_progress)
-        yield GaugeMetricFamily("moorage_storage_blobs", "Blobs stored (each once)", value=g.blobs)
-        yield GaugeMetricFamily("moorage_storage_bytes", "Bytes of blobs stored", value=g.blob_bytes)
-        yield GaugeMetricFamily("moorage_repositories", "Repositories", value=g.repositories)
-        yield GaugeMetricFamily("moorage_images", "Images (manifests) in all repositories", value=g.images)
+        gauges = self.gauges
+        yield GaugeMetricFamily(
+            "moorage_uploads_in_progress", "Open blob upload sessions", value=gauges.uploads_in_progress
+        )
+        yield GaugeMetricFamily("moorage_storage_blobs", "Blobs stored (each once)", value=gauges.blobs)
+        yield GaugeMetricFamily("moorage_storage_bytes", "Bytes of blobs stored", value=gauges.blob_bytes)
+        yield GaugeMetricFamily("moorage_repositories", "Repositories", value=gauges.repositories)
+        yield GaugeMetricFamily("moorage_images", "Images (manifests) in all repositories", value=gauges.images)
 
 
 METRICS = web.AppKey("metrics", Metrics)

@@ -453,12 +453,22 @@ def evaluate(
     context = _context_values(ctx)
     identity: list[Statement] = []
     if ctx.principal_arn is not None:  # anonymous callers have no identity
-        identity = [s for p in identity_policies for s in p.statements if statement_applies(s, ctx, context)]
-    resource = [s for p in resource_policies for s in p.statements if statement_applies(s, ctx, context)]
+        identity = [
+            statement
+            for policy in identity_policies
+            for statement in policy.statements
+            if statement_applies(statement, ctx, context)
+        ]
+    resource = [
+        statement
+        for policy in resource_policies
+        for statement in policy.statements
+        if statement_applies(statement, ctx, context)
+    ]
     for kind, statements in (("an identity-based", identity), ("a resource-based", resource)):
-        for s in statements:
-            if s.effect == "Deny":
-                return Evaluation(Decision.EXPLICIT_DENY, f"with an explicit deny in {kind} policy", s.sid)
+        for statement in statements:
+            if statement.effect == "Deny":
+                return Evaluation(Decision.EXPLICIT_DENY, f"with an explicit deny in {kind} policy", statement.sid)
     identity_allow = identity[0] if identity else None  # every applicable statement allows by now
     account = _account_of(ctx.principal_arn) if ctx.principal_arn is not None else None
     if account is not None and account != ctx.account_id:
@@ -469,7 +479,7 @@ def evaluate(
         return Evaluation(Decision.ALLOW, "allowed by an identity-based and a resource-based policy", resource[0].sid)
     if identity_allow is not None:
         return Evaluation(Decision.ALLOW, "allowed by an identity-based policy", identity_allow.sid)
-    direct = next((s for s in resource if names_principal(s, ctx.principal_arn)), None)
+    direct = next((statement for statement in resource if names_principal(statement, ctx.principal_arn)), None)
     if direct is not None:
         return Evaluation(Decision.ALLOW, "allowed by a resource-based policy", direct.sid)
     return Evaluation(Decision.IMPLICIT_DENY, f"no identity-based policy allows the {ctx.action} action")
