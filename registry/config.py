@@ -450,7 +450,7 @@ def _coerce(key: str, f: dataclasses.Field[Any], value: Any) -> Any:
         problems.raise_any()
         return tuple(items)
     expected, wording = _TYPES[kind]
-    if not isinstance(value, expected) or (kind != "bool" and isinstance(value, bool)):
+    if not _is_a(value, expected) or (kind != "bool" and isinstance(value, bool)):
         raise ConfigError(f"{key}: expected {wording}, got {value!r}")
     try:
         if kind == "path":
@@ -470,6 +470,11 @@ def _coerce(key: str, f: dataclasses.Field[Any], value: Any) -> Any:
         shown = "****" if kind == "secret" else repr(value)
         raise ConfigError(f"{key}: {e} (got {shown})") from None
     return value
+
+
+def _is_a(value: Any, expected: type | tuple[type, ...]) -> bool:
+    """isinstance, without narrowing `value` for the type checker (it stays Any for the conversions)."""
+    return isinstance(value, expected)
 
 
 def _build(cls: type, body: dict[str, Any], prefix: str) -> Any:

@@ -216,7 +216,7 @@ class KeyRing:
             raise TokenError("malformed", "authorization token is malformed (not a Moorage token)") from None
         kid = header.get("kid")
         key = self._key(kid) if isinstance(kid, str) else None
-        if key is None:
+        if key is None or not isinstance(kid, str):
             raise TokenError(
                 "unknown_key", f"authorization token was signed by an unknown key (kid {kid!r}); get a new token"
             ) from None

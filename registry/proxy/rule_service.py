@@ -28,7 +28,9 @@ from registry.proxy.rules import infer_upstream_registry, secret_name
 from registry.proxy.upstream import UpstreamError
 from registry.service.ecr_shapes import DEFAULT_PAGE, Caller, decode_token, encode_token
 from registry.upstream_url import UPSTREAM_URL_SHAPE, NotAllowed, is_upstream_url
-from storage.base import Conflict, MetadataStore, PullThroughRule
+from storage.errors import Conflict
+from storage.metadata import MetadataStore
+from storage.records import PullThroughRule
 
 
 class PullThroughRuleService:

@@ -373,7 +373,7 @@ class UpstreamClient:
                     raise ValueError("not a JSON object")
                 if response.status != 200:
                     public = self.guard.is_public(url.host or "")
-                    kind = doc.get("__type") if isinstance(doc.get("__type"), str) else ""
+                    kind = type_name if isinstance(type_name := doc.get("__type"), str) else ""
                     said = kind if _AWS_TYPE.fullmatch(kind) else ""
                     if public and isinstance(doc.get("message"), str):
                         said += f": {doc['message'][:200]}"

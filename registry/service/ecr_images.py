@@ -28,7 +28,8 @@ from registry.service.ecr_shapes import (
     is_archived,
 )
 from registry.service.images import ImageService
-from storage.base import ImageRecord, MetadataStore, RepositoryRecord
+from storage.metadata import MetadataStore
+from storage.records import ImageRecord, RepositoryRecord
 
 
 class ImageOperations:

@@ -25,7 +25,8 @@ from registry.errors import (
 from registry.service.ecr_shapes import Caller, existing_repository
 from registry.service.images import ImageService
 from registry.service.uploads import UploadService
-from storage.base import MetadataStore, RepositoryRecord
+from storage.metadata import MetadataStore
+from storage.records import RepositoryRecord
 
 PART_SIZE = 10 * 1024 * 1024
 

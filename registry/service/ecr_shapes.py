@@ -25,7 +25,7 @@ from registry.errors import (
 )
 from registry.naming import repository_arn
 from registry.service.images import ImageService
-from storage.base import ImageRecord, RepositoryRecord, RepositorySettings
+from storage.records import ImageRecord, RepositoryRecord, RepositorySettings
 
 MAX_RESOURCE_TAGS = 50
 DEFAULT_PAGE = 100
