@@ -26,6 +26,7 @@ from registry.auth.principals import Directory
 from registry.auth.tokens import DOWNLOAD_TTL, KeyRing
 from registry.config import Config
 from registry.gc import GarbageCollector
+from registry.naming import normalize_prefix
 from registry.proxy import rules
 from registry.proxy.eviction import evict
 from registry.proxy.pullthrough import PullThrough
@@ -210,8 +211,8 @@ def create_app(config: Config, worker: int | None = None) -> web.Application:
         challenge=config.auth.challenge,
     )
 
-    def issue_token(principal: str | None, ttl: float | None) -> tuple[str, float]:
-        return keyring.issue(principal or "anonymous", access.clock(), ttl or config.auth.token_ttl)
+    def issue_token(principal: str | None) -> tuple[str, float]:
+        return keyring.issue(principal or "anonymous", access.clock(), config.auth.token_ttl)
 
     ecr = EcrService(
         s.images,
@@ -364,7 +365,7 @@ async def _declare_rules(config: Config, meta: MetadataStore) -> None:
     now = time.time()
     existing = {rule.prefix: rule for rule in await meta.list_rules()}
     for declared in config.pull_through.rules:
-        prefix = rules.normalize_prefix(declared.ecr_repository_prefix)
+        prefix = normalize_prefix(declared.ecr_repository_prefix)
         arn = (
             rules.secret_arn(config.registry.region, config.registry.account_id, declared.credential)
             if declared.credential
@@ -375,7 +376,7 @@ async def _declare_rules(config: Config, meta: MetadataStore) -> None:
             PullThroughRule(
                 prefix,
                 declared.upstream_registry_url,
-                rules.normalize_prefix(declared.upstream_repository_prefix),
+                normalize_prefix(declared.upstream_repository_prefix),
                 arn,
                 rules.infer_upstream_registry(declared.upstream_registry_url),
                 created,

@@ -7,7 +7,6 @@ stores its keys in `<data_dir>/admin-credentials.json` (mode 0600), and later st
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import string
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ from pathlib import Path
 
 from registry.config import AuthConfig, Secret
 from registry.iam_policy import Policy, parse_policy
+from storage.files import atomic_write
 
 ADMIN_FILE = "admin-credentials.json"
 ADMIN_POLICY = '{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}'
@@ -88,10 +88,6 @@ def generate_admin() -> dict[str, str]:
 
 
 def write_private_json(path: Path, data: dict[str, str]) -> None:
+    """Written whole or not at all, readable by the owner only."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh, indent=2)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
+    atomic_write(path, (json.dumps(data, indent=2) + "\n").encode(), mode=0o600)

@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from registry.cache import LRUCache
+from storage.files import atomic_write
 
 ALGORITHM = "ES256"
 ISSUER = "moorage"
@@ -112,8 +113,8 @@ class KeyRing:
         pem = key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
-        _write_private(self.directory / f"{kid}.pem", pem)
-        _write_private(self.directory / "current", kid.encode())
+        atomic_write(self.directory / f"{kid}.pem", pem, mode=0o600)
+        atomic_write(self.directory / "current", kid.encode(), mode=0o600)
         self._keys[kid] = key
         self._current = kid
         self._current_stamp = self._stamp()
@@ -247,14 +248,3 @@ class KeyRing:
         if payload["aud"] != DOWNLOAD_AUDIENCE or not isinstance(repository, str) or not isinstance(digest, str):
             raise TokenError("malformed", "authorization token is malformed: an unknown audience")
         return Claims(claims.principal, claims.issued_at, claims.expires_at, kid, repository, digest)
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)

@@ -40,6 +40,7 @@ from registry.errors import (
     UpstreamThrottled,
     UpstreamTimeout,
 )
+from registry.naming import under_prefix
 from registry.proxy import rules as cache_rules
 from registry.proxy.fill import DeclaredSizes, Download, Follower, FollowFailed, Spool, consume, origin
 from registry.proxy.upstream import (
@@ -53,6 +54,7 @@ from registry.proxy.upstream import (
 )
 from registry.service.images import ImageService
 from registry.service.reader import ArrivingBlob, AuthorizeImport, BlobAnswer, StoredBlob, no_import_check
+from registry.upstream_url import UpstreamPolicy
 from storage.blobs import BlobStore
 from storage.coordination import ChangeFeed, Locks
 from storage.errors import BlobNotFound
@@ -102,7 +104,7 @@ class PullThrough:
         self.clock = clock
         self.rules: list[PullThroughRule] = []
         self.metrics: dict[str, RuleMetrics] = {}
-        self.policy = cache_rules.UpstreamPolicy.parse(config.allowed_upstreams)  # which upstreams rules may name
+        self.policy = UpstreamPolicy.parse(config.allowed_upstreams)  # which upstreams rules may name
         self.declared = DeclaredSizes(images, meta)  # what cached manifests say blobs weigh (bounds downloads)
         self._session: aiohttp.ClientSession | None = None
         self._guard: GuardedResolver | None = None
@@ -148,7 +150,7 @@ class PullThrough:
     def name_for_namespace(self, namespace: str, repository: str) -> str:
         """A containerd mirror asks for `library/alpine?ns=docker.io`: that is `<prefix>/library/alpine` here."""
         rule = cache_rules.for_namespace(self.rules, namespace)
-        if rule is None or rule.prefix == cache_rules.ROOT or repository.startswith(rule.prefix + "/"):
+        if rule is None or under_prefix(rule.prefix, repository):
             return repository
         return f"{rule.prefix}/{repository}"
 

@@ -12,8 +12,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from registry.naming import ECR_HOSTNAME, ROOT, most_specific
-from registry.naming import normalize_prefix as normalize_prefix  # re-exported: registry.app calls it from here
-from registry.upstream_url import UpstreamPolicy as UpstreamPolicy  # re-exported: so does registry.proxy.pullthrough
 from storage.records import PullThroughRule as Rule
 
 DOCKER_HUB_HOSTS = frozenset({"registry-1.docker.io", "docker.io", "index.docker.io", "registry.hub.docker.com"})

@@ -61,7 +61,7 @@ class EcrService:
         *,
         account_id: str,
         region: str,
-        issue_token: Callable[[str | None, float | None], tuple[str, float]],
+        issue_token: Callable[[str | None], tuple[str, float]],
         issue_download: Callable[[str | None, str, str], tuple[str, float]],
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -69,7 +69,7 @@ class EcrService:
         self.meta = meta
         self.account_id = account_id
         self.region = region
-        self.issue_token = issue_token  # (principal name, ttl or None for the default) -> (token, expires_at)
+        self.issue_token = issue_token  # principal name -> (token, expires_at)
         self.clock = clock
         self.image_operations = ImageOperations(images, meta, account_id=account_id)
         self.layer_operations = LayerOperations(
@@ -89,7 +89,7 @@ class EcrService:
 
     # -- auth and registry -------------------------------------------------------------------------
     async def get_authorization_token(self, params: dict[str, Any], caller: Caller) -> dict[str, Any]:
-        token, expires_at = self.issue_token(caller.principal_name, None)
+        token, expires_at = self.issue_token(caller.principal_name)
         encoded = base64.b64encode(f"AWS:{token}".encode()).decode()
         ids = params.get("registryIds") or [self.account_id]
         return {

@@ -25,7 +25,6 @@ from registry.service.ecr_shapes import (
     existing_repository,
     image_detail,
     image_not_found,
-    is_archived,
 )
 from registry.service.images import ImageService
 from storage.metadata import MetadataStore
@@ -144,7 +143,7 @@ class ImageOperations:
                     )
                 )
                 continue
-            if is_archived(record.storage_class):
+            if record.archived:
                 failures.append(
                     self._failure(
                         image_id, "ImageInaccessible", "The image is archived; restore it with UpdateImageStorageClass"

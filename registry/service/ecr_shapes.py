@@ -25,11 +25,10 @@ from registry.errors import (
 )
 from registry.naming import repository_arn
 from registry.service.images import ImageService
-from storage.records import ImageRecord, RepositoryRecord, RepositorySettings
+from storage.records import ARCHIVE, ImageRecord, RepositoryRecord, RepositorySettings
 
 MAX_RESOURCE_TAGS = 50
 DEFAULT_PAGE = 100
-ARCHIVE = "ARCHIVE"  # the storage class of archived images (pulls refused until restored); the other is STANDARD
 INVALID_TOKEN = "Invalid parameter at 'nextToken' failed to satisfy constraint: 'Invalid token'"
 
 T = TypeVar("T")
@@ -73,13 +72,9 @@ def mutability_filters(exclusions: tuple[str, ...]) -> list[dict[str, str]]:
     return [{"filterType": "WILDCARD", "filter": exclusion} for exclusion in exclusions]
 
 
-def is_archived(storage_class: str) -> bool:
-    return storage_class == ARCHIVE
-
-
 def image_status(storage_class: str) -> str:
     """An image's imageStatus: ARCHIVED in the archive storage class, ACTIVE otherwise."""
-    return "ARCHIVED" if is_archived(storage_class) else "ACTIVE"
+    return "ARCHIVED" if storage_class == ARCHIVE else "ACTIVE"
 
 
 def image_detail(image: ImageRecord, account_id: str) -> dict[str, Any]:

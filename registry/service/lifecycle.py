@@ -24,10 +24,10 @@ from registry.errors import (
     LifecyclePolicyPreviewNotFound,
     RegistryError,
 )
-from registry.service.ecr_shapes import ARCHIVE, existing_repository, image_status, offset_page
+from registry.service.ecr_shapes import existing_repository, image_status, offset_page
 from registry.service.images import ImageService
 from storage.metadata import MetadataStore
-from storage.records import ImageRecord, LifecyclePreview, RepositoryRecord
+from storage.records import ARCHIVE, ImageRecord, LifecyclePreview, RepositoryRecord
 
 log = logging.getLogger("moorage.lifecycle")
 PAGE = 500
