@@ -189,17 +189,17 @@ async def open_services(config: Config) -> AsyncIterator[Services]:
 def create_app(config: Config, worker: int | None = None) -> web.Application:
     """The HTTP application. `worker` is the worker's index under a supervisor (None: a single process);
     only worker 0 (or the single process) runs the scheduled jobs."""
-    s = Services.build(config)
-    s.metrics = metrics.Metrics(multiprocess=metrics.multiprocess_dir())
+    services = Services.build(config)
+    services.metrics = metrics.Metrics(multiprocess=metrics.multiprocess_dir())
     in_flight = InFlight()
     app = web.Application(
-        middlewares=[access_middleware(s.metrics.observe, in_flight, config.log.access, worker)],
+        middlewares=[access_middleware(services.metrics.observe, in_flight, config.log.access, worker)],
         client_max_size=1024**2,
     )
     app[IN_FLIGHT] = in_flight
     app[CONFIG] = config
     keyring = KeyRing(config.server.data_dir / "keys")
-    with s.locks.hold_blocking(STARTUP_LOCK):  # workers starting together create one key and one admin
+    with services.locks.hold_blocking(STARTUP_LOCK):  # workers starting together create one key and one admin
         keyring.load()
         directory = Directory.load(config.auth, config.registry.account_id, config.server.data_dir)
     access = AccessControl(
@@ -215,9 +215,9 @@ def create_app(config: Config, worker: int | None = None) -> web.Application:
         return keyring.issue(principal or "anonymous", access.clock(), config.auth.token_ttl)
 
     ecr = EcrService(
-        s.images,
-        s.uploads,
-        s.meta,
+        services.images,
+        services.uploads,
+        services.meta,
         account_id=config.registry.account_id,
         region=config.registry.region,
         issue_token=issue_token,
@@ -225,29 +225,33 @@ def create_app(config: Config, worker: int | None = None) -> web.Application:
             principal or "anonymous", repository, digest, access.clock(), DOWNLOAD_TTL
         ),
     )
-    app[META], app[BLOBS], app[IMAGES], app[UPLOADS] = s.meta, s.blobs, s.images, s.uploads
-    app[STORES] = s.stores
-    app[READER] = s.pull_through
-    app[ACCESS], app[PULL_THROUGH], app[ECR] = access, s.pull_through, ecr
-    pull_through_rules = PullThroughRuleService(s.meta, s.pull_through, account_id=config.registry.account_id)
-    app[ECR_OPERATIONS] = (*ecr.operations, pull_through_rules, s.lifecycle, s.templates)
+    app[META], app[BLOBS], app[IMAGES], app[UPLOADS] = services.meta, services.blobs, services.images, services.uploads
+    app[STORES] = services.stores
+    app[READER] = services.pull_through
+    app[ACCESS], app[PULL_THROUGH], app[ECR] = access, services.pull_through, ecr
+    pull_through_rules = PullThroughRuleService(
+        services.meta, services.pull_through, account_id=config.registry.account_id
+    )
+    app[ECR_OPERATIONS] = (*ecr.operations, pull_through_rules, services.lifecycle, services.templates)
 
     async def lifespan(app: web.Application) -> AsyncIterator[None]:
-        await s.open()
+        await services.open()
         try:
             yield
         finally:
-            await s.close()
+            await services.close()
 
     app.cleanup_ctx.append(lifespan)
-    app.cleanup_ctx.append(jobs.every("record pull times", PULL_FLUSH_INTERVAL, s.images.flush_pulls))
-    app.cleanup_ctx.append(jobs.every("pull-through counters", metrics.SYNC_INTERVAL, s.metrics.sync_pull_through))
+    app.cleanup_ctx.append(jobs.every("record pull times", PULL_FLUSH_INTERVAL, services.images.flush_pulls))
+    app.cleanup_ctx.append(
+        jobs.every("pull-through counters", metrics.SYNC_INTERVAL, services.metrics.sync_pull_through)
+    )
     if worker in (None, 0):
-        app.cleanup_ctx.append(jobs.every("lifecycle sweep", config.lifecycle.evaluation_interval, s.sweep))
-        app.cleanup_ctx.append(jobs.every("garbage collection", config.gc.interval, s.collect))
+        app.cleanup_ctx.append(jobs.every("lifecycle sweep", config.lifecycle.evaluation_interval, services.sweep))
+        app.cleanup_ctx.append(jobs.every("garbage collection", config.gc.interval, services.collect))
     oci_routes.add_routes(app)
     health.add_routes(app)
-    metrics.setup(app, s.metrics)
+    metrics.setup(app, services.metrics)
     # Last: a catch-all costs a regex match for every request routed after it.
     app.router.add_post("/{tail:.*}", _post_root)
     if directory.created_admin is not None:

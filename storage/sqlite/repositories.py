@@ -111,17 +111,16 @@ class RepositoryQueries(SQLiteConnection):
         return self._repo(row)
 
     async def update_settings(self, name: str, settings: RepositorySettings) -> RepositoryRecord | None:
-        s = settings
         async with self._tx() as db:
             await db.execute(
                 "UPDATE repositories SET image_tag_mutability = ?, mutability_exclusions = ?, scan_on_push = ?, "
                 "encryption_type = ?, kms_key = ? WHERE name = ?",
                 (
-                    s.image_tag_mutability,
-                    json.dumps(list(s.mutability_exclusions)) if s.mutability_exclusions else None,
-                    int(s.scan_on_push),
-                    s.encryption_type,
-                    s.kms_key,
+                    settings.image_tag_mutability,
+                    json.dumps(list(settings.mutability_exclusions)) if settings.mutability_exclusions else None,
+                    int(settings.scan_on_push),
+                    settings.encryption_type,
+                    settings.kms_key,
                     name,
                 ),
             )
