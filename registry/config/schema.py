@@ -1,0 +1,190 @@
+"""The schema: every section of the configuration as a frozen dataclass, and every key as a field whose
+metadata says its kind (str, bool, int, path, duration, secret, strs, or tables: an array of tables of another
+dataclass) and the check its value passes (from `registry.config.values`). The defaults here are the
+configuration's defaults (documented in config.example.toml); `registry.config.loading` builds instances from
+TOML, and `render` and `environment` read the same fields to write them out."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from registry.config.values import (
+    Secret,
+    check_access_key,
+    check_account,
+    check_allowed_upstreams,
+    check_challenge,
+    check_event_loop,
+    check_format,
+    check_free_space,
+    check_hostname,
+    check_level,
+    check_listen,
+    check_max_connections,
+    check_policy,
+    check_positive,
+    check_prefix,
+    check_principal_name,
+    check_region,
+    check_secret,
+    check_secret_name,
+    check_upstream_url,
+    check_workers,
+    parse_free_space,
+    parse_listen,
+)
+from registry.naming import ROOT
+from registry.upstream_url import DEFAULT_ALLOWED_UPSTREAMS
+
+
+def _key(default: Any, kind: str, check: Callable[[Any], Any] | None = None) -> Any:
+    return field(default=default, metadata={"kind": kind, "check": check})
+
+
+def _required(kind: str, check: Callable[[Any], Any] | None = None) -> Any:
+    return field(metadata={"kind": kind, "check": check})
+
+
+def _tables(cls: type) -> Any:
+    return field(default=(), metadata={"kind": "tables", "cls": cls})
+
+
+AUTO_WORKERS_MAX = 4
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    listen: str = _key("127.0.0.1:5000", "str", check_listen)
+    data_dir: Path = _key(Path("./data"), "path")
+    drain_timeout: float = _key(30.0, "duration")
+    bind_retry: float = _key(5.0, "duration")
+    workers: int = _key(0, "int", check_workers)
+    event_loop: str = _key("uvloop", "str", check_event_loop)
+    header_timeout: float = _key(10.0, "duration")
+    keepalive_timeout: float = _key(75.0, "duration")
+    max_connections: int = _key(1024, "int", check_max_connections)
+    # TLS: a PEM certificate chain (the server's certificate first) and its PEM private key; both or neither.
+    tls_cert_file: str = _key("", "str")
+    tls_key_file: str = _key("", "str")
+
+    @property
+    def worker_count(self) -> int:
+        """`workers`, with 0 (auto) meaning one per usable CPU, at most AUTO_WORKERS_MAX."""
+        if self.workers:
+            return self.workers
+        usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return max(1, min(usable, AUTO_WORKERS_MAX))
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryConfig:
+    account_id: str = _key("000000000000", "str", check_account)
+    region: str = _key("us-east-1", "str", check_region)
+    create_on_push: bool = _key(True, "bool")
+    metadata_cache_entries: int = _key(10000, "int", check_positive)
+    hostname: str = _key("", "str", check_hostname)
+
+
+@dataclass(frozen=True, slots=True)
+class PrincipalConfig:
+    name: str = _required("str", check_principal_name)
+    access_key_id: str = _required("str", check_access_key)
+    secret_access_key: Secret = _required("secret", check_secret)
+    policy: str = _required("str", check_policy)
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    enabled: bool = _key(True, "bool")
+    token_ttl: float = _key(12 * 3600.0, "duration")
+    challenge: str = _key("bearer", "str", check_challenge)
+    principals: tuple[PrincipalConfig, ...] = _tables(PrincipalConfig)
+
+
+@dataclass(frozen=True, slots=True)
+class RuleConfig:
+    ecr_repository_prefix: str = _required("str", check_prefix)
+    upstream_registry_url: str = _required("str", check_upstream_url)
+    upstream_repository_prefix: str = _key(ROOT, "str", check_prefix)
+    credential: str = _key("", "str", lambda v: check_secret_name(v) if v else v)
+
+
+@dataclass(frozen=True, slots=True)
+class PullThroughConfig:
+    max_rules: int = _key(10, "int", check_positive)
+    tag_refresh_interval: float = _key(24 * 3600.0, "duration")
+    upstream_timeout: float = _key(30.0, "duration")
+    upstream_response_timeout: float = _key(5.0, "duration")
+    allowed_upstreams: tuple[str, ...] = _key(DEFAULT_ALLOWED_UPSTREAMS, "strs", check_allowed_upstreams)
+    blob_download_timeout: float = _key(15 * 60.0, "duration")
+    failure_retry_interval: float = _key(60.0, "duration")
+    offline: bool = _key(False, "bool")
+    max_cache_bytes: int = _key(0, "int", lambda v: check_positive(v) if v else v)
+    rules: tuple[RuleConfig, ...] = _tables(RuleConfig)
+
+
+@dataclass(frozen=True, slots=True)
+class LifecycleConfig:
+    evaluation_interval: float = _key(24 * 3600.0, "duration")
+
+
+@dataclass(frozen=True, slots=True)
+class StorageConfig:
+    min_free_space: str = _key("1GiB", "str", check_free_space)
+
+    def free_space_floor(self, total_bytes: int) -> int:
+        """The free bytes below which /readyz says not ready, on a filesystem of `total_bytes`."""
+        size, percent = parse_free_space(self.min_free_space)
+        return size or int(total_bytes * percent / 100)
+
+
+@dataclass(frozen=True, slots=True)
+class GcConfig:
+    interval: float = _key(3600.0, "duration")
+    grace_period: float = _key(3600.0, "duration")
+
+
+@dataclass(frozen=True, slots=True)
+class SecretConfig:
+    username: str = _key("", "str")
+    password: Secret = _key(Secret(""), "secret")
+    access_key_id: str = _key("", "str")
+    secret_access_key: Secret = _key(Secret(""), "secret")
+    # The region an ECR-style upstream's requests are signed for: its own, which SigV4 checks. Default: the one
+    # in an ECR host name (<account>.dkr.ecr.<region>.amazonaws.com), else this registry's [registry] region.
+    region: str = _key("", "str")
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    level: str = _key("info", "str", check_level)
+    format: str = _key("auto", "str", check_format)
+    access: bool = _key(True, "bool")
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    # true: /metrics needs a principal allowed moorage:GetMetrics (with [auth] enabled)
+    require_auth: bool = _key(False, "bool")
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    pull_through: PullThroughConfig = field(default_factory=PullThroughConfig)
+    lifecycle: LifecycleConfig = field(default_factory=LifecycleConfig)
+    gc: GcConfig = field(default_factory=GcConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    secrets: dict[str, SecretConfig] = field(default_factory=dict)
+    log: LogConfig = field(default_factory=LogConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+
+    @property
+    def listen(self) -> tuple[str, int]:
+        return parse_listen(self.server.listen)
