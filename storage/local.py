@@ -11,7 +11,7 @@ commands (`moorage gc`, `moorage import`). They coordinate through two small fil
   that keeps caches reads it (one memory load, no system call) before trusting them, so a push answered by one
   worker is seen at once by the others.
 
-`storage.postgres` does the same two jobs across machines with advisory locks and LISTEN/NOTIFY.
+Across machines, a PostgreSQL driver does the same two jobs with advisory locks and LISTEN/NOTIFY.
 """
 
 from __future__ import annotations
