@@ -85,7 +85,7 @@ class SharedWrite(Protocol):
         """The size the writer announced (None: not known)."""
 
     async def available(self) -> int:
-        """Bytes written so far."""
+        """Bytes written so far: each `write` of the shared writer is readable once it returns."""
 
     async def read(self, offset: int, length: int) -> bytes: ...
 
@@ -124,9 +124,10 @@ class BlobIngester(Protocol):
     def resume_upload(self, upload_id: str) -> AbstractAsyncContextManager[BlobWriter]:
         """The session's writer, one at a time across processes, positioned at its end. Leaving without a commit
         keeps the bytes written (fsynced), except after StorageFull: then the chunk is cut off again, and the
-        session is where it was. Raises UploadNotFound."""
+        session is where it was. A commit (or a DigestMismatch) ends the session. Raises UploadNotFound."""
 
-    async def delete_upload(self, upload_id: str) -> None: ...
+    async def delete_upload(self, upload_id: str) -> None:
+        """Discard a session's bytes (nothing to do for one that is gone)."""
 
 
 class BlobDeleter(Protocol):

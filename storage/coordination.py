@@ -23,7 +23,8 @@ class Locks(Protocol):
     def release(self, name: str) -> None: ...
 
     def held_elsewhere(self, name: str) -> bool:
-        """Whether another process holds it right now."""
+        """Whether anyone but the caller holds it right now: another process, or another task of this one (a
+        follower asks whether the leader of a download is still at it, wherever the leader runs)."""
 
     def hold(self, name: str) -> AbstractAsyncContextManager[None]:
         """Wait for the lock (without blocking the loop) and hold it for the block."""

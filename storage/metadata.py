@@ -182,10 +182,11 @@ class GarbageStore(Protocol):
 
     async def claim_blob(self, digest: str, touched_before: float) -> bool:
         """Atomically: if no manifest references the blob and nothing touched it since `touched_before` (or it
-        has no row at all: stored bytes nothing recorded), tombstone it and remove its links. False otherwise."""
+        has no row at all: stored bytes nothing recorded), tombstone it and remove its links. True for a blob
+        already claimed (an interrupted collection is finished); False otherwise."""
 
     async def drop_blob(self, digest: str) -> None:
-        """Remove a claimed blob's tombstone (its bytes are gone)."""
+        """Remove a claimed blob's tombstone (its bytes are gone); a blob that is not claimed stays."""
 
     async def known_blobs(self, digests: Iterable[str]) -> set[str]:
         """Which of these digests have a row (linked, or claimed)."""

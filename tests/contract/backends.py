@@ -1,0 +1,130 @@
+"""The backends the contract suite runs against: one `Backend` entry per id.
+
+A backend is provisioned empty for each test (`provision`, which returns an address: a data dir, or a DSN and
+a bucket prefix), and `attach(address)` builds a `Stores` on it. Each call of `attach` stands for another
+process of the same registry: the first is the test's own, further ones are its peers (two change feeds on the
+same backend), and a child process attaches the same way (`python -m tests.contract.backends`) where only a
+real process will do: locks and upload session writers. The local locks are POSIX record locks, which do not
+exclude within a process: two `ProcessLocks` (or two peers' blob stores) in one process don't exclude each other,
+and closing either drops both's locks.
+
+Adding PostgreSQL + S3 is one entry::
+
+    Backend("postgresql+s3", provision=_provision_postgres_s3, attach=_attach_postgres_s3,
+            teardown=_drop_postgres_s3, required=False)
+
+where `_provision_postgres_s3` raises `BackendUnavailable("no PostgreSQL at $MOORAGE_TEST_POSTGRES")` when its
+services are not there: the cases of an optional backend then skip with that reason, while a required one (the
+local default, which needs nothing) fails instead. (Under CI=true tests/conftest.py fails every skip unless the
+test is marked `may_skip`: give the entry `marks=(pytest.mark.may_skip("..."),)` if CI may lack its services.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from storage.factory import Stores, open_stores
+
+if TYPE_CHECKING:  # the child process (`python -m tests.contract.backends`) runs without pytest
+    import pytest
+
+
+class BackendUnavailable(Exception):
+    """The services a backend needs are not reachable from here (the message says which, and how to get them)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Backend:
+    id: str
+    # A fresh, empty backend for one test, under that test's temporary directory; returns its address.
+    provision: Callable[[Path], Coroutine[Any, Any, str]]
+    # Stores on a provisioned backend, not yet opened. Each call: another process's view of the same data.
+    attach: Callable[[str], Stores]
+    # Remove what `provision` made outside the temporary directory (a database schema, a bucket prefix).
+    teardown: Callable[[str], Coroutine[Any, Any, None]] | None = None
+    # Required backends never skip: an unavailable one fails the suite.
+    required: bool = True
+    marks: tuple[pytest.MarkDecorator, ...] = ()
+
+
+@dataclass(slots=True)
+class Provisioned:
+    """A backend provisioned for one case, and every `Stores` attached to it (closed at teardown)."""
+
+    backend: Backend
+    address: str
+    opened: list[Stores] = field(default_factory=list)
+
+    async def attach(self) -> Stores:
+        stores = self.backend.attach(self.address)
+        await stores.open()
+        self.opened.append(stores)
+        return stores
+
+    async def close(self) -> None:
+        """Close every `Stores` (the last attached first, each even when another fails), then tear down."""
+        failures: list[BaseException] = []
+        while self.opened:
+            try:
+                await self.opened.pop().close()
+            except Exception as e:
+                failures.append(e)
+        if self.backend.teardown is not None:
+            await self.backend.teardown(self.address)
+        if failures:
+            raise failures[0]
+
+
+# -- filesystem + sqlite: the local default ------------------------------------------------------------
+
+
+async def _provision_local(tmp_path: Path) -> str:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    return str(data_dir)
+
+
+def _attach_local(address: str) -> Stores:
+    return open_stores(Path(address))
+
+
+BACKENDS: dict[str, Backend] = {
+    backend.id: backend
+    for backend in (
+        Backend("filesystem+sqlite", provision=_provision_local, attach=_attach_local),
+        # Backend("postgresql+s3", ..., required=False),  # next: the PostgreSQL and S3 drivers
+    )
+}
+
+
+# -- another process: `python -m tests.contract.backends BACKEND ADDRESS lock NAME | upload ID HEX` ------------
+
+
+async def _other_process(backend_id: str, address: str, what: str, name: str, hexdata: str = "") -> None:
+    """Attach as another process, and either take the lock `name` or write `hexdata` into the upload session
+    `name`. Say "held" (or "busy": the lock is taken) and keep it until stdin closes or this process dies."""
+    stores = BACKENDS[backend_id].attach(address)
+    await stores.open()
+    try:
+        if what == "lock":
+            if not stores.locks.try_acquire(name):
+                print("busy", flush=True)
+                return
+            print("held", flush=True)
+            await asyncio.to_thread(sys.stdin.read)
+        else:
+            async with stores.blobs.resume_upload(name) as writer:
+                await writer.write(bytes.fromhex(hexdata))
+                print("held", flush=True)
+                await asyncio.to_thread(sys.stdin.read)
+    finally:
+        await stores.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(_other_process(*sys.argv[1:]))
