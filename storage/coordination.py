@@ -17,12 +17,14 @@ from typing import Protocol
 
 
 class Locks(Protocol):
-    def try_acquire(self, name: str) -> bool:
+    """Asynchronous throughout: a lock across machines is a round trip to the database."""
+
+    async def try_acquire(self, name: str) -> bool:
         """Take the lock if nobody (here or elsewhere) holds it; never waits."""
 
-    def release(self, name: str) -> None: ...
+    async def release(self, name: str) -> None: ...
 
-    def held_elsewhere(self, name: str) -> bool:
+    async def held_elsewhere(self, name: str) -> bool:
         """Whether anyone but the caller holds it right now: another process, or another task of this one (a
         follower asks whether the leader of a download is still at it, wherever the leader runs)."""
 
@@ -32,7 +34,7 @@ class Locks(Protocol):
     def hold_blocking(self, name: str) -> AbstractContextManager[None]:
         """Hold the lock, waiting in this thread: start-up code that runs before the event loop."""
 
-    def close(self) -> None:
+    async def close(self) -> None:
         """Release everything this process holds."""
 
 

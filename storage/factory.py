@@ -15,7 +15,7 @@ from storage.blobs import BlobStore
 from storage.coordination import ChangeFeed, Locks
 from storage.errors import StorageError
 from storage.fs import FilesystemBlobStore
-from storage.local import ChangeCounter, ProcessLocks
+from storage.local import ChangeCounter, LocalLocks, ProcessLocks
 from storage.metadata import MetadataStore
 from storage.sqlite import SQLiteMetadataStore
 
@@ -39,7 +39,7 @@ class Stores:
             await self.meta.close()
         finally:
             self.changes.close()
-            self.locks.close()
+            await self.locks.close()
 
     async def health(self) -> list[str]:
         """What keeps the stores from serving (empty: ready), each problem said plainly."""
@@ -67,7 +67,7 @@ def open_stores(
     if blobs not in (None, "", "filesystem"):
         raise StorageError(f"unknown blob store {blobs!r}")
     data_dir = Path(data_dir)
-    locks = ProcessLocks(data_dir / "moorage.locks")
+    locks = LocalLocks(ProcessLocks(data_dir / "moorage.locks"))
     changes = ChangeCounter(data_dir / "moorage.db-changes")
     return Stores(
         SQLiteMetadataStore(data_dir / "moorage.db", changes),

@@ -207,7 +207,7 @@ class Download(Spool):
             elif isinstance(e, UpstreamError):
                 log.warning("pull-through download of %s failed: %s", self.digest, e)
         finally:
-            owner.locks.release(self.lock)
+            await owner.locks.release(self.lock)
             owner.download_finished(self)
             await self._notify()
             await self._maybe_close()
@@ -290,7 +290,7 @@ class Follower(Spool):
                 if self._view is not None:
                     break
                 # The leader may be fetching the digest from another upstream: then there is none.
-                if not owner.locks.held_elsewhere(self.lock):
+                if not await owner.locks.held_elsewhere(self.lock):
                     if (stored := await owner.proven_size(self.digest, self.origin)) is None:
                         raise FollowFailed(f"the download of {self.digest} in another process stopped")
                     self.size = self.written = stored
@@ -308,7 +308,7 @@ class Follower(Spool):
                     await self._notify()
                 # Done when the leader let go of the digest and its upstream's link is recorded (the leader
                 # links before it lets go); bytes that appear while it still holds the lock prove nothing.
-                if not owner.locks.held_elsewhere(self.lock):
+                if not await owner.locks.held_elsewhere(self.lock):
                     if (stored := await owner.proven_size(self.digest, self.origin)) is None:
                         raise UpstreamError(
                             rules.base_url(self.rule),

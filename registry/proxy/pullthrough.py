@@ -439,9 +439,9 @@ class PullThrough:
         m = self.rule_metrics(rule)
         lock = f"blob {digest}"
         download: Download | Follower
-        if self.locks.try_acquire(lock):
+        if await self.locks.try_acquire(lock):
             if await self.proven_size(digest, origin(rule)) is not None:
-                self.locks.release(lock)  # this upstream's bytes were stored between our look and the lock
+                await self.locks.release(lock)  # this upstream's bytes were stored between our look and the lock
                 return None
             m.upstream_requests += 1
             download = Download(

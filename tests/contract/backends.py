@@ -112,7 +112,7 @@ async def _other_process(backend_id: str, address: str, what: str, name: str, he
     await stores.open()
     try:
         if what == "lock":
-            if not stores.locks.try_acquire(name):
+            if not await stores.locks.try_acquire(name):
                 print("busy", flush=True)
                 return
             print("held", flush=True)

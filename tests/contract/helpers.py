@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import inspect
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -64,10 +65,16 @@ async def stored_digests(blobs: BlobStore) -> set[str]:
     return {d async for d, _ in blobs.iter_digests()}
 
 
-async def eventually(predicate: Callable[[], object], what: str, within: float = 5.0) -> None:
-    """Poll `predicate` (a backend may deliver news asynchronously, as LISTEN/NOTIFY does) until it holds."""
+async def eventually(predicate: Callable[[], object], what: str, within: float = 5.0, *, expect: bool = True) -> None:
+    """Poll `predicate` (a backend may deliver news asynchronously, as LISTEN/NOTIFY does) until its answer (awaited,
+    when it is a coroutine) is `expect`."""
     deadline = time.monotonic() + within
-    while not predicate():
+    while True:
+        answer = predicate()
+        if inspect.isawaitable(answer):
+            answer = await answer
+        if bool(answer) == expect:
+            return
         if time.monotonic() > deadline:
             raise AssertionError(f"waited {within:.0f}s for {what}")
         await asyncio.sleep(0.01)

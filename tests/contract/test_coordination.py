@@ -27,35 +27,35 @@ SETTLE = 0.1  # how long a task that should be blocked is given to (wrongly) get
 
 async def test_a_held_name_is_refused_until_released(stores: Stores):
     locks = stores.locks
-    assert locks.try_acquire("upload u1") is True, "a free name is taken"
+    assert await locks.try_acquire("upload u1") is True, "a free name is taken"
     try:
-        assert locks.try_acquire("upload u1") is False, "a held name can't be taken again"
-        assert locks.try_acquire("upload u2") is True, "another name is independent"
-        locks.release("upload u2")
+        assert await locks.try_acquire("upload u1") is False, "a held name can't be taken again"
+        assert await locks.try_acquire("upload u2") is True, "another name is independent"
+        await locks.release("upload u2")
     finally:
-        locks.release("upload u1")
-    assert locks.try_acquire("upload u1") is True, "a released name can be taken again"
-    locks.release("upload u1")
-    locks.release("never held")  # releasing a name not held is harmless
+        await locks.release("upload u1")
+    assert await locks.try_acquire("upload u1") is True, "a released name can be taken again"
+    await locks.release("upload u1")
+    await locks.release("never held")  # releasing a name not held is harmless
 
 
 async def test_held_elsewhere_of_a_free_name_is_false_and_takes_nothing(stores: Stores):
-    assert stores.locks.held_elsewhere("blob sha256:aa") is False, "nobody holds it"
-    assert stores.locks.try_acquire("blob sha256:aa") is True, "asking did not leave it held"
-    stores.locks.release("blob sha256:aa")
+    assert await stores.locks.held_elsewhere("blob sha256:aa") is False, "nobody holds it"
+    assert await stores.locks.try_acquire("blob sha256:aa") is True, "asking did not leave it held"
+    await stores.locks.release("blob sha256:aa")
 
 
 async def test_held_elsewhere_counts_a_hold_by_another_task_of_this_process(stores: Stores):
     # As documented by `Locks.held_elsewhere`: anyone but the caller. A follower polls it to learn whether the
     # leader of a download is still at it, and the leader may be another task of the same process.
-    assert stores.locks.try_acquire("blob sha256:aa") is True
+    assert await stores.locks.try_acquire("blob sha256:aa") is True
     try:
-        assert stores.locks.held_elsewhere("blob sha256:aa") is True, (
+        assert await stores.locks.held_elsewhere("blob sha256:aa") is True, (
             "held_elsewhere() of a name another holder in this process has: it is held"
         )
     finally:
-        stores.locks.release("blob sha256:aa")
-    assert stores.locks.held_elsewhere("blob sha256:aa") is False, "released: nobody holds it"
+        await stores.locks.release("blob sha256:aa")
+    assert await stores.locks.held_elsewhere("blob sha256:aa") is False, "released: nobody holds it"
 
 
 async def test_hold_serializes_two_tasks(stores: Stores):
@@ -81,21 +81,21 @@ async def test_hold_serializes_two_tasks(stores: Stores):
     let_go.set()
     await asyncio.gather(*tasks)
     assert events == ["first in", "first out", "second in"], "the second holds the lock after the first"
-    assert stores.locks.try_acquire("manifest r:latest") is True, "hold() releases the lock after its block"
-    stores.locks.release("manifest r:latest")
+    assert await stores.locks.try_acquire("manifest r:latest") is True, "hold() releases the lock after its block"
+    await stores.locks.release("manifest r:latest")
 
 
 async def test_a_cancelled_wait_for_a_lock_leaves_it_free(stores: Stores):
-    assert stores.locks.try_acquire("x") is True
+    assert await stores.locks.try_acquire("x") is True
     waiter = asyncio.create_task(_enter_and_leave(stores, "x"))
     await asyncio.sleep(SETTLE)
     waiter.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await waiter
-    stores.locks.release("x")
-    assert stores.locks.held_elsewhere("x") is False
-    assert stores.locks.try_acquire("x") is True, "the cancelled waiter must not have kept the lock"
-    stores.locks.release("x")
+    await stores.locks.release("x")
+    assert await stores.locks.held_elsewhere("x") is False
+    assert await stores.locks.try_acquire("x") is True, "the cancelled waiter must not have kept the lock"
+    await stores.locks.release("x")
 
 
 async def _enter_and_leave(stores: Stores, name: str) -> None:
@@ -106,17 +106,17 @@ async def _enter_and_leave(stores: Stores, name: str) -> None:
 async def test_hold_releases_the_lock_when_its_block_raises(stores: Stores):
     with contextlib.suppress(LookupError):
         async with stores.locks.hold("x"):
-            assert stores.locks.try_acquire("x") is False, "held inside the block"
+            assert await stores.locks.try_acquire("x") is False, "held inside the block"
             raise LookupError
-    assert stores.locks.try_acquire("x") is True, "released after the exception"
-    stores.locks.release("x")
+    assert await stores.locks.try_acquire("x") is True, "released after the exception"
+    await stores.locks.release("x")
 
 
 async def test_hold_blocking_holds_for_its_block(stores: Stores):
     with stores.locks.hold_blocking("startup"):
-        assert stores.locks.try_acquire("startup") is False, "held inside the block"
-    assert stores.locks.try_acquire("startup") is True, "released after the block"
-    stores.locks.release("startup")
+        assert await stores.locks.try_acquire("startup") is False, "held inside the block"
+    assert await stores.locks.try_acquire("startup") is True, "released after the block"
+    await stores.locks.release("startup")
 
 
 # -- locks across processes -------------------------------------------------------------------------------
@@ -154,18 +154,18 @@ async def child(
 
 async def test_a_lock_another_process_holds_is_refused_and_reported(backend: Provisioned, stores: Stores):
     async with child(backend, "blob sha256:aa"):
-        assert stores.locks.held_elsewhere("blob sha256:aa") is True, "held_elsewhere sees the other process"
-        assert stores.locks.try_acquire("blob sha256:aa") is False, "try_acquire refuses its lock"
-        assert stores.locks.held_elsewhere("blob sha256:bb") is False, "other names are free"
+        assert await stores.locks.held_elsewhere("blob sha256:aa") is True, "held_elsewhere sees the other process"
+        assert await stores.locks.try_acquire("blob sha256:aa") is False, "try_acquire refuses its lock"
+        assert await stores.locks.held_elsewhere("blob sha256:bb") is False, "other names are free"
 
 
 async def test_a_lock_held_here_is_refused_to_another_process(backend: Provisioned, stores: Stores):
-    assert stores.locks.try_acquire("blob sha256:aa") is True
+    assert await stores.locks.try_acquire("blob sha256:aa") is True
     try:
         async with child(backend, "blob sha256:aa", expect="busy"):
             pass
     finally:
-        stores.locks.release("blob sha256:aa")
+        await stores.locks.release("blob sha256:aa")
     async with child(backend, "blob sha256:aa", expect="held"):
         pass  # released here: the other process gets it
 
@@ -191,9 +191,11 @@ async def test_a_lock_is_released_when_its_process_dies(backend: Provisioned, st
     async with child(backend, "blob sha256:aa") as proc:
         proc.kill()
         await proc.wait()
-        await eventually(lambda: not stores.locks.held_elsewhere("blob sha256:aa"), "the dead process's lock to go")
-        assert stores.locks.try_acquire("blob sha256:aa") is True
-        stores.locks.release("blob sha256:aa")
+        await eventually(
+            lambda: stores.locks.held_elsewhere("blob sha256:aa"), "the dead process's lock to go", expect=False
+        )
+        assert await stores.locks.try_acquire("blob sha256:aa") is True
+        await stores.locks.release("blob sha256:aa")
 
 
 async def test_an_upload_session_has_one_writer_across_processes(backend: Provisioned, stores: Stores):
