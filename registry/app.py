@@ -15,7 +15,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,7 +57,7 @@ from registry.workers import BACKLOG
 from storage.blobs import BlobStore
 from storage.coordination import Locks
 from storage.errors import StorageError
-from storage.factory import Stores, open_stores
+from storage.factory import S3Options, Stores, open_stores
 from storage.metadata import MetadataStore
 from storage.records import PullThroughRule
 
@@ -100,8 +100,14 @@ class Services:
     def build(cls, config: Config) -> Services:
         data_dir = config.server.data_dir
         account = config.registry.account_id
+        s3 = config.storage.s3
         stores = open_stores(
             data_dir,
+            metadata=config.storage.metadata.reveal(),
+            blobs=config.storage.blobs,
+            s3=S3Options(
+                s3.endpoint_url, s3.region, s3.access_key_id, s3.secret_access_key.reveal(), redirect=s3.redirect
+            ),
             free_space_floor=config.storage.free_space_floor,
             min_free_space=config.storage.min_free_space,
         )
@@ -136,10 +142,15 @@ class Services:
             GarbageCollector(meta, blobs, grace_period=config.gc.grace_period, on_removed=images.forget_all),
         )
 
-    async def open(self) -> None:
-        async with self.locks.hold(STARTUP_LOCK):  # one process at a time migrates and declares the rules
+    async def open(self, also: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Open the stores; one process at a time migrates, declares the configured rules and runs `also`
+        (the server's keys and generated admin) under the start-up lock."""
+        await self.locks.open()
+        async with self.locks.hold(STARTUP_LOCK):
             await self.stores.open()
             await _declare_rules(self.config, self.meta)
+            if also is not None:
+                await also()
         await self.pull_through.start()
 
     async def close(self) -> None:
@@ -199,12 +210,9 @@ def create_app(config: Config, worker: int | None = None) -> web.Application:
     app[IN_FLIGHT] = in_flight
     app[CONFIG] = config
     keyring = KeyRing(config.server.data_dir / "keys")
-    with services.locks.hold_blocking(STARTUP_LOCK):  # workers starting together create one key and one admin
-        keyring.load()
-        directory = Directory.load(config.auth, config.registry.account_id, config.server.data_dir)
     access = AccessControl(
         enabled=config.auth.enabled,
-        directory=directory,
+        directory=Directory([]),  # loaded at start-up (below)
         keyring=keyring,
         account_id=config.registry.account_id,
         region=config.registry.region,
@@ -234,8 +242,15 @@ def create_app(config: Config, worker: int | None = None) -> web.Application:
     )
     app[ECR_OPERATIONS] = (*ecr.operations, pull_through_rules, services.lifecycle, services.templates)
 
+    async def load_identity() -> None:
+        """The signing keys and the principals; workers starting together create one key and one admin."""
+        keyring.load()
+        access.directory = Directory.load(config.auth, config.registry.account_id, config.server.data_dir)
+        if access.directory.created_admin is not None:
+            _announce_admin(config, access.directory)
+
     async def lifespan(app: web.Application) -> AsyncIterator[None]:
-        await services.open()
+        await services.open(also=load_identity)
         try:
             yield
         finally:
@@ -254,8 +269,6 @@ def create_app(config: Config, worker: int | None = None) -> web.Application:
     metrics.setup(app, services.metrics)
     # Last: a catch-all costs a regex match for every request routed after it.
     app.router.add_post("/{tail:.*}", _post_root)
-    if directory.created_admin is not None:
-        _announce_admin(config, directory)
     return app
 
 

@@ -12,12 +12,14 @@ machines the same two jobs fall to PostgreSQL (advisory locks, LISTEN/NOTIFY).
 
 from __future__ import annotations
 
-from contextlib import AbstractAsyncContextManager, AbstractContextManager
+from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
 
 class Locks(Protocol):
     """Asynchronous throughout: a lock across machines is a round trip to the database."""
+
+    async def open(self) -> None: ...
 
     async def try_acquire(self, name: str) -> bool:
         """Take the lock if nobody (here or elsewhere) holds it; never waits."""
@@ -31,19 +33,20 @@ class Locks(Protocol):
     def hold(self, name: str) -> AbstractAsyncContextManager[None]:
         """Wait for the lock (without blocking the loop) and hold it for the block."""
 
-    def hold_blocking(self, name: str) -> AbstractContextManager[None]:
-        """Hold the lock, waiting in this thread: start-up code that runs before the event loop."""
-
     async def close(self) -> None:
         """Release everything this process holds."""
 
 
 class ChangeFeed(Protocol):
+    async def open(self) -> None:
+        """Start hearing of other processes' commits (before the metadata store opens)."""
+
     def epoch(self) -> int:
         """Grows each time another process's commit is noticed; cheap enough to call before each cache lookup.
         A cache filled at an older epoch must be dropped."""
 
     def committed(self) -> None:
-        """Tell the others that this process committed a write."""
+        """After this process committed a write: tell the others, where the store does not already (a store
+        that notifies inside its transactions, as PostgreSQL's NOTIFY does, makes this a no-op)."""
 
-    def close(self) -> None: ...
+    async def close(self) -> None: ...

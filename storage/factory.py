@@ -1,25 +1,38 @@
 """`open_stores`: the one place that picks the storage drivers.
 
-Today one machine: SQLite in the data dir for metadata, the data dir's filesystem for blobs, and POSIX locks
-and a shared counter (`storage.local`) for coordination between the processes on it.
+- Metadata: SQLite in the data dir (the default), or PostgreSQL (`metadata = "postgresql://..."`). The
+  coordination between processes follows it: POSIX locks and a shared counter in the data dir for one machine,
+  PostgreSQL advisory locks and LISTEN/NOTIFY for replicas on several.
+- Blobs: the data dir's filesystem (the default), or an S3-compatible bucket (`blobs = "s3://BUCKET/prefix"`),
+  with the data dir as each replica's scratch space.
+
+The PostgreSQL and S3 drivers are imported only when configured, so the embedded default needs neither library.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from storage.blobs import BlobStore
 from storage.coordination import ChangeFeed, Locks
 from storage.errors import StorageError
-from storage.fs import FilesystemBlobStore
-from storage.local import ChangeCounter, LocalLocks, ProcessLocks
 from storage.metadata import MetadataStore
-from storage.sqlite import SQLiteMetadataStore
 
 HEALTH_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class S3Options:
+    """How to reach the S3-compatible service (`[storage.s3]`)."""
+
+    endpoint_url: str = ""  # empty: AWS S3
+    region: str = "us-east-1"
+    access_key_id: str = ""  # empty: the standard AWS environment / shared credentials
+    secret_access_key: str = field(default="", repr=False)
+    redirect: bool = False  # blob GETs may answer a presigned URL
 
 
 @dataclass(slots=True)
@@ -31,6 +44,8 @@ class Stores:
 
     async def open(self) -> None:
         """Connect and migrate (callers hold the start-up lock: one process migrates at a time)."""
+        await self.locks.open()
+        await self.changes.open()
         await self.meta.open()
 
     async def close(self) -> None:
@@ -38,7 +53,7 @@ class Stores:
             await self.blobs.close()
             await self.meta.close()
         finally:
-            self.changes.close()
+            await self.changes.close()
             await self.locks.close()
 
     async def health(self) -> list[str]:
@@ -55,23 +70,43 @@ class Stores:
 def open_stores(
     data_dir: Path,
     *,
-    metadata: str | None = None,
-    blobs: str | None = None,
+    metadata: str = "",
+    blobs: str = "",
+    s3: S3Options | None = None,
     free_space_floor: Callable[[int], int] = lambda total: 0,
     min_free_space: str = "0",
 ) -> Stores:
-    """The stores for a data dir. `metadata` and `blobs` name other backends (none yet besides the default);
-    `free_space_floor(total bytes)` is the free space below which the filesystem store says it is not ready."""
-    if metadata not in (None, "", "sqlite"):
-        raise StorageError(f"unknown metadata store {metadata!r}")
-    if blobs not in (None, "", "filesystem"):
-        raise StorageError(f"unknown blob store {blobs!r}")
+    """The stores (not yet opened) for a data dir and the configured backends. `free_space_floor(total bytes)`
+    is the free space below which a store on the local filesystem says it is not ready."""
     data_dir = Path(data_dir)
-    locks = LocalLocks(ProcessLocks(data_dir / "moorage.locks"))
-    changes = ChangeCounter(data_dir / "moorage.db-changes")
-    return Stores(
-        SQLiteMetadataStore(data_dir / "moorage.db", changes),
-        FilesystemBlobStore(data_dir, locks, free_space_floor=free_space_floor, min_free_space=min_free_space),
-        locks,
-        changes,
-    )
+    meta: MetadataStore
+    locks: Locks
+    changes: ChangeFeed
+    if metadata.startswith(("postgresql://", "postgres://")):
+        from storage.postgres import open_postgres
+
+        meta, locks, changes = open_postgres(metadata)
+    elif metadata in ("", "sqlite"):
+        from storage.local import ChangeCounter, LocalChangeFeed, LocalLocks, ProcessLocks
+        from storage.sqlite import SQLiteMetadataStore
+
+        locks = LocalLocks(ProcessLocks(data_dir / "moorage.locks"))
+        changes = LocalChangeFeed(ChangeCounter(data_dir / "moorage.db-changes"))
+        meta = SQLiteMetadataStore(data_dir / "moorage.db", changes)
+    else:
+        raise StorageError(f"unknown metadata store {metadata!r}")
+    blob_store: BlobStore
+    if blobs.startswith("s3://"):
+        from storage.s3 import S3BlobStore
+
+        bucket, _, prefix = blobs[len("s3://") :].partition("/")
+        blob_store = S3BlobStore(bucket, prefix.strip("/"), s3 or S3Options(), scratch=data_dir, locks=locks)  # type: ignore[assignment]
+    elif blobs in ("", "filesystem"):
+        from storage.fs import FilesystemBlobStore
+
+        blob_store = FilesystemBlobStore(
+            data_dir, locks, free_space_floor=free_space_floor, min_free_space=min_free_space
+        )
+    else:
+        raise StorageError(f"unknown blob store {blobs!r}")
+    return Stores(meta, blob_store, locks, changes)

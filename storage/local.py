@@ -113,6 +113,9 @@ class LocalLocks:
     def __init__(self, locks: ProcessLocks) -> None:
         self.locks = locks
 
+    async def open(self) -> None:
+        return None
+
     async def try_acquire(self, name: str) -> bool:
         return self.locks.try_acquire(name)
 
@@ -124,9 +127,6 @@ class LocalLocks:
 
     def hold(self, name: str) -> contextlib.AbstractAsyncContextManager[None]:
         return self.locks.hold(name)
-
-    def hold_blocking(self, name: str) -> contextlib.AbstractContextManager[None]:
-        return self.locks.hold_blocking(name)
 
     async def close(self) -> None:
         self.locks.close()
@@ -145,7 +145,7 @@ class ChangeCounter:
         self._seen = self.value()
         self._epoch = 0
 
-    # -- the ChangeFeed contract --------------------------------------------------------------------
+    # -- what the ChangeFeed contract asks ------------------------------------------------------------
     def epoch(self) -> int:
         """Grows when another process has committed since this one last looked."""
         now = self.value()
@@ -183,3 +183,22 @@ class ChangeCounter:
             self._map.close()
             self._map = None
             os.close(self._fd)
+
+
+class LocalChangeFeed:
+    """`storage.coordination.ChangeFeed` over a `ChangeCounter`."""
+
+    def __init__(self, counter: ChangeCounter) -> None:
+        self.counter = counter
+
+    async def open(self) -> None:
+        return None
+
+    def epoch(self) -> int:
+        return self.counter.epoch()
+
+    def committed(self) -> None:
+        self.counter.committed()
+
+    async def close(self) -> None:
+        self.counter.close()

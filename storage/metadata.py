@@ -212,6 +212,19 @@ class UploadStore(Protocol):
     async def delete_upload(self, upload_id: str) -> None: ...
 
 
+class SharedValues(Protocol):
+    """Small values every process and replica must agree on (signing keys, generated credentials), by name."""
+
+    async def get_value(self, name: str) -> bytes | None: ...
+
+    async def values(self, prefix: str) -> dict[str, bytes]:
+        """Every value whose name starts with `prefix`."""
+
+    async def put_value(self, name: str, value: bytes, *, replace: bool = True) -> bytes:
+        """Store a value; with `replace=False` only if the name is free. Returns the value stored under the name
+        afterwards (the one already there when another process got there first)."""
+
+
 class MetadataStore(
     RepositoryStore,
     BlobLinks,
@@ -221,6 +234,7 @@ class MetadataStore(
     GarbageStore,
     TemplateStore,
     UploadStore,
+    SharedValues,
     Protocol,
 ):
     async def open(self) -> None: ...

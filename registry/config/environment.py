@@ -20,11 +20,9 @@ def environment_variables() -> list[tuple[str, str]]:
     """Every `MOORAGE_<SECTION>_<KEY>` variable, with its key's default as it would be written in the variable
     (`moorage serve --help` lists them). Arrays of tables (principals, rules) and [secrets] have none."""
     defaults = Config()
-    out = []
-    for section in dataclasses.fields(Config):
-        if section.name == "secrets":
-            continue
-        body = getattr(defaults, section.name)
+    out: list[tuple[str, str]] = []
+
+    def keys(prefix: str, body: Any) -> None:
         for f in dataclasses.fields(body):
             v = getattr(body, f.name)
             kind = f.metadata["kind"]
@@ -36,9 +34,16 @@ def environment_variables() -> list[tuple[str, str]]:
                 shown = v or '""'
             elif kind == "tables":
                 continue
+            elif kind == "table":  # [storage.s3] endpoint_url: MOORAGE_STORAGE_S3_ENDPOINT_URL
+                keys(f"{prefix}_{f.name}", v)
+                continue
             else:
                 shown = toml_value(v)
-            out.append((f"{ENV_PREFIX}{section.name}_{f.name}".upper(), shown))
+            out.append((f"{prefix}_{f.name}".upper(), shown))
+
+    for section in dataclasses.fields(Config):
+        if section.name != "secrets":
+            keys(f"{ENV_PREFIX}{section.name}", getattr(defaults, section.name))
     return out
 
 
@@ -78,5 +83,15 @@ def read_environ(environ: Mapping[str, str]) -> tuple[dict[str, dict[str, Any]],
             parsed: Any = tomllib.loads(f"v = {value}")["v"]
         except tomllib.TOMLDecodeError:
             parsed = value
-        out.setdefault(section, {})[rest[len(section) + 1 :]] = parsed
+        key, target = rest[len(section) + 1 :], out.setdefault(section, {})
+        table = next((t for t in _sub_tables(section) if key.startswith(t + "_")), None)
+        if table is not None:  # MOORAGE_STORAGE_S3_REGION: [storage.s3] region
+            target, key = target.setdefault(table, {}), key[len(table) + 1 :]
+        target[key] = parsed
     return out, problems
+
+
+def _sub_tables(section: str) -> list[str]:
+    """The sub-tables of a section ([storage.s3]: "s3")."""
+    body = getattr(Config(), section)
+    return [f.name for f in dataclasses.fields(body) if f.metadata.get("kind") == "table"]

@@ -38,6 +38,10 @@ _TYPES: dict[str, tuple[type | tuple[type, ...], str]] = {
 
 def _coerce(key: str, f: dataclasses.Field[Any], value: Any) -> Any:
     kind = f.metadata["kind"]
+    if kind == "table":
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a table ([{key}])")
+        return _build(f.metadata["cls"], value, key)
     if kind == "tables":
         if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
             raise ConfigError(f"{key}: expected an array of tables ([[{key}]])")

@@ -36,6 +36,9 @@ def render(config: Config) -> str:
                 for item in v:
                     nested += ["", *table(f"[[{header.strip('[]')}.{f.name}]]", item)]
                 continue
+            if f.metadata.get("kind") == "table":
+                nested += ["", *table(f"[{header.strip('[]')}.{f.name}]", v)]
+                continue
             shown = toml_value(v)
             if f.metadata.get("kind") == "duration":
                 shown += f"  # {v:g} seconds"

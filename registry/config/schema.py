@@ -17,6 +17,7 @@ from registry.config.values import (
     check_access_key,
     check_account,
     check_allowed_upstreams,
+    check_blobs_url,
     check_challenge,
     check_event_loop,
     check_format,
@@ -25,6 +26,7 @@ from registry.config.values import (
     check_level,
     check_listen,
     check_max_connections,
+    check_metadata_url,
     check_policy,
     check_positive,
     check_prefix,
@@ -51,6 +53,11 @@ def _required(kind: str, check: Callable[[Any], Any] | None = None) -> Any:
 
 def _tables(cls: type) -> Any:
     return field(default=(), metadata={"kind": "tables", "cls": cls})
+
+
+def _table(cls: type) -> Any:
+    """A sub-table of a section (`[storage.s3]`)."""
+    return field(default_factory=cls, metadata={"kind": "table", "cls": cls})
 
 
 AUTO_WORKERS_MAX = 4
@@ -133,8 +140,24 @@ class LifecycleConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class S3Config:
+    """`[storage.s3]`: the S3-compatible service of `[storage] blobs = "s3://..."`."""
+
+    endpoint_url: str = _key("", "str")  # any S3-compatible service; empty for AWS S3
+    region: str = _key("us-east-1", "str")
+    access_key_id: str = _key("", "str")  # empty: the standard AWS environment / shared credentials
+    secret_access_key: Secret = _key(Secret(""), "secret")
+    redirect: bool = _key(False, "bool")  # blob GETs answer 307 to a presigned GET URL
+
+
+@dataclass(frozen=True, slots=True)
 class StorageConfig:
     min_free_space: str = _key("1GiB", "str", check_free_space)
+    # Where metadata lives: empty for SQLite in the data dir, or "postgresql://USER:PASS@HOST:PORT/DB".
+    metadata: Secret = _key(Secret(""), "secret", check_metadata_url)
+    # Where blobs live: empty for the data dir's filesystem, or "s3://BUCKET/optional/prefix".
+    blobs: str = _key("", "str", check_blobs_url)
+    s3: S3Config = _table(S3Config)
 
     def free_space_floor(self, total_bytes: int) -> int:
         """The free bytes below which /readyz says not ready, on a filesystem of `total_bytes`."""

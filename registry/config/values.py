@@ -255,6 +255,23 @@ def check_free_space(v: str) -> str:
     return v
 
 
+def check_metadata_url(v: Secret) -> Secret:
+    """`[storage] metadata`: empty (SQLite in the data dir) or a PostgreSQL URL."""
+    url = v.reveal()
+    if url and not url.startswith(("postgresql://", "postgres://")):
+        raise ValueError(
+            'must be empty (SQLite in the data dir) or a PostgreSQL URL "postgresql://USER:PASS@HOST:PORT/DB"'
+        )
+    return v
+
+
+def check_blobs_url(v: str) -> str:
+    """`[storage] blobs`: empty (the data dir's filesystem) or "s3://BUCKET[/prefix]"."""
+    if v and not (v.startswith("s3://") and v[5:].split("/", 1)[0]):
+        raise ValueError('must be empty (the data dir\'s filesystem) or "s3://BUCKET/optional/prefix"')
+    return v
+
+
 def check_format(v: str) -> str:
     if v not in ("auto", "json", "text"):
         raise ValueError("must be auto (JSON when not a terminal), json or text")

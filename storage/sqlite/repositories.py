@@ -332,3 +332,27 @@ class RepositoryQueries(SQLiteConnection):
     async def delete_upload(self, upload_id: str) -> None:
         async with self._tx() as db:
             await db.execute("DELETE FROM uploads WHERE id = ?", (upload_id,))
+
+    # -- shared values ---------------------------------------------------------------------------------
+    async def get_value(self, name: str) -> bytes | None:
+        row = await self._fetchone("SELECT value FROM shared_values WHERE name = ?", (name,))
+        return bytes(row[0]) if row else None
+
+    async def values(self, prefix: str) -> dict[str, bytes]:
+        rows = await self._fetchall(
+            "SELECT name, value FROM shared_values WHERE substr(name, 1, length(?)) = ? ORDER BY name", (prefix, prefix)
+        )
+        return {name: bytes(value) for name, value in rows}
+
+    async def put_value(self, name: str, value: bytes, *, replace: bool = True) -> bytes:
+        async with self._tx() as db:
+            if replace:
+                await db.execute(
+                    "INSERT INTO shared_values (name, value) VALUES (?, ?) "
+                    "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                    (name, value),
+                )
+                return value
+            await db.execute("INSERT OR IGNORE INTO shared_values (name, value) VALUES (?, ?)", (name, value))
+            row = await self._one(db, "SELECT value FROM shared_values WHERE name = ?", (name,))
+            return bytes(row[0])

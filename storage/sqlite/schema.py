@@ -145,4 +145,11 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE blobs ADD COLUMN claimed INTEGER NOT NULL DEFAULT 0;
     """,
+    # 9: small values every process must agree on (signing keys and generated credentials on shared backends)
+    """
+    CREATE TABLE shared_values (
+        name   TEXT PRIMARY KEY,
+        value  BLOB NOT NULL
+    ) WITHOUT ROWID;
+    """,
 ]

@@ -112,13 +112,6 @@ async def test_hold_releases_the_lock_when_its_block_raises(stores: Stores):
     await stores.locks.release("x")
 
 
-async def test_hold_blocking_holds_for_its_block(stores: Stores):
-    with stores.locks.hold_blocking("startup"):
-        assert await stores.locks.try_acquire("startup") is False, "held inside the block"
-    assert await stores.locks.try_acquire("startup") is True, "released after the block"
-    await stores.locks.release("startup")
-
-
 # -- locks across processes -------------------------------------------------------------------------------
 
 
