@@ -22,7 +22,7 @@ from typing import Any
 from aiohttp import web
 
 from registry.auth.access import AccessControl
-from registry.auth.principals import Directory
+from registry.auth.principals import Directory, load_shared_directory
 from registry.auth.tokens import DOWNLOAD_TTL, KeyRing
 from registry.config import Config
 from registry.gc import GarbageCollector
@@ -70,6 +70,8 @@ PARENT_POLL = 0.5  # seconds between a worker's checks that its supervisor is al
 SHUTDOWN_RESERVE = 0.5
 SHUTDOWN_LEFTOVER = 0.1  # seconds aiohttp waits for a request that ignored its cancellation
 STARTUP_LOCK = "startup"  # held while a process creates keys, the admin principal, or migrates the database
+KEY_REFRESH_INTERVAL = 1.0  # seconds between looks for a rotated shared signing key
+COLLECT_LOCK, SWEEP_LOCK = "job gc", "job lifecycle"  # one scheduled runner at a time across replicas
 
 
 @dataclass(slots=True)
@@ -170,6 +172,16 @@ class Services:
         )
 
     async def collect(self) -> None:
+        """Eviction and garbage collection, by one process of the registry at a time (other replicas' scheduled
+        runs skip while one runs)."""
+        if not await self.locks.try_acquire(COLLECT_LOCK):
+            return
+        try:
+            await self._collect()
+        finally:
+            await self.locks.release(COLLECT_LOCK)
+
+    async def _collect(self) -> None:
         evicted = await self.evict_cache()
         report = await self.gc.run()
         if self.metrics is not None:
@@ -179,6 +191,15 @@ class Services:
             self.metrics.gc_bytes.inc(report.bytes)
 
     async def sweep(self) -> None:
+        """The lifecycle sweep, by one process of the registry at a time."""
+        if not await self.locks.try_acquire(SWEEP_LOCK):
+            return
+        try:
+            await self._sweep()
+        finally:
+            await self.locks.release(SWEEP_LOCK)
+
+    async def _sweep(self) -> None:
         reports = await self.lifecycle.sweep()
         if self.metrics is not None:
             self.metrics.lifecycle_runs.inc()
@@ -209,7 +230,8 @@ def create_app(config: Config, worker: int | None = None) -> web.Application:
     )
     app[IN_FLIGHT] = in_flight
     app[CONFIG] = config
-    keyring = KeyRing(config.server.data_dir / "keys")
+    shared = bool(config.storage.metadata.reveal())  # replicas on a shared backend: keys and admin live there
+    keyring = KeyRing(config.server.data_dir / "keys", shared=services.meta if shared else None)
     access = AccessControl(
         enabled=config.auth.enabled,
         directory=Directory([]),  # loaded at start-up (below)
@@ -244,8 +266,13 @@ def create_app(config: Config, worker: int | None = None) -> web.Application:
 
     async def load_identity() -> None:
         """The signing keys and the principals; workers starting together create one key and one admin."""
-        keyring.load()
-        access.directory = Directory.load(config.auth, config.registry.account_id, config.server.data_dir)
+        account, data_dir = config.registry.account_id, config.server.data_dir
+        if shared:
+            await keyring.load_shared()
+            access.directory = await load_shared_directory(config.auth, account, data_dir, services.meta)
+        else:
+            keyring.load()
+            access.directory = Directory.load(config.auth, account, data_dir)
         if access.directory.created_admin is not None:
             _announce_admin(config, access.directory)
 
@@ -258,6 +285,8 @@ def create_app(config: Config, worker: int | None = None) -> web.Application:
 
     app.cleanup_ctx.append(lifespan)
     app.cleanup_ctx.append(jobs.every("record pull times", PULL_FLUSH_INTERVAL, services.images.flush_pulls))
+    if shared:
+        app.cleanup_ctx.append(jobs.every("signing keys", KEY_REFRESH_INTERVAL, _key_refresher(keyring, services)))
     app.cleanup_ctx.append(
         jobs.every("pull-through counters", metrics.SYNC_INTERVAL, services.metrics.sync_pull_through)
     )
@@ -407,6 +436,21 @@ async def _post_root(request: web.Request) -> web.StreamResponse:
     if ecr_api.is_ecr_request(request):
         return await ecr_api.handle(request)
     return await oci_routes.dispatch(request)
+
+
+def _key_refresher(keyring: KeyRing, services: Services) -> Callable[[], Awaitable[None]]:
+    """Reload the shared signing keys when another process committed something since the last look (a
+    rotation, or another replica's first key): one small query, at most every KEY_REFRESH_INTERVAL."""
+    seen = -1
+
+    async def refresh() -> None:
+        nonlocal seen
+        epoch = services.stores.changes.epoch()
+        if epoch != seen:
+            seen = epoch
+            await keyring.refresh_shared()
+
+    return refresh
 
 
 def _announce_admin(config: Config, directory: Directory) -> None:

@@ -116,9 +116,22 @@ def _get_login_password(args: argparse.Namespace, config: Config) -> int:
 def _rotate_signing_key(args: argparse.Namespace, config: Config) -> int:
     from registry.auth.tokens import KeyRing
 
-    ring = KeyRing(config.server.data_dir / "keys")
-    ring.load()
-    kid = ring.rotate()
+    if config.storage.metadata.reveal():  # replicas: the keys live in the shared metadata store
+        import asyncio
+
+        from registry.app import open_services
+
+        async def rotate() -> str:
+            async with open_services(config) as services:
+                ring = KeyRing(config.server.data_dir / "keys", shared=services.meta)
+                await ring.load_shared()
+                return await ring.rotate_shared()
+
+        kid = asyncio.run(rotate())
+    else:
+        ring = KeyRing(config.server.data_dir / "keys")
+        ring.load()
+        kid = ring.rotate()
     print(
         f"new signing key {kid}: a running server (every worker) signs with it from its next token, no restart "
         "needed; tokens signed by older keys stay valid until they expire"

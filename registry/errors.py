@@ -160,6 +160,14 @@ class StorageFull(RegistryError):
     default_message = "storage is full: the registry has no space left and nothing was stored; retry later"
 
 
+class BackendUnavailable(RegistryError):
+    """The metadata database or the blob store cannot be reached: nothing was done, and the request may be
+    retried: 503 with Retry-After on /v2, ServerException on the ECR API."""
+
+    status, oci_code, ecr_code = 503, "UNAVAILABLE", "ServerException"
+    default_message = "the registry's storage is unavailable right now; retry shortly"
+
+
 class TagImmutable(TagInvalid):
     ecr_code = "ImageTagAlreadyExistsException"
     default_message = "tag is immutable"

@@ -39,6 +39,15 @@ class Conflict(StorageError):
     """A uniqueness rule in the metadata store refused the write."""
 
 
+class StorageUnavailable(StorageError):
+    """The backend (a database server, an object store) cannot be reached right now; the operation did not happen
+    and may be retried. Its message may name servers: for logs, not for clients."""
+
+
+class BlobCorrupt(StorageError):
+    """Stored bytes do not match their digest (an object altered behind the registry's back): never served."""
+
+
 class StorageFull(StorageError):
     """No space (or no inodes, or a quota) left for a write; the write was undone. Its message may name server
     paths: for logs, not for clients."""

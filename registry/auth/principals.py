@@ -15,6 +15,7 @@ from pathlib import Path
 from registry.config import AuthConfig, Secret
 from registry.iam_policy import Policy, parse_policy
 from storage.files import atomic_write
+from storage.metadata import SharedValues
 
 ADMIN_FILE = "admin-credentials.json"
 ADMIN_POLICY = '{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}'
@@ -40,6 +41,10 @@ class Directory:
         self.by_access_key = {principal.access_key_id: principal for principal in principals}
         self.by_name = {principal.name: principal for principal in principals}
         self.created_admin = created_admin  # set on the start that generated the admin's keys
+
+    def _with_created(self, created: Path | None) -> Directory:
+        self.created_admin = created
+        return self
 
     def secret_for(self, access_key_id: str) -> str | None:
         principal = self.by_access_key.get(access_key_id)
@@ -78,6 +83,26 @@ class Directory:
             (parse_policy(ADMIN_POLICY),),
         )
         return cls([admin], created)
+
+
+SHARED_ADMIN = "admin-credentials"
+
+
+async def load_shared_directory(auth: AuthConfig, account_id: str, data_dir: Path, shared: SharedValues) -> Directory:
+    """`Directory.load` for replicas on a shared backend: the generated admin is generated once, in the shared
+    store (so every replica accepts its keys), and written to this replica's data dir too (for `moorage
+    credentials --data-dir`)."""
+    if auth.principals or not auth.enabled:
+        return Directory.load(auth, account_id, data_dir)
+    generated = generate_admin()
+    stored = await shared.put_value(SHARED_ADMIN, json.dumps(generated).encode(), replace=False)
+    raw = json.loads(stored)
+    path = data_dir / ADMIN_FILE
+    created = None
+    if not path.exists() or json.loads(path.read_text()) != raw:
+        write_private_json(path, raw)
+        created = path if raw == generated else None
+    return Directory.load(auth, account_id, data_dir)._with_created(created)
 
 
 def generate_admin() -> dict[str, str]:

@@ -20,6 +20,10 @@ principal (what `Principal: "*"` statements grant). It exists only so token-flow
     <data_dir>/keys/
       current            the kid that signs new tokens
       <kid>.pem          PKCS#8 EC P-256 private keys (mode 0600)
+
+Replicas on a shared backend keep the keys in the metadata store instead (`storage.metadata.SharedValues`:
+`signing-key/<kid>` and `signing-key-current`), so a token issued by one replica verifies on every other; each
+replica reloads them when another process's commit moves the change feed (`refresh_shared`).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from registry.cache import LRUCache
 from storage.files import atomic_write
+from storage.metadata import SharedValues
 
 ALGORITHM = "ES256"
 ISSUER = "moorage"
@@ -83,9 +88,13 @@ def _kid(key: ec.EllipticCurvePrivateKey) -> str:
     return hashlib.sha256(der).hexdigest()[:16]
 
 
+SHARED_KEY_PREFIX, SHARED_CURRENT = "signing-key/", "signing-key-current"
+
+
 class KeyRing:
-    def __init__(self, directory: Path, cache_entries: int = 4096) -> None:
+    def __init__(self, directory: Path, cache_entries: int = 4096, *, shared: SharedValues | None = None) -> None:
         self.directory = Path(directory)
+        self.shared = shared  # keys in the shared metadata store, not in `directory`
         self._keys: dict[str, ec.EllipticCurvePrivateKey] = {}
         self._current: str | None = None
         self._current_stamp: tuple[int, int, int] | None = None  # (inode, mtime, size) of `current` when read
@@ -120,6 +129,41 @@ class KeyRing:
         self._current_stamp = self._stamp()
         return kid
 
+    # -- keys in the shared store (replicas) ----------------------------------------------------------
+    async def load_shared(self) -> None:
+        """Read every key from the shared store; create the first one if there is none (the caller holds the
+        start-up lock, so replicas starting together create one)."""
+        assert self.shared is not None
+        await self.refresh_shared()
+        if self._current is None:
+            await self.rotate_shared()
+
+    async def refresh_shared(self) -> None:
+        """Pick up keys and a current key another process stored (a rotation, a replica's first key)."""
+        assert self.shared is not None
+        for name, pem in (await self.shared.values(SHARED_KEY_PREFIX)).items():
+            if name[len(SHARED_KEY_PREFIX) :] not in self._keys:
+                key = serialization.load_pem_private_key(pem, password=None)
+                if isinstance(key, ec.EllipticCurvePrivateKey):
+                    self._keys[_kid(key)] = key
+        current = await self.shared.get_value(SHARED_CURRENT)
+        if current is not None and current.decode() in self._keys:
+            self._current = current.decode()
+
+    async def rotate_shared(self) -> str:
+        """Create a new signing key in the shared store and make it current there."""
+        assert self.shared is not None
+        key = ec.generate_private_key(ec.SECP256R1())
+        kid = _kid(key)
+        pem = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        await self.shared.put_value(SHARED_KEY_PREFIX + kid, pem)
+        await self.shared.put_value(SHARED_CURRENT, kid.encode())
+        self._keys[kid] = key
+        self._current = kid
+        return kid
+
     def _stamp(self) -> tuple[int, int, int] | None:
         try:
             current = os.stat(self.directory / "current")
@@ -131,6 +175,8 @@ class KeyRing:
         """Sign with the key `keys/current` names now, if another process (`moorage rotate-signing-key`, or
         another worker) changed it since it was read. `rotate` writes the key before `current` (each by an atomic
         rename), so the named key is there to load; one that is not readable leaves the current key as it is."""
+        if self.shared is not None:
+            return  # refresh_shared does this job
         stamp = self._stamp()
         if stamp is None or stamp == self._current_stamp:
             return
@@ -146,7 +192,7 @@ class KeyRing:
         """The key `kid`, read from the folder when another process (a worker restarted after
         `moorage rotate-signing-key`) created it after this one loaded the ring."""
         key = self._keys.get(kid)
-        if key is None and _KID.fullmatch(kid):
+        if key is None and self.shared is None and _KID.fullmatch(kid):
             pem = self.directory / f"{kid}.pem"
             with contextlib.suppress(OSError, ValueError):
                 loaded = serialization.load_pem_private_key(pem.read_bytes(), password=None)

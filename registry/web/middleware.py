@@ -14,9 +14,10 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from registry import logs
-from registry.errors import NotFound, RegistryError, StorageFull, Unsupported
+from registry.errors import BackendUnavailable, NotFound, RegistryError, StorageFull, Unsupported
 from registry.web.sendfile import SendfileResponse
 from storage.errors import StorageFull as OutOfSpace
+from storage.errors import StorageUnavailable as Unreachable
 
 log = logging.getLogger("moorage.http")
 access_log = logging.getLogger("moorage.access")
@@ -82,6 +83,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except OutOfSpace as exc:  # any store, any route: the client learns the disk is full, the log says where
         log.error("%s %s failed: %s", request.method, request.path, exc)
         return render_error(request, StorageFull())
+    except Unreachable as exc:  # a replica that lost its database or object store: 503, and the log says which
+        log.error("%s %s failed: %s", request.method, request.path, exc)
+        return render_error(request, BackendUnavailable(headers={"Retry-After": "5"}))
     except ConnectionError as exc:  # the client went away, or a stream was cut after its headers were sent
         log.info("%s %s: client went away: %s", request.method, request.path, exc)
         raise
