@@ -7,6 +7,12 @@ class StorageError(Exception):
     """Base of storage errors; the service layer translates them into registry errors once."""
 
 
+class StorageUnavailable(StorageError):
+    """The backend cannot be reached (or cannot serve this right now: a lost connection, a server shutting down
+    or failing over, no connection slot left, a transaction chosen as a deadlock's victim); try again. The web
+    layer answers 503."""
+
+
 class BlobNotFound(StorageError):
     pass
 

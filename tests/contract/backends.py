@@ -8,21 +8,25 @@ real process will do: locks and upload session writers. The local locks are POSI
 exclude within a process: two `ProcessLocks` (or two peers' blob stores) in one process don't exclude each other,
 and closing either drops both's locks.
 
-Adding PostgreSQL + S3 is one entry::
+Adding a backend is one entry, e.g. PostgreSQL with the filesystem's blobs::
 
-    Backend("postgresql+s3", provision=_provision_postgres_s3, attach=_attach_postgres_s3,
-            teardown=_drop_postgres_s3, required=False)
+    Backend("postgresql+filesystem", provision=_provision_postgres, attach=_attach_postgres,
+            teardown=_drop_postgres, required=False, services=("postgres_dsn",))
 
-where `_provision_postgres_s3` raises `BackendUnavailable("no PostgreSQL at $MOORAGE_TEST_POSTGRES")` when its
-services are not there: the cases of an optional backend then skip with that reason, while a required one (the
-local default, which needs nothing) fails instead. (Under CI=true tests/conftest.py fails every skip unless the
+`services` names the session fixtures (tests.services) the backend's services come from: the `backend`
+fixture requests them before `provision`, and a fixture that can't start its service skips the backend's
+cases with its reason. `provision` raises `BackendUnavailable` when its services are not there: the cases of an
+optional backend then skip with that reason, while a required one (the local default, which needs nothing)
+fails instead. (Under CI=true tests/conftest.py fails every skip unless the
 test is marked `may_skip`: give the entry `marks=(pytest.mark.may_skip("..."),)` if CI may lack its services.)
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
+import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +54,8 @@ class Backend:
     # Required backends never skip: an unavailable one fails the suite.
     required: bool = True
     marks: tuple[pytest.MarkDecorator, ...] = ()
+    # Session fixtures that start the services `provision` needs (requested first; see tests.services).
+    services: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -93,11 +99,62 @@ def _attach_local(address: str) -> Stores:
     return open_stores(Path(address))
 
 
+# -- postgresql+filesystem: replicas' metadata, locks and change feed in PostgreSQL, blobs in the data dir -------
+# A case gets a schema of its own in the session's database (tests.services.postgres); its address is JSON:
+# {"data": data dir, "metadata": DSN selecting the schema, "schema": its name}.
+
+
+async def _provision_postgres(tmp_path: Path) -> str:
+    import asyncpg
+
+    from tests.services.postgres import ENV, session_dsn, with_schema
+
+    dsn = session_dsn()
+    if dsn is None:
+        raise BackendUnavailable(f"no PostgreSQL (the postgres_dsn fixture did not run; or set {ENV})")
+    schema = f"case_{uuid.uuid4().hex[:16]}"
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f'CREATE SCHEMA "{schema}"')
+    finally:
+        await conn.close()
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    return json.dumps({"data": str(data_dir), "metadata": with_schema(dsn, schema), "schema": schema})
+
+
+def _attach_postgres(address: str) -> Stores:
+    where = json.loads(address)
+    return open_stores(Path(where["data"]), metadata=where["metadata"])
+
+
+async def _drop_postgres(address: str) -> None:
+    import asyncpg
+
+    from tests.services.postgres import session_dsn
+
+    dsn = session_dsn()
+    if dsn is None:
+        return
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{json.loads(address)["schema"]}" CASCADE')
+    finally:
+        await conn.close()
+
+
 BACKENDS: dict[str, Backend] = {
     backend.id: backend
     for backend in (
         Backend("filesystem+sqlite", provision=_provision_local, attach=_attach_local),
-        # Backend("postgresql+s3", ..., required=False),  # next: the PostgreSQL and S3 drivers
+        Backend(
+            "postgresql+filesystem",
+            provision=_provision_postgres,
+            attach=_attach_postgres,
+            teardown=_drop_postgres,
+            required=False,  # skips (failing under CI=true) when no PostgreSQL can be started
+            services=("postgres_dsn",),
+        ),
     )
 }
 

@@ -25,6 +25,7 @@ from storage.blobs import BlobStore
 from storage.factory import Stores
 from storage.metadata import MetadataStore
 from tests.contract.backends import BACKENDS, BackendUnavailable, Provisioned
+from tests.services.postgres import postgres_dsn  # noqa: F401 - the session's PostgreSQL (backends' `services`)
 
 CASE_TIMEOUT = 30.0
 
@@ -66,6 +67,8 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
 @pytest.fixture(params=[pytest.param(b.id, id=b.id, marks=b.marks) for b in BACKENDS.values()])
 def backend(request: pytest.FixtureRequest, runner: asyncio.Runner, tmp_path: Path) -> Iterator[Provisioned]:
     chosen = BACKENDS[request.param]
+    for service in chosen.services:  # started once per session; skips the backend's cases when it can't start
+        request.getfixturevalue(service)
     try:
         address = runner.run(chosen.provision(tmp_path))
     except BackendUnavailable as e:
