@@ -44,6 +44,20 @@ class StorageFull(StorageError):
     paths: for logs, not for clients."""
 
 
+class StorageUnavailable(StorageError):
+    """The backend cannot be reached (refused, timed out, or answering "slow down" / 5xx): try again. Nothing of
+    the operation is known to have happened beyond what the store's atomicity promises."""
+
+
+class BlobCorrupt(StorageError):
+    """A stored blob's bytes do not match its digest (found while streaming it: the stream is cut before its
+    last bytes, so they are never served whole)."""
+
+    def __init__(self, digest: str, actual: str) -> None:
+        super().__init__(f"stored blob {digest} is corrupt: its bytes are {actual}")
+        self.digest, self.actual = digest, actual
+
+
 class TagConflict(StorageError):
     """A protected (immutable) tag already points at another manifest."""
 
