@@ -160,6 +160,14 @@ class StorageFull(RegistryError):
     default_message = "storage is full: the registry has no space left and nothing was stored; retry later"
 
 
+class StorageUnavailable(RegistryError):
+    """The storage backend (object storage, a database) cannot be reached right now: nothing was done that the
+    client must know of. 503 on /v2 (with Retry-After), ServerException on the ECR API."""
+
+    status, oci_code, ecr_code = 503, "UNAVAILABLE", "ServerException"
+    default_message = "storage is unavailable: the registry cannot reach its storage; retry later"
+
+
 class TagImmutable(TagInvalid):
     ecr_code = "ImageTagAlreadyExistsException"
     default_message = "tag is immutable"
