@@ -160,12 +160,12 @@ class StorageFull(RegistryError):
     default_message = "storage is full: the registry has no space left and nothing was stored; retry later"
 
 
-class BackendUnavailable(RegistryError):
-    """The metadata database or the blob store cannot be reached: nothing was done, and the request may be
-    retried: 503 with Retry-After on /v2, ServerException on the ECR API."""
+class StorageUnavailable(RegistryError):
+    """The storage backend (object storage, a database) cannot be reached right now: nothing was done that the
+    client must know of. 503 on /v2 (with Retry-After), ServerException on the ECR API."""
 
     status, oci_code, ecr_code = 503, "UNAVAILABLE", "ServerException"
-    default_message = "the registry's storage is unavailable right now; retry shortly"
+    default_message = "storage is unavailable: the registry cannot reach its storage; retry later"
 
 
 class TagImmutable(TagInvalid):

@@ -46,7 +46,7 @@ class ChangeFeed(Protocol):
         A cache filled at an older epoch must be dropped."""
 
     def committed(self) -> None:
-        """After this process committed a write: tell the others, where the store does not already (a store
-        that notifies inside its transactions, as PostgreSQL's NOTIFY does, makes this a no-op)."""
+        """After this process committed a write: tell the others. (The PostgreSQL store also notifies inside its
+        own transactions, so its writes are heard exactly when they commit.)"""
 
     async def close(self) -> None: ...

@@ -45,18 +45,18 @@ class Conflict(StorageError):
     """A uniqueness rule in the metadata store refused the write."""
 
 
-class StorageUnavailable(StorageError):
-    """The backend (a database server, an object store) cannot be reached right now; the operation did not happen
-    and may be retried. Its message may name servers: for logs, not for clients."""
-
-
-class BlobCorrupt(StorageError):
-    """Stored bytes do not match their digest (an object altered behind the registry's back): never served."""
-
-
 class StorageFull(StorageError):
     """No space (or no inodes, or a quota) left for a write; the write was undone. Its message may name server
     paths: for logs, not for clients."""
+
+
+class BlobCorrupt(StorageError):
+    """A stored blob's bytes do not match its digest (found while streaming it: the stream is cut before its
+    last bytes, so they are never served whole)."""
+
+    def __init__(self, digest: str, actual: str) -> None:
+        super().__init__(f"stored blob {digest} is corrupt: its bytes are {actual}")
+        self.digest, self.actual = digest, actual
 
 
 class TagConflict(StorageError):

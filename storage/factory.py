@@ -100,7 +100,7 @@ def open_stores(
         from storage.s3 import S3BlobStore
 
         bucket, _, prefix = blobs[len("s3://") :].partition("/")
-        blob_store = S3BlobStore(bucket, prefix.strip("/"), s3 or S3Options(), scratch=data_dir, locks=locks)  # type: ignore[assignment]
+        blob_store = S3BlobStore(bucket, prefix.strip("/"), s3 or S3Options(), scratch=data_dir, locks=locks)
     elif blobs in ("", "filesystem"):
         from storage.fs import FilesystemBlobStore
 

@@ -26,7 +26,8 @@ unbuffered (writes are coalesced to WRITE_BUFFER here), so no buffered bytes are
 the file is closed.
 
 File I/O and hashing run in worker threads (hashlib releases the GIL for large buffers) and are pipelined
-with receiving the next bytes, so the event loop never blocks on the disk.
+with receiving the next bytes, so the event loop never blocks on the disk. The writer and the shared-write
+files are `storage.scratch`'s (the S3 driver writes its scratch files the same way).
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ import asyncio
 import contextlib
 import hashlib
 import os
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -43,12 +43,19 @@ from pathlib import Path
 
 from storage.blobs import BlobInfo, FileRange
 from storage.coordination import Locks
-from storage.errors import BlobNotFound, DigestMismatch, StorageFull, UploadNotFound
-from storage.files import FULL_ERRNOS, full_is_storage_full, install, write_all
-
-WRITE_BUFFER = 1 << 20  # coalesce small writes into 1 MiB ones
-LEFTOVER_AGE = 3600.0  # a scratch file untouched this long belongs to no live writer
-READ_CHUNK = 1 << 20
+from storage.errors import BlobNotFound, StorageFull, UploadNotFound
+from storage.files import full_is_storage_full, install
+from storage.scratch import (
+    LEFTOVER_AGE,
+    READ_CHUNK,
+    FileFollow,
+    ScratchWriter,
+    create_scratch,
+    remove_stale,
+    shared_path,
+    sidecar_path,
+)
+from storage.scratch import follow as follow_shared
 
 
 @dataclass(slots=True)
@@ -89,7 +96,7 @@ class FilesystemBlobStore:
         return self._uploads / upload_id
 
     def _shared_path(self, key: str) -> Path:
-        return self._uploads / f".ingest-shared-{hashlib.blake2b(key.encode(), digest_size=16).hexdigest()}"
+        return shared_path(self._uploads, key)
 
     # -- reading -----------------------------------------------------------------------------------
     async def stat(self, digest: str) -> BlobInfo | None:
@@ -133,9 +140,9 @@ class FilesystemBlobStore:
             path, sidecar = self._uploads / f".ingest-{uuid.uuid4()}", None
         else:
             path = self._shared_path(shared)
-            sidecar = path.with_name(path.name + ".size")
+            sidecar = sidecar_path(path)
         with full_is_storage_full("starting a blob", path):
-            fd = await asyncio.to_thread(_create, path, sidecar, size)
+            fd = await asyncio.to_thread(create_scratch, path, sidecar, size)
         writer = FileWriter(self, path, fd, hashlib.sha256(), 0, through=shared is not None)
         try:
             yield writer
@@ -146,12 +153,7 @@ class FilesystemBlobStore:
                 await asyncio.to_thread(sidecar.unlink, True)
 
     async def follow(self, shared: str) -> FileFollow | None:
-        path = self._shared_path(shared)
-        try:
-            fd, size = await asyncio.to_thread(_open_shared, path)
-        except FileNotFoundError:
-            return None
-        return FileFollow(fd, size)
+        return await follow_shared(self._uploads, shared)
 
     # -- upload sessions ---------------------------------------------------------------------------
     async def create_upload(self, upload_id: str) -> None:
@@ -248,16 +250,7 @@ class FilesystemBlobStore:
     def _remove_leftovers(self, older_than: float) -> int:
         """Remove scratch files of writes interrupted by a crash (never acknowledged). Only stale ones: another
         process on the same data dir (a server, `moorage import`) may be writing."""
-        cutoff = time.time() - older_than
-        removed = 0
-        for leftover in self._uploads.glob(".ingest-*"):
-            try:
-                if leftover.stat().st_mtime < cutoff:
-                    leftover.unlink()
-                    removed += 1
-            except FileNotFoundError:
-                pass
-        return removed
+        return remove_stale(self._uploads, older_than)
 
     async def health(self) -> list[str]:
         """Runs in a thread (statvfs may block on a network mount)."""
@@ -295,12 +288,8 @@ class FilesystemBlobStore:
         self._hashes.clear()
 
 
-class FileWriter:
-    """One blob being written to a local file (`storage.blobs.BlobWriter`).
-
-    Writes are coalesced into WRITE_BUFFER pieces, each written and hashed in a worker thread while the next
-    bytes arrive. A write-through writer (a shared one: others read the file as it grows) lands every write
-    before returning."""
+class FileWriter(ScratchWriter):
+    """One blob being written to a file under uploads/, installed by a rename into blobs/."""
 
     def __init__(
         self,
@@ -313,192 +302,9 @@ class FileWriter:
         through: bool = False,
         session: str | None = None,
     ) -> None:
+        super().__init__(path, fd, hasher, start, through=through, session=session)
         self.store = store
-        self.path = path
-        self.hasher = hasher
-        self.session = session
-        self.committed = self.aborted = False
-        self.consistent = True  # the hasher covers exactly the bytes in the file
-        self._fd: int | None = fd
-        self._through = through
-        self._size = start
-        self._buffer: list[bytes] = []
-        self._buffered = 0
-        self._pending: asyncio.Future[None] | None = None
-        self._dirty = False  # written to since the last fsync
 
-    @property
-    def size(self) -> int:
-        return self._size
-
-    async def write(self, data: bytes) -> None:
-        if not data:
-            return
-        self._dirty = True
-        self._size += len(data)
-        if self._through:
-            await self._land(data)
-            return
-        self._buffer.append(data)
-        self._buffered += len(data)
-        if self._buffered >= WRITE_BUFFER:
-            await self._flush_buffer(wait=False)
-
-    async def _flush_buffer(self, *, wait: bool) -> None:
-        data = b"".join(self._buffer)
-        self._buffer.clear()
-        self._buffered = 0
-        if self._pending is not None:
-            pending, self._pending = self._pending, None
-            await pending
-        if data:
-            self._pending = asyncio.get_running_loop().run_in_executor(None, self._write_sync, data)
-        if wait and self._pending is not None:
-            pending, self._pending = self._pending, None
-            await pending
-
-    async def _land(self, data: bytes) -> None:
-        await asyncio.to_thread(self._write_sync, data)
-
-    def _write_sync(self, data: bytes) -> None:
-        assert self._fd is not None
-        try:
-            write_all(self._fd, data)
-        except OSError as e:
-            self.consistent = False
-            if e.errno in FULL_ERRNOS:
-                raise StorageFull(f"writing a blob: {e.strerror} (writing {self.path})") from e
-            raise
-        if self.hasher is not None:
-            self.hasher.update(data)
-
-    async def _sync(self) -> None:
-        await self._flush_buffer(wait=True)
-        assert self._fd is not None
-        with full_is_storage_full("writing a blob", self.path):
-            await asyncio.to_thread(os.fsync, self._fd)
-        self._dirty = False
-
-    async def flush(self) -> None:
-        """Make what was written durable (fsync)."""
-        if self._dirty or self._buffer:
-            await self._sync()
-
-    async def commit(self, expected: str) -> int:
-        await self._sync()
-        algorithm = expected.partition(":")[0]
-        if algorithm == "sha256" and self.hasher is not None and self.consistent:
-            actual = "sha256:" + self.hasher.hexdigest()
-        else:
-            actual = await asyncio.to_thread(_hash_file, self.path, algorithm)
-        if actual != expected:
-            await self.abort()
-            raise DigestMismatch(expected, actual)
-        await self._close()
+    async def _install(self, expected: str) -> None:
         with full_is_storage_full(f"installing {expected}", self.store._blob_path(expected)):
             await asyncio.to_thread(install, self.path, self.store._blob_path(expected))
-        self.committed = True
-        return self._size
-
-    async def abort(self) -> None:
-        self.aborted = True
-        await self._close()
-        await asyncio.to_thread(self.path.unlink, True)
-
-    async def _close(self, truncate_to: int | None = None) -> None:
-        """Let the last write land (a client that went away mid-stream), make what stays durable, close. An
-        upload session keeps its bytes; `truncate_to` cuts a chunk off again (after StorageFull)."""
-        if self._fd is None:
-            return
-        fd = self._fd
-        try:
-            if truncate_to is not None or self.aborted:
-                self._buffer.clear()
-                self.consistent = False
-                if self._pending is not None:
-                    with contextlib.suppress(Exception):
-                        await asyncio.shield(self._pending)
-                    self._pending = None
-                if truncate_to is not None:
-                    await asyncio.to_thread(os.ftruncate, fd, truncate_to)
-                    self._size = truncate_to
-            elif self._dirty or self._buffer:
-                try:
-                    await self._sync()
-                except Exception:
-                    self.consistent = False
-                    if self.session is None:
-                        raise
-        finally:
-            self._fd = None
-            if self._pending is not None:
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(self._pending)
-                self._pending = None
-            await asyncio.to_thread(os.close, fd)
-
-
-class FileFollow:
-    """Another writer's shared file, read while it grows (`storage.blobs.SharedWrite`)."""
-
-    def __init__(self, fd: int, declared_size: int | None) -> None:
-        self._fd: int | None = fd
-        self._declared = declared_size
-
-    @property
-    def declared_size(self) -> int | None:
-        return self._declared
-
-    async def available(self) -> int:
-        assert self._fd is not None
-        return os.fstat(self._fd).st_size
-
-    async def read(self, offset: int, length: int) -> bytes:
-        assert self._fd is not None
-        return await asyncio.to_thread(os.pread, self._fd, length, offset)
-
-    async def close(self) -> None:
-        if self._fd is not None:
-            fd, self._fd = self._fd, None
-            os.close(fd)
-
-
-def _create(path: Path, sidecar: Path | None, size: int | None) -> int:
-    """Create a writer's file. A shared one: this process holds the key's lock, so files there are a crashed
-    process's leftovers: the old file goes first, then the sidecar names this process (and the size), then the
-    new file appears. A follower that reads a sidecar naming a live process can therefore only open this file."""
-    if sidecar is None:
-        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-    path.unlink(missing_ok=True)
-    tmp = sidecar.with_name(sidecar.name + ".tmp")
-    tmp.write_text(f"{os.getpid()} {'' if size is None else size}")
-    os.replace(tmp, sidecar)
-    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-
-
-def _open_shared(path: Path) -> tuple[int, int | None]:
-    """Open the shared file of the live process writing it, and its declared size. FileNotFoundError until
-    there is one (a sidecar left by a crashed process names a dead one)."""
-    pid, _, size = path.with_name(path.name + ".size").read_text().partition(" ")
-    if not pid.isdigit() or not _alive(int(pid)):
-        raise FileNotFoundError(f"{path}: left by process {pid}, which is gone")
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    return fd, int(size) if size.strip() else None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _hash_file(path: Path, algorithm: str) -> str:
-    h = hashlib.new(algorithm)
-    with open(path, "rb") as fh:
-        while chunk := fh.read(READ_CHUNK):
-            h.update(chunk)
-    return f"{algorithm}:{h.hexdigest()}"

@@ -89,7 +89,11 @@ def _build(cls: type, body: dict[str, Any], prefix: str) -> Any:
             continue
         with problems.gathered():
             values[name] = _coerce(f"{prefix}.{name}", fields[name], value)
-    missing = [n for n, f in fields.items() if n not in body and f.default is dataclasses.MISSING]
+    missing = [
+        n
+        for n, f in fields.items()
+        if n not in body and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
     if missing:
         problems.found.append(f"{prefix}: missing required key {', '.join(missing)}")
     problems.raise_any()

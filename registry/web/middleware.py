@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from registry import logs
-from registry.errors import BackendUnavailable, NotFound, RegistryError, StorageFull, Unsupported
+from registry.errors import NotFound, RegistryError, StorageFull, StorageUnavailable, Unsupported
 from registry.web.sendfile import SendfileResponse
 from storage.errors import StorageFull as OutOfSpace
 from storage.errors import StorageUnavailable as Unreachable
@@ -80,16 +80,22 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return render_error(request, NotFound(f"no such endpoint: {request.path}"))
     except web.HTTPException:
         raise
-    except OutOfSpace as exc:  # any store, any route: the client learns the disk is full, the log says where
-        log.error("%s %s failed: %s", request.method, request.path, exc)
-        return render_error(request, StorageFull())
-    except Unreachable as exc:  # a replica that lost its database or object store: 503, and the log says which
-        log.error("%s %s failed: %s", request.method, request.path, exc)
-        return render_error(request, BackendUnavailable(headers={"Retry-After": "5"}))
     except ConnectionError as exc:  # the client went away, or a stream was cut after its headers were sent
         log.info("%s %s: client went away: %s", request.method, request.path, exc)
         raise
-    except Exception:
+    except Exception as exc:
+        if request.writer.output_size:
+            # A response is going out already (a blob streamed from object storage that turned out corrupt, or
+            # whose connection broke): no error can follow it, only cutting the connection (aiohttp does) tells
+            # the client that the body it has is not whole.
+            log.error("%s %s failed while sending its response: %s", request.method, request.path, exc)
+            raise
+        if isinstance(exc, OutOfSpace):  # any store, any route: the client learns the disk is full, the log says where
+            log.error("%s %s failed: %s", request.method, request.path, exc)
+            return render_error(request, StorageFull())
+        if isinstance(exc, Unreachable):  # object storage (or a database) down or overloaded: the client may retry
+            log.error("%s %s failed: %s", request.method, request.path, exc)
+            return render_error(request, StorageUnavailable(headers={"Retry-After": "1"}))
         log.exception("%s %s: unhandled error", request.method, request.path)
         return render_error(request, RegistryError("internal error; see the server log"))
 

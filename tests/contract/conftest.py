@@ -102,3 +102,15 @@ def blobs(stores: Stores) -> BlobStore:
 def peer(backend: Provisioned, stores: Stores) -> Callable[[], Awaitable[Stores]]:
     """`await peer()`: another process's stores on the same backend (after this case's own `stores`)."""
     return backend.attach
+
+
+# -- sqlite+s3: the session's SeaweedFS, started for that backend's cases only ---------------------------------
+
+
+@pytest.fixture(autouse=True)
+def _s3_service(request: pytest.FixtureRequest) -> None:
+    """Runs before `backend` (autouse fixtures come first in their scope): a case on sqlite+s3 brings up the
+    session's SeaweedFS, which `tests.contract.backends` then finds (or skips with the reason it has none)."""
+    callspec = getattr(request.node, "callspec", None)
+    if callspec is not None and callspec.params.get("backend") in ("sqlite+s3", "postgresql+s3"):
+        request.getfixturevalue("seaweedfs")

@@ -8,6 +8,8 @@ import inspect
 import time
 from collections.abc import AsyncIterator, Callable
 
+import aiohttp
+
 from storage.blobs import BlobBody, BlobStore, ByteStream, FileRange, RedirectURL
 from storage.records import ManifestWrite
 
@@ -25,9 +27,10 @@ def content(label: str, size: int = 64) -> bytes:
     return (seed * (size // len(seed) + 1))[:size]
 
 
-async def body_bytes(body: BlobBody) -> bytes:
-    """The bytes a `BlobBody` stands for, whatever its kind. A redirect is not followed (yet): the cases that
-    allow one check its shape instead."""
+async def body_bytes(body: BlobBody, offset: int = 0, length: int | None = None) -> bytes:
+    """The bytes a `BlobBody` stands for, whatever its kind. A redirect names the whole blob: it is fetched as a
+    client would, with a Range header for `length` bytes from `offset` when they are given (a `FileRange` or a
+    `ByteStream` already is the range `open` was asked for)."""
     match body:
         case FileRange(file=path, offset=offset, length=length):
 
@@ -43,8 +46,13 @@ async def body_bytes(body: BlobBody) -> bytes:
             data = await join(chunks)
             assert len(data) == length, f"a ByteStream announcing {length} bytes streamed {len(data)}"
             return data
-        case RedirectURL():
-            raise NotImplementedError(f"following a RedirectURL is not implemented in the contract suite: {body}")
+        case RedirectURL(url=url):
+            headers = {}
+            if offset or length is not None:
+                headers["Range"] = f"bytes={offset}-{'' if length is None else offset + length - 1}"
+            async with aiohttp.ClientSession() as session, session.get(url, headers=headers) as response:
+                assert response.status == (206 if headers else 200), f"GET {url} {headers}: {response.status}"
+                return await response.read()
     raise AssertionError(f"open() returned {body!r}, which is not a BlobBody")
 
 

@@ -93,8 +93,8 @@ async def test_open_with_redirects_allowed_answers_with_some_body(blobs: BlobSto
     if isinstance(body, RedirectURL):
         assert body.url, "a redirect names a URL"
         assert body.expires_at > time.time(), "a redirect must still be valid when handed out"
-    else:
-        assert await body_bytes(body) == DATA[10:30]
+        assert await body_bytes(body) == DATA, "a redirect's URL serves the blob"
+    assert await body_bytes(body, 10, 20) == DATA[10:30], "the body serves the range (a redirect: to a Range GET)"
 
 
 @pytest.mark.parametrize("call", ["open", "read"])
