@@ -21,7 +21,8 @@ import aiohttp
 import pytest
 import requests
 
-import storage.s3
+import storage.s3.common
+import storage.s3.store
 import storage.scratch
 from storage.blobs import ByteStream, RedirectURL
 from storage.errors import BlobCorrupt, DigestMismatch, StorageFull, StorageUnavailable
@@ -266,8 +267,8 @@ def test_a_single_chunk_session_commits_by_a_server_side_copy(bucket: Bucket):
 
 
 def test_a_chunk_over_the_copy_limit_is_copied_in_parts(bucket: Bucket, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setattr(storage.s3, "COPY_LIMIT", 1 * MiB)  # 5 GiB in production
-    monkeypatch.setattr(storage.s3, "COPY_PART", 5 * MiB)
+    monkeypatch.setattr(storage.s3.store, "COPY_LIMIT", 1 * MiB)  # 5 GiB in production
+    monkeypatch.setattr(storage.s3.store, "COPY_PART", 5 * MiB)
     data = content("huge layer", 12 * MiB)
 
     async def case() -> None:
@@ -351,7 +352,7 @@ def test_a_redirect_is_a_presigned_url_a_plain_client_fetches(bucket: Bucket):
             d = await store_blob(store, data)
             body = await store.open(d, 100, 50, redirect=True)
             assert isinstance(body, RedirectURL), "redirect allowed and configured: a presigned URL"
-            assert time.time() + 60 < body.expires_at <= time.time() + storage.s3.REDIRECT_TTL + 1
+            assert time.time() + 60 < body.expires_at <= time.time() + storage.s3.common.REDIRECT_TTL + 1
             assert ACCESS_KEY in body.url and SECRET_KEY not in body.url
             async with aiohttp.ClientSession() as session:
                 async with session.get(body.url) as response:
@@ -383,7 +384,7 @@ def test_an_unreachable_endpoint_is_reported_and_raises_storage_unavailable(buck
             assert await healthy.health() == []
             started = time.monotonic()
             problems = await store.health()
-            assert time.monotonic() - started < storage.s3.HEALTH_TIMEOUT, "health() answers before its timeout"
+            assert time.monotonic() - started < storage.s3.common.HEALTH_TIMEOUT, "health() answers before its timeout"
             assert len(problems) == 1 and "127.0.0.1" in problems[0], problems
             assert "could not connect" in problems[0].lower(), "a refused connection is said at once"
             with pytest.raises(StorageUnavailable):  # after botocore's retries (a few seconds)
@@ -414,7 +415,7 @@ def test_remove_leftovers_removes_stale_multipart_uploads_and_ended_sessions_chu
             await asyncio.to_thread(client.delete_object, Bucket=BUCKET, Key=f"{bucket.prefix}/uploads/ended/session")
             await asyncio.to_thread(client.create_multipart_upload, Bucket=BUCKET, Key=f"{bucket.prefix}/blobs/x")
             assert await store.remove_leftovers() == 0, "nothing is stale yet"
-            monkeypatch.setattr(storage.s3, "STALE_UPLOAD_AGE", -60.0)  # everything is, now
+            monkeypatch.setattr(storage.s3.store, "STALE_UPLOAD_AGE", -60.0)  # everything is, now
             assert await store.remove_leftovers() == 2, "the multipart upload and the ended session's chunk"
             assert await store.upload_size("live") == 5, "a live session is not a leftover"
             assert sorted(bucket.keys("uploads/")) == [

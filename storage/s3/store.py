@@ -1,41 +1,5 @@
-"""The S3 blob store (`storage.blobs.BlobStore` in a bucket of AWS S3 or an S3-compatible service).
-
-Layout in the bucket, under the configured prefix (every key is built by `_blob_key`, `_session_prefix` or
-`_chunk_key`)::
-
-    <prefix>/
-      blobs/
-        sha256/
-          ab/
-            abcdef0123...          one object per blob, named by its hex digest, immutable once there
-        sha512/
-          ...
-      uploads/
-        <upload id>/
-          session                  the session's marker (empty): the session exists while it does
-          00000000000000000000     one object per chunk, named by the offset it starts at (20 digits, so
-          00000000000000001000     that listing order is offset order); metadata: the chunk's sha256
-
-And on each replica's local disk, its scratch space (the data dir's `uploads/`, see `storage.scratch`): a
-writer's bytes land there first, hashed while they arrive, and become an object only once verified.
-
-- A blob object appears atomically (PutObject, or CompleteMultipartUpload for one over PART_SIZE, uploaded
-  in parts a few at a time): a reader never sees part of one. An object already there is not uploaded again.
-- Reads are (ranged) GETs. A whole-blob read is hashed while it streams and its last piece held back until the
-  digest matches, so an object whose bytes do not match its digest is never served whole (`BlobCorrupt`). With
-  `redirect` allowed and configured, `open` answers a presigned GET instead: the client fetches the bytes (and
-  sends its own Range) from the bucket.
-- Upload sessions keep no state on a replica between calls, so each request of one upload may land on another
-  replica: a block of `resume_upload` (serialized across replicas by the lock `upload <id>`) spools its bytes
-  to scratch and, when it is left without a commit, uploads them as the next chunk object. `upload_size` sums
-  the chunks. A commit of a session that is one chunk whose recorded sha256 is the digest copies it server-side;
-  any other commit streams the chunks (and the block's own bytes) through a hash into the blob's object (a
-  multipart upload, completed only once the digest matched).
-- The bucket never fills up; the scratch disk can: a write that finds it full raises `StorageFull` as the
-  filesystem store does (a fresh write keeps nothing, a session's chunk is cut off, the session unchanged).
-- An endpoint that cannot be reached (refused, timed out, 5xx after botocore's retries) raises
-  `StorageUnavailable`: the web layer answers 503.
-"""
+"""The S3 blob store: reads, writes, upload sessions and deletes over one aiobotocore client (the layout is in
+`storage.s3`)."""
 
 from __future__ import annotations
 
@@ -43,17 +7,13 @@ import asyncio
 import collections
 import contextlib
 import hashlib
-import logging
 import os
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
-import botocore.exceptions
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 
@@ -62,7 +22,6 @@ from storage.coordination import Locks
 from storage.errors import (
     BlobCorrupt,
     BlobNotFound,
-    DigestMismatch,
     StorageError,
     StorageFull,
     StorageUnavailable,
@@ -74,7 +33,6 @@ from storage.scratch import (
     READ_CHUNK,
     SCRATCH_PREFIX,
     FileFollow,
-    ScratchWriter,
     create_scratch,
     remove_stale,
     shared_path,
@@ -85,71 +43,21 @@ from storage.scratch import follow as follow_shared
 if TYPE_CHECKING:
     from storage.factory import S3Options
 
-log = logging.getLogger(__name__)
-
-PART_SIZE = 8 << 20  # multipart part size (S3's minimum is 5 MiB); a blob up to this size is one PutObject
-MAX_PARTS = 10_000  # S3's limit: larger objects get larger parts
-PARALLEL_PARTS = 4  # parts in flight at once per upload (each held in memory)
-COPY_LIMIT = 5 << 30  # CopyObject's limit; larger chunks are copied by UploadPartCopy
-COPY_PART = 1 << 30
-REDIRECT_TTL = 20 * 60  # seconds a presigned GET stays valid
-HEALTH_TIMEOUT = 3.0
-STALE_UPLOAD_AGE = 86400.0  # a multipart upload or a session's orphaned chunk this old belongs to nobody
-MARKER = "session"
-
-# Errors that mean "the endpoint could not be reached or did not answer in time".
-_UNREACHABLE: tuple[type[BaseException], ...] = (
-    botocore.exceptions.ConnectionError,  # EndpointConnectionError, ConnectTimeoutError, ...
-    botocore.exceptions.HTTPClientError,  # ReadTimeoutError, ConnectionClosedError, ResponseStreamingError
-    aiohttp.ClientError,
-    ConnectionError,
-    TimeoutError,
+from storage.s3.common import (
+    _TRANSLATED,
+    COPY_LIMIT,
+    COPY_PART,
+    HEALTH_TIMEOUT,
+    MARKER,
+    REDIRECT_TTL,
+    STALE_UPLOAD_AGE,
+    _Chunk,
+    _error_code,
+    _part_size,
+    _translate,
+    log,
 )
-_MISSING_CODES = frozenset({"NoSuchKey", "NotFound", "404", "NoSuchUpload"})
-_BUSY_CODES = frozenset({"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "Throttling"})
-
-
-def _translate(e: BaseException, what: str, missing: StorageError | None = None) -> StorageError:
-    """A botocore / aiohttp error as a storage error: `missing` for a key that is not there, StorageUnavailable
-    for an endpoint that cannot be reached or is overloaded, StorageError for anything else (a refusal)."""
-    if isinstance(e, botocore.exceptions.ClientError):
-        error: dict[str, Any] = e.response.get("Error", {})
-        code = str(error.get("Code", ""))
-        status = int(e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-        said = f"{what}: S3 answered {code or status}: {error.get('Message', '')}".rstrip(": ")
-        if missing is not None and code != "NoSuchBucket" and (code in _MISSING_CODES or status == 404):
-            return missing
-        if status >= 500 or code in _BUSY_CODES:
-            return StorageUnavailable(said)
-        return StorageError(said)
-    if isinstance(e, _UNREACHABLE):
-        return StorageUnavailable(f"{what}: {e or type(e).__name__}")
-    return StorageError(f"{what}: {e or type(e).__name__}")
-
-
-def _error_code(e: StorageError) -> str:
-    """The S3 error code behind a translated error ("" for none)."""
-    cause = e.__cause__
-    if isinstance(cause, botocore.exceptions.ClientError):
-        return str(cause.response.get("Error", {}).get("Code", ""))
-    return ""
-
-
-_TRANSLATED: tuple[type[BaseException], ...] = (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError)
-_TRANSLATED += _UNREACHABLE
-
-
-def _part_size(size: int) -> int:
-    """PART_SIZE, or more (whole MiB) for an object that would need over MAX_PARTS parts."""
-    needed = -(-size // MAX_PARTS)
-    return max(PART_SIZE, -(-needed // (1 << 20)) << 20)
-
-
-@dataclass(frozen=True, slots=True)
-class _Chunk:
-    key: str
-    offset: int
-    size: int
+from storage.s3.writers import S3SessionWriter, S3Writer, _ObjectSink
 
 
 class S3BlobStore:
@@ -545,239 +453,3 @@ class S3BlobStore:
         stack, self._client_stack = self._client_stack, contextlib.AsyncExitStack()
         self._clients.clear()
         await stack.aclose()
-
-
-class _ObjectSink:
-    """Bytes streamed into the object `key`: up to one part in memory, then a multipart upload with up to
-    PARALLEL_PARTS parts in flight. Nothing is visible under the key before `finish` (a PutObject of what is
-    buffered, or CompleteMultipartUpload); `abort` leaves nothing."""
-
-    def __init__(
-        self, store: S3BlobStore, key: str, *, part_size: int = PART_SIZE, metadata: dict[str, str] | None = None
-    ) -> None:
-        self.store = store
-        self.key = key
-        self.part_size = part_size
-        self.metadata = metadata or {}
-        self._buffer = bytearray()
-        self._upload_id: str | None = None
-        self._next = 1
-        self._etags: dict[int, str] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._slots = asyncio.Semaphore(PARALLEL_PARTS)
-        self._failure: BaseException | None = None
-
-    async def write(self, data: bytes) -> None:
-        self._buffer += data
-        while len(self._buffer) >= self.part_size:
-            part = bytes(self._buffer[: self.part_size])
-            del self._buffer[: self.part_size]
-            await self._send(part)
-
-    async def _send(self, part: bytes) -> None:
-        if self._upload_id is None:
-            created = await self.store._call(
-                "create_multipart_upload", f"writing {self.key}", Key=self.key, Metadata=self.metadata
-            )
-            self._upload_id = str(created["UploadId"])
-        await self._slots.acquire()
-        if self._failure is not None:
-            self._slots.release()
-            raise self._failure
-        number, self._next = self._next, self._next + 1
-        task = asyncio.create_task(self._upload_part(number, part))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _upload_part(self, number: int, part: bytes) -> None:
-        try:
-            sent = await self.store._call(
-                "upload_part",
-                f"writing {self.key} (part {number})",
-                Key=self.key,
-                UploadId=self._upload_id,
-                PartNumber=number,
-                Body=part,
-            )
-            self._etags[number] = str(sent["ETag"])
-        except Exception as e:  # kept for the writer to raise (a task's own exception would go unseen)
-            self._failure = self._failure or e
-        finally:
-            self._slots.release()
-
-    async def finish(self) -> None:
-        if self._upload_id is None:
-            await self.store._call(
-                "put_object", f"writing {self.key}", Key=self.key, Body=bytes(self._buffer), Metadata=self.metadata
-            )
-            return
-        if self._buffer:
-            await self._send(bytes(self._buffer))
-            self._buffer.clear()
-        await asyncio.gather(*self._tasks)
-        if self._failure is not None:
-            raise self._failure
-        parts = [{"PartNumber": n, "ETag": etag} for n, etag in sorted(self._etags.items())]
-        await self.store._call(
-            "complete_multipart_upload",
-            f"writing {self.key}",
-            Key=self.key,
-            UploadId=self._upload_id,
-            MultipartUpload={"Parts": parts},
-        )
-        self._upload_id = None
-
-    async def abort(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._upload_id is not None:
-            upload_id, self._upload_id = self._upload_id, None
-            with contextlib.suppress(StorageError):
-                await asyncio.shield(
-                    self.store._call("abort_multipart_upload", f"aborting {self.key}", Key=self.key, UploadId=upload_id)
-                )
-
-
-class S3Writer(ScratchWriter):
-    """A fresh (or shared) writer: a scratch file, uploaded as the blob's object once verified."""
-
-    durable = False  # the object is the durable copy
-
-    def __init__(
-        self, store: S3BlobStore, path: Path, fd: int, hasher: hashlib._Hash | None, start: int, *, through: bool
-    ) -> None:
-        super().__init__(path, fd, hasher, start, through=through)
-        self.store = store
-
-    async def _install(self, expected: str) -> None:
-        try:
-            if await self.store.stat(expected) is None:  # the same content already there wins
-                await self.store._upload_file(self.path, self.store._blob_key(expected), self._size)
-        finally:
-            await asyncio.to_thread(self.path.unlink, True)
-
-
-class S3SessionWriter(ScratchWriter):
-    """A block of an upload session: its bytes spool to a scratch file, which becomes the session's next chunk
-    object when the block is left (`keep`), or, with the chunks before it, the blob (`commit`)."""
-
-    durable = False
-
-    def __init__(self, store: S3BlobStore, upload_id: str, chunks: list[_Chunk], path: Path, fd: int) -> None:
-        self.start = sum(chunk.size for chunk in chunks)
-        super().__init__(path, fd, hashlib.sha256(), self.start, session=upload_id)
-        self.store = store
-        self.upload_id = upload_id
-        self.chunks = chunks
-
-    @property
-    def ended(self) -> bool:
-        """Committed, aborted or failed its commit's digest check: the session is gone."""
-        return self.committed or self.aborted
-
-    async def keep(self) -> None:
-        """Store the block's bytes as the session's next chunk (nothing to do for an empty block). StorageFull:
-        the scratch disk could not take them all, and nothing of them is kept."""
-        await self.flush()
-        await self._close()
-        written = self._size - self.start
-        if written == 0:
-            return
-        chunk_digest = await self.file_digest("sha256")
-        await self.store._upload_file(
-            self.path,
-            self.store._chunk_key(self.upload_id, self.start),
-            written,
-            metadata={"sha256": chunk_digest.partition(":")[2]},
-        )
-
-    async def discard_scratch(self) -> None:
-        """Drop the scratch file (kept as a chunk, or cut off): nothing of the block stays on this replica."""
-        self._buffer.clear()
-        self._buffered = 0
-        self._dirty = False
-        await self._close()
-        await asyncio.to_thread(self.path.unlink, True)
-
-    async def commit(self, expected: str) -> int:
-        await self._sync()
-        store = self.store
-        algorithm = expected.partition(":")[0]
-        written = self._size - self.start
-        key = store._blob_key(expected)
-        if written == 0 and len(self.chunks) == 1 and algorithm == "sha256":
-            # One chunk (a PATCH of the whole blob, then a PUT): its recorded hash decides, a copy installs it.
-            chunk = self.chunks[0]
-            head = await store._call(
-                "head_object", f"reading {chunk.key}", missing=UploadNotFound(self.upload_id), Key=chunk.key
-            )
-            recorded = str(head.get("Metadata", {}).get("sha256", ""))
-            if recorded:
-                actual = f"sha256:{recorded}"
-                if actual == expected and await store.stat(expected) is None:
-                    await store._copy(chunk, key)
-                return await self._finish(expected, actual)
-        if not self.chunks:
-            # The whole blob in this block (a monolithic upload): verified here, uploaded as it is.
-            actual = await self.file_digest(algorithm)
-            if actual == expected:
-                await self._close()
-                if await store.stat(expected) is None:
-                    await store._upload_file(self.path, key, written)
-            return await self._finish(expected, actual)
-        return await self._finish(expected, await self._assemble(expected))
-
-    async def _assemble(self, expected: str) -> str:
-        """Stream the chunks and this block's bytes through a hash into the blob's object; the upload completes
-        only when the digest matches (and is skipped when the blob is stored already). Returns the digest."""
-        store = self.store
-        hasher = hashlib.new(expected.partition(":")[0])
-        sink = None
-        if await store.stat(expected) is None:
-            sink = _ObjectSink(store, store._blob_key(expected), part_size=_part_size(self._size))
-        try:
-            for chunk in self.chunks:
-                async for piece in store._object_stream(chunk.key, f"reading upload {self.upload_id}"):
-                    hasher.update(piece)
-                    if sink is not None:
-                        await sink.write(piece)
-            if self._size > self.start:
-                fh = await asyncio.to_thread(open, self.path, "rb")
-                try:
-                    while piece := await asyncio.to_thread(fh.read, READ_CHUNK):
-                        hasher.update(piece)
-                        if sink is not None:
-                            await sink.write(piece)
-                finally:
-                    await asyncio.to_thread(fh.close)
-            actual = f"{expected.partition(':')[0]}:{hasher.hexdigest()}"
-            if sink is not None:
-                if actual == expected:
-                    await sink.finish()
-                else:
-                    await sink.abort()
-            return actual
-        except BaseException:
-            if sink is not None:
-                await sink.abort()
-            raise
-
-    async def _finish(self, expected: str, actual: str) -> int:
-        """After the blob is installed (or the digest did not match): the session ends."""
-        if actual != expected:
-            await self.abort()
-            raise DigestMismatch(expected, actual)
-        self.committed = True
-        await self._close()
-        try:
-            await self.store.delete_upload(self.upload_id)
-        except StorageError as e:  # the blob is in place; the chunks left go with remove_leftovers
-            log.warning("upload %s committed, but its chunks were not all removed: %s", self.upload_id, e)
-        return self._size
-
-    async def abort(self) -> None:
-        self.aborted = True
-        await self._close()
-        await asyncio.to_thread(self.path.unlink, True)
-        await self.store.delete_upload(self.upload_id)
