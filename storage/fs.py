@@ -36,8 +36,8 @@ import asyncio
 import contextlib
 import hashlib
 import os
-import uuid
 from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,10 +50,9 @@ from storage.scratch import (
     READ_CHUNK,
     FileFollow,
     ScratchWriter,
-    create_scratch,
     remove_stale,
+    scratch_writer,
     shared_path,
-    sidecar_path,
 )
 from storage.scratch import follow as follow_shared
 
@@ -134,23 +133,13 @@ class FilesystemBlobStore:
             await asyncio.to_thread(fh.close)
 
     # -- fresh and shared writers --------------------------------------------------------------------
-    @contextlib.asynccontextmanager
-    async def writer(self, *, shared: str | None = None, size: int | None = None) -> AsyncIterator[FileWriter]:
-        if shared is None:
-            path, sidecar = self._uploads / f".ingest-{uuid.uuid4()}", None
-        else:
-            path = self._shared_path(shared)
-            sidecar = sidecar_path(path)
-        with full_is_storage_full("starting a blob", path):
-            fd = await asyncio.to_thread(create_scratch, path, sidecar, size)
-        writer = FileWriter(self, path, fd, hashlib.sha256(), 0, through=shared is not None)
-        try:
-            yield writer
-        finally:
-            if not (writer.committed or writer.aborted):
-                await writer.abort()
-            if sidecar is not None:
-                await asyncio.to_thread(sidecar.unlink, True)
+    def writer(self, *, shared: str | None = None, size: int | None = None) -> AbstractAsyncContextManager[FileWriter]:
+        return scratch_writer(
+            self._uploads,
+            shared,
+            size,
+            lambda path, fd: FileWriter(self, path, fd, hashlib.sha256(), 0, through=shared is not None),
+        )
 
     async def follow(self, shared: str) -> FileFollow | None:
         return await follow_shared(self._uploads, shared)

@@ -22,8 +22,10 @@ import contextlib
 import hashlib
 import os
 import time
+import uuid
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
 from storage.errors import DigestMismatch, StorageFull
 from storage.files import FULL_ERRNOS, full_is_storage_full, write_all
@@ -218,6 +220,32 @@ class FileFollow:
         if self._fd is not None:
             fd, self._fd = self._fd, None
             os.close(fd)
+
+
+Writer = TypeVar("Writer", bound=ScratchWriter)
+
+
+@contextlib.asynccontextmanager
+async def scratch_writer(
+    scratch: Path, shared: str | None, size: int | None, make: Callable[[Path, int], Writer]
+) -> AsyncIterator[Writer]:
+    """A fresh writer on a new scratch file (`BlobIngester.writer`): followable under `shared`, announcing `size`
+    to followers; aborted on leaving without a commit, its sidecar removed either way."""
+    if shared is None:
+        path, sidecar = scratch / f"{SCRATCH_PREFIX}{uuid.uuid4()}", None
+    else:
+        path = shared_path(scratch, shared)
+        sidecar = sidecar_path(path)
+    with full_is_storage_full("starting a blob", path):
+        fd = await asyncio.to_thread(create_scratch, path, sidecar, size)
+    writer = make(path, fd)
+    try:
+        yield writer
+    finally:
+        if not (writer.committed or writer.aborted):
+            await writer.abort()
+        if sidecar is not None:
+            await asyncio.to_thread(sidecar.unlink, True)
 
 
 def create_scratch(path: Path, sidecar: Path | None, size: int | None) -> int:

@@ -11,6 +11,7 @@ import os
 import time
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,8 +36,7 @@ from storage.scratch import (
     FileFollow,
     create_scratch,
     remove_stale,
-    shared_path,
-    sidecar_path,
+    scratch_writer,
 )
 from storage.scratch import follow as follow_shared
 
@@ -304,23 +304,13 @@ class S3BlobStore:
             raise
 
     # -- fresh and shared writers --------------------------------------------------------------------
-    @contextlib.asynccontextmanager
-    async def writer(self, *, shared: str | None = None, size: int | None = None) -> AsyncIterator[S3Writer]:
-        if shared is None:
-            path, sidecar = self._scratch / f"{SCRATCH_PREFIX}{uuid.uuid4()}", None
-        else:
-            path = shared_path(self._scratch, shared)
-            sidecar = sidecar_path(path)
-        with full_is_storage_full("starting a blob", path):
-            fd = await asyncio.to_thread(create_scratch, path, sidecar, size)
-        writer = S3Writer(self, path, fd, hashlib.sha256(), 0, through=shared is not None)
-        try:
-            yield writer
-        finally:
-            if not (writer.committed or writer.aborted):
-                await writer.abort()
-            if sidecar is not None:
-                await asyncio.to_thread(sidecar.unlink, True)
+    def writer(self, *, shared: str | None = None, size: int | None = None) -> AbstractAsyncContextManager[S3Writer]:
+        return scratch_writer(
+            self._scratch,
+            shared,
+            size,
+            lambda path, fd: S3Writer(self, path, fd, hashlib.sha256(), 0, through=shared is not None),
+        )
 
     async def follow(self, shared: str) -> FileFollow | None:
         """A shared write of a process on this replica's scratch space; another replica's is not reachable."""
