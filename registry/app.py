@@ -225,7 +225,11 @@ def create_app(config: Config, worker: int | None = None) -> web.Application:
     services.metrics = metrics.Metrics(multiprocess=metrics.multiprocess_dir())
     in_flight = InFlight()
     app = web.Application(
-        middlewares=[access_middleware(services.metrics.observe, in_flight, config.log.access, worker)],
+        middlewares=[
+            access_middleware(
+                services.metrics.observe, in_flight, config.log.access, worker, settle=services.stores.changes.settle
+            )
+        ],
         client_max_size=1024**2,
     )
     app[IN_FLIGHT] = in_flight

@@ -49,4 +49,9 @@ class ChangeFeed(Protocol):
         """After this process committed a write: tell the others. (The PostgreSQL store also notifies inside its
         own transactions, so its writes are heard exactly when they commit.)"""
 
+    async def settle(self) -> None:
+        """Until the other processes can have heard of this process's committed writes (bounded; immediate when
+        there is nothing to wait for). Called before a request is answered: a client that writes through one
+        replica and reads through another at once reads its write."""
+
     async def close(self) -> None: ...

@@ -156,10 +156,13 @@ def access_middleware(
     in_flight: InFlight,
     enabled: bool = True,
     worker: int | None = None,
+    settle: Callable[[], Awaitable[None]] | None = None,
 ):
     """One log line and one metrics observation per request: id, principal, repository, action, status, bytes
     and duration (and which worker served it, with several). The path is logged without its query string
-    (download URLs carry their signatures there)."""
+    (download URLs carry their signatures there). Before a response goes out, `settle` (the change feed's)
+    waits until the other replicas can have heard of the writes made so far: a client that writes through one
+    replica and reads through another at once reads its write."""
     served_by = {} if worker is None else {"worker": worker}
 
     @web.middleware
@@ -171,6 +174,8 @@ def access_middleware(
         in_flight.enter()
         try:
             resp = await error_middleware(request, handler)  # one middleware layer, not two
+            if settle is not None and not resp.prepared:
+                await settle()
             status = resp.status
             if in_flight.draining:
                 resp.force_close()
@@ -178,6 +183,8 @@ def access_middleware(
                 stamp(request, resp)
             return resp
         except web.HTTPException as e:
+            if settle is not None:
+                await settle()
             status = e.status
             stamp(request, e)
             if in_flight.draining:

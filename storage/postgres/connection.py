@@ -5,8 +5,9 @@
   usually `public`). Several registries may share a database in schemas of their own: their locks and change
   notifications are apart too.
 - `open()` migrates on a connection of its own (`storage.postgres.schema.migrate`), then opens a pool.
-- `_tx()` is a write transaction: it ends with `pg_notify(channel, token)`, so the other replicas hear of the
-  write exactly when it commits (their change feeds drop caches; this process's ignores its own token).
+- `_tx()` is a write transaction: it ends with `pg_notify(channel, payload)` (the payload announced to the
+  change feed), so the other replicas hear of the write exactly when it commits (their change feeds drop caches;
+  this process's hears its own back, which is what `settle()` waits for).
 - There is no single writer as with SQLite: where a write checks then writes, it takes row locks (`FOR UPDATE`,
   `FOR NO KEY UPDATE`, `FOR SHARE`) or relies on `INSERT ... ON CONFLICT`; see storage.postgres.manifests.
 - Errors: connection loss, a server shutting down or failing over, no connection slot, a deadlock victim ->
@@ -246,16 +247,22 @@ class PostgresConnection:
         pool = self._opened()
         with translate_errors(self.where):
             conn, tx = await self._begin(pool)
+            payload = ""  # this write's notification, once announced to the change feed
             try:
                 try:
                     yield conn
                     if self.channel:
-                        await conn.execute("SELECT pg_notify($1, $2)", self.channel, self.token)
+                        payload = self.changes.announce() if self.changes is not None else self.token
+                        await conn.execute("SELECT pg_notify($1, $2)", self.channel, payload)
                 except BaseException:
                     if not conn.is_closed():
                         with contextlib.suppress(*FAILURES):  # a dead connection has rolled back already
                             await tx.rollback()
                     raise
                 await tx.commit()
+            except BaseException:
+                if payload and self.changes is not None:
+                    self.changes.withdraw(payload)  # not to be waited for
+                raise
             finally:
                 await pool.release(conn)

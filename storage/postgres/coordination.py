@@ -6,10 +6,11 @@
   releases every lock it held; the next call reconnects. Advisory locks are re-entrant within a session, so the
   names held here are tracked here too: a name held by one task is refused to the others.
 - `PostgresChangeFeed`: LISTENs on the schema's channel on a connection of its own. The metadata store sends
-  `pg_notify(channel, token)` inside each write transaction, so the notification is delivered when the write
-  commits; the epoch grows by one for each notification with another instance's token, and when the listening
-  connection is lost or comes back (anything may have been missed in between). A watchdog pings the connection
-  and reconnects.
+  `pg_notify(channel, "token:sequence")` inside each write transaction, so the notification is delivered when
+  the write commits; the epoch grows by one for each notification with another instance's token, and when the
+  listening connection is lost or comes back (anything may have been missed in between). A watchdog pings the
+  connection and reconnects. `settle()` waits until this process's own notifications are heard back: the web
+  layer calls it before answering, so a write answered by one replica is known to all of them.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ T = TypeVar("T")
 POLL_FIRST, POLL_MAX = 0.002, 0.05  # hold()'s polling, doubling
 LOCK_TIMEOUT = 10.0  # one lock round trip
 PING_INTERVAL, PING_TIMEOUT = 5.0, 5.0  # the change feed's watchdog
+SETTLE_TIMEOUT = 0.5  # the longest a request waits for its writes' notifications to be heard back
 RECONNECT_MAX = 5.0
 
 
@@ -211,6 +213,8 @@ class PostgresChangeFeed:
         self._lost = asyncio.Event()
         self._watchdog: asyncio.Task[None] | None = None
         self._sends: set[asyncio.Task[None]] = set()
+        self._sequence = 0
+        self._unheard: dict[str, asyncio.Future[None]] = {}  # own notifications announced, not yet heard back
 
     async def open(self) -> None:
         if self._conn is not None:
@@ -231,8 +235,44 @@ class PostgresChangeFeed:
         self._conn = conn
 
     def _heard(self, conn: object, pid: int, channel: str, payload: object) -> None:
-        if payload != self.token:
+        if not isinstance(payload, str) or payload.partition(":")[0] != self.token:
             self._epoch += 1
+        elif (heard := self._unheard.pop(payload, None)) is not None and not heard.done():
+            heard.set_result(None)
+
+    # -- settling: a write is answered once every replica can have heard of it --------------------------------
+    def announce(self) -> str:
+        """The payload of the notification a write transaction is about to send; `settle()` waits until it is
+        heard back (PostgreSQL signals every listener of a commit at once, so once this process's listener has
+        it, the other replicas' have been sent it too)."""
+        self._sequence += 1
+        payload = f"{self.token}:{self._sequence}"
+        with contextlib.suppress(RuntimeError):  # no running loop: nothing will wait for it
+            self._unheard[payload] = asyncio.get_running_loop().create_future()
+        return payload
+
+    def withdraw(self, payload: str) -> None:
+        """The transaction that announced `payload` did not commit: there is nothing to wait for."""
+        if (unheard := self._unheard.pop(payload, None)) is not None:
+            unheard.cancel()
+
+    async def settle(self) -> None:
+        """Until this process's committed writes have been heard back on the listening connection, for at most
+        SETTLE_TIMEOUT (a lost connection moves every replica's epoch anyway). Free when nothing is unheard."""
+        if not self._unheard:
+            return
+        waiting = list(self._unheard.items())
+        _, pending = await asyncio.wait([f for _, f in waiting], timeout=SETTLE_TIMEOUT)
+        if pending:
+            log.debug("%d change notifications not heard back within %.2fs", len(pending), SETTLE_TIMEOUT)
+            for payload, unheard in waiting:
+                if unheard in pending:
+                    self.withdraw(payload)
+
+    def _forget_unheard(self) -> None:
+        for unheard in self._unheard.values():
+            unheard.cancel()
+        self._unheard.clear()
 
     def _terminated(self, conn: object) -> None:
         if conn is self._conn:
@@ -255,6 +295,7 @@ class PostgresChangeFeed:
 
     async def _reconnect(self) -> None:
         self._epoch += 1  # anything may have been missed
+        self._forget_unheard()  # and nothing sent before now will be heard back
         old, self._conn = self._conn, None
         if old is not None:
             old.terminate()
@@ -297,6 +338,7 @@ class PostgresChangeFeed:
     async def close(self) -> None:
         if self._sends:  # notifications on their way go out first
             await asyncio.wait(set(self._sends), timeout=2)
+        self._forget_unheard()
         tasks = [t for t in (self._watchdog, *self._sends) if t is not None]
         self._watchdog = None
         for task in tasks:

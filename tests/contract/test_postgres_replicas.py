@@ -300,6 +300,32 @@ async def test_a_rolled_back_write_is_not_heard(replicas: Replicas):
     assert feed.epoch() == before, "a write that did not commit notifies nobody"
 
 
+async def test_settle_waits_for_own_writes_to_be_heard_back(replicas: Replicas):
+    (a, _, feed), (_, _, other_feed) = await replicas.start(), await replicas.start()
+    started = time.monotonic()
+    await feed.settle()
+    assert time.monotonic() - started < 0.01, "with nothing written, settling is immediate"
+    for i in range(20):
+        before, announced = other_feed.epoch(), feed._sequence
+        await a.put_value(f"k{i}", b"v")
+        assert feed._sequence == announced + 1, "a write announces its notification to the feed"
+        started = time.monotonic()
+        await feed.settle()
+        assert time.monotonic() - started < NOTIFY_BOUND
+        assert not feed._unheard, "settle returns once this replica heard its own notification"
+        await eventually(lambda: other_feed.epoch() > before, "the other replica to hear the write")
+
+
+async def test_a_rolled_back_write_leaves_nothing_to_settle(replicas: Replicas):
+    (a, _, feed), _ = await replicas.start(), None
+    with pytest.raises(StorageError):
+        await a.put_manifest(manifest("nope", "m", pushed_at=T0))  # fails inside its transaction
+    assert not feed._unheard, "a write that did not commit is withdrawn"
+    started = time.monotonic()
+    await feed.settle()
+    assert time.monotonic() - started < 0.01
+
+
 async def test_the_epoch_moves_when_the_listening_connection_is_lost(replicas: Replicas, postgres_dsn: str):
     (_, _, feed), (b, _, _) = await replicas.start(), await replicas.start()
     before = feed.epoch()
