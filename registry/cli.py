@@ -121,17 +121,22 @@ def _rotate_signing_key(args: argparse.Namespace, config: Config) -> int:
 
         from registry.app import open_services
 
-        async def rotate() -> str:
+        async def rotate() -> tuple[str, float]:
             async with open_services(config) as services:
                 ring = KeyRing(config.server.data_dir / "keys", shared=services.meta)
                 await ring.load_shared()
                 return await ring.rotate_shared()
 
-        kid = asyncio.run(rotate())
-    else:
-        ring = KeyRing(config.server.data_dir / "keys")
-        ring.load()
-        kid = ring.rotate()
+        kid, signs_from = asyncio.run(rotate())
+        print(
+            f"new signing key {kid}: every replica loads it within a second and signs with it from "
+            f"{time.strftime('%H:%M:%S', time.localtime(signs_from))} (in {signs_from - time.time():.0f} s), no "
+            "restart needed; tokens signed by older keys stay valid until they expire"
+        )
+        return 0
+    ring = KeyRing(config.server.data_dir / "keys")
+    ring.load()
+    kid = ring.rotate()
     print(
         f"new signing key {kid}: a running server (every worker) signs with it from its next token, no restart "
         "needed; tokens signed by older keys stay valid until they expire"

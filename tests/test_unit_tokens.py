@@ -66,3 +66,44 @@ def test_a_current_file_naming_an_unreadable_key_keeps_the_signing_key(ring: Key
     assert ring.current_kid == kid
     token, _ = ring.issue("alice", NOW, 60)
     assert ring.verify(token, NOW).kid == kid
+
+
+def test_a_shared_rotation_signs_only_once_every_replica_can_have_loaded_it(tmp_path: Path):
+    """Replicas keep their keys in the shared store: the rotating one writes the new key and from when it signs
+    (ROTATION_DELAY ahead), so no replica signs a token another can't verify yet; until then the old key signs."""
+    import asyncio
+    import time
+
+    from storage.sqlite import SQLiteMetadataStore
+
+    async def main() -> None:
+        store = SQLiteMetadataStore(tmp_path / "moorage.db")
+        await store.open()
+        try:
+            one, two = KeyRing(tmp_path / "one", shared=store), KeyRing(tmp_path / "two", shared=store)
+            await one.load_shared()  # the first key signs at once
+            await two.load_shared()
+            first = one.current_kid
+            assert two.current_kid == first
+            kid, signs_from = await one.rotate_shared(delay=0.4)
+            assert kid != first and time.time() < signs_from
+            assert one.current_kid == first, "the rotating replica keeps signing with the old key for the delay"
+            await two.refresh_shared()
+            assert two.current_kid == first, "so does every other replica"
+            early, _ = two.issue("alice", time.time() - 1, 3600)
+            assert one.verify(early, time.time()).kid == first
+            late_start = time.monotonic()
+            while time.time() < signs_from:
+                assert time.monotonic() - late_start < 5
+                await asyncio.sleep(0.05)
+            assert one.current_kid == kid and two.current_kid == kid
+            late, _ = one.issue("alice", time.time() - 1, 3600)
+            assert two.verify(late, time.time()).kid == kid, "a token from the new key verifies everywhere"
+            assert two.verify(early, time.time()).kid == first, "and the old key's tokens still do"
+            third = KeyRing(tmp_path / "three", shared=store)  # a replica started after the switch
+            await third.load_shared()
+            assert third.current_kid == kid
+        finally:
+            await store.close()
+
+    asyncio.run(main())

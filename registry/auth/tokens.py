@@ -23,7 +23,9 @@ principal (what `Principal: "*"` statements grant). It exists only so token-flow
 
 Replicas on a shared backend keep the keys in the metadata store instead (`storage.metadata.SharedValues`:
 `signing-key/<kid>` and `signing-key-current`), so a token issued by one replica verifies on every other; each
-replica reloads them when another process's commit moves the change feed (`refresh_shared`).
+replica reloads them when another process's commit moves the change feed (`refresh_shared`). A rotated key
+signs only from ROTATION_DELAY after the rotation (`signing-key-current` is `<kid>@<unix time>`), by when every
+replica has loaded it: no replica ever signs with a key that another one does not know yet.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import contextlib
 import hashlib
 import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,6 +92,16 @@ def _kid(key: ec.EllipticCurvePrivateKey) -> str:
 
 
 SHARED_KEY_PREFIX, SHARED_CURRENT = "signing-key/", "signing-key-current"
+ROTATION_DELAY = 10.0  # seconds from a shared rotation until the new key signs (replicas reload every second)
+
+
+def parse_current(value: bytes) -> tuple[str, float]:
+    """`signing-key-current`: the kid, and from when it signs (0: at once; a value without a time is that)."""
+    kid, _, at = value.decode(errors="replace").partition("@")
+    try:
+        return kid, float(at) if at else 0.0
+    except ValueError:
+        return kid, 0.0
 
 
 class KeyRing:
@@ -98,6 +111,7 @@ class KeyRing:
         self._keys: dict[str, ec.EllipticCurvePrivateKey] = {}
         self._current: str | None = None
         self._current_stamp: tuple[int, int, int] | None = None  # (inode, mtime, size) of `current` when read
+        self._next: tuple[str, float] | None = None  # a shared rotation's key, and from when it signs
         self._verified = LRUCache(cache_entries)
 
     # -- keys --------------------------------------------------------------------------------------
@@ -147,22 +161,34 @@ class KeyRing:
                 if isinstance(key, ec.EllipticCurvePrivateKey):
                     self._keys[_kid(key)] = key
         current = await self.shared.get_value(SHARED_CURRENT)
-        if current is not None and current.decode() in self._keys:
-            self._current = current.decode()
+        if current is None:
+            return
+        kid, signs_from = parse_current(current)
+        if kid not in self._keys or kid == self._current:
+            return
+        if self._current is None or signs_from <= time.time():
+            self._current, self._next = kid, None
+        else:
+            self._next = (kid, signs_from)
 
-    async def rotate_shared(self) -> str:
-        """Create a new signing key in the shared store and make it current there."""
+    async def rotate_shared(self, delay: float = ROTATION_DELAY) -> tuple[str, float]:
+        """Create a new signing key in the shared store and make it current there `delay` seconds from now
+        (once every replica has loaded it). The new kid, and the unix time from when it signs."""
         assert self.shared is not None
         key = ec.generate_private_key(ec.SECP256R1())
         kid = _kid(key)
         pem = key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
+        signs_from = time.time() + delay if self._current is not None else 0.0
         await self.shared.put_value(SHARED_KEY_PREFIX + kid, pem)
-        await self.shared.put_value(SHARED_CURRENT, kid.encode())
+        await self.shared.put_value(SHARED_CURRENT, f"{kid}@{signs_from:.3f}".encode())
         self._keys[kid] = key
-        self._current = kid
-        return kid
+        if signs_from:
+            self._next = (kid, signs_from)
+        else:
+            self._current = kid
+        return kid, signs_from
 
     def _stamp(self) -> tuple[int, int, int] | None:
         try:
@@ -204,6 +230,8 @@ class KeyRing:
     def current_kid(self) -> str:
         assert self._current is not None, "key ring not loaded"
         self.refresh()
+        if self._next is not None and self._next[1] <= time.time():  # a shared rotation's key signs from now
+            self._current, self._next = self._next[0], None
         return self._current
 
     # -- tokens ------------------------------------------------------------------------------------

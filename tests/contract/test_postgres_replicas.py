@@ -313,7 +313,7 @@ async def test_settle_waits_for_own_writes_to_be_heard_back(replicas: Replicas):
         await feed.settle()
         assert time.monotonic() - started < NOTIFY_BOUND
         assert not feed._unheard, "settle returns once this replica heard its own notification"
-        await eventually(lambda: other_feed.epoch() > before, "the other replica to hear the write")
+        await eventually(lambda before=before: other_feed.epoch() > before, "the other replica to hear the write")
 
 
 async def test_a_rolled_back_write_leaves_nothing_to_settle(replicas: Replicas):
