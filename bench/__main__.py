@@ -2,7 +2,7 @@
 
 python -m bench                       everything, 3 runs each, results in bench/RESULTS.md (+ .json)
 python -m bench --quick               tiny sizes, 1 run, 1 s wrk runs: a smoke test of the harness
-python -m bench --only manifest,push  some benchmarks (or groups: headline, scale)
+python -m bench --only manifest,push  some benchmarks (or groups: headline, backends, scale, cold-start)
 """
 
 from __future__ import annotations
@@ -18,11 +18,16 @@ import time
 import traceback
 from pathlib import Path
 
-from bench import fleet, report, scale, suite
+from bench import backends, fleet, report, scale, suite
 from bench.servers import BenchError, nginx_bin
 
-BENCHMARKS = {**suite.BENCHMARKS, **scale.BENCHMARKS, **fleet.BENCHMARKS}
-GROUPS = {"headline": list(suite.BENCHMARKS), "scale": list(scale.BENCHMARKS), "cold-start": list(fleet.BENCHMARKS)}
+BENCHMARKS = {**suite.BENCHMARKS, **backends.BENCHMARKS, **scale.BENCHMARKS, **fleet.BENCHMARKS}
+GROUPS = {
+    "headline": [*suite.BENCHMARKS, *backends.BENCHMARKS],  # both storage backends' numbers in one run
+    "backends": list(backends.BENCHMARKS),
+    "scale": list(scale.BENCHMARKS),
+    "cold-start": list(fleet.BENCHMARKS),
+}
 DEFAULT_OUT = Path(__file__).resolve().parent / "RESULTS.md"
 REQUIRED = {"wrk": "wrk", "skopeo": "skopeo", "docker-registry": "docker-registry"}
 OPTIONAL = {

@@ -183,55 +183,92 @@ def check_get(url: str, headers: dict[str, str] | None = None, timeout: float = 
     return r
 
 
+class _Connection:
+    """One keep-alive HTTP/1.1 connection to a host, reading bodies with recv_into a 4 MiB buffer."""
+
+    def __init__(self, netloc: str, timeout: float, view: memoryview) -> None:
+        host, _, port = netloc.rpartition(":") if ":" in netloc else (netloc, "", "80")
+        self.netloc = netloc
+        self.view = view
+        try:
+            self.sock = socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout)
+        except OSError as e:
+            raise BenchError(f"connecting to {netloc}: {e}") from None
+
+    def get(self, target: str, headers: dict[str, str]) -> tuple[str, dict[str, str], int]:
+        """GET `target`, reading and dropping its body: (status, header fields, body length)."""
+        lines = [f"GET {target} HTTP/1.1", f"Host: {self.netloc}", *(f"{k}: {v}" for k, v in headers.items())]
+        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = self.sock.recv(65536)
+            if not chunk or len(head) > 65536:
+                raise BenchError(f"GET {target[:100]}: the connection closed before the headers ended")
+            head += chunk
+        head, _, rest = head.partition(b"\r\n\r\n")
+        head_lines = head.decode("latin-1").split("\r\n")
+        status = head_lines[0].split(" ")[1] if " " in head_lines[0] else "?"
+        fields = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in head_lines[1:])}
+        if "content-length" not in fields:
+            raise BenchError(f"GET {target[:100]}: {head_lines[0]!r} without Content-Length, headers {fields}")
+        length = int(fields["content-length"])
+        got = len(rest)
+        while got < length:
+            n = self.sock.recv_into(self.view, min(len(self.view), length - got))
+            if n == 0:
+                raise BenchError(f"GET {target[:100]}: the connection closed after {got} of {length} bytes")
+            got += n
+        return status, fields, length
+
+    def close(self) -> None:
+        self.sock.close()
+
+
 def blob_gets(
-    url: str, headers: dict[str, str] | None = None, *, duration: float = 0, max_gets: int = 1000, timeout: float = 600
+    url: str,
+    headers: dict[str, str] | None = None,
+    *,
+    duration: float = 0,
+    max_gets: int = 1000,
+    timeout: float = 600,
+    follow: bool = False,
 ) -> tuple[int, float, int]:
     """GET `url` again and again on one keep-alive connection until `duration` seconds have passed (at least
     once), reading bodies with recv_into a 4 MiB buffer and throwing them away: (body bytes, seconds, GETs).
+    With `follow`, a 307 is followed as docker does (the Location's GET on a keep-alive connection of its own to
+    that host, without the registry's headers), and both requests count in the time: end to end.
 
     This is the large-blob client rather than wrk, which reads 8 KiB at a time and so tops out below what a
     sendfile server delivers over loopback: the client must not be the limit being measured."""
     parts = urlsplit(url)
     target = parts.path + (f"?{parts.query}" if parts.query else "")
-    head_lines = [f"GET {target} HTTP/1.1", f"Host: {parts.netloc}"]
-    head_lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
-    request = ("\r\n".join(head_lines) + "\r\n\r\n").encode()
-    buf = bytearray(4 << 20)
-    view = memoryview(buf)
+    view = memoryview(bytearray(4 << 20))
     total = gets = 0
-    try:
-        sock = socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 80), timeout=timeout)
-    except OSError as e:
-        raise BenchError(f"GET {url}: {e}") from None
+    connections: dict[str, _Connection] = {}
+
+    def connection(netloc: str) -> _Connection:
+        if netloc not in connections:
+            connections[netloc] = _Connection(netloc, timeout, view)
+        return connections[netloc]
+
+    connection(parts.netloc)  # connected before the clock starts, as a client that pulls would be
     t0 = time.perf_counter()
     try:
         while gets < max_gets and (gets == 0 or time.perf_counter() - t0 < duration):
-            sock.sendall(request)
-            head = b""
-            while b"\r\n\r\n" not in head:
-                chunk = sock.recv(65536)
-                if not chunk or len(head) > 65536:
-                    raise BenchError(f"GET {url}: the connection closed before the headers ended")
-                head += chunk
-            head, _, rest = head.partition(b"\r\n\r\n")
-            lines = head.decode("latin-1").split("\r\n")
-            status = lines[0].split(" ")[1] if " " in lines[0] else "?"
-            fields = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
-            if status != "200" or "content-length" not in fields:
-                raise BenchError(f"GET {url}: {lines[0]!r}, headers {fields}")
-            length = int(fields["content-length"])
-            got = len(rest)
-            while got < length:
-                n = sock.recv_into(view, min(len(view), length - got))
-                if n == 0:
-                    raise BenchError(f"GET {url}: the connection closed after {got} of {length} bytes")
-                got += n
+            status, fields, length = connection(parts.netloc).get(target, headers or {})
+            if follow and status == "307" and "location" in fields:
+                location = urlsplit(urljoin(url, fields["location"]))
+                moved = location.path + (f"?{location.query}" if location.query else "")
+                status, fields, length = connection(location.netloc).get(moved, {})
+            if status != "200":
+                raise BenchError(f"GET {url}: {status}, headers {fields}")
             total += length
             gets += 1
     except OSError as e:
         raise BenchError(f"GET {url}: {e}") from None
     finally:
-        sock.close()
+        for conn in connections.values():
+            conn.close()
     return total, time.perf_counter() - t0, gets
 
 

@@ -15,6 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 MOORAGE, MOORAGE_AUTH, DISTRIBUTION = "moorage", "moorage-auth", "distribution"
+# Moorage on PostgreSQL + S3 (bench/backends.py), beside `moorage` (SQLite + filesystem): streamed blob GETs, and
+# a second replica on the same database and bucket whose blob GETs answer 307 to a presigned URL.
+PG_S3, PG_S3_REDIRECT = "moorage-pg-s3", "moorage-pg-s3-redirect"
+BACKENDS = (MOORAGE, PG_S3, PG_S3_REDIRECT)
 SUBJECTS = (MOORAGE, MOORAGE_AUTH)  # what targets are checked for
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -51,6 +55,7 @@ class Row:
     rss: dict[str, list[float]] = field(default_factory=dict)  # peak MiB per run
     target: Target | None = None
     notes: list[str] = field(default_factory=list)
+    section: str = ""  # "": the main table (vs Distribution); "backends": the storage backends' table
 
     def add(self, label: str, value: float, rss: float | None = None) -> None:
         self.values.setdefault(label, []).append(value)
@@ -187,6 +192,8 @@ def main_table(results: Results) -> list[str]:
     ]
     rows = []
     for row in results.rows.values():
+        if row.section:
+            continue
         ratio, ratio_auth = row.ratio(MOORAGE), row.ratio(MOORAGE_AUTH)
         rss = " / ".join(_fmt(max(row.rss[lb]), ".0f") if row.rss.get(lb) else "—" for lb in (*SUBJECTS, DISTRIBUTION))
         runs = {lb: len(v) for lb, v in row.values.items()}
@@ -204,6 +211,53 @@ def main_table(results: Results) -> list[str]:
                 "—" if ratio_auth is None else f"{ratio_auth:.2f}x",
                 row.target.text if row.target else "",
                 row.verdict(),
+                rss,
+                "; ".join(notes),
+            ]
+        )
+    return _md_table(headers, rows)
+
+
+def backends_table(results: Results) -> list[str]:
+    """The backends' rows: Moorage on SQLite + filesystem (the default) beside PostgreSQL + S3, streamed and
+    redirected; ratios are PostgreSQL + S3 against the default, above 1x meaning the shared backend did better."""
+    headers = [
+        "benchmark",
+        "unit",
+        "SQLite + filesystem",
+        "PostgreSQL + S3",
+        "PG + S3, redirect",
+        "ratio",
+        "ratio (redirect)",
+        "target",
+        "met",
+        "peak RSS MiB (SQLite / PG+S3 / redirect)",
+        "notes",
+    ]
+    rows = []
+    for row in results.rows.values():
+        if row.section != "backends":
+            continue
+        ratios = [row.ratio(label, MOORAGE) for label in (PG_S3, PG_S3_REDIRECT)]
+        verdicts = []
+        for label in (PG_S3, PG_S3_REDIRECT):
+            if row.target is not None and label in row.values:
+                ok = row.target.check(row, label)
+                word = "n/a" if ok is None else ("met" if ok else "**missed**")
+                verdicts.append(word if label == PG_S3 else f"redirect: {word}")
+        rss = " / ".join(_fmt(max(row.rss[lb]), ".0f") if row.rss.get(lb) else "—" for lb in BACKENDS)
+        runs = {lb: len(v) for lb, v in row.values.items()}
+        notes = list(row.notes)
+        if any(n != results.runs for n in runs.values()):
+            notes.append("runs: " + ", ".join(f"{lb} {n}" for lb, n in runs.items()))
+        rows.append(
+            [
+                row.title,
+                row.unit,
+                *(_fmt(row.median(label), row.fmt) for label in BACKENDS),
+                *("—" if r is None else f"{r:.2f}x" for r in ratios),
+                row.target.text if row.target else "",
+                " / ".join(verdicts),
                 rss,
                 "; ".join(notes),
             ]
@@ -229,10 +283,26 @@ def render(results: Results, machine: dict[str, str], command: str) -> str:
         "supervisor and one worker per CPU).",
         "",
     ]
-    if results.rows:
+    if any(not row.section for row in results.rows.values()):
         lines += main_table(results)
     else:
         lines.append("(no benchmark rows)")
+    if any(row.section == "backends" for row in results.rows.values()):
+        lines += [
+            "",
+            f"## Storage backends: SQLite + filesystem vs PostgreSQL + S3 (medians of {results.runs} run(s))",
+            "",
+        ]
+        lines += [
+            "Moorage (auth off, its default workers) on its default backend, SQLite and the data dir's filesystem, "
+            "beside Moorage on PostgreSQL (a local cluster, fsync on) and S3 (a local SeaweedFS), all in this "
+            "run on this machine. `PG + S3, redirect` is a second replica on the same database and bucket whose "
+            "blob GETs answer 307 to a presigned URL, which the client follows (measured end to end). Ratio = "
+            "PostgreSQL + S3 ÷ SQLite for rates, SQLite ÷ PostgreSQL + S3 for times: above 1x means the shared "
+            "backend did better.",
+            "",
+        ]
+        lines += backends_table(results)
     for table in results.tables:
         lines += ["", f"## {table.title}", ""]
         if table.note:
@@ -255,7 +325,14 @@ def write(results: Results, machine: dict[str, str], command: str, out: Path) ->
         "quick": results.quick,
         "interrupted": results.interrupted,
         "rows": {
-            k: {"title": r.title, "unit": r.unit, "better": r.better, "values": r.values, "rss_mib": r.rss}
+            k: {
+                "title": r.title,
+                "unit": r.unit,
+                "better": r.better,
+                "section": r.section,
+                "values": r.values,
+                "rss_mib": r.rss,
+            }
             for k, r in results.rows.items()
         },
         "tables": [{"title": t.title, "headers": t.headers, "rows": t.rows} for t in results.tables],

