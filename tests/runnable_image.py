@@ -45,11 +45,12 @@ class RunnableImage:
         return [self.config, self.layer]
 
 
-def runnable_image(label: str = "") -> RunnableImage:
+def runnable_image(label: str = "", payload: int = 32 * 1024) -> RunnableImage:
+    """An image whose layer holds a text file and `payload` random bytes (its gzipped size is about that)."""
     nonce = os.urandom(8).hex()
     files = {
         "moorage/hello.txt": f"hello from moorage {label} {nonce}\n".encode(),
-        "moorage/blob.bin": os.urandom(32 * 1024),
+        "moorage/blob.bin": os.urandom(payload),
     }
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:

@@ -32,6 +32,7 @@ import requests
 
 from tests.dockerd import Dockerd
 from tests.oci import Client, digest_of, make_image
+from tests.podman import isolated_podman
 from tests.runnable_image import runnable_image
 from tests.server import ADMIN_KEY, ADMIN_SECRET, MoorageServer, auth_config, ecr_client, free_port, login_password
 from tests.skopeo import Skopeo
@@ -347,50 +348,16 @@ def test_skopeo_no_creds(srv: MoorageServer, admin: Client, skopeo: Skopeo, tmp_
 
 @pytest.mark.slow
 def test_podman_pull_without_credentials(srv: MoorageServer, admin: Client, tmp_path: Path):
-    podman = shutil.which("podman")
-    if podman is None:
-        pytest.skip("podman is not installed (apt-get install podman)")
     public, private = unique("anon/podman-public"), unique("anon/podman-private")
     image = runnable_image("podman")
-    public_repository(srv, admin, public, image)
-    admin.push_image(private, "v1", image)
-    run_root = Path(tempfile.mkdtemp(prefix="mpr-", dir="/tmp"))  # podman wants a runroot under 50 characters
-    (tmp_path / "auth.json").write_text("{}")  # no credentials
-    (tmp_path / "registries.conf").write_text("")
-    (tmp_path / "storage.conf").write_text(
-        f'[storage]\ndriver = "vfs"\nrunroot = "{run_root}"\ngraphroot = "{tmp_path / "root"}"\n'
-    )
-    env = {
-        **os.environ,
-        "REGISTRY_AUTH_FILE": str(tmp_path / "auth.json"),
-        "CONTAINERS_REGISTRIES_CONF": str(tmp_path / "registries.conf"),
-        "CONTAINERS_STORAGE_CONF": str(tmp_path / "storage.conf"),
-        "DOCKER_CONFIG": str(tmp_path),
-        "TMPDIR": str(tmp_path),
-    }
-    base = [
-        podman,
-        "--root", str(tmp_path / "root"),
-        "--runroot", str(run_root),
-        "--storage-driver", "vfs",
-        "--cgroup-manager", "cgroupfs",
-        "--events-backend", "none",
-    ]  # fmt: skip
-
-    def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        p = subprocess.run([*base, *args], env=env, capture_output=True, text=True, timeout=180, check=False)
-        assert not check or p.returncode == 0, f"podman {' '.join(args)} -> {p.returncode}\n{p.stdout}\n{p.stderr}"
-        return p
-
-    try:
+    with isolated_podman(tmp_path) as run:
+        public_repository(srv, admin, public, image)
+        admin.push_image(private, "v1", image)
         run("pull", "--tls-verify=false", f"{srv.host}/{public}:v1")
         image_id = run("image", "inspect", "--format", "{{.Id}}", f"{srv.host}/{public}:v1").stdout.strip()
         assert "sha256:" + image_id.removeprefix("sha256:") == image.image_id
         denied = run("pull", "--tls-verify=false", f"{srv.host}/{private}:v1", check=False)
         assert denied.returncode != 0 and "unauthorized" in denied.stderr, denied.stderr
-    finally:
-        run("rmi", "-a", "-f", check=False)
-        shutil.rmtree(run_root, ignore_errors=True)
 
 
 @pytest.fixture
