@@ -37,7 +37,7 @@ from registry.service.lifecycle import LifecycleService
 from registry.service.templates import TemplateService
 from registry.service.uploads import UploadService
 from registry.tls import tls_context
-from registry.web import ecr_api, health, jobs, metrics, oci_routes
+from registry.web import console, ecr_api, health, jobs, metrics, oci_routes
 from registry.web.connections import Limits, Runner
 from registry.web.context import (
     ACCESS,
@@ -300,6 +300,7 @@ def create_app(config: Config, worker: int | None = None) -> web.Application:
     oci_routes.add_routes(app)
     health.add_routes(app)
     metrics.setup(app, services.metrics)
+    console.setup(app)  # /console/ (and GET /), unless [console] enabled = false
     # Last: a catch-all costs a regex match for every request routed after it.
     app.router.add_post("/{tail:.*}", _post_root)
     return app

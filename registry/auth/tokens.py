@@ -17,6 +17,10 @@ An anonymous token (`aud` "moorage:anonymous", no principal) is what the Docker 
 client that has no credentials: it names nobody, so every request made with it is evaluated as the anonymous
 principal (what `Principal: "*"` statements grant). It exists only so token-flow clients have a token to send.
 
+A console session (`aud` "moorage:console") is the web console's cookie: the principal's name, a random session
+id (from which the console derives its CSRF token) and an expiry. It is signed like a token, so sessions survive
+restarts and work on every replica, and it is refused wherever a registry token or a download URL is expected.
+
     <data_dir>/keys/
       current            the kid that signs new tokens
       <kid>.pem          PKCS#8 EC P-256 private keys (mode 0600)
@@ -50,6 +54,7 @@ ALGORITHM = "ES256"
 ISSUER = "moorage"
 DOWNLOAD_AUDIENCE = "moorage:download"
 ANONYMOUS_AUDIENCE = "moorage:anonymous"
+CONSOLE_AUDIENCE = "moorage:console"  # a web console session (the cookie's value): never a registry token
 DOWNLOAD_PARAM = "signature"  # the query parameter of a download URL that carries its signature
 DOWNLOAD_TTL = 3600.0  # ECR's presigned layer URLs last an hour
 # What an expired token or download URL is refused with (ECR's words for a token: a 403, not a 401).
@@ -77,6 +82,7 @@ class Claims:
     repository: str | None = None  # download signatures only: the one blob they fetch
     digest: str | None = None
     anonymous: bool = False  # an anonymous token: names no principal (`principal` is "")
+    session: str | None = None  # console sessions only: the session's id (what its CSRF token derives from)
 
     @property
     def is_download(self) -> bool:
@@ -246,6 +252,19 @@ class KeyRing:
         """A download URL's signature: `principal` may GET `digest` from `repository` (and nothing else)."""
         return self._sign({"sub": principal, "aud": DOWNLOAD_AUDIENCE, "repo": repository, "digest": digest}, now, ttl)
 
+    def issue_session(self, principal: str, session_id: str, now: float, ttl: float) -> tuple[str, float]:
+        """A web console session: `principal` ("" with auth off) signed in as session `session_id`."""
+        return self._sign({"sub": principal, "aud": CONSOLE_AUDIENCE, "sid": session_id}, now, ttl)
+
+    def verify_session(self, token: str, now: float) -> Claims:
+        """A console session's claims (anything else, or an expired session, is refused)."""
+        claims = self._claims(token)
+        if claims.session is None:
+            raise TokenError("wrong_use", "not a console session")
+        if now >= claims.expires_at:
+            raise TokenError("expired", "the console session has expired; sign in again")
+        return claims
+
     def _sign(self, claims: dict[str, str], now: float, ttl: float) -> tuple[str, float]:
         kid = self.current_kid
         expires_at = now + ttl
@@ -262,6 +281,8 @@ class KeyRing:
         claims = self._claims(token)
         if claims.is_download:
             raise TokenError("wrong_use", "this is a download URL's signature, not an authorization token")
+        if claims.session is not None:
+            raise TokenError("wrong_use", "this is a console session, not an authorization token")
         if now >= claims.expires_at:
             raise TokenError("expired", TOKEN_EXPIRED)
         return claims
@@ -269,7 +290,7 @@ class KeyRing:
     def verify_download(self, token: str, now: float, repository: str, digest: str) -> Claims:
         """A download URL's claims, when it is one for `digest` in `repository` and has not expired."""
         claims = self._claims(token)
-        if not claims.is_download:
+        if not claims.is_download or claims.session is not None:
             raise TokenError("wrong_use", "the download signature is not one GetDownloadUrlForLayer issued")
         if claims.repository != repository or claims.digest != digest:
             raise TokenError("wrong_blob", "the download URL is for another repository or layer")
@@ -318,6 +339,10 @@ class KeyRing:
             return claims
         if payload["aud"] == ANONYMOUS_AUDIENCE:
             return Claims("", claims.issued_at, claims.expires_at, kid, anonymous=True)
+        if payload["aud"] == CONSOLE_AUDIENCE:
+            if not isinstance(payload.get("sid"), str) or not payload["sid"]:
+                raise TokenError("malformed", "console session is malformed: no session id")
+            return Claims(claims.principal, claims.issued_at, claims.expires_at, kid, session=payload["sid"])
         repository, digest = payload.get("repo"), payload.get("digest")
         if payload["aud"] != DOWNLOAD_AUDIENCE or not isinstance(repository, str) or not isinstance(digest, str):
             raise TokenError("malformed", "authorization token is malformed: an unknown audience")

@@ -196,6 +196,12 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ConsoleConfig:
+    # true: the web console is served under /console/ (and GET / leads there)
+    enabled: bool = _key(True, "bool")
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
@@ -207,6 +213,7 @@ class Config:
     secrets: dict[str, SecretConfig] = field(default_factory=dict)
     log: LogConfig = field(default_factory=LogConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    console: ConsoleConfig = field(default_factory=ConsoleConfig)
 
     @property
     def listen(self) -> tuple[str, int]:

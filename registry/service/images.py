@@ -126,6 +126,14 @@ class ImageService:
         except NameUnknown:
             return None
 
+    async def image(self, name: str, digest: str) -> ImageRecord | None:
+        """The image `digest` of the repository (its tags, sizes, times, storage class), or None."""
+        return (await self.meta.images_by_digest(name, [digest])).get(digest)
+
+    async def parents_of(self, name: str, digest: str) -> list[str]:
+        """The indexes of the repository that list the manifest `digest`."""
+        return (await self.meta.parents_of(name, [digest])).get(digest, [])
+
     async def iter_images(self, name: str, after_id: int = 0) -> AsyncIterator[ImageRecord]:
         """The repository's images in push order (by id) after `after_id`, read a page at a time."""
         while batch := await self.meta.list_images(name, after_id, IMAGE_PAGE):
@@ -402,6 +410,23 @@ class ImageService:
                 raise BlobUnknown(f"blob {digest} is not in repository {name}", detail={"digest": digest})
             self.cache.put_if_current(version, key, size)
         return size
+
+    async def read_small_blob(self, name: str, digest: str, limit: int) -> bytes | None:
+        """The bytes of a blob linked in the repository (an image's config, for the console); None when it is
+        over `limit` bytes or its bytes are not stored here (a cache repository's blob not fetched yet)."""
+        try:
+            size = await self.blob_size(name, digest)
+        except BlobUnknown:
+            return None
+        if size > limit:
+            return None
+        parts: list[bytes] = []
+        try:
+            async for chunk in self.blobs.read(digest, 0, size):
+                parts.append(chunk)
+        except BlobNotFound:
+            return None
+        return b"".join(parts)
 
     async def link_blob(self, name: str, digest: str, size: int, *, upstream: str | None = None) -> None:
         """Link stored bytes into a repository (an upload, a mount, a pull-through download, an import).
