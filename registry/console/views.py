@@ -20,6 +20,10 @@ from storage.records import ImageRecord, ManifestRecord
 
 _UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
 NONE = "\N{EN DASH}"  # what a page shows for no value
+# Config media types of plain container images: an artifactType of one of these says nothing worth showing.
+IMAGE_CONFIGS = frozenset(
+    {"application/vnd.oci.image.config.v1+json", "application/vnd.docker.container.image.v1+json"}
+)
 
 
 def human_size(n: int | None) -> str:
@@ -85,6 +89,12 @@ class ImageRow:
     image: ImageRecord
     platforms: list[Platform] = field(default_factory=list)  # an index's manifests
     referrers: list[ImageRow] = field(default_factory=list)  # what has this image as its subject
+
+    @property
+    def artifact_type(self) -> str | None:
+        """The artifactType worth showing (a plain image's config type is not)."""
+        value = self.image.artifact_type
+        return value if value and value not in IMAGE_CONFIGS else None
 
     @property
     def kind(self) -> str:
@@ -201,7 +211,7 @@ def manifest_view(record: ManifestRecord) -> ManifestView:
         pretty=pretty,
         size=len(record.body),
         media_type=parsed.media_type,
-        artifact_type=parsed.artifact_type,
+        artifact_type=parsed.artifact_type if parsed.artifact_type not in IMAGE_CONFIGS else None,
         config=layer(parsed.config) if parsed.config else None,
         layers=tuple(layer(d) for d in parsed.layers),
         platforms=tuple(

@@ -1,8 +1,7 @@
 // Moorage console: copy buttons, confirmations for destructive forms, search as you type. No dependencies.
 "use strict";
 
-function copyText(text) {
-  if (navigator.clipboard && window.isSecureContext) return navigator.clipboard.writeText(text);
+function copyByCommand(text) {
   const area = document.createElement("textarea");
   area.value = text;
   area.setAttribute("readonly", "");
@@ -11,6 +10,14 @@ function copyText(text) {
   document.body.appendChild(area);
   area.select();
   try { document.execCommand("copy"); } finally { area.remove(); }
+}
+
+function copyText(text) {
+  // The Clipboard API where the page may use it (https, localhost), else the older select-and-copy.
+  if (navigator.clipboard && window.isSecureContext) {
+    return navigator.clipboard.writeText(text).catch(() => copyByCommand(text));
+  }
+  copyByCommand(text);
   return Promise.resolve();
 }
 
