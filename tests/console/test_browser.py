@@ -5,6 +5,7 @@ out. Screenshots of the main pages go to the `screenshots` directory."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
 
 from tests.console.conftest import READER_KEY, READER_SECRET, WAIT, Fixture
-from tests.server import ADMIN_KEY, ADMIN_SECRET, ecr_client
+from tests.server import ADMIN_KEY, ADMIN_SECRET, AUTH_OFF, MoorageServer, ecr_client
 
 FAILED = "Sign-in failed: those credentials are not valid."
 
@@ -182,3 +183,13 @@ def test_read_only_principal_sees_no_delete_controls_then_signs_out(browser: Any
     assert browser.get_cookie("moorage_console") is None
     open_page(browser, f"{console.url}/console/repositories/web/app")
     assert "/console/sign-in" in browser.current_url
+
+
+def test_auth_off_needs_no_sign_in(browser: Any, make_server: Callable[..., MoorageServer]) -> None:
+    srv = make_server(AUTH_OFF)
+    ecr_client(srv).create_repository(repositoryName="open/app")
+    open_page(browser, f"{srv.url}/console/sign-in")
+    assert browser.current_url.endswith("/console/repositories")
+    assert repository_names(browser) == ["open/app"]
+    assert "auth off" in browser.find_element(By.CSS_SELECTOR, "header .who").text
+    assert not browser.find_elements(By.ID, "sign-out")
