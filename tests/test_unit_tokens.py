@@ -107,3 +107,16 @@ def test_a_shared_rotation_signs_only_once_every_replica_can_have_loaded_it(tmp_
             await store.close()
 
     asyncio.run(main())
+
+
+def test_console_sessions_are_neither_tokens_nor_download_signatures(ring: KeyRing):
+    session, expires = ring.issue_session("alice", "sid-1", NOW, 600)
+    token, _ = ring.issue("alice", NOW, 3600)
+    sig, _ = ring.issue_download("alice", "team/app", DIGEST, NOW, 3600)
+    claims = ring.verify_session(session, NOW + 599)
+    assert (claims.principal, claims.session, claims.expires_at) == ("alice", "sid-1", expires)
+    assert kind(ring.verify_session, session, NOW + 600) == "expired"
+    assert kind(ring.verify, session, NOW) == "wrong_use"
+    assert kind(ring.verify_download, session, NOW, "team/app", DIGEST) == "wrong_use"
+    assert kind(ring.verify_session, token, NOW) == "wrong_use"
+    assert kind(ring.verify_session, sig, NOW) == "wrong_use"
