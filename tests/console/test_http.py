@@ -12,6 +12,7 @@ from collections.abc import Callable
 import requests
 
 from tests.console.conftest import READER_KEY, READER_SECRET, Fixture, console_config, sign_in_session
+from tests.oci import Client, make_image
 from tests.server import AUTH_OFF, MoorageServer, ecr_client, login_password
 
 DELETE_IMAGE = "/console/actions/delete-image"
@@ -179,3 +180,27 @@ def test_auth_off_has_no_sign_in_and_console_off_has_no_console(make_server: Cal
     assert requests.get(f"{off.url}/", allow_redirects=False, timeout=10).status_code == 405
     r = requests.get(f"{off.url}/console/repositories", allow_redirects=False, timeout=10)
     assert r.status_code == 405 and r.headers["Content-Type"].startswith("application/json")  # as any unknown path
+
+
+def test_archived_image_is_marked_and_restored(console: Fixture) -> None:
+    pushed = make_image(1, 256)
+    Client(console.url, ("AWS", login_password(console.server))).push_image("archive/app", "old", pushed)
+    ecr = ecr_client(console.server)
+    image_id = {"imageDigest": pushed.digest}
+    ecr.update_image_storage_class(repositoryName="archive/app", imageId=image_id, targetStorageClass="ARCHIVE")
+    reader = sign_in_session(console.url, READER_KEY, READER_SECRET)
+    page = reader.get(f"{console.url}/console/repositories/archive/app", timeout=10).text
+    assert "storage-archive" in page and "restore-image" not in page  # marked; no restore for the reader
+    admin = sign_in_session(console.url)
+    page = admin.get(f"{console.url}/console/repositories/archive/app", timeout=10).text
+    assert 'class="restore"' in page
+    r = admin.post(
+        f"{console.url}/console/actions/restore-image",
+        data={"repository": "archive/app", "digest": pushed.digest, "csrf": csrf_of(admin, console.url)},
+        headers={"Origin": console.url},
+        allow_redirects=False,
+        timeout=10,
+    )
+    assert r.status_code == 303 and "notice=restored" in r.headers["Location"]
+    (detail,) = ecr.describe_images(repositoryName="archive/app", imageIds=[image_id])["imageDetails"]
+    assert detail["imageStatus"] == "ACTIVE"
