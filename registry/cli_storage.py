@@ -88,9 +88,11 @@ class _Plan:
         self.same_blobs = not blobs and same_dir  # the filesystem store of the same data dir
 
     def describe(self) -> str:
-        from storage.postgres.connection import redact
+        meta = f"SQLite in {self.target_dir}"
+        if self.metadata:
+            from storage.postgres.connection import redact
 
-        meta = redact(self.metadata) if self.metadata else f"SQLite in {self.target_dir}"
+            meta = redact(self.metadata)
         return f"{meta}, blobs in {self.blobs or self.target_dir}"
 
 
