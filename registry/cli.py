@@ -66,20 +66,47 @@ def _credentials(args: argparse.Namespace, config: Config) -> int:
     import json
 
     from registry.auth.principals import ADMIN_FILE
+    from storage.errors import StorageError
 
     path = config.server.data_dir / ADMIN_FILE
-    if not path.exists():
+    creds = json.loads(path.read_text()) if path.exists() else None
+    if creds is None and config.storage.metadata.reveal():  # replicas keep it in the shared store
+        try:
+            creds = _shared_admin(config)
+        except StorageError as e:
+            print(f"moorage: {e}", file=sys.stderr)
+            return 1
+    if creds is None:
         print(
             f"moorage: {path} does not exist (it is created on the first start when no [[auth.principals]] are "
             "configured)",
             file=sys.stderr,
         )
         return 1
-    creds = json.loads(path.read_text())
     print(f"export AWS_ACCESS_KEY_ID={creds['access_key_id']}")
     print(f"export AWS_SECRET_ACCESS_KEY={creds['secret_access_key']}")
     print(f"export AWS_DEFAULT_REGION={config.registry.region}")
     return 0
+
+
+def _shared_admin(config: Config) -> dict[str, str] | None:
+    """The generated admin from the shared store of replicas (None: no replica has started yet)."""
+    import asyncio
+    import json
+
+    from registry.auth.principals import SHARED_ADMIN
+    from storage.factory import open_stores
+
+    async def read() -> bytes | None:
+        stores = open_stores(config.server.data_dir, metadata=config.storage.metadata.reveal())
+        try:
+            await stores.open()
+            return await stores.meta.get_value(SHARED_ADMIN)
+        finally:
+            await stores.close()
+
+    value = asyncio.run(read())
+    return None if value is None else dict(json.loads(value))
 
 
 def _get_login_password(args: argparse.Namespace, config: Config) -> int:
@@ -229,7 +256,18 @@ def _check_config(args: argparse.Namespace, config: Config) -> int:
     except TlsError as e:
         _report([str(e)])
         return 2
+    reached: list[str] = []
+    if not args.no_connect:  # the shared backends it names: reachable, and a schema this Moorage can use
+        from registry.cli_storage import check_storage
+
+        problems, reached = check_storage(config)
+        if problems:
+            for problem in problems:
+                print(f"moorage: {args.file}: storage unavailable: {problem}", file=sys.stderr)
+            return 1
     print(f"# {args.file}: valid. Effective settings (defaults, then the file, then MOORAGE_* variables):")
+    for line in reached:
+        print(f"# {line}")
     print(render(config), end="")
     return 0
 
@@ -306,9 +344,16 @@ def build_parser() -> argparse.ArgumentParser:
     gc.set_defaults(func=_gc)
 
     check = sub.add_parser(
-        "check-config", help="validate a configuration file (every problem at once) and print the effective settings"
+        "check-config",
+        help="validate a configuration file (every problem at once), reach the PostgreSQL / S3 storage it names, "
+        "and print the effective settings",
     )
     check.add_argument("file", type=Path, help="the TOML configuration file")
+    check.add_argument(
+        "--no-connect",
+        action="store_true",
+        help="do not reach the PostgreSQL and S3 services [storage] names (by default each must answer within 5 s)",
+    )
     check.set_defaults(func=_check_config)
 
     example = sub.add_parser(
@@ -320,9 +365,10 @@ def build_parser() -> argparse.ArgumentParser:
     _common(rotate)
     rotate.set_defaults(func=_rotate_signing_key)
 
-    from registry.cli_transfer import add_parsers
+    from registry import cli_storage, cli_transfer
 
-    add_parsers(sub, _common)
+    cli_transfer.add_parsers(sub, _common)
+    cli_storage.add_parsers(sub, _common)
     return parser
 
 
@@ -379,7 +425,8 @@ def main(argv: list[str] | None = None) -> int:
                     "listen": getattr(args, "listen", None),
                     "data_dir": str(args.data_dir) if getattr(args, "data_dir", None) else None,
                     "workers": getattr(args, "workers", None),
-                }
+                },
+                "storage": {"metadata": getattr(args, "metadata", None), "blobs": getattr(args, "blobs", None)},
             },
             os.environ,
         )

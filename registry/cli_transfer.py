@@ -58,7 +58,7 @@ def _export(args: argparse.Namespace, config: Config) -> int:
     def prepare() -> Any:
         request = transfer.prepare_export(args.references, args.dest)
         db = config.server.data_dir / "moorage.db"
-        if not db.is_file():
+        if not config.storage.metadata.reveal() and not db.is_file():  # (replicas: the metadata is in PostgreSQL)
             raise transfer.TransferError(f"{config.server.data_dir} holds no registry data ({db.name} not found)")
         return request
 

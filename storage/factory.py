@@ -12,6 +12,7 @@ The PostgreSQL and S3 drivers are imported only when configured, so the embedded
 from __future__ import annotations
 
 import asyncio
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,9 +76,11 @@ def open_stores(
     s3: S3Options | None = None,
     free_space_floor: Callable[[int], int] = lambda total: 0,
     min_free_space: str = "0",
+    exclusive: bool = False,
 ) -> Stores:
     """The stores (not yet opened) for a data dir and the configured backends. `free_space_floor(total bytes)`
-    is the free space below which a store on the local filesystem says it is not ready."""
+    is the free space below which a store on the local filesystem says it is not ready. `exclusive`: SQLite
+    metadata is opened for this process alone (refused while another has it open, and the other way round)."""
     data_dir = Path(data_dir)
     meta: MetadataStore
     locks: Locks
@@ -92,9 +95,26 @@ def open_stores(
 
         locks = LocalLocks(ProcessLocks(data_dir / "moorage.locks"))
         changes = LocalChangeFeed(ChangeCounter(data_dir / "moorage.db-changes"))
-        meta = SQLiteMetadataStore(data_dir / "moorage.db", changes)
+        meta = SQLiteMetadataStore(data_dir / "moorage.db", changes, exclusive=exclusive)
     else:
         raise StorageError(f"unknown metadata store {metadata!r}")
+    blob_store = open_blob_store(
+        data_dir, locks, blobs=blobs, s3=s3, free_space_floor=free_space_floor, min_free_space=min_free_space
+    )
+    return Stores(meta, blob_store, locks, changes)
+
+
+def open_blob_store(
+    data_dir: Path,
+    locks: Locks,
+    *,
+    blobs: str = "",
+    s3: S3Options | None = None,
+    free_space_floor: Callable[[int], int] = lambda total: 0,
+    min_free_space: str = "0",
+) -> BlobStore:
+    """The blob store alone (not yet opened), coordinating through `locks` (another store's: migrate-storage
+    copies a data dir's blobs into a bucket beside the data dir's own metadata and locks)."""
     blob_store: BlobStore
     if blobs.startswith("s3://"):
         from storage.s3 import S3BlobStore
@@ -109,4 +129,33 @@ def open_stores(
         )
     else:
         raise StorageError(f"unknown blob store {blobs!r}")
-    return Stores(meta, blob_store, locks, changes)
+    return blob_store
+
+
+async def probe(metadata: str, blobs: str, s3: S3Options | None = None) -> tuple[list[str], list[str]]:
+    """(problems, what answered) for the shared backends configured (none for the data dir's own): whether they
+    can be reached, within HEALTH_TIMEOUT each. Nothing is created, migrated or written."""
+    problems: list[str] = []
+    found: list[str] = []
+    if metadata.startswith(("postgresql://", "postgres://")):
+        from storage.postgres.probe import probe_postgres
+
+        more, what = await probe_postgres(metadata, HEALTH_TIMEOUT)
+        problems += more
+        found += [f"metadata: {what}"] if what else []
+    if blobs.startswith("s3://"):
+        from storage.local import LocalLocks, ProcessLocks
+
+        with tempfile.TemporaryDirectory(prefix="moorage-probe-") as scratch:
+            locks = LocalLocks(ProcessLocks(Path(scratch) / "locks"))
+            store = open_blob_store(Path(scratch), locks, blobs=blobs, s3=s3)
+            try:
+                more = await asyncio.wait_for(store.health(), timeout=HEALTH_TIMEOUT + 1)
+            except TimeoutError:
+                more = [f"storage: {blobs} did not answer within {HEALTH_TIMEOUT:g}s"]
+            finally:
+                await store.close()
+                await locks.close()
+            problems += more
+            found += [] if more else [f"blobs: {getattr(store, 'where', blobs)} reachable"]
+    return problems, found

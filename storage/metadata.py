@@ -9,7 +9,7 @@ Each multi-row write is one transaction.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
 from typing import Protocol
 
 from storage.records import (
@@ -26,6 +26,7 @@ from storage.records import (
     RepositorySettings,
     UploadRecord,
 )
+from storage.snapshot import Batch
 
 
 class RepositoryStore(Protocol):
@@ -225,6 +226,23 @@ class SharedValues(Protocol):
         afterwards (the one already there when another process got there first)."""
 
 
+class Snapshot(Protocol):
+    """Every row, out and in, in the drivers' common form (`storage.snapshot`): how `moorage migrate-storage` copies
+    a registry's metadata from one driver to another, without SQL of its own."""
+
+    def export_rows(self, tables: Sequence[str] | None = None) -> AsyncIterator[Batch]:
+        """Every row of every table (or of `tables`), table by table in `storage.snapshot.TABLES` order, in
+        batches of bounded size, each table's rows in primary key order."""
+
+    async def import_rows(self, batches: AsyncIterable[Batch]) -> dict[str, int]:
+        """Insert the rows in one transaction, so a reader sees all of them or none; returns rows per table.
+        Raises Conflict (and inserts nothing) when a row's key is taken, except in `shared_values`, where the
+        value given replaces the one stored."""
+
+    async def row_counts(self) -> dict[str, int]:
+        """How many rows each table holds (those a snapshot would carry)."""
+
+
 class MetadataStore(
     RepositoryStore,
     BlobLinks,
@@ -235,6 +253,7 @@ class MetadataStore(
     TemplateStore,
     UploadStore,
     SharedValues,
+    Snapshot,
     Protocol,
 ):
     async def open(self) -> None: ...

@@ -10,7 +10,9 @@ from tests.dockerd import dockerd_fixture  # noqa: F401 - the session's one priv
 from tests.helpers import CI
 from tests.oci import Client
 from tests.server import AUTH_OFF, MoorageServer, auth_config, login_password
+from tests.services.postgres import postgres_dsn  # noqa: F401 - the session's one PostgreSQL
 from tests.services.seaweedfs import seaweedfs  # noqa: F401 - the session's one SeaweedFS (S3)
+from tests.shared_storage import make_target  # noqa: F401 - PostgreSQL schemas / S3 prefixes for servers
 from tests.skopeo import Skopeo, isolated_skopeo
 
 _names = itertools.count()

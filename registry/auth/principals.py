@@ -105,6 +105,20 @@ async def load_shared_directory(auth: AuthConfig, account_id: str, data_dir: Pat
     return Directory.load(auth, account_id, data_dir)._with_created(created)
 
 
+def shared_admin_value(data_dir: Path) -> dict[str, bytes]:
+    """A single machine's generated admin (`<data_dir>/admin-credentials.json`) as replicas keep it in the shared
+    store, for `moorage migrate-storage`; empty when there is none. Raises ValueError for an unreadable file."""
+    path = Path(data_dir) / ADMIN_FILE
+    if not path.is_file():
+        return {}
+    try:
+        raw = json.loads(path.read_text())
+        fields = {key: str(raw[key]) for key in ("name", "access_key_id", "secret_access_key")}
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path} does not hold the generated admin's credentials: {e}") from None
+    return {SHARED_ADMIN: json.dumps(fields).encode()}
+
+
 def generate_admin() -> dict[str, str]:
     alphabet = string.ascii_uppercase + string.digits
     key_id = "AKIA" + "".join(secrets.choice(alphabet) for _ in range(16))

@@ -110,6 +110,31 @@ def parse_current(value: bytes) -> tuple[str, float]:
         return kid, 0.0
 
 
+def shared_key_values(directory: Path) -> dict[str, bytes]:
+    """The keys of a single machine's ring (`<data_dir>/keys`) as replicas keep them in the shared store, so that
+    `moorage migrate-storage` carries them over and tokens issued before the move verify after it. Empty when
+    the folder holds no key. Raises ValueError for a file that is not one of the ring's keys."""
+    values: dict[str, bytes] = {}
+    modified: dict[str, float] = {}
+    for pem in sorted(Path(directory).glob("*.pem")):
+        data = pem.read_bytes()
+        try:
+            key = serialization.load_pem_private_key(data, password=None)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"{pem} is not a readable signing key: {e}") from None
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise ValueError(f"{pem} is not an EC signing key")
+        values[SHARED_KEY_PREFIX + _kid(key)] = data
+        modified[_kid(key)] = pem.stat().st_mtime
+    current = Path(directory) / "current"
+    kid = current.read_text().strip() if current.is_file() else ""
+    if SHARED_KEY_PREFIX + kid in values:
+        values[SHARED_CURRENT] = kid.encode()
+    elif values:  # no current key named: the newest signs (as `load` would make a new one current)
+        values[SHARED_CURRENT] = max(modified, key=lambda k: modified[k]).encode()
+    return values
+
+
 class KeyRing:
     def __init__(self, directory: Path, cache_entries: int = 4096, *, shared: SharedValues | None = None) -> None:
         self.directory = Path(directory)

@@ -4,12 +4,14 @@
 - `connection.py`: connections, transactions, the change feed after commits.
 - `repositories.py`: repositories, templates, rules, lifecycle state, upload sessions.
 - `manifests.py`: blob links, manifests, tags, referrers, garbage collection's claims.
+- `snapshot.py`: every row out and in (`moorage migrate-storage`).
 """
 
 from storage.sqlite.manifests import ManifestQueries
+from storage.sqlite.snapshot import SnapshotQueries
 
 
-class SQLiteMetadataStore(ManifestQueries):
+class SQLiteMetadataStore(ManifestQueries, SnapshotQueries):
     """Every query of the `storage.metadata.MetadataStore` contract on one SQLite database."""
 
 

@@ -4,13 +4,21 @@ One writer connection whose transactions are serialized by a lock and begin with
 reader connections that run in parallel with it. `synchronous=FULL`: a write the registry has acknowledged
 survives a crash or a power cut. The schema's migrations (`storage.sqlite.schema`) are applied on open. After
 each commit the change feed hears of it, so other processes drop their caches.
+
+While open, the store holds a shared `flock` on `<database>-inuse` (every worker of a server, every offline
+command): `exclusive=True` takes it exclusively instead, so that `moorage migrate-storage` copies a database
+nothing else writes meanwhile (it is refused while anything has it open, and anything opening it meanwhile is
+refused). A separate file, because closing a descriptor of the database itself would drop SQLite's own locks.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import fcntl
 import itertools
+import os
 import sqlite3
 from collections.abc import AsyncIterator, Iterable, Sequence
 from pathlib import Path
@@ -34,8 +42,12 @@ async def _rollback(conn: aiosqlite.Connection) -> None:
 
 
 class SQLiteConnection:
-    def __init__(self, path: Path, changes: ChangeFeed | None = None, readers: int = 2) -> None:
+    def __init__(
+        self, path: Path, changes: ChangeFeed | None = None, readers: int = 2, *, exclusive: bool = False
+    ) -> None:
         self.path = Path(path)
+        self.exclusive = exclusive
+        self._in_use: int | None = None  # the descriptor holding the flock on <database>-inuse
         self._n_readers = readers
         self._writer: aiosqlite.Connection | None = None
         self._readers: list[aiosqlite.Connection] = []
@@ -46,12 +58,17 @@ class SQLiteConnection:
     # -- lifecycle ---------------------------------------------------------------------------------
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._writer = await self._connect()
-        await self._migrate(self._writer)
-        for _ in range(self._n_readers):
-            conn = await self._connect()
-            await conn.execute("PRAGMA query_only = ON")
-            self._readers.append(conn)
+        self._take_in_use()
+        try:
+            self._writer = await self._connect()
+            await self._migrate(self._writer)
+            for _ in range(self._n_readers):
+                conn = await self._connect()
+                await conn.execute("PRAGMA query_only = ON")
+                self._readers.append(conn)
+        except BaseException:
+            await self.close()
+            raise
 
     async def _connect(self) -> aiosqlite.Connection:
         conn = await aiosqlite.connect(self.path, isolation_level=None)
@@ -83,12 +100,33 @@ class SQLiteConnection:
                 await conn.execute("ROLLBACK")
                 raise
 
+    def _take_in_use(self) -> None:
+        if self._in_use is not None:
+            return
+        path = self.path.with_name(self.path.name + "-inuse")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_EX if self.exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise
+            raise StorageError(
+                f"{self.path} is in use by another process (a server, a moorage command)"
+                if self.exclusive
+                else f"{self.path} is being migrated to other storage (moorage migrate-storage); wait for it to end"
+            ) from None
+        self._in_use = fd
+
     async def close(self) -> None:
         for conn in [*self._readers, self._writer]:
             if conn is not None:
                 await conn.close()
         self._readers.clear()
         self._writer = None
+        fd, self._in_use = self._in_use, None
+        if fd is not None:
+            os.close(fd)  # drops the flock
 
     async def storage_stats(self) -> dict[str, int]:
         row = await self._fetchone(
