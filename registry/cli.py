@@ -9,6 +9,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -213,19 +214,42 @@ def _lifecycle_preview(args: argparse.Namespace, config: Config) -> int:
     return _offline(config, job)
 
 
+@contextlib.asynccontextmanager
+async def _alone(services: Any, lock: str, what: str, dry_run: bool) -> AsyncIterator[None]:
+    """Hold the lock a server's scheduled `what` takes (on every replica), waiting if one is at it now, so
+    they don't run side by side (a dry run changes nothing: it doesn't wait)."""
+    if dry_run:
+        yield
+        return
+    if await services.locks.try_acquire(lock):
+        try:
+            yield
+        finally:
+            await services.locks.release(lock)
+        return
+    print(f"moorage: waiting for the {what} running in a server to finish...", file=sys.stderr, flush=True)
+    async with services.locks.hold(lock):
+        yield
+
+
 def _lifecycle_run(args: argparse.Namespace, config: Config) -> int:
+    from registry.app import SWEEP_LOCK
     from registry.service.lifecycle import report_json
 
     async def job(services: Any) -> Any:
-        return report_json(await services.lifecycle.sweep(dry_run=args.dry_run, repository=args.repository))
+        async with _alone(services, SWEEP_LOCK, "lifecycle sweep", args.dry_run):
+            return report_json(await services.lifecycle.sweep(dry_run=args.dry_run, repository=args.repository))
 
     return _offline(config, job)
 
 
 def _gc(args: argparse.Namespace, config: Config) -> int:
+    from registry.app import COLLECT_LOCK
+
     async def job(services: Any) -> Any:
-        evicted = await services.evict_cache(dry_run=args.dry_run)
-        report = (await services.gc.run(dry_run=args.dry_run)).as_dict()
+        async with _alone(services, COLLECT_LOCK, "garbage collection", args.dry_run):
+            evicted = await services.evict_cache(dry_run=args.dry_run)
+            report = (await services.gc.run(dry_run=args.dry_run)).as_dict()
         return {**report, "cacheImagesEvicted": evicted}
 
     return _offline(config, job)

@@ -81,3 +81,28 @@ def gone(pid: int) -> bool:
         return "\nState:\tZ" in Path(f"/proc/{pid}/status").read_text()
     except FileNotFoundError:
         return True
+
+
+_HOLDER = """
+import sys, time
+from storage.local import ProcessLocks
+locks = ProcessLocks(sys.argv[1])
+assert locks.try_acquire(sys.argv[2])
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
+def hold_in_child(path: Path, name: str) -> subprocess.Popen[str]:
+    """Another process holding the named lock of the lock file `path` (storage.local.ProcessLocks) for up to a
+    minute; kill it to release the lock."""
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, str(path), name],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).parents[1],
+    )
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+    return proc

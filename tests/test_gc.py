@@ -11,6 +11,8 @@ import json
 import os
 import random
 import re
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -23,7 +25,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.helpers import wait_for
+from tests.helpers import hold_in_child, wait_for
 from tests.oci import (
     OCI_CONFIG,
     OCI_LAYER,
@@ -37,7 +39,7 @@ from tests.oci import (
     error_codes,
     random_blob,
 )
-from tests.server import AUTH_OFF, MoorageServer, ecr_client
+from tests.server import AUTH_OFF, REPO_ROOT, MoorageServer, ecr_client, moorage_cli
 from tests.server import moorage_json as moorage
 from tests.upstreams import MOORAGE_USER_AGENT, DistributionRegistry
 from tests.upstreams import push_image as upstream_push
@@ -463,3 +465,44 @@ def test_cache_eviction_removes_the_least_recently_pulled_image(
     assert moorage(srv, "gc")["cacheImagesEvicted"] == 0
     assert_pulls(client, repo, "v2", images[1])
     assert image_digests(ecr, repo) == {img.digest for img in images}
+
+
+@pytest.mark.parametrize(
+    ("command", "lock"), [(["gc"], "job gc"), (["lifecycle", "run"], "job lifecycle")], ids=["gc", "lifecycle"]
+)
+def test_the_commands_wait_for_a_scheduled_run_in_progress(
+    make_server: MakeServer, command: list[str], lock: str
+) -> None:
+    """`moorage gc` and `moorage lifecycle run` take the lock a server's scheduled run holds (on any replica):
+    while one runs, the command says it waits, and runs when the lock is free. A dry run doesn't wait."""
+    srv = make_server(AUTH_OFF)
+    holder = hold_in_child(srv.data_dir / "moorage.locks", lock)
+    try:
+        dry = moorage_cli(*command, "--dry-run", "--data-dir", srv.data_dir, timeout=60)
+        assert dry.returncode == 0 and "waiting" not in dry.stderr, dry.stderr
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "registry", *command, "--data-dir", str(srv.data_dir)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=REPO_ROOT,
+        )
+        try:
+            assert proc.stderr is not None
+            line = proc.stderr.readline()
+            assert "waiting for the" in line, line
+            time.sleep(0.5)
+            assert proc.poll() is None, "the command ran beside the scheduled run"
+            holder.kill()
+            out, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert proc.returncode == 0, err
+        json.loads(out)
+    finally:
+        holder.kill()
+        holder.wait()
+        if holder.stdout is not None:
+            holder.stdout.close()

@@ -15,28 +15,7 @@ from pathlib import Path
 import pytest
 
 from storage.local import ChangeCounter, ProcessLocks
-
-HOLDER = textwrap.dedent(
-    """
-    import sys, time
-    from storage.local import ProcessLocks
-    locks = ProcessLocks(sys.argv[1])
-    assert locks.try_acquire(sys.argv[2])
-    print("held", flush=True)
-    time.sleep(60)
-    """
-)
-
-
-def _holder(path: Path, name: str) -> subprocess.Popen[str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, str(path), name],
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=Path(__file__).parents[1],
-    )
-    assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
-    return proc
+from tests.helpers import hold_in_child
 
 
 def _stop(holder: subprocess.Popen[str]) -> None:
@@ -48,7 +27,7 @@ def _stop(holder: subprocess.Popen[str]) -> None:
 
 def test_a_lock_held_by_another_process_is_refused_until_that_process_dies(tmp_path: Path):
     path = tmp_path / "locks"
-    holder = _holder(path, "blob sha256:aa")
+    holder = hold_in_child(path, "blob sha256:aa")
     locks = ProcessLocks(path)
     try:
         assert not locks.try_acquire("blob sha256:aa")
@@ -74,7 +53,7 @@ def test_within_one_process_a_held_name_is_refused_and_release_frees_it(tmp_path
 
 def test_acquire_waits_for_the_other_process_without_blocking_the_loop(tmp_path: Path):
     path = tmp_path / "locks"
-    holder = _holder(path, "manifest a:b")
+    holder = hold_in_child(path, "manifest a:b")
     locks = ProcessLocks(path)
 
     async def main() -> tuple[float, int]:
@@ -105,7 +84,7 @@ def test_acquire_waits_for_the_other_process_without_blocking_the_loop(tmp_path:
 
 def test_hold_blocking_serializes_start_up_across_processes(tmp_path: Path):
     path = tmp_path / "locks"
-    holder = _holder(path, "startup")
+    holder = hold_in_child(path, "startup")
     locks = ProcessLocks(path)
     try:
         killer = subprocess.Popen(["sh", "-c", f"sleep 0.3; kill {holder.pid}"])
