@@ -205,6 +205,7 @@ class Download(Spool):
             if not isinstance(e, asyncio.CancelledError | UpstreamError):
                 log.exception("pull-through download of %s failed", self.digest)
             elif isinstance(e, UpstreamError):
+                owner.rule_metrics(self.rule).failed(e, owner.clock())
                 log.warning("pull-through download of %s failed: %s", self.digest, e)
         finally:
             await owner.locks.release(self.lock)

@@ -77,6 +77,13 @@ class RuleMetrics:
     upstream_bytes: int = 0
     stale_serves: int = 0
     single_flight_joins: int = 0
+    # The last time this process's request to the rule's upstream failed, and what the upstream error said
+    # (a manifest fetch or re-check, a blob download; not-found answers included).
+    last_failure_at: float | None = None
+    last_failure: str = ""
+
+    def failed(self, e: UpstreamError, when: float) -> None:
+        self.last_failure_at, self.last_failure = when, f"{e.upstream}: {e.message}"
 
 
 class PullThrough:
@@ -211,6 +218,7 @@ class PullThrough:
         return shared is not None and now - shared < window
 
     async def _note_failure(self, rule: PullThroughRule, repository: str, tag: str, e: UpstreamError) -> None:
+        self.rule_metrics(rule).failed(e, self.clock())
         key = (
             cache_rules.base_url(rule)
             if e.kind in ("unavailable", "timeout", "throttled")
@@ -324,6 +332,7 @@ class PullThrough:
                 ("import", repository, reference), rule, lambda: self._import_once(rule, repository, reference)
             )
         except UpstreamError as e:
+            self.rule_metrics(rule).failed(e, self.clock())
             raise upstream_error(e, repository, reference) from None
 
     async def _import_once(self, rule: PullThroughRule, repository: str, reference: str) -> ManifestRecord:
