@@ -64,6 +64,7 @@ from storage.records import PullThroughRule
 log = logging.getLogger("moorage")
 IN_FLIGHT = web.AppKey("in_flight", InFlight)
 PULL_FLUSH_INTERVAL = 5.0  # seconds between writes of recorded pull times
+HIT_SAMPLE_INTERVAL = 5.0  # seconds between samples of the pull-through cache's hits for its per-minute history
 PARENT_POLL = 0.5  # seconds between a worker's checks that its supervisor is alive
 # Shutdown: the part of [server] drain_timeout kept for cancelling the requests still running at its end and
 # closing the stores, so the process is gone by the deadline (docker stop's grace period, say).
@@ -293,6 +294,9 @@ def create_app(config: Config, worker: int | None = None) -> web.Application:
         app.cleanup_ctx.append(jobs.every("signing keys", KEY_REFRESH_INTERVAL, _key_refresher(keyring, services)))
     app.cleanup_ctx.append(
         jobs.every("pull-through counters", metrics.SYNC_INTERVAL, services.metrics.sync_pull_through)
+    )
+    app.cleanup_ctx.append(
+        jobs.every("pull-through hit history", HIT_SAMPLE_INTERVAL, services.pull_through.sample_history)
     )
     if worker in (None, 0):
         app.cleanup_ctx.append(jobs.every("lifecycle sweep", config.lifecycle.evaluation_interval, services.sweep))

@@ -43,6 +43,7 @@ from registry.errors import (
 from registry.naming import under_prefix
 from registry.proxy import rules as cache_rules
 from registry.proxy.fill import DeclaredSizes, Download, Follower, FollowFailed, Spool, consume, origin
+from registry.proxy.history import HitHistory
 from registry.proxy.upstream import (
     AwsCredentials,
     BasicCredentials,
@@ -111,6 +112,7 @@ class PullThrough:
         self.clock = clock
         self.rules: list[PullThroughRule] = []
         self.metrics: dict[str, RuleMetrics] = {}
+        self.history = HitHistory()  # hits and misses per minute, this process's (`sample_history`)
         self.policy = UpstreamPolicy.parse(config.allowed_upstreams)  # which upstreams rules may name
         self.declared = DeclaredSizes(images, meta)  # what cached manifests say blobs weigh (bounds downloads)
         self._session: aiohttp.ClientSession | None = None
@@ -190,6 +192,13 @@ class PullThrough:
 
     def rule_metrics(self, rule: PullThroughRule) -> RuleMetrics:
         return self.metrics.setdefault(rule.prefix, RuleMetrics())
+
+    async def sample_history(self) -> None:
+        """File the hits and misses counted since the last sample under the current minute (`history`)."""
+        tallies = list(self.metrics.values())
+        hits = sum(m.manifest_hits + m.blob_hits for m in tallies)
+        misses = sum(m.manifest_misses + m.blob_misses for m in tallies)
+        self.history.sample(self.clock(), hits, misses)
 
     # -- single flight -----------------------------------------------------------------------------
     async def _flight(self, key: Hashable, rule: PullThroughRule, factory: Callable[[], Awaitable[Any]]) -> Any:
