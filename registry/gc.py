@@ -18,6 +18,7 @@ sessions abandoned for a day.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -29,6 +30,7 @@ from storage.metadata import MetadataStore
 log = logging.getLogger("moorage.gc")
 BATCH = 500
 ABANDONED_UPLOAD = 24 * 3600.0
+LAST_RUN = "gc-last-run"  # the shared value that holds the last collection's report (`GcReport.as_dict` and finishedAt)
 
 
 @dataclass(slots=True)
@@ -39,6 +41,7 @@ class GcReport:
     orphan_files: int = 0
     uploads: int = 0
     seconds: float = 0.0
+    finished_at: float = 0.0  # epoch seconds
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -94,6 +97,11 @@ class GarbageCollector:
             if report.blobs:
                 self.on_removed()
         report.seconds = time.monotonic() - started
+        report.finished_at = self.clock()
+        if not dry_run:  # every process and replica (and the console) can tell when garbage was last collected
+            await self.meta.put_value(
+                LAST_RUN, json.dumps({**report.as_dict(), "finishedAt": report.finished_at}).encode()
+            )
         log.info(
             "gc%s: %d blobs, %d bytes, %d orphan files, %d abandoned uploads in %.2fs",
             " (dry run)" if dry_run else "",
@@ -104,6 +112,22 @@ class GarbageCollector:
             report.seconds,
         )
         return report
+
+    async def last_run(self) -> GcReport | None:
+        """The last collection's report (by whichever process ran it; None before the first)."""
+        raw = await self.meta.get_value(LAST_RUN)
+        if raw is None:
+            return None
+        d = json.loads(raw)
+        return GcReport(
+            False,
+            blobs=d["blobsRemoved"],
+            bytes=d["bytesFreed"],
+            orphan_files=d["orphanFilesRemoved"],
+            uploads=d["uploadsPurged"],
+            seconds=d["seconds"],
+            finished_at=d["finishedAt"],
+        )
 
     async def _collect(self, digest: str, cutoff: float) -> bool:
         """Claim, delete the bytes, drop the row; False when the blob is no longer collectable."""
