@@ -133,6 +133,10 @@ class ManifestStore(Protocol):
     async def record_pulls(self, pulls: Iterable[tuple[str, str, float]]) -> None:
         """Set last-pulled times from (repository, digest, time) triples."""
 
+    async def repository_sizes(self) -> list[tuple[str, int, int]]:
+        """(name, images, bytes) of every repository, by name: its manifests counted and their image sizes
+        (`ImageRecord.image_size`, DescribeImages' imageSizeInBytes) summed, in one query."""
+
 
 class PullThroughStore(Protocol):
     async def list_rules(self) -> list[PullThroughRule]: ...

@@ -387,6 +387,13 @@ class ManifestQueries(RepositoryQueries):
         )
         return {row[0]: row[1] for row in rows}
 
+    async def repository_sizes(self) -> list[tuple[str, int, int]]:
+        rows = await self._fetch(
+            "SELECT r.name, count(m.id), coalesce(sum(m.image_size), 0)::bigint FROM repositories r "
+            "LEFT JOIN manifests m ON m.repository_id = r.id GROUP BY r.id, r.name ORDER BY r.name"
+        )
+        return [(row[0], int(row[1]), int(row[2])) for row in rows]
+
     async def record_pulls(self, pulls: Iterable[tuple[str, str, float]]) -> None:
         # In one order (repository, digest), so that two replicas' batches lock the same rows in the same order.
         batch = sorted((repo, digest, t) for repo, digest, t in pulls)

@@ -348,6 +348,13 @@ class ManifestQueries(RepositoryQueries):
         )
         return {row[0]: row[1] for row in rows}
 
+    async def repository_sizes(self) -> list[tuple[str, int, int]]:
+        rows = await self._fetchall(
+            "SELECT r.name, count(m.id), coalesce(sum(m.image_size), 0) FROM repositories r "
+            "LEFT JOIN manifests m ON m.repository_id = r.id GROUP BY r.id ORDER BY r.name"
+        )
+        return [(name, images, size) for name, images, size in rows]
+
     async def record_pulls(self, pulls: Iterable[tuple[str, str, float]]) -> None:
         batch = [(t, repo, digest) for repo, digest, t in pulls]
         if not batch:
