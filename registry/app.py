@@ -45,10 +45,13 @@ from registry.web.context import (
     CONFIG,
     ECR,
     ECR_OPERATIONS,
+    GC,
     IMAGES,
+    LIFECYCLE,
     META,
     PULL_THROUGH,
     READER,
+    RULES,
     STORES,
     UPLOADS,
 )
@@ -268,6 +271,7 @@ def create_app(config: Config, worker: int | None = None) -> web.Application:
         services.meta, services.pull_through, account_id=config.registry.account_id
     )
     app[ECR_OPERATIONS] = (*ecr.operations, pull_through_rules, services.lifecycle, services.templates)
+    app[RULES], app[LIFECYCLE], app[GC] = pull_through_rules, services.lifecycle, services.gc
 
     async def load_identity() -> None:
         """The signing keys and the principals; workers starting together create one key and one admin."""

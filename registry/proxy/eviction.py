@@ -19,6 +19,29 @@ from storage.records import ImageRecord
 log = logging.getLogger("moorage.eviction")
 
 
+async def _cached_images(
+    pull_through: PullThrough, lifecycle: LifecycleService, meta: MetadataStore
+) -> tuple[list[ImageRecord], dict[str, list[tuple[str, int]]]]:
+    """The cache repositories' images, and the (digest, size) of the blobs each references."""
+    images: list[ImageRecord] = []
+    last: str | None = None
+    while batch := await meta.describe_repositories(last, 500):
+        for repo in batch:
+            if rules.match(pull_through.rules, repo.name) is not None:
+                images += await lifecycle.images_of(repo.name)
+        last = batch[-1].name
+    return images, {img.digest: await meta.manifest_blobs(img.repository, img.digest) for img in images}
+
+
+async def cache_usage(pull_through: PullThrough, lifecycle: LifecycleService, meta: MetadataStore) -> int:
+    """The bytes the cache holds, as eviction counts them against `max_cache_bytes`: the distinct blobs its
+    repositories' images reference."""
+    if not pull_through.rules:
+        return 0
+    _, blobs = await _cached_images(pull_through, lifecycle, meta)
+    return sum({digest: size for refs in blobs.values() for digest, size in refs}.values())
+
+
 async def evict(
     pull_through: PullThrough,
     lifecycle: LifecycleService,
@@ -30,14 +53,7 @@ async def evict(
     """Evict until the cache fits; returns the number of images evicted (that would be, with `dry_run`)."""
     if max_bytes <= 0 or not pull_through.rules:
         return 0
-    images: list[ImageRecord] = []
-    last: str | None = None
-    while batch := await meta.describe_repositories(last, 500):
-        for repo in batch:
-            if rules.match(pull_through.rules, repo.name) is not None:
-                images += await lifecycle.images_of(repo.name)
-        last = batch[-1].name
-    blobs = {img.digest: await meta.manifest_blobs(img.repository, img.digest) for img in images}
+    images, blobs = await _cached_images(pull_through, lifecycle, meta)
     sizes = {digest: size for refs in blobs.values() for digest, size in refs}
     refcount = await meta.blob_reference_counts(list(sizes))
     usage = sum(sizes.values())

@@ -64,6 +64,14 @@ class PullThroughRuleService:
             out["credentialArn"] = rule.credential_arn
         return out
 
+    def read_only(self, prefix: str) -> str | None:
+        """Why the rule may not be changed or deleted here (it is declared in the configuration file), or None."""
+        try:
+            self._check_not_declared(normalize_prefix(prefix), "change or delete")
+        except InvalidParameter as e:
+            return e.message
+        return None
+
     def _check_not_declared(self, prefix: str, operation: str) -> None:
         """Rules from the configuration file are read-only through the API: they are rewritten from the file at
         every start, so a change here would silently come back."""

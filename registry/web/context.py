@@ -6,9 +6,12 @@ from aiohttp import web
 
 from registry.auth.access import AccessControl
 from registry.config import Config
+from registry.gc import GarbageCollector
 from registry.proxy.pullthrough import PullThrough
+from registry.proxy.rule_service import PullThroughRuleService
 from registry.service.ecr import EcrService
 from registry.service.images import ImageService
+from registry.service.lifecycle import LifecycleService
 from registry.service.reader import ImageReader
 from registry.service.uploads import UploadService
 from storage.blobs import BlobStore
@@ -29,3 +32,7 @@ ECR_OPERATIONS = web.AppKey("ecr_operations", tuple)
 PULL_THROUGH = web.AppKey("pull_through", PullThrough)
 # What the /v2 read routes ask (the pull-through cache, wrapping the image service).
 READER = web.AppKey("reader", ImageReader)
+# The services behind the console's operations pages (also among ECR_OPERATIONS, typed here).
+RULES = web.AppKey("rules", PullThroughRuleService)
+LIFECYCLE = web.AppKey("lifecycle", LifecycleService)
+GC = web.AppKey("gc", GarbageCollector)
