@@ -289,3 +289,13 @@ def config_view(body: bytes) -> ConfigView | None:
 def command_line(parts: Iterable[str] | None) -> str:
     """An exec-form command as one line, JSON-quoted as a Dockerfile writes it."""
     return json.dumps(list(parts), ensure_ascii=False) if parts is not None else NONE
+
+
+def pretty_json(text: str | None) -> str:
+    """A stored (minified) policy document indented for an editor; the text as it is if it is not JSON."""
+    if not text:
+        return ""
+    try:
+        return json.dumps(json.loads(text), indent=2)
+    except ValueError:
+        return text

@@ -14,6 +14,11 @@ with autoescaping from the templates in `registry/console/templates`; their data
     /console/repositories/{name}                a repository's images
     /console/images/{name}@{digest}             an image: manifest, layers, config
     /console/actions/{delete-image,delete-tag,restore-image}   POST forms with the session's CSRF token
+    /console/pull-through[/rules/{prefix}]      pull-through cache rules, counters, cache repositories (cache_pages)
+    /console/lifecycle/{name}                   a repository's lifecycle policy, preview, apply now (lifecycle_pages)
+    /console/permissions/{name}                 a repository's policy and who can pull / push (permission_pages)
+    /console/storage                            storage and health (storage_page)
+    /console/actions/{pull-through,lifecycle,policy}/...      their POST forms
     /console/static/...                         CSS and JavaScript
 """
 
@@ -26,10 +31,18 @@ import jinja2
 from aiohttp import web
 
 from registry.console import STATIC, TEMPLATES, views
+from registry.console.cache import ratio
 from registry.console.data import ConsoleData
 from registry.console.session import SignInLimiter
 from registry.errors import RegistryError
-from registry.web.console import pages, sessions
+from registry.web.console import (
+    cache_pages,
+    lifecycle_pages,
+    pages,
+    permission_pages,
+    sessions,
+    storage_page,
+)
 from registry.web.console.sessions import CONSOLE, ConsoleState, page_headers
 from registry.web.context import ACCESS, CONFIG, IMAGES, PULL_THROUGH
 
@@ -55,12 +68,25 @@ def setup(app: web.Application) -> None:
         lstrip_blocks=True,
     )
     env.filters.update(
-        size=views.human_size, time=views.timestamp, short=views.short_digest, command=views.command_line
+        size=views.human_size,
+        time=views.timestamp,
+        short=views.short_digest,
+        command=views.command_line,
+        ratio=ratio,
     )
-    env.globals.update(repository_url=pages.repository_url, image_url=pages.image_url, home=HOME)
+    env.globals.update(
+        repository_url=pages.repository_url,
+        image_url=pages.image_url,
+        lifecycle_url=lifecycle_pages.lifecycle_url,
+        permissions_url=permission_pages.permissions_url,
+        rule_url=cache_pages.rule_url,
+        home=HOME,
+    )
     console.router.add_get("/", _home)
     sessions.add_routes(console)
     pages.add_routes(console)
+    for module in (cache_pages, lifecycle_pages, permission_pages, storage_page):
+        module.add_routes(console)
     console.router.add_static("/static/", STATIC, append_version=False)
     app.add_subapp(PREFIX, console)
     app.router.add_get("/", _home)
