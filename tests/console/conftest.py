@@ -55,8 +55,29 @@ class Fixture:
         return self.server.url
 
 
+# Looks at everything and changes nothing: reads policies (ecr:Get*), but may not preview, save or apply.
+AUDITOR_KEY = "AKIAMOORAGECONSOLEAUD"
+AUDITOR_SECRET = "moorage-console-auditor-secret-012345678"
+AUDITOR = (
+    '{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": '
+    '["ecr:Describe*", "ecr:Get*", "ecr:List*", "ecr:BatchGetImage"], "Resource": "*"}]}'
+)
+SECRET_PASSWORD = "console-test-upstream-password-never-shown"
+# Loopback upstreams (the operations pages' Distribution), a rule from the configuration file (read-only in the
+# console; its upstream is a closed port) and a credential a rule may name.
+PULL_THROUGH = (
+    '[pull_through]\nallowed_upstreams = ["127.0.0.1"]\n'
+    '[[pull_through.rules]]\necr_repository_prefix = "declared"\nupstream_registry_url = "http://127.0.0.1:9"\n'
+    f'[secrets.console-test]\nusername = "console"\npassword = "{SECRET_PASSWORD}"\n'
+)
+
+
 def console_config(extra: str = "") -> str:
-    return auth_config(principal_toml("reader", READER_KEY, READER_SECRET, READ_ONLY), extra=extra)
+    return auth_config(
+        principal_toml("reader", READER_KEY, READER_SECRET, READ_ONLY),
+        principal_toml("auditor", AUDITOR_KEY, AUDITOR_SECRET, AUDITOR),
+        extra=extra,
+    )
 
 
 @pytest.fixture(scope="package")
@@ -64,7 +85,7 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fixture]:
     """One server for the package's modules (each test names the repository it changes)."""
     root = tmp_path_factory.mktemp("console")
     skopeo = isolated_skopeo(tmp_path_factory.mktemp("console-skopeo"))
-    srv = MoorageServer(root / "data", console_config()).start()
+    srv = MoorageServer(root / "data", console_config(PULL_THROUGH)).start()
     try:
         creds = f"AWS:{login_password(srv)}"
         image = write_single_image(root / "single", "1.0", n_layers=3)

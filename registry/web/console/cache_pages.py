@@ -57,7 +57,9 @@ async def _rows(request: web.Request, viewer: Viewer) -> list[RuleRow]:
 
 
 def _can(viewer: Viewer) -> dict[str, bool]:
-    return {action.lower(): viewer.can(f"ecr:{action}PullThroughCacheRule") for action in ACTIONS}
+    # "edit", not "update": a template's `can.update` would be the dict's method
+    names = {"Create": "create", "Update": "edit", "Validate": "validate", "Delete": "delete"}
+    return {names[action]: viewer.can(f"ecr:{action}PullThroughCacheRule") for action in ACTIONS}
 
 
 async def _list_page(

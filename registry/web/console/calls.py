@@ -1,9 +1,10 @@
 """What the console's operations pages share: running an ECR operation as the ECR API runs it, form fields, and
 telling a refusal (403, to the error page) from a request the operation turned down (shown on the form).
 
-`call` does what `POST /` with `X-Amz-Target` does for the same operation: the parameters are checked against
-botocore's model, the viewer must be allowed `ecr:<Operation>` on the repository (or on `*` for the pull-through
-cache rules' operations), and the same service method runs. So a console form can do exactly what the viewer
+`call` does what `POST /` with `X-Amz-Target` does for the same operation: the viewer must be allowed
+`ecr:<Operation>` on the repository (or on `*` for the pull-through cache rules' operations; asked first, so a
+refused viewer learns nothing about its input), the parameters are checked against botocore's model, and the
+same service method runs. So a console form can do exactly what the viewer
 could do with the AWS CLI, and says what the CLI would say when the operation refuses.
 """
 
@@ -37,9 +38,9 @@ async def call(
     """Run the ECR operation `operation` (CamelCase) with `params` for the viewer, as the ECR API would."""
     model = ecr_model.operation(operation)
     assert model is not None, f"no ECR operation {operation}"
-    checked = ecr_model.validate(model, params)
     policy = await request.config_dict[IMAGES].policy_of(repository) if repository else None
-    viewer.check(f"ecr:{operation}", repository, policy)
+    viewer.check(f"ecr:{operation}", repository, policy)  # first: who may not, learns nothing about the input
+    checked = ecr_model.validate(model, params)
     name = snake(operation)
     for provider in request.config_dict[ECR_OPERATIONS]:
         if hasattr(provider, name):
