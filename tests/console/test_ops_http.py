@@ -14,7 +14,7 @@ import requests
 from tests.console.conftest import AUDITOR_KEY, AUDITOR_SECRET, SECRET_PASSWORD, Fixture, sign_in_session
 from tests.console.test_http import csrf_of
 from tests.oci import Client, make_image
-from tests.server import ecr_client, login_password, moorage_cli
+from tests.server import AUTH_OFF, MoorageServer, ecr_client, login_password, moorage_cli
 
 POLICY_REPO = "ops/guarded"
 RULE = "ops-rule"
@@ -221,3 +221,29 @@ def test_bad_input_is_answered_on_the_page(console: Fixture, guarded: None) -> N
     )
     assert bad_policy.status_code == 400 and "Invalid repository policy provided" in bad_policy.text
     assert "{&#34;Statement&#34;: 5}" in bad_policy.text or "{&quot;Statement&quot;: 5}" in bad_policy.text
+
+
+def test_with_auth_off_every_page_answers_and_anyone_may_act(make_server: Callable[..., MoorageServer]) -> None:
+    srv = make_server(AUTH_OFF)
+    ecr_client(srv).create_repository(repositoryName="open/app")
+    session = requests.Session()
+    for path in (
+        "/console/pull-through",
+        "/console/lifecycle/open/app",
+        "/console/permissions/open/app",
+        "/console/storage",
+    ):
+        page = session.get(f"{srv.url}{path}", timeout=30)
+        assert page.status_code == 200, (path, page.text[:500])
+    assert 'id="auth-off"' in session.get(f"{srv.url}/console/permissions/open/app", timeout=30).text
+    lifecycle_page = session.get(f"{srv.url}/console/lifecycle/open/app", timeout=30).text
+    csrf = re.search(r'name="csrf" value="([^"]+)"', lifecycle_page).group(1)  # no sign-out form to take it from
+    saved = post(
+        session,
+        srv.url,
+        "/console/actions/lifecycle/save",
+        {"csrf": csrf, "repository": "open/app", "policy": LIFECYCLE, "do": "save"},
+    )
+    assert saved.status_code == 303, saved.text[:500]
+    stored = ecr_client(srv).get_lifecycle_policy(repositoryName="open/app")["lifecyclePolicyText"]
+    assert json.loads(stored) == json.loads(LIFECYCLE)
