@@ -33,7 +33,7 @@ from registry.proxy.pullthrough import PullThrough
 from registry.proxy.rule_service import PullThroughRuleService
 from registry.service.ecr import EcrService
 from registry.service.images import ImageService
-from registry.service.lifecycle import LifecycleService
+from registry.service.lifecycle import LifecycleService, SweepReport
 from registry.service.templates import TemplateService
 from registry.service.uploads import UploadService
 from registry.tls import tls_context
@@ -53,6 +53,7 @@ from registry.web.context import (
     READER,
     RULES,
     STORES,
+    SWEEP_NOW,
     UPLOADS,
 )
 from registry.web.middleware import InFlight, access_middleware
@@ -203,6 +204,16 @@ class Services:
         finally:
             await self.locks.release(SWEEP_LOCK)
 
+    async def sweep_repository(self, name: str) -> list[SweepReport] | None:
+        """Apply one repository's policy now (the console's "apply now"), unless a sweep is running in any process
+        of the registry (None then: it holds the lock the scheduled sweep and `moorage lifecycle run` take)."""
+        if not await self.locks.try_acquire(SWEEP_LOCK):
+            return None
+        try:
+            return await self.lifecycle.sweep(repository=name)
+        finally:
+            await self.locks.release(SWEEP_LOCK)
+
     async def _sweep(self) -> None:
         reports = await self.lifecycle.sweep()
         if self.metrics is not None:
@@ -272,6 +283,7 @@ def create_app(config: Config, worker: int | None = None) -> web.Application:
     )
     app[ECR_OPERATIONS] = (*ecr.operations, pull_through_rules, services.lifecycle, services.templates)
     app[RULES], app[LIFECYCLE], app[GC] = pull_through_rules, services.lifecycle, services.gc
+    app[SWEEP_NOW] = services.sweep_repository
 
     async def load_identity() -> None:
         """The signing keys and the principals; workers starting together create one key and one admin."""

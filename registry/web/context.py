@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from aiohttp import web
 
 from registry.auth.access import AccessControl
@@ -11,7 +13,7 @@ from registry.proxy.pullthrough import PullThrough
 from registry.proxy.rule_service import PullThroughRuleService
 from registry.service.ecr import EcrService
 from registry.service.images import ImageService
-from registry.service.lifecycle import LifecycleService
+from registry.service.lifecycle import LifecycleService, SweepReport
 from registry.service.reader import ImageReader
 from registry.service.uploads import UploadService
 from storage.blobs import BlobStore
@@ -36,3 +38,5 @@ READER = web.AppKey("reader", ImageReader)
 RULES = web.AppKey("rules", PullThroughRuleService)
 LIFECYCLE = web.AppKey("lifecycle", LifecycleService)
 GC = web.AppKey("gc", GarbageCollector)
+# Apply one repository's lifecycle policy now, under the sweep's lock (None: a sweep holds it).
+SWEEP_NOW: web.AppKey[Callable[[str], Awaitable[list[SweepReport] | None]]] = web.AppKey("sweep_now")

@@ -13,6 +13,7 @@ import requests
 
 from tests.console.conftest import AUDITOR_KEY, AUDITOR_SECRET, SECRET_PASSWORD, Fixture, sign_in_session
 from tests.console.test_http import csrf_of
+from tests.helpers import hold_in_child
 from tests.oci import Client, make_image
 from tests.server import AUTH_OFF, MoorageServer, ecr_client, login_password, moorage_cli
 
@@ -247,3 +248,23 @@ def test_with_auth_off_every_page_answers_and_anyone_may_act(make_server: Callab
     assert saved.status_code == 303, saved.text[:500]
     stored = ecr_client(srv).get_lifecycle_policy(repositoryName="open/app")["lifecyclePolicyText"]
     assert json.loads(stored) == json.loads(LIFECYCLE)
+
+
+def test_apply_now_waits_for_no_sweep_and_says_so(console: Fixture, guarded: None) -> None:
+    """ "Apply now" takes the lock the scheduled sweep and `moorage lifecycle run` take: while another process
+    holds it, the page says a sweep is running and nothing is expired."""
+    url = console.url
+    admin = sign_in_session(url)
+    before = snapshot(console)
+    holder = hold_in_child(console.server.data_dir / "moorage.locks", "job lifecycle")
+    try:
+        busy = post(
+            admin, url, "/console/actions/lifecycle/apply", {"csrf": csrf_of(admin, url), "repository": POLICY_REPO}
+        )
+    finally:
+        holder.kill()
+        holder.wait(10)
+        if holder.stdout is not None:
+            holder.stdout.close()
+    assert busy.status_code == 409 and "A lifecycle sweep is running now" in busy.text
+    assert snapshot(console) == before

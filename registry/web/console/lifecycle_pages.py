@@ -11,7 +11,8 @@ Permissions, as the API asks them:
   `moorage lifecycle preview --as-of` does, and stores nothing;
 - "Save" runs PutLifecyclePolicy (`ecr:PutLifecyclePolicy`; a refused policy is shown with ECR's message and the
   text stays in the editor), "Delete" DeleteLifecyclePolicy (`ecr:DeleteLifecyclePolicy`);
-- "Apply now" runs the sweep for this repository at once, as `moorage lifecycle run --repository` does. It
+- "Apply now" runs the sweep for this repository at once, as `moorage lifecycle run --repository` does, under
+  the same lock (while another sweep holds it, the page says so and nothing is done). It
   deletes images as BatchDeleteImage does and archives them as UpdateImageStorageClass does, so it needs
   `ecr:GetLifecyclePolicy` and `ecr:BatchDeleteImage`, and `ecr:UpdateImageStorageClass` too when the policy
   has a transition rule.
@@ -30,9 +31,12 @@ from registry.console.views import human_size, pretty_json
 from registry.errors import RegistryError
 from registry.web.console.calls import call, console_url, field, parse_time, refused, repository_name, time_field
 from registry.web.console.sessions import VIEWER, Viewer, checked_form, signed_in
-from registry.web.context import ACCESS, IMAGES, LIFECYCLE
+from registry.web.context import ACCESS, IMAGES, LIFECYCLE, SWEEP_NOW
 
 PREVIEW_ACTIONS = ("ecr:StartLifecyclePolicyPreview", "ecr:GetLifecyclePolicyPreview")
+SWEEP_BUSY = (
+    "A lifecycle sweep is running now (the scheduled one, or moorage lifecycle run): apply again when it is done."
+)
 MAX_AHEAD = 100 * 365 * 86400.0  # how far ahead "as of" may look
 NOTICES = {
     "saved": "Saved the lifecycle policy.",
@@ -187,7 +191,9 @@ async def apply_now(request: web.Request) -> web.StreamResponse:
         viewer.check(action, name, repo.policy)
     if not repo.lifecycle_policy:
         return await _page(request, name, error="The repository has no lifecycle policy to apply.", status=400)
-    reports = await request.config_dict[LIFECYCLE].sweep(repository=name)
+    reports = await request.config_dict[SWEEP_NOW](name)
+    if reports is None:
+        return await _page(request, name, error=SWEEP_BUSY, status=409)
     expired = sum(len(report.expired) for report in reports)
     archived = sum(len(report.transitioned) for report in reports)
     freed = sum(report.bytes for report in reports)
