@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from selenium.common.exceptions import NoAlertPresentException
+from selenium.common.exceptions import NoAlertPresentException, WebDriverException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
@@ -30,12 +30,36 @@ def open_page(browser: Any, url: str) -> None:
     wait(browser).until(lambda b: b.execute_script("return document.readyState") == "complete")
 
 
+def _new_page_loaded(browser: Any) -> bool:
+    """Whether the document that replaced the marked one is fully in. While Chromium swaps documents, asking
+    can fail in several ways (a stale node, a node of no document, a script with no context): not yet."""
+    try:
+        return bool(browser.execute_script("return !window.__moorageOld && document.readyState === 'complete'"))
+    except WebDriverException:
+        return False
+
+
+def navigate(browser: Any, act: Callable[[], object]) -> None:
+    """Do `act` (a click, a confirmation) and wait until a new document has replaced this one and loaded. The
+    old document is marked with a script variable, not held as an element: no stale-element races."""
+    browser.execute_script("window.__moorageOld = true")
+    act()
+    wait(browser).until(_new_page_loaded)
+
+
 def click_and_load(browser: Any, element: Any) -> None:
     """Click a link or submit button and wait for the next page to replace this one."""
-    old = browser.find_element(By.TAG_NAME, "html")
-    element.click()
-    wait(browser).until(ec.staleness_of(old))
-    wait(browser).until(lambda b: b.execute_script("return document.readyState") == "complete")
+    navigate(browser, element.click)
+
+
+def click_confirm_and_load(browser: Any, element: Any) -> None:
+    """Click a button whose form asks for confirmation, accept it, and wait for the next page."""
+
+    def act() -> None:
+        element.click()
+        wait(browser).until(ec.alert_is_present()).accept()
+
+    navigate(browser, act)
 
 
 def fill_sign_in(browser: Any, key: str, secret: str) -> None:
@@ -60,9 +84,12 @@ def shot(browser: Any, screenshots: Path, name: str) -> None:
 
 
 def repository_names(browser: Any) -> list[str]:
-    return [
-        row.get_attribute("data-repository") for row in browser.find_elements(By.CSS_SELECTOR, "tr[data-repository]")
-    ]
+    """The listed repositories, read in one script: search-as-you-type replaces the rows while we read."""
+    script = "return Array.from(document.querySelectorAll('tr[data-repository]'), r => r.dataset.repository)"
+    try:
+        return list(browser.execute_script(script))
+    except WebDriverException:  # the document itself is being replaced
+        return []
 
 
 def test_sign_in_refuses_wrong_credentials_without_saying_which_half(
@@ -152,10 +179,7 @@ def test_admin_deletes_a_tag(browser: Any, console: Fixture) -> None:
     sign_in(browser, console)
     open_page(browser, f"{console.url}/console/repositories/web/app")
     button = browser.find_element(By.CSS_SELECTOR, "span.tag[data-tag='stable'] button.delete-tag")
-    old = browser.find_element(By.TAG_NAME, "html")
-    button.click()
-    wait(browser).until(ec.alert_is_present()).accept()  # the confirmation
-    wait(browser).until(ec.staleness_of(old))
+    click_confirm_and_load(browser, button)
     assert wait(browser).until(ec.visibility_of_element_located((By.ID, "notice"))).text == "Deleted tag stable."
     details = ecr_client(console.server).describe_images(
         repositoryName="web/app", imageIds=[{"imageDigest": console.image.digest}]

@@ -13,11 +13,10 @@ from typing import Any
 
 import pytest
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import Select
 
 from tests.console.conftest import Fixture
-from tests.console.test_browser import click_and_load, open_page, shot, sign_in, wait
+from tests.console.test_browser import click_and_load, click_confirm_and_load, open_page, shot, sign_in
 from tests.layouts import write_single_image
 from tests.server import ecr_client, login_password
 from tests.skopeo import Skopeo, isolated_skopeo, skopeo_pull, skopeo_push
@@ -57,15 +56,6 @@ def set_value(browser: Any, element_id: str, value: str) -> None:
 def counters(browser: Any) -> dict[str, str]:
     cells = browser.find_elements(By.CSS_SELECTOR, "#counters [data-counter]")
     return {c.get_attribute("data-counter"): c.get_attribute("data-bytes") or c.text for c in cells}
-
-
-def accept_and_load(browser: Any, button: Any) -> None:
-    """Click a button whose form asks for confirmation, accept, and wait for the next page."""
-    old = browser.find_element(By.TAG_NAME, "html")
-    button.click()
-    wait(browser).until(ec.alert_is_present()).accept()
-    wait(browser).until(ec.staleness_of(old))
-    wait(browser).until(lambda b: b.execute_script("return document.readyState") == "complete")
 
 
 def test_create_a_rule_pull_through_it_and_watch_its_counters(
@@ -216,7 +206,7 @@ def test_lifecycle_policy_refused_saved_previewed_and_applied(
     assert browser.find_element(By.ID, "preview-summary").get_attribute("data-expiring") == "3"
     shot(browser, screenshots, "lifecycle")
 
-    accept_and_load(browser, browser.find_element(By.ID, "apply-now"))
+    click_confirm_and_load(browser, browser.find_element(By.ID, "apply-now"))
     assert browser.find_element(By.ID, "notice").text.startswith("Applied the policy now: 2 images expired")
     left = {d["imageTags"][0] for d in ecr.describe_images(repositoryName=LIFECYCLE_REPO)["imageDetails"]}
     assert left == {"v3", "dev"}
