@@ -86,30 +86,40 @@ def _sql(dsn: str, statement: str) -> None:
     asyncio.run(run())
 
 
+def provision(request: pytest.FixtureRequest, kind: str) -> Target:
+    """A fresh target of `kind` (its services started through the session fixtures, which skip if missing)."""
+    metadata, _, blobs = kind.partition("+")
+    target = Target(kind)
+    if metadata == "postgresql":
+        request.getfixturevalue("postgres_dsn")
+        dsn = session_dsn()
+        assert dsn is not None
+        target.schema = f"t_{uuid.uuid4().hex[:16]}"
+        _sql(dsn, f'CREATE SCHEMA "{target.schema}"')
+        target.dsn = with_schema(dsn, target.schema)
+    if blobs == "s3":
+        request.getfixturevalue("seaweedfs")
+        target.prefix = f"tools/{uuid.uuid4().hex[:12]}"
+    return target
+
+
+def remove(target: Target) -> None:
+    """Drop the target's schema and empty its prefix."""
+    if target.schema and (dsn := session_dsn()) is not None:
+        _sql(dsn, f'DROP SCHEMA IF EXISTS "{target.schema}" CASCADE')
+    if target.prefix and seaweedfs.RUNNING is not None:
+        seaweedfs.RUNNING.delete_prefix(target.prefix)
+
+
 @pytest.fixture
 def make_target(request: pytest.FixtureRequest) -> Iterator[Callable[[str], Target]]:
     """Provision targets of a kind; each torn down after the test."""
     made: list[Target] = []
 
     def make(kind: str) -> Target:
-        metadata, _, blobs = kind.partition("+")
-        target = Target(kind)
-        if metadata == "postgresql":
-            request.getfixturevalue("postgres_dsn")
-            dsn = session_dsn()
-            assert dsn is not None
-            target.schema = f"t_{uuid.uuid4().hex[:16]}"
-            _sql(dsn, f'CREATE SCHEMA "{target.schema}"')
-            target.dsn = with_schema(dsn, target.schema)
-        if blobs == "s3":
-            request.getfixturevalue("seaweedfs")
-            target.prefix = f"tools/{uuid.uuid4().hex[:12]}"
-        made.append(target)
-        return target
+        made.append(provision(request, kind))
+        return made[-1]
 
     yield make
     for target in made:
-        if target.schema and (dsn := session_dsn()) is not None:
-            _sql(dsn, f'DROP SCHEMA IF EXISTS "{target.schema}" CASCADE')
-        if target.prefix and seaweedfs.RUNNING is not None:
-            seaweedfs.RUNNING.delete_prefix(target.prefix)
+        remove(target)
