@@ -44,7 +44,9 @@ def render_error(request: web.Request, err: RegistryError) -> web.Response:
     """Write `err` in the protocol's own shape: `__type` JSON on the ECR API, OCI error JSON elsewhere."""
     headers = dict(err.headers)
     if request.get(PROTOCOL) == "ecr":
-        status = 500 if err.status >= 500 else 400
+        # ECR answers 400 or 500; an unreachable backend is 503 here too, so SDKs retry it as throttling-like
+        # and a load balancer (nginx's proxy_next_upstream http_503) tries another replica.
+        status = 503 if err.status == 503 else 500 if err.status >= 500 else 400
         headers["X-Amzn-ErrorType"] = err.ecr_code
         body = {"__type": err.ecr_code, "message": err.message, **err.fields}
         return web.Response(

@@ -73,8 +73,11 @@ def _free_port() -> int:
 class PostgresCluster:
     """initdb, pg_ctl start and stop, as an unprivileged user when this process is root."""
 
-    def __init__(self, bindir: Path) -> None:
+    def __init__(self, bindir: Path, durable: bool = False) -> None:
         self.bindir = bindir
+        # Not durable (the session's cluster): no fsync, commits acknowledged before their WAL is written, fast
+        # but a `halt` loses the last commits. Durable: PostgreSQL's defaults, for tests that crash the server.
+        self.durable = durable
         # Short path under /tmp: the unix socket's path is limited to ~108 bytes, and `nobody` must reach it
         # (pytest's own temp dirs are private to root).
         self.root = Path(tempfile.mkdtemp(prefix="mpg-", dir="/tmp"))
@@ -120,10 +123,15 @@ class PostgresCluster:
             self._run("initdb", "-D", str(self.data), "-U", USER, "-A", "trust", "-E", "UTF8", "--no-sync"),
         )
         self.port = _free_port()
-        options = (
-            f"-p {self.port} -k {self.sockets} -c listen_addresses=127.0.0.1 -c fsync=off "
-            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
-        )
+        self.resume()
+        self._check("createdb", self._run("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", USER, DATABASE))
+        return self.dsn
+
+    def resume(self) -> None:
+        """Start the server on the cluster's data and port (after `start`'s initdb, or a `halt`)."""
+        options = f"-p {self.port} -k {self.sockets} -c listen_addresses=127.0.0.1 -c max_connections=200"
+        if not self.durable:
+            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         self._check(
             "pg_ctl start",
             self._run(
@@ -140,8 +148,10 @@ class PostgresCluster:
                 options,
             ),
         )
-        self._check("createdb", self._run("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", USER, DATABASE))
-        return self.dsn
+
+    def halt(self) -> None:
+        """Stop the server at once, as a crash or a lost host would (`-m immediate`), keeping its data."""
+        self._check("pg_ctl stop", self._run("pg_ctl", "stop", "-D", str(self.data), "-m", "immediate", "-w"))
 
     def stop(self) -> None:
         if self.data.exists():
