@@ -90,7 +90,7 @@ async def handle(request: web.Request) -> web.Response:
 
     access = request.app[ACCESS]
     keys = condition_keys(request, principal)
-    caller = Caller(principal.name if principal else None, base_url(request))
+    caller = Caller(principal.name if principal else None, base_url(request), principal.arn if principal else None)
     extra: dict[str, Any] = {}
     repository = _repository_of(request, params)
     request[REPOSITORY] = repository if isinstance(repository, str) else None
