@@ -108,7 +108,8 @@ async def handle(request: web.Request) -> web.Response:
     if not listing and repository is None:
         access.check(principal, [action], None, condition_keys=keys)
     for repo in repository if isinstance(repository, list) else [repository] if repository else []:
-        access.check(principal, [action], repo, policy_text=await request.app[IMAGES].policy_of(repo), condition_keys=keys)
+        policy = await request.app[IMAGES].policy_of(repo)
+        access.check(principal, [action], repo, policy_text=policy, condition_keys=keys)
 
     result = await operation(params, caller, **extra)
     if listing and not result["repositories"] and "nextToken" not in params:
