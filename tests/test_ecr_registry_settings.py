@@ -416,3 +416,27 @@ def test_replication_configuration_and_status(ecr: Any, admin: Client) -> None:
     assert "same as the source registry" in message
     ecr.put_replication_configuration(replicationConfiguration={"rules": []})
     assert ecr.describe_registry()["replicationConfiguration"] == {"rules": []}
+
+
+# -- every worker applies the policy at once --------------------------------------------------------------------
+
+
+def test_every_worker_applies_a_new_registry_policy_at_once(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Two workers: the policy put through one of them governs the very next request, whichever worker it
+    reaches (each request on a fresh connection), and so does its deletion."""
+    principals = [principal_toml(name, key, secret, ALLOW_ECR) for name, (key, secret) in USERS.items()]
+    server = MoorageServer(tmp_path_factory.mktemp("settings-workers") / "data", auth_config(*principals), workers=2)
+    server.start()
+    try:
+        ecr = ecr_client(server)
+        ecr.create_repository(repositoryName="workers/app")
+        password = login_password(server, *USERS["pusher"])
+        for round_ in range(3):
+            ecr.put_registry_policy(policyText=deny_all_ecr("pusher"))
+            for i in range(6):
+                assert push(Client(server.url, ("AWS", password)), "workers/app", f"d{round_}-{i}") == 403
+            ecr.delete_registry_policy()
+            for i in range(6):
+                assert push(Client(server.url, ("AWS", password)), "workers/app", f"a{round_}-{i}") == 201
+    finally:
+        server.stop()
