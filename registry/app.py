@@ -125,6 +125,7 @@ class Services:
         )
         meta, blobs = stores.meta, stores.blobs
         templates = TemplateService(meta, account_id=account)
+        settings = RegistrySettings(meta, stores.changes)
         images = ImageService(
             meta,
             blobs,
@@ -132,9 +133,8 @@ class Services:
             create_on_push=config.registry.create_on_push,
             cache_entries=config.registry.metadata_cache_entries,
             templates=templates.init_for,
+            pull_time_excluded=settings.pull_time_excluded,
         )
-        settings = RegistrySettings(meta, stores.changes)
-        images.pull_time_excluded = settings.pull_time_excluded
         pull_through = PullThrough(
             images,
             meta,
@@ -267,8 +267,8 @@ def create_app(config: Config, worker: int | None = None) -> web.Application:
         account_id=config.registry.account_id,
         region=config.registry.region,
         challenge=config.auth.challenge,
+        registry_policy=services.settings.registry_policy,
     )
-    access.registry_policy = services.settings.registry_policy
 
     def issue_token(principal: str | None) -> tuple[str, float]:
         return keyring.issue(principal or "anonymous", access.clock(), config.auth.token_ttl)

@@ -55,6 +55,7 @@ class AccessControl:
         region: str,
         challenge: str = "bearer",
         clock: Callable[[], float] = time.time,
+        registry_policy: Callable[[], tuple[str | None, str]] = lambda: (None, V2),
     ) -> None:
         self.enabled = enabled
         self.challenge_scheme = challenge  # "bearer" (the Docker token flow) or "basic" (ECR's)
@@ -66,7 +67,7 @@ class AccessControl:
         self._evaluations = LRUCache(EVALUATION_CACHE)
         self._anonymous: tuple[str, float, float] | None = None  # (token, issued_at, expires_at)
         # The registry policy's text (None: none) and its scope, REGISTRY_POLICY_SCOPE (registry.registry_policy).
-        self.registry_policy: Callable[[], tuple[str | None, str]] = lambda: (None, V2)
+        self.registry_policy = registry_policy
 
     # -- authentication ----------------------------------------------------------------------------
     def anonymous_token(self) -> tuple[str, float, float]:

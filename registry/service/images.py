@@ -80,6 +80,7 @@ class ImageService:
         cache_entries: int = 10000,
         clock: Callable[[], float] = time.time,
         templates: Callable[[str, str], Awaitable[RepositoryInit | None]] | None = None,
+        pull_time_excluded: Callable[[str | None], bool] = lambda principal_arn: False,
     ) -> None:
         self.meta = meta
         self.blobs = blobs
@@ -91,7 +92,7 @@ class ImageService:
         self.clock = clock
         self._pulls: dict[tuple[str, str], float] = {}  # (repository, digest) -> last pull, not yet stored
         # Principals whose pulls record no pull time (ECR's pull-time update exclusions: scanners, mirrors).
-        self.pull_time_excluded: Callable[[str | None], bool] = lambda principal_arn: False
+        self.pull_time_excluded = pull_time_excluded
         self._epoch = 0
 
     def _cache(self) -> LRUCache:
