@@ -365,6 +365,10 @@ def test_scanning_configuration(ecr: Any, admin: Client) -> None:
     assert started["imageScanStatus"]["status"] == "FAILED"
     error_of(ecr.start_image_scan, "ImageNotFoundException", repositoryName="scan/one", imageId={"imageTag": "v9"})
     error_of(ecr.start_image_scan, "RepositoryNotFoundException", repositoryName="no/repo", imageId={"imageTag": "v1"})
+    ecr.update_image_storage_class(repositoryName="scan/one", imageId={"imageTag": "v1"}, targetStorageClass="ARCHIVE")
+    error_of(ecr.start_image_scan, "ImageArchivedException", repositoryName="scan/one", imageId={"imageTag": "v1"})
+    findings = ecr.describe_image_scan_findings(repositoryName="scan/one", imageId={"imageTag": "v1"})
+    assert assert_matches_output("DescribeImageScanFindings", findings)["imageScanStatus"]["status"] == "IMAGE_ARCHIVED"
 
 
 def test_signing_configuration_and_status(ecr: Any, admin: Client) -> None:

@@ -116,12 +116,15 @@ class ScanningOperations:
         }
 
     async def describe_image_scan_findings(self, params: dict[str, Any], caller: Caller) -> dict[str, Any]:
-        img = await self._scannable(params)
+        img = await existing_image(self.images, params["repositoryName"], params["imageId"], self.account_id)
+        status = {"status": "FAILED", "description": NO_SCANNER}
+        if img.archived:  # ECR's status for an archived image (this operation does not list ImageArchivedException)
+            status = {"status": "IMAGE_ARCHIVED", "description": "The image is archived."}
         return {
             "registryId": self.account_id,
             "repositoryName": params["repositoryName"],
             "imageId": answered_image_id(img, params["imageId"]),
-            "imageScanStatus": {"status": "FAILED", "description": NO_SCANNER},
+            "imageScanStatus": status,
             "imageScanFindings": {"findings": [], "findingSeverityCounts": {}},
         }
 
