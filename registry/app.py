@@ -32,8 +32,12 @@ from registry.proxy.eviction import evict
 from registry.proxy.pullthrough import PullThrough
 from registry.proxy.rule_service import PullThroughRuleService
 from registry.service.ecr import EcrService
+from registry.service.ecr_registry import RegistryOperations
+from registry.service.ecr_scanning import ScanningOperations
 from registry.service.images import ImageService
 from registry.service.lifecycle import LifecycleService, SweepReport
+from registry.service.registry_settings import RegistrySettings
+from registry.service.replication import ReplicationOperations
 from registry.service.templates import TemplateService
 from registry.service.uploads import UploadService
 from registry.tls import tls_context
@@ -89,6 +93,7 @@ class Services:
     pull_through: PullThrough
     lifecycle: LifecycleService
     gc: GarbageCollector
+    settings: RegistrySettings
     metrics: metrics.Metrics | None = None
 
     @property
@@ -120,6 +125,7 @@ class Services:
         )
         meta, blobs = stores.meta, stores.blobs
         templates = TemplateService(meta, account_id=account)
+        settings = RegistrySettings(meta, stores.changes)
         images = ImageService(
             meta,
             blobs,
@@ -127,6 +133,7 @@ class Services:
             create_on_push=config.registry.create_on_push,
             cache_entries=config.registry.metadata_cache_entries,
             templates=templates.init_for,
+            pull_time_excluded=settings.pull_time_excluded,
         )
         pull_through = PullThrough(
             images,
@@ -142,11 +149,12 @@ class Services:
             config,
             stores,
             images,
-            UploadService(images, meta, blobs),
+            UploadService(images, meta, blobs, mounting=settings.blob_mounting),
             templates,
             pull_through,
             LifecycleService(images, meta, account_id=account),
             GarbageCollector(meta, blobs, grace_period=config.gc.grace_period, on_removed=images.forget_all),
+            settings,
         )
 
     async def open(self, also: Callable[[], Awaitable[None]] | None = None) -> None:
@@ -243,7 +251,8 @@ def create_app(config: Config, worker: int | None = None) -> web.Application:
         middlewares=[
             access_middleware(
                 services.metrics.observe, in_flight, config.log.access, worker, settle=services.stores.changes.settle
-            )
+            ),
+            _fresh_settings(services.settings),
         ],
         client_max_size=1024**2,
     )
@@ -258,6 +267,7 @@ def create_app(config: Config, worker: int | None = None) -> web.Application:
         account_id=config.registry.account_id,
         region=config.registry.region,
         challenge=config.auth.challenge,
+        registry_policy=services.settings.registry_policy,
     )
 
     def issue_token(principal: str | None) -> tuple[str, float]:
@@ -281,7 +291,16 @@ def create_app(config: Config, worker: int | None = None) -> web.Application:
     pull_through_rules = PullThroughRuleService(
         services.meta, services.pull_through, account_id=config.registry.account_id
     )
-    app[ECR_OPERATIONS] = (*ecr.operations, pull_through_rules, services.lifecycle, services.templates)
+    account, region = config.registry.account_id, config.registry.region
+    app[ECR_OPERATIONS] = (
+        *ecr.operations,
+        pull_through_rules,
+        services.lifecycle,
+        services.templates,
+        RegistryOperations(services.settings, account_id=account),
+        ScanningOperations(services.images, services.settings, account_id=account, region=region),
+        ReplicationOperations(services.images, services.settings, account_id=account, region=region),
+    )
     app[RULES], app[LIFECYCLE], app[GC] = pull_through_rules, services.lifecycle, services.gc
     app[SWEEP_NOW] = services.sweep_repository
 
@@ -324,6 +343,22 @@ def create_app(config: Config, worker: int | None = None) -> web.Application:
     # Last: a catch-all costs a regex match for every request routed after it.
     app.router.add_post("/{tail:.*}", _post_root)
     return app
+
+
+_UNSETTLED_PATHS = ("/healthz", "/readyz", "/metrics")  # they answer about the storage; they don't need its settings
+
+
+def _fresh_settings(settings: RegistrySettings) -> Any:
+    """Before a request is handled: the registry's settings (its policy, account settings, pull-time exclusions)
+    as last committed by any process."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.path not in _UNSETTLED_PATHS:
+            await settings.refresh()
+        return await handler(request)
+
+    return middleware
 
 
 async def serve(

@@ -128,12 +128,12 @@ class Denied(RegistryError):
 
 
 class Unsupported(RegistryError):
-    status, oci_code, ecr_code = 405, "UNSUPPORTED", "UnsupportedOperationException"
+    status, oci_code, ecr_code = 405, "UNSUPPORTED", "ValidationException"
     default_message = "the operation is unsupported"
 
 
 class NotFound(RegistryError):
-    status, oci_code, ecr_code = 404, "NOT_FOUND", "UnsupportedOperationException"
+    status, oci_code, ecr_code = 404, "NOT_FOUND", "ValidationException"
     default_message = "no such endpoint"
 
 
@@ -194,7 +194,6 @@ def _ecr(
 InvalidParameter = _ecr("InvalidParameterException", "invalid parameter")
 SerializationError = _ecr("SerializationException", "the request body could not be read")
 UnknownOperation = _ecr("UnknownOperationException", "unknown operation")
-UnsupportedOperation = _ecr("UnsupportedOperationException", "operation not supported")
 RepositoryNotFound = _ecr("RepositoryNotFoundException", "repository not found", NameUnknown)
 RepositoryAlreadyExists = _ecr("RepositoryAlreadyExistsException", "repository already exists")
 RepositoryNotEmpty = _ecr("RepositoryNotEmptyException", "repository is not empty")
@@ -266,6 +265,14 @@ LifecyclePolicyPreviewNotFound = _ecr("LifecyclePolicyPreviewNotFoundException",
 LifecyclePolicyPreviewInProgress = _ecr("LifecyclePolicyPreviewInProgressException", "a preview is in progress")
 TemplateAlreadyExists = _ecr("TemplateAlreadyExistsException", "template already exists")
 TemplateNotFound = _ecr("TemplateNotFoundException", "template not found")
+
+# -- the registry's own settings, scanning, signing ------------------------------------------------------
+RegistryPolicyNotFound = _ecr("RegistryPolicyNotFoundException", "registry policy not found")
+ExclusionAlreadyExists = _ecr("ExclusionAlreadyExistsException", "the principal is excluded already")
+ExclusionNotFound = _ecr("ExclusionNotFoundException", "the principal is not excluded")
+SigningConfigurationNotFound = _ecr("SigningConfigurationNotFoundException", "signing configuration not found")
+ScanNotFound = _ecr("ScanNotFoundException", "scan not found")
+ValidationError = _ecr("ValidationException", "the request is not valid")
 
 
 class ImageArchived(ManifestUnknown):

@@ -1,4 +1,5 @@
-"""The metadata store contract: repositories, manifests, tags, blob links, rules, uploads, lifecycle state.
+"""The metadata store contract: repositories, manifests, tags, blob links, rules, uploads, lifecycle state, and the
+registry's own settings.
 
 Small Protocols composed into one `MetadataStore`. A driver stores and answers; it decides no policy. Rules
 are decided above it and handed down as data: which tags may not move (`ManifestWrite.protected_tags`,
@@ -230,6 +231,29 @@ class SharedValues(Protocol):
         afterwards (the one already there when another process got there first)."""
 
 
+class RegistrySettingsStore(Protocol):
+    """The registry's own documents and settings (its policy, account settings, scanning, signing and replication
+    configurations) as text by name, and the principals whose pulls record no pull time (ECR's pull-time update
+    exclusions). The service above decides what the names and texts mean."""
+
+    async def registry_settings(self) -> dict[str, tuple[str, float]]:
+        """Every setting: name -> (value, updated_at)."""
+
+    async def put_registry_setting(self, name: str, value: str, now: float) -> None: ...
+
+    async def delete_registry_setting(self, name: str) -> str | None:
+        """Remove a setting; returns the value it had (None: there was none)."""
+
+    async def pull_time_exclusions(self) -> list[tuple[str, float]]:
+        """(principal ARN, created_at) of every exclusion, by ARN."""
+
+    async def add_pull_time_exclusion(self, principal_arn: str, now: float) -> bool:
+        """False (and nothing changes) when the principal is excluded already."""
+
+    async def remove_pull_time_exclusion(self, principal_arn: str) -> bool:
+        """False when the principal was not excluded."""
+
+
 class Snapshot(Protocol):
     """Every row, out and in, in the drivers' common form (`storage.snapshot`): how `moorage migrate-storage` copies
     a registry's metadata from one driver to another, without SQL of its own."""
@@ -257,6 +281,7 @@ class MetadataStore(
     TemplateStore,
     UploadStore,
     SharedValues,
+    RegistrySettingsStore,
     Snapshot,
     Protocol,
 ):

@@ -96,10 +96,21 @@ TABLES: tuple[Table, ...] = (
     ),
     _table("upstream_failures", "key:text failed_at:float", "key"),
     _table("shared_values", "name:text value:bytes", "name"),
+    _table("registry_settings", "name:text value:text updated_at:float", "name"),
+    _table("pull_time_exclusions", "principal_arn:text created_at:float", "principal_arn"),
 )
 BY_NAME: dict[str, Table] = {table.name: table for table in TABLES}
 # Tables that say a registry has content (a target of a migration must have none of these rows).
-CONTENT_TABLES = ("repositories", "blobs", "manifests", "pull_through_rules", "creation_templates", "shared_values")
+CONTENT_TABLES = (
+    "repositories",
+    "blobs",
+    "manifests",
+    "pull_through_rules",
+    "creation_templates",
+    "shared_values",
+    "registry_settings",
+    "pull_time_exclusions",
+)
 
 
 async def collect(batches: AsyncIterable[Batch]) -> dict[str, list[Row]]:

@@ -1359,27 +1359,6 @@ def test_unknown_operation(srv: MoorageServer) -> None:
 
 
 @pytest.mark.parametrize(
-    ("operation", "params"),
-    [
-        ("StartImageScan", {"repositoryName": "some/repo", "imageId": {"imageTag": "v1"}}),
-        ("PutReplicationConfiguration", {"replicationConfiguration": {"rules": []}}),
-    ],
-)
-def test_unimplemented_operation(srv: MoorageServer, ecr: Any, operation: str, params: dict[str, Any]) -> None:
-    """A real ECR operation Moorage lacks is a deterministic 400 naming it (a 5xx would make boto3 retry)."""
-    r = signed_post(srv, operation, params)
-    assert r.status_code == 400, (r.status_code, r.text)
-    body = r.json()
-    assert body.get("__type") and r.headers.get("X-Amzn-ErrorType") == body["__type"], (body, r.headers)
-    assert operation in body["message"]
-    with pytest.raises(ClientError) as excinfo:
-        getattr(ecr, xform_name(operation))(**params)
-    resp = excinfo.value.response
-    assert resp["ResponseMetadata"]["HTTPStatusCode"] == 400
-    assert operation in resp["Error"]["Message"]
-
-
-@pytest.mark.parametrize(
     "body",
     [b"{not json", b"[1, 2]", b'"a string"', b'{"repositoryNames": "not-a-list"}', b'{"maxResults": "ten"}'],
     ids=["not-json", "array", "string", "list-member-not-list", "int-member-not-int"],

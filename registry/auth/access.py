@@ -1,7 +1,8 @@
 """Access control: who is asking (token or access key) and whether policy lets them (ecr:* actions).
 
 Transport-free: the /v2 routes and the ECR API both call `check`, which evaluates the principal's identity
-policies and the repository's policy as IAM does, at request time. An evaluation is a pure function of the
+policies, the repository's policy and the registry policy (for the actions its scope covers) as IAM does, at
+request time. An evaluation is a pure function of the
 principal, action, resource, repository policy text and condition keys, so recent ones are remembered (the
 same client pulling layer after layer asks the same question many times).
 
@@ -31,6 +32,7 @@ from registry.iam_policy import (
     parse_policy,
 )
 from registry.naming import repository_arn
+from registry.registry_policy import V2, governs
 
 EVALUATION_CACHE = 4096
 ECR_SERVICE = "ecr.amazonaws.com"
@@ -53,6 +55,7 @@ class AccessControl:
         region: str,
         challenge: str = "bearer",
         clock: Callable[[], float] = time.time,
+        registry_policy: Callable[[], tuple[str | None, str]] = lambda: (None, V2),
     ) -> None:
         self.enabled = enabled
         self.challenge_scheme = challenge  # "bearer" (the Docker token flow) or "basic" (ECR's)
@@ -63,6 +66,8 @@ class AccessControl:
         self.clock = clock
         self._evaluations = LRUCache(EVALUATION_CACHE)
         self._anonymous: tuple[str, float, float] | None = None  # (token, issued_at, expires_at)
+        # The registry policy's text (None: none) and its scope, REGISTRY_POLICY_SCOPE (registry.registry_policy).
+        self.registry_policy = registry_policy
 
     # -- authentication ----------------------------------------------------------------------------
     def anonymous_token(self) -> tuple[str, float, float]:
@@ -103,14 +108,24 @@ class AccessControl:
         policy_text: str | None,
         condition_keys: Mapping[str, str],
     ) -> tuple[RequestContext, Evaluation]:
-        key = (principal.name if principal else None, action, resource, policy_text, tuple(condition_keys.items()))
+        registry_text, scope = self.registry_policy()
+        if registry_text is not None and not governs(scope, action):
+            registry_text = None
+        key = (
+            principal.name if principal else None,
+            action,
+            resource,
+            policy_text,
+            registry_text,
+            tuple(condition_keys.items()),
+        )
         hit = self._evaluations.get(key)
         if hit is not None:
             return hit
         ctx = RequestContext(
             principal.arn if principal else None, self.account_id, action, resource, dict(condition_keys)
         )
-        resource_policies = [repository_policy(policy_text)] if policy_text else []
+        resource_policies = [repository_policy(text) for text in (policy_text, registry_text) if text]
         identity = list(principal.policies) if principal else []
         result = ctx, evaluate(ctx, identity, resource_policies)
         self._evaluations.put(key, result)

@@ -3,10 +3,12 @@
 Each public method is named after the AWS operation in snake case, takes the validated request members and
 returns the response members (timestamps as epoch seconds). Error texts follow ECR's.
 
-This module has the registry's and the repositories' operations (repositories, their policies and resource
-tags); the images' are in `ecr_images`, the layers' in `ecr_layers`, and how records become ECR JSON (and
-pagination tokens) in `ecr_shapes`. Lifecycle policies, creation templates and pull-through cache rules have
-services of their own (`lifecycle`, `templates`, `registry.proxy.rule_service`).
+This module has the repositories' operations (repositories, their policies and resource tags) and
+GetAuthorizationToken; the images' are in `ecr_images`, the layers' in `ecr_layers`, and how records become ECR
+JSON (and pagination tokens) in `ecr_shapes`. Lifecycle policies, creation templates and pull-through cache rules
+have services of their own (`lifecycle`, `templates`, `registry.proxy.rule_service`), and so do the registry's
+settings (`ecr_registry`: registry policy, account settings, pull-time exclusions), scanning and signing
+(`ecr_scanning`) and replication (`replication`).
 """
 
 from __future__ import annotations
@@ -97,9 +99,6 @@ class EcrService:
                 {"authorizationToken": encoded, "expiresAt": expires_at, "proxyEndpoint": caller.base_url} for _ in ids
             ]
         }
-
-    async def describe_registry(self, params: dict[str, Any], caller: Caller) -> dict[str, Any]:
-        return {"registryId": self.account_id, "replicationConfiguration": {"rules": []}}
 
     # -- repositories ------------------------------------------------------------------------------
     async def create_repository(self, params: dict[str, Any], caller: Caller) -> dict[str, Any]:

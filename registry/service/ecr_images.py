@@ -1,5 +1,5 @@
-"""ECR's image operations: ListImages, DescribeImages, BatchGetImage, BatchDeleteImage and PutImage, over the
-same manifests and tags as /v2 (the image service)."""
+"""ECR's image operations: ListImages, DescribeImages, BatchGetImage, BatchDeleteImage, PutImage and
+ListImageReferrers, over the same manifests and tags as /v2 (the image service)."""
 
 from __future__ import annotations
 
@@ -23,12 +23,16 @@ from registry.service.ecr_shapes import (
     decode_token,
     encode_token,
     existing_repository,
+    find_image,
     image_detail,
     image_not_found,
+    image_status,
 )
 from registry.service.images import ImageService
 from storage.metadata import MetadataStore
 from storage.records import ImageRecord, RepositoryRecord
+
+REFERRER_PAGE = 20  # ListImageReferrers' page without maxResults (which is at most 50), as on ECR
 
 
 class ImageOperations:
@@ -88,16 +92,7 @@ class ImageOperations:
         return {"imageDetails": details}
 
     async def _find(self, name: str, image_id: dict[str, str]) -> ImageRecord | None:
-        """The image an ImageIdentifier names (tag and digest must agree when both are given)."""
-        digest, tag = image_id.get("imageDigest"), image_id.get("imageTag")
-        if tag is not None:
-            resolved = await self.meta.resolve_tag(name, tag)
-            if resolved is None or (digest is not None and digest != resolved):
-                return None
-            digest = resolved
-        if digest is None:
-            return None
-        return (await self.meta.images_by_digest(name, [digest])).get(digest)
+        return await find_image(self.images, name, image_id)
 
     def _failure(self, image_id: dict[str, str], code: str, reason: str) -> dict[str, Any]:
         return {"imageId": image_id, "failureCode": code, "failureReason": reason}
@@ -157,7 +152,7 @@ class ImageOperations:
                     )
                 )
                 continue
-            self.images.note_pull(name, record.digest)
+            self.images.note_pull(name, record.digest, caller.principal_arn)
             images.append(
                 {
                     "registryId": self.account_id,
@@ -264,3 +259,39 @@ class ImageOperations:
                 "imageManifestMediaType": result.media_type,
             }
         }
+
+    async def list_image_referrers(self, params: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        """The artifacts whose subject is the image: the manifests `/v2/<name>/referrers/<digest>` lists, in the
+        same order, filtered by artifact type and status (ACTIVE unless the filter says otherwise), 20 a page
+        unless maxResults (at most 50) says otherwise, as ECR pages them."""
+        name = params["repositoryName"]
+        await self._repo(name)
+        subject = params["subjectId"]["imageDigest"]
+        try:
+            oci.validate_digest(subject)
+        except DigestInvalid:
+            raise InvalidParameter(
+                "Invalid parameter at 'subjectId.imageDigest' failed to satisfy constraint: "
+                "'must satisfy regular expression '[a-zA-Z0-9-_+.]+:[a-fA-F0-9]+''"
+            ) from None
+        wanted = params.get("filter") or {}
+        types = set(wanted.get("artifactTypes") or ())
+        status = wanted.get("artifactStatus", "ACTIVE")
+        referrers = []
+        for m in await self.images.referrer_records(name, subject):
+            artifact_status = image_status(m.storage_class)
+            if (types and m.artifact_type not in types) or status not in ("ANY", artifact_status):
+                continue
+            referrer: dict[str, Any] = {"digest": m.digest, "mediaType": m.media_type, "size": m.size}
+            if m.artifact_type:
+                referrer["artifactType"] = m.artifact_type
+            if m.annotations:
+                referrer["annotations"] = m.annotations
+            referrer["artifactStatus"] = artifact_status
+            referrers.append(referrer)
+        start = decode_token(params.get("nextToken"), int) or 0
+        limit = params.get("maxResults", REFERRER_PAGE)
+        out: dict[str, Any] = {"referrers": referrers[start : start + limit]}
+        if start + limit < len(referrers):
+            out["nextToken"] = encode_token(start + limit)
+        return out

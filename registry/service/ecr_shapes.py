@@ -40,6 +40,7 @@ class Caller:
     # The registry's address as clients reach it ([registry] hostname, or the host the request came to), e.g.
     # http://127.0.0.1:5000: proxyEndpoint, repositoryUri and download URLs all name it.
     base_url: str
+    principal_arn: str | None = None  # None: anonymous, or auth off
 
     @property
     def registry_host(self) -> str:
@@ -213,3 +214,31 @@ def image_not_found(name: str, image_id: dict[str, str], account_id: str) -> Reg
         f"imageTag:'{image_id.get('imageTag', 'null')}'}} does not exist within the repository with name "
         f"'{name}' in the registry with id '{account_id}'"
     )
+
+
+async def find_image(images: ImageService, name: str, image_id: dict[str, str]) -> ImageRecord | None:
+    """The image an ImageIdentifier names (tag and digest must agree when both are given)."""
+    digest, tag = image_id.get("imageDigest"), image_id.get("imageTag")
+    if tag is not None:
+        resolved = await images.meta.resolve_tag(name, tag)
+        if resolved is None or (digest is not None and digest != resolved):
+            return None
+        digest = resolved
+    if digest is None:
+        return None
+    return await images.image(name, digest)
+
+
+async def existing_image(images: ImageService, name: str, image_id: dict[str, str], account_id: str) -> ImageRecord:
+    """The repository's image an ImageIdentifier names, or ECR's RepositoryNotFound / ImageNotFoundException."""
+    await existing_repository(images, name, account_id)
+    img = await find_image(images, name, image_id)
+    if img is None:
+        raise image_not_found(name, image_id, account_id)
+    return img
+
+
+def answered_image_id(img: ImageRecord, image_id: dict[str, str]) -> dict[str, str]:
+    """The imageId an answer names: the digest, and the tag the request gave."""
+    tag = image_id.get("imageTag")
+    return {"imageDigest": img.digest, **({"imageTag": tag} if tag is not None else {})}

@@ -80,6 +80,7 @@ class ImageService:
         cache_entries: int = 10000,
         clock: Callable[[], float] = time.time,
         templates: Callable[[str, str], Awaitable[RepositoryInit | None]] | None = None,
+        pull_time_excluded: Callable[[str | None], bool] = lambda principal_arn: False,
     ) -> None:
         self.meta = meta
         self.blobs = blobs
@@ -90,6 +91,8 @@ class ImageService:
         self.cache = LRUCache(cache_entries)
         self.clock = clock
         self._pulls: dict[tuple[str, str], float] = {}  # (repository, digest) -> last pull, not yet stored
+        # Principals whose pulls record no pull time (ECR's pull-time update exclusions: scanners, mirrors).
+        self.pull_time_excluded = pull_time_excluded
         self._epoch = 0
 
     def _cache(self) -> LRUCache:
@@ -353,9 +356,11 @@ class ImageService:
         self.cache.clear()
 
     # -- pulls -------------------------------------------------------------------------------------
-    def note_pull(self, name: str, digest: str) -> None:
-        """Remember a pull; `flush_pulls` stores the times in one write (no database write per pull)."""
-        self._pulls[(name, digest)] = self.clock()
+    def note_pull(self, name: str, digest: str, principal_arn: str | None = None) -> None:
+        """Remember a pull (unless the principal is excluded from pull-time updates); `flush_pulls` stores the
+        times in one write (no database write per pull)."""
+        if not self.pull_time_excluded(principal_arn):
+            self._pulls[(name, digest)] = self.clock()
 
     async def flush_pulls(self) -> int:
         pulls, self._pulls = self._pulls, {}
@@ -381,11 +386,16 @@ class ImageService:
                 raise ManifestUnknown(f"tag {reference} is not in repository {name}")
             self.cache.pop(("tag", name, reference))
 
+    async def referrer_records(self, name: str, digest: str) -> list[ManifestRecord]:
+        """The manifests of the repository whose subject is `digest`, archived ones included: what both
+        `/v2/<name>/referrers/<digest>` and ECR's ListImageReferrers list."""
+        oci.validate_digest(digest)
+        return list(await self.meta.referrers(name, digest))
+
     async def referrers(self, name: str, digest: str, artifact_type: str | None) -> bytes:
         """The referrers index for `digest` (an empty one when nothing refers to it)."""
-        oci.validate_digest(digest)
         descriptors = []
-        for m in await self.meta.referrers(name, digest):
+        for m in await self.referrer_records(name, digest):
             if artifact_type is not None and m.artifact_type != artifact_type:
                 continue
             d: dict[str, object] = {"mediaType": m.media_type, "digest": m.digest, "size": m.size}

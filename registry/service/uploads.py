@@ -51,11 +51,15 @@ class UploadService:
         meta: MetadataStore,
         blobs: BlobStore,
         clock: Callable[[], float] = time.time,
+        mounting: Callable[[], bool] = lambda: True,
     ) -> None:
         self.images = images
         self.meta = meta
         self.blobs = blobs
         self.clock = clock
+        # Whether cross-repository mounts link (the account setting BLOB_MOUNTING); otherwise a mount request
+        # opens an upload session, as the OCI spec's fallback says.
+        self.mounting = mounting
 
     async def start(
         self,
@@ -76,7 +80,7 @@ class UploadService:
             oci.validate_digest(digest)
         await self.images.repository_for_push(name)
 
-        if mount is not None:
+        if mount is not None and self.mounting():
             size = await self._mountable(mount, mount_from)
             if size is not None:
                 await self._link(name, mount, size)

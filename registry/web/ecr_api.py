@@ -34,6 +34,9 @@ MAX_BODY = 32 * 1024 * 1024  # an UploadLayerPart of 20 MiB, base64-encoded, and
 JSON_TYPE = "application/x-amz-json-1.1"
 # Operations whose resource is the registry, not a repository.
 REGISTRY_OPERATIONS = {"GetAuthorizationToken", "DescribeRegistry", "DescribeRepositories"}
+# Operations authorized as another action: listing an image's referrers is reading it (as ECR documents, and as
+# /v2/<name>/referrers/<digest> is).
+ACTION_OF = {"ListImageReferrers": "ecr:BatchGetImage"}
 # DescribeRepositories without repositoryNames is authorized by ECR on `arn:aws:ecr:<region>:<account>:repository/*`.
 ALL_REPOSITORIES = "*"
 
@@ -90,7 +93,7 @@ async def handle(request: web.Request) -> web.Response:
 
     access = request.app[ACCESS]
     keys = condition_keys(request, principal)
-    caller = Caller(principal.name if principal else None, base_url(request))
+    caller = Caller(principal.name if principal else None, base_url(request), principal.arn if principal else None)
     extra: dict[str, Any] = {}
     repository = _repository_of(request, params)
     request[REPOSITORY] = repository if isinstance(repository, str) else None
@@ -101,12 +104,12 @@ async def handle(request: web.Request) -> web.Response:
         extra["visible"] = lambda repo: access.allowed(
             principal, ["ecr:DescribeRepositories"], repo.name, repo.policy, keys
         )
-    elif repository is None:
-        access.check(principal, [f"ecr:{name}"], None, condition_keys=keys)
+    action = ACTION_OF.get(name, f"ecr:{name}")
+    if not listing and repository is None:
+        access.check(principal, [action], None, condition_keys=keys)
     for repo in repository if isinstance(repository, list) else [repository] if repository else []:
-        access.check(
-            principal, [f"ecr:{name}"], repo, policy_text=await request.app[IMAGES].policy_of(repo), condition_keys=keys
-        )
+        policy = await request.app[IMAGES].policy_of(repo)
+        access.check(principal, [action], repo, policy_text=policy, condition_keys=keys)
 
     result = await operation(params, caller, **extra)
     if listing and not result["repositories"] and "nextToken" not in params:

@@ -44,7 +44,7 @@ from registry.web.auth import (
     upload_owner,
 )
 from registry.web.context import ACCESS, BLOBS, IMAGES, PULL_THROUGH, READER, UPLOADS
-from registry.web.middleware import ACTION, REPOSITORY, ROUTE, read_body, stamp
+from registry.web.middleware import ACTION, PRINCIPAL, REPOSITORY, ROUTE, read_body, stamp
 from registry.web.sendfile import SendfileResponse
 from storage.blobs import BlobStore, FileRange, RedirectURL
 from storage.errors import BlobNotFound
@@ -162,7 +162,8 @@ async def get_manifest(request: web.Request, name: str, reference: str) -> web.R
             detail={"name": name, "digest": record.digest, "storageClass": "ARCHIVE"},
         )
     if request.method == "GET":
-        images.note_pull(name, record.digest)
+        principal = request.get(PRINCIPAL)
+        images.note_pull(name, record.digest, principal.arn if principal is not None else None)
     if not oci.accepts(request.headers.getall("Accept", []), record.media_type):
         raise ManifestUnknown(
             f"manifest is {record.media_type}, which the request's Accept header excludes",

@@ -9,6 +9,7 @@ listening connection.
 - `repositories.py`: repositories, templates, rules, lifecycle state, upload sessions, shared values.
 - `manifests.py`: blob links, manifests, tags, referrers, garbage collection's claims (and the row locks that
   stand in for SQLite's single writer).
+- `registry_settings.py`: the registry's own settings and pull-time update exclusions.
 - `snapshot.py`: every row out and in (`moorage migrate-storage`).
 - `coordination.py`: advisory locks, and the change feed on LISTEN/NOTIFY.
 """
@@ -17,10 +18,11 @@ from __future__ import annotations
 
 from storage.postgres.coordination import PostgresChangeFeed, PostgresLocks
 from storage.postgres.manifests import ManifestQueries
+from storage.postgres.registry_settings import RegistrySettingsQueries
 from storage.postgres.snapshot import SnapshotQueries
 
 
-class PostgresMetadataStore(ManifestQueries, SnapshotQueries):
+class PostgresMetadataStore(ManifestQueries, RegistrySettingsQueries, SnapshotQueries):
     """Every query of the `storage.metadata.MetadataStore` contract on one PostgreSQL schema."""
 
 

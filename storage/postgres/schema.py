@@ -1,10 +1,11 @@
 """The PostgreSQL schema, as the ordered list of embedded migrations (`schema_version` holds how many are applied).
 
-PostgreSQL's own list, not SQLite's: migration 1 is the schema SQLite reaches after its nine. The tables live in
-the first schema of the connection's `search_path` (`public` unless the DSN says `?search_path=NAME`), and
-nothing is created outside it. `migrate` applies the missing migrations in one transaction under an advisory
-lock on the schema's name, so replicas starting together migrate once, and refuses a database that a newer
-Moorage has migrated. Never edit a landed migration; append a new one.
+PostgreSQL's own list, not SQLite's: migration 1 is the schema SQLite reaches after its nine, and each later one
+makes what one of SQLite's makes (2 is SQLite's 10). The tables live in the first schema of the connection's
+`search_path` (`public` unless the DSN says `?search_path=NAME`), and nothing is created outside it. `migrate`
+applies the missing migrations in one transaction under an advisory lock on the schema's name, so replicas starting
+together migrate once, and refuses a database that a newer Moorage has migrated. Never edit a landed migration;
+append a new one.
 
 Conventions: times are float seconds (double precision), ids BIGSERIAL (never reused), manifest bodies and
 shared values bytea; names and digests sort bytewise (COLLATE "C"), as SQLite's do, so pages by name agree.
@@ -133,6 +134,18 @@ MIGRATIONS: list[str] = [
     CREATE TABLE shared_values (
         name   TEXT COLLATE "C" PRIMARY KEY,
         value  BYTEA NOT NULL
+    );
+    """,
+    # 2: registry-level documents and settings (SQLite's 10), and the principals whose pulls record no pull time
+    """
+    CREATE TABLE registry_settings (
+        name        TEXT COLLATE "C" PRIMARY KEY,
+        value       TEXT NOT NULL,
+        updated_at  DOUBLE PRECISION NOT NULL
+    );
+    CREATE TABLE pull_time_exclusions (
+        principal_arn  TEXT COLLATE "C" PRIMARY KEY,
+        created_at     DOUBLE PRECISION NOT NULL
     );
     """,
 ]

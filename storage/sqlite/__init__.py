@@ -4,14 +4,16 @@
 - `connection.py`: connections, transactions, the change feed after commits.
 - `repositories.py`: repositories, templates, rules, lifecycle state, upload sessions.
 - `manifests.py`: blob links, manifests, tags, referrers, garbage collection's claims.
+- `registry_settings.py`: the registry's own settings and pull-time update exclusions.
 - `snapshot.py`: every row out and in (`moorage migrate-storage`).
 """
 
 from storage.sqlite.manifests import ManifestQueries
+from storage.sqlite.registry_settings import RegistrySettingsQueries
 from storage.sqlite.snapshot import SnapshotQueries
 
 
-class SQLiteMetadataStore(ManifestQueries, SnapshotQueries):
+class SQLiteMetadataStore(ManifestQueries, RegistrySettingsQueries, SnapshotQueries):
     """Every query of the `storage.metadata.MetadataStore` contract on one SQLite database."""
 
 

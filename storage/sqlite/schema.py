@@ -152,4 +152,17 @@ MIGRATIONS: list[str] = [
         value  BLOB NOT NULL
     ) WITHOUT ROWID;
     """,
+    # 10: registry-level documents and settings (the registry policy, account settings, scanning, signing and
+    # replication configurations), by name; and the principals whose pulls do not record a pull time
+    """
+    CREATE TABLE registry_settings (
+        name        TEXT PRIMARY KEY,
+        value       TEXT NOT NULL,
+        updated_at  REAL NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE pull_time_exclusions (
+        principal_arn  TEXT PRIMARY KEY,
+        created_at     REAL NOT NULL
+    ) WITHOUT ROWID;
+    """,
 ]

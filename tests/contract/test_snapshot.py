@@ -42,6 +42,8 @@ async def fill(meta: MetadataStore) -> None:
     await meta.put_template("team", '{"prefix": "team"}', T0, create=True)
     await meta.note_upstream_failure("http://127.0.0.1:1", T0 + 8)
     await meta.put_value("signing-key/abc", b"\x00pem\xff")
+    await meta.put_registry_setting("account/BLOB_MOUNTING", "DISABLED", T0 + 9)
+    await meta.add_pull_time_exclusion("arn:aws:iam::123456789012:user/scanner", T0 + 10)
     await meta.create_upload(UploadRecord("u1", "team/app", T0, owner="admin"))  # not part of a snapshot
 
 
@@ -67,6 +69,8 @@ async def test_a_snapshot_goes_in_and_comes_out_equal(meta: MetadataStore, tmp_p
         "lifecycle_previews": 1,
         "upstream_failures": 1,
         "shared_values": 1,
+        "registry_settings": 1,
+        "pull_time_exclusions": 1,
     }
 
     async def batches():  # type: ignore[no-untyped-def]
@@ -90,6 +94,8 @@ async def test_a_snapshot_goes_in_and_comes_out_equal(meta: MetadataStore, tmp_p
     assert await meta.blob_fetched_from(digest(b"layer"), "http://127.0.0.1:1 anonymous")
     assert await meta.resolve_tag("team/app", "latest") == manifest("x", "one", pushed_at=0).digest
     assert await meta.get_value("signing-key/abc") == b"\x00pem\xff"
+    assert await meta.registry_settings() == {"account/BLOB_MOUNTING": ("DISABLED", T0 + 9)}
+    assert await meta.pull_time_exclusions() == [("arn:aws:iam::123456789012:user/scanner", T0 + 10)]
 
 
 async def test_an_import_over_rows_that_are_there_changes_nothing(meta: MetadataStore) -> None:

@@ -1,0 +1,99 @@
+"""The registry's own settings, as every request of every process sees them: its policy, account settings,
+scanning, signing and replication configurations, and pull-time update exclusions.
+
+They live in the metadata store (`storage.metadata.RegistrySettingsStore`) and are held here in memory: access
+checks are synchronous and ask for the registry policy on every request. `refresh` (called before each request is
+handled) reloads them when the change feed says another process has committed since they were read; this
+process's own writes update the copy as they commit.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from registry.registry_policy import BLOB_MOUNTING, REGISTRY_POLICY_SCOPE, check_setting
+from storage.coordination import ChangeFeed
+from storage.metadata import MetadataStore
+
+POLICY = "registry-policy"
+ACCOUNT = "account/"  # + the setting's name
+SCANNING = "scanning-configuration"
+SIGNING = "signing-configuration"
+REPLICATION = "replication-configuration"
+
+
+class RegistrySettings:
+    def __init__(
+        self, meta: MetadataStore, changes: ChangeFeed | None = None, *, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.meta = meta
+        self.changes = changes
+        self.clock = clock
+        self._settings: dict[str, tuple[str, float]] = {}
+        self._exclusions: dict[str, float] = {}
+        self._epoch: int | None = None  # None: never read
+
+    async def refresh(self) -> None:
+        """Re-read everything if another process may have changed it (or nothing was read yet)."""
+        epoch = self.changes.epoch() if self.changes is not None else 0
+        if epoch == self._epoch:
+            return
+        settings = await self.meta.registry_settings()
+        exclusions = await self.meta.pull_time_exclusions()
+        self._settings, self._exclusions, self._epoch = settings, dict(exclusions), epoch
+
+    # -- what requests ask (synchronous, from memory) ----------------------------------------------------
+    def get(self, name: str) -> str | None:
+        entry = self._settings.get(name)
+        return entry[0] if entry else None
+
+    def updated_at(self, name: str) -> float | None:
+        entry = self._settings.get(name)
+        return entry[1] if entry else None
+
+    def account_setting(self, name: str) -> str:
+        """The setting's value, its default when never put."""
+        default = check_setting(name)
+        return self.get(ACCOUNT + name) or default
+
+    def registry_policy(self) -> tuple[str | None, str]:
+        """(the registry policy's text, None without one; the scope it governs)."""
+        return self.get(POLICY), self.account_setting(REGISTRY_POLICY_SCOPE)
+
+    def blob_mounting(self) -> bool:
+        return self.account_setting(BLOB_MOUNTING) == "ENABLED"
+
+    def pull_time_excluded(self, principal_arn: str | None) -> bool:
+        return principal_arn is not None and principal_arn in self._exclusions
+
+    def exclusions(self) -> list[tuple[str, float]]:
+        return sorted(self._exclusions.items())
+
+    # -- writes ----------------------------------------------------------------------------------------
+    async def put(self, name: str, value: str) -> None:
+        now = self.clock()
+        await self.meta.put_registry_setting(name, value, now)
+        self._settings[name] = (value, now)
+
+    async def delete(self, name: str) -> str | None:
+        old = await self.meta.delete_registry_setting(name)
+        self._settings.pop(name, None)
+        return old
+
+    async def exclude(self, principal_arn: str) -> float | None:
+        """Register an exclusion; its creation time, None when the principal was excluded already."""
+        now = self.clock()
+        if not await self.meta.add_pull_time_exclusion(principal_arn, now):
+            await self._reload_exclusions()
+            return None
+        self._exclusions[principal_arn] = now
+        return now
+
+    async def include(self, principal_arn: str) -> bool:
+        removed = await self.meta.remove_pull_time_exclusion(principal_arn)
+        self._exclusions.pop(principal_arn, None)
+        return removed
+
+    async def _reload_exclusions(self) -> None:
+        self._exclusions = dict(await self.meta.pull_time_exclusions())
