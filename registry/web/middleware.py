@@ -43,7 +43,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 def render_error(request: web.Request, err: RegistryError) -> web.Response:
     """Write `err` in the protocol's own shape: `__type` JSON on the ECR API, OCI error JSON elsewhere."""
     headers = dict(err.headers)
-    if request.get(PROTOCOL) == "ecr":
+    # An ECR call is known by its target header even when it fails before its handler marks the request (the
+    # registry settings' refresh, say, with the database down).
+    if request.get(PROTOCOL) == "ecr" or (request.method == "POST" and ECR_TARGET_HEADER in request.headers):
         # ECR answers 400 or 500; an unreachable backend is 503 here too, so SDKs retry it as throttling-like
         # and a load balancer (nginx's proxy_next_upstream http_503) tries another replica.
         status = 503 if err.status == 503 else 500 if err.status >= 500 else 400

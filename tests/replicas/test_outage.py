@@ -111,7 +111,7 @@ def test_losing_postgresql(backends: Backends, replicas: list[MoorageServer]) ->
                 },
                 timeout=30,
             )
-            assert api.status_code == 503 and api.json()["__type"] == "ServerException", api.text
+            assert api.status_code == 503 and api.json().get("__type") == "ServerException", api.text
             assert api.headers.get("Retry-After"), "the ECR API says when to retry too"
     finally:
         backends.pg.resume()
