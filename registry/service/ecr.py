@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from registry import jsonsafe, oci
+from registry import oci
 from registry.errors import (
     InvalidParameter,
     RegistryError,
@@ -28,7 +28,7 @@ from registry.errors import (
     RepositoryPolicyNotFound,
     TooManyTags,
 )
-from registry.iam_policy import PolicyError, parse_policy
+from registry.iam_policy import parse_policy
 from registry.naming import repository_in_arn
 from registry.service.ecr_images import ImageOperations
 from registry.service.ecr_layers import LayerOperations
@@ -36,11 +36,11 @@ from registry.service.ecr_shapes import (
     DEFAULT_PAGE,
     MAX_RESOURCE_TAGS,
     Caller,
+    checked_policy,
     decode_token,
     encode_token,
     existing_repository,
     mutability_filters,
-    policy_text,
     repository_not_found,
     repository_settings,
     repository_shape,
@@ -176,15 +176,7 @@ class EcrService:
     async def set_repository_policy(self, params: dict[str, Any], caller: Caller) -> dict[str, Any]:
         name = params["repositoryName"]
         await self._repo(name)
-        try:
-            doc = jsonsafe.loads(params["policyText"])
-            parse_policy(doc, resource_policy=True)
-        except (ValueError, PolicyError) as e:
-            raise InvalidParameter(
-                "Invalid parameter at 'PolicyText' failed to satisfy constraint: 'Invalid repository policy "
-                f"provided': {e}"
-            ) from None
-        text = policy_text(doc)
+        text = checked_policy(params["policyText"], "repository", lambda doc: parse_policy(doc, resource_policy=True))
         await self.meta.set_policy(name, text)
         self.images.forget_repository(name)
         return {"registryId": self.account_id, "repositoryName": name, "policyText": text}

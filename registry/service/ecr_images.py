@@ -28,7 +28,7 @@ from registry.service.ecr_shapes import (
     image_not_found,
     image_status,
 )
-from registry.service.images import ImageService
+from registry.service.images import ImageService, referrer_descriptor
 from storage.metadata import MetadataStore
 from storage.records import ImageRecord, RepositoryRecord
 
@@ -282,13 +282,7 @@ class ImageOperations:
             artifact_status = image_status(m.storage_class)
             if (types and m.artifact_type not in types) or status not in ("ANY", artifact_status):
                 continue
-            referrer: dict[str, Any] = {"digest": m.digest, "mediaType": m.media_type, "size": m.size}
-            if m.artifact_type:
-                referrer["artifactType"] = m.artifact_type
-            if m.annotations:
-                referrer["annotations"] = m.annotations
-            referrer["artifactStatus"] = artifact_status
-            referrers.append(referrer)
+            referrers.append({**referrer_descriptor(m), "artifactStatus": artifact_status})
         start = decode_token(params.get("nextToken"), int) or 0
         limit = params.get("maxResults", REFERRER_PAGE)
         out: dict[str, Any] = {"referrers": referrers[start : start + limit]}

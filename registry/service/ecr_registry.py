@@ -10,16 +10,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from registry import jsonsafe
 from registry.errors import (
     ExclusionAlreadyExists,
     ExclusionNotFound,
     InvalidParameter,
     RegistryPolicyNotFound,
 )
-from registry.iam_policy import PolicyError
 from registry.registry_policy import SettingError, check_setting, parse_registry_policy
-from registry.service.ecr_shapes import DEFAULT_PAGE, Caller, decode_token, encode_token, policy_text
+from registry.service.ecr_shapes import DEFAULT_PAGE, Caller, checked_policy, decode_token, encode_token
 from registry.service.registry_settings import ACCOUNT, POLICY, RegistrySettings
 
 EXCLUSION_PAGE = 100  # ListPullTimeUpdateExclusions: ECR's default page, and the most its output list holds
@@ -33,15 +31,7 @@ class RegistryOperations:
     # -- the registry policy -------------------------------------------------------------------------
     async def put_registry_policy(self, params: dict[str, Any], caller: Caller) -> dict[str, Any]:
         _, scope = self.settings.registry_policy()
-        try:
-            doc = jsonsafe.loads(params["policyText"])
-            parse_registry_policy(doc, scope)
-        except (ValueError, PolicyError) as e:
-            raise InvalidParameter(
-                "Invalid parameter at 'PolicyText' failed to satisfy constraint: 'Invalid registry policy "
-                f"provided': {e}"
-            ) from None
-        text = policy_text(doc)
+        text = checked_policy(params["policyText"], "registry", lambda doc: parse_registry_policy(doc, scope))
         await self.settings.put(POLICY, text)
         return {"registryId": self.account_id, "policyText": text}
 

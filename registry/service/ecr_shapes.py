@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -106,6 +106,20 @@ def image_detail(image: ImageRecord, account_id: str) -> dict[str, Any]:
 def policy_text(doc: Any) -> str:
     """Re-serialise a policy the way ECR returns it (Jackson's pretty printer)."""
     return json.dumps(doc, indent=2, separators=(",", " : "))
+
+
+def checked_policy(text: str, kind: str, check: Callable[[Any], object]) -> str:
+    """A `policyText` member: parsed, checked by `check` (which raises ValueError, PolicyError included) and
+    re-serialised as ECR returns it; ECR's message naming the `kind` of policy ("repository", "registry") when
+    it is not valid."""
+    try:
+        doc = jsonsafe.loads(text)
+        check(doc)
+    except ValueError as e:
+        raise InvalidParameter(
+            f"Invalid parameter at 'PolicyText' failed to satisfy constraint: 'Invalid {kind} policy provided': {e}"
+        ) from None
+    return policy_text(doc)
 
 
 # -- request members -------------------------------------------------------------------------------

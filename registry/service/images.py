@@ -12,6 +12,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from registry import oci
 from registry.cache import LRUCache
@@ -54,6 +55,16 @@ class PushResult:
     created: bool  # the manifest was new to the repository
     moved_tags: tuple[str, ...]  # tags that point at it now and did not before
     restored: bool = False  # it was archived, and this push made it active again
+
+
+def referrer_descriptor(m: ManifestRecord) -> dict[str, Any]:
+    """A referrer as the referrers API lists it (and ListImageReferrers, which adds its status)."""
+    d: dict[str, Any] = {"mediaType": m.media_type, "digest": m.digest, "size": m.size}
+    if m.artifact_type:
+        d["artifactType"] = m.artifact_type
+    if m.annotations:
+        d["annotations"] = m.annotations
+    return d
 
 
 def tag_is_immutable(settings: RepositorySettings, tag: str) -> bool:
@@ -396,14 +407,8 @@ class ImageService:
         """The referrers index for `digest` (an empty one when nothing refers to it)."""
         descriptors = []
         for m in await self.referrer_records(name, digest):
-            if artifact_type is not None and m.artifact_type != artifact_type:
-                continue
-            d: dict[str, object] = {"mediaType": m.media_type, "digest": m.digest, "size": m.size}
-            if m.artifact_type:
-                d["artifactType"] = m.artifact_type
-            if m.annotations:
-                d["annotations"] = m.annotations
-            descriptors.append(d)
+            if artifact_type is None or m.artifact_type == artifact_type:
+                descriptors.append(referrer_descriptor(m))
         return json.dumps(
             {"schemaVersion": 2, "mediaType": oci.OCI_INDEX, "manifests": descriptors}, separators=(",", ":")
         ).encode()
