@@ -20,6 +20,8 @@ DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
 DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+SIG = "application/vnd.example.signature.v1"  # an artifact type for referrer tests
+EMPTY = b"{}"  # the OCI empty descriptor's content
 ALL_MANIFEST_TYPES = ", ".join([OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST])
 
 
@@ -88,6 +90,22 @@ def make_image(
     if annotations is not None:
         doc["annotations"] = annotations
     return Image(config, layers, json.dumps(doc, indent=2).encode(), mt)
+
+
+def random_image(layer_sizes: list[int]) -> tuple[bytes, list[bytes]]:
+    """An OCI image of random layers of these sizes and a unique config: its manifest and its blobs (the config
+    first), as `tests.upstreams.push_image` takes them."""
+    config = json.dumps({"architecture": "amd64", "os": "linux", "nonce": os.urandom(8).hex()}).encode()
+    layers = [os.urandom(size) for size in layer_sizes]
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": descriptor(OCI_CONFIG, config),
+            "layers": [descriptor(OCI_LAYER, layer) for layer in layers],
+        }
+    ).encode()
+    return manifest, [config, *layers]
 
 
 class Client:
@@ -160,6 +178,43 @@ class Client:
         r = self.get(location)
         assert r.status_code == 204, (r.status_code, r.text)
         return int(r.headers["Range"].split("-")[1]) + 1
+
+
+def push_artifact(
+    client: Client,
+    repo: str,
+    subject: dict,
+    artifact_type: str | None = SIG,
+    config_type: str = OCI_EMPTY,
+    annotations: dict | None = None,
+    ref: str | None = None,
+) -> dict:
+    """Push an artifact manifest referring to `subject` (by digest unless `ref`); return the descriptor
+    the referrers API must list for it."""
+    config = EMPTY if config_type == OCI_EMPTY else json.dumps({"kind": config_type}).encode()
+    payload = random_blob(48)
+    client.push_blob(repo, config)
+    client.push_blob(repo, payload)
+    doc: dict = {"schemaVersion": 2, "mediaType": OCI_MANIFEST}
+    if artifact_type:
+        doc["artifactType"] = artifact_type
+    doc["config"] = descriptor(config_type, config)
+    doc["layers"] = [descriptor("application/octet-stream", payload)]
+    doc["subject"] = subject
+    if annotations is not None:
+        doc["annotations"] = annotations
+    body = json.dumps(doc, indent=2).encode()
+    r = client.push_manifest(repo, ref or digest_of(body), body, OCI_MANIFEST)
+    assert r.headers["OCI-Subject"] == subject["digest"]
+    expected = {
+        "mediaType": OCI_MANIFEST,
+        "digest": digest_of(body),
+        "size": len(body),
+        "artifactType": artifact_type or config_type,
+    }
+    if annotations:
+        expected["annotations"] = annotations
+    return expected
 
 
 def error_codes(r: requests.Response) -> list[str]:

@@ -10,14 +10,13 @@ children pulled concurrently.
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Callable, Iterator
 
 import pytest
 
 from tests.fleet import run_fleet
-from tests.oci import OCI_CONFIG, OCI_INDEX, OCI_LAYER, OCI_MANIFEST, descriptor, digest_of
+from tests.oci import OCI_INDEX, OCI_MANIFEST, descriptor, digest_of, random_image
 from tests.server import AUTH_OFF, MoorageServer
 from tests.upstreams import MOORAGE_USER_AGENT, DistributionRegistry, push_image
 
@@ -33,17 +32,7 @@ def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DistributionR
 
 
 def _image(layers: int = 4, layer_size: int = 128 * 1024) -> tuple[bytes, list[bytes]]:
-    config = json.dumps({"architecture": "amd64", "os": "linux", "nonce": os.urandom(8).hex()}).encode()
-    blobs = [os.urandom(layer_size) for _ in range(layers)]
-    manifest = json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": OCI_MANIFEST,
-            "config": descriptor(OCI_CONFIG, config),
-            "layers": [descriptor(OCI_LAYER, b) for b in blobs],
-        }
-    ).encode()
-    return manifest, [config, *blobs]
+    return random_image([layer_size] * layers)
 
 
 def _config(prefix: str, upstream: DistributionRegistry) -> str:

@@ -24,11 +24,10 @@ from botocore.exceptions import WaiterError
 
 from registry import errors
 from tests.ecr_shapes import assert_matches_output, service_model
-from tests.oci import OCI_EMPTY, OCI_MANIFEST, Client, descriptor, digest_of, make_image, random_blob
+from tests.oci import OCI_MANIFEST, SIG, Client, descriptor, digest_of, make_image, push_artifact, random_blob
 from tests.server import MoorageServer, auth_config, ecr_client, free_port, login_password
 
 ACCOUNT, REGION = "000000000000", "us-east-1"
-SIG = "application/vnd.example.signature.v1"
 LIFECYCLE = json.dumps(
     {
         "rules": [
@@ -100,19 +99,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         ecr.create_repository(repositoryName=repo)
         img = make_image(1, 512)
         v2.push_image(repo, "v1", img)
-        v2.push_blob(repo, b"{}")
-        payload = random_blob(48)
-        v2.push_blob(repo, payload)
-        artifact = {
-            "schemaVersion": 2,
-            "mediaType": OCI_MANIFEST,
-            "artifactType": SIG,
-            "config": descriptor(OCI_EMPTY, b"{}"),
-            "layers": [descriptor("application/octet-stream", payload)],
-            "subject": descriptor(OCI_MANIFEST, img.manifest),
-        }
-        body = json.dumps(artifact).encode()
-        v2.push_manifest(repo, digest_of(body), body, OCI_MANIFEST)
+        push_artifact(v2, repo, descriptor(OCI_MANIFEST, img.manifest), SIG)
         yield World(srv, ecr, v2, repo, img.digest, digest_of(img.blobs[-1]), upstream)
     finally:
         srv.stop()

@@ -25,7 +25,7 @@ from botocore.exceptions import ClientError
 
 from tests.ecr_shapes import assert_matches_output
 from tests.helpers import wait_for
-from tests.oci import OCI_EMPTY, OCI_MANIFEST, Client, descriptor, digest_of, make_image, random_blob
+from tests.oci import OCI_MANIFEST, Client, descriptor, digest_of, make_image, push_artifact, random_blob
 from tests.server import AUTH_OFF, MoorageServer, auth_config, ecr_client, login_password, principal_toml
 
 ACCOUNT, REGION = "000000000000", "us-east-1"
@@ -274,30 +274,13 @@ def test_exclusions_are_paged(ecr: Any) -> None:
 # -- ListImageReferrers -------------------------------------------------------------------------------------
 
 
-def push_artifact(client: Client, repo: str, subject: dict[str, Any], artifact_type: str) -> str:
-    payload = random_blob(32)
-    client.push_blob(repo, b"{}")
-    client.push_blob(repo, payload)
-    doc = {
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "artifactType": artifact_type,
-        "config": descriptor(OCI_EMPTY, b"{}"),
-        "layers": [descriptor("application/octet-stream", payload)],
-        "subject": subject,
-    }
-    body = json.dumps(doc).encode()
-    assert client.push_manifest(repo, digest_of(body), body, OCI_MANIFEST).status_code == 201
-    return digest_of(body)
-
-
 def test_list_image_referrers(ecr: Any, admin: Client) -> None:
     repo = "referred/app"
     image = make_image(1, 128)
     admin.push_image(repo, "v1", image)
     subject = descriptor(OCI_MANIFEST, image.manifest)
-    sigs = [push_artifact(admin, repo, subject, "application/vnd.example.sig") for _ in range(22)]
-    sboms = [push_artifact(admin, repo, subject, "application/vnd.example.sbom") for _ in range(3)]
+    sigs = [push_artifact(admin, repo, subject, "application/vnd.example.sig")["digest"] for _ in range(22)]
+    sboms = [push_artifact(admin, repo, subject, "application/vnd.example.sbom")["digest"] for _ in range(3)]
     v2 = admin.get(f"/v2/{repo}/referrers/{image.digest}").json()["manifests"]
 
     def listed(**params: Any) -> list[dict[str, Any]]:

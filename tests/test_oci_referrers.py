@@ -10,20 +10,19 @@ import requests
 
 from tests.oci import (
     OCI_CONFIG,
-    OCI_EMPTY,
     OCI_INDEX,
     OCI_MANIFEST,
+    SIG,
     Client,
     descriptor,
     digest_of,
     make_image,
+    push_artifact,
     random_blob,
 )
 
-SIG = "application/vnd.example.signature.v1"
 SBOM = "application/vnd.example.sbom.v1"
 CUSTOM_CONFIG = "application/vnd.example.custom.config.v1+json"
-EMPTY = b"{}"
 
 
 def push_subject(client: Client, repo: str, tag: str = "v1") -> dict:
@@ -31,43 +30,6 @@ def push_subject(client: Client, repo: str, tag: str = "v1") -> dict:
     img = make_image(1, 64)
     client.push_image(repo, tag, img)
     return descriptor(OCI_MANIFEST, img.manifest)
-
-
-def push_artifact(
-    client: Client,
-    repo: str,
-    subject: dict,
-    artifact_type: str | None = SIG,
-    config_type: str = OCI_EMPTY,
-    annotations: dict | None = None,
-    ref: str | None = None,
-) -> dict:
-    """Push an artifact manifest referring to `subject` (by digest unless `ref`); return the descriptor
-    the referrers API must list for it."""
-    config = EMPTY if config_type == OCI_EMPTY else json.dumps({"kind": config_type}).encode()
-    payload = random_blob(48)
-    client.push_blob(repo, config)
-    client.push_blob(repo, payload)
-    doc: dict = {"schemaVersion": 2, "mediaType": OCI_MANIFEST}
-    if artifact_type:
-        doc["artifactType"] = artifact_type
-    doc["config"] = descriptor(config_type, config)
-    doc["layers"] = [descriptor("application/octet-stream", payload)]
-    doc["subject"] = subject
-    if annotations is not None:
-        doc["annotations"] = annotations
-    body = json.dumps(doc, indent=2).encode()
-    r = client.push_manifest(repo, ref or digest_of(body), body, OCI_MANIFEST)
-    assert r.headers["OCI-Subject"] == subject["digest"]
-    expected = {
-        "mediaType": OCI_MANIFEST,
-        "digest": digest_of(body),
-        "size": len(body),
-        "artifactType": artifact_type or config_type,
-    }
-    if annotations:
-        expected["annotations"] = annotations
-    return expected
 
 
 def referrers(client: Client, repo: str, digest: str, **params: str) -> tuple[list[dict], requests.Response]:

@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
-import os
 import re
 from collections.abc import Iterator
 
 import pytest
 
 from tests.fleet import FleetResult, fleet
-from tests.oci import OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, descriptor
+from tests.oci import OCI_MANIFEST, random_image
 from tests.replicas.cluster import Cluster
 from tests.replicas.conftest import shared_cluster
 from tests.upstreams import MOORAGE_USER_AGENT, DistributionRegistry, push_image
@@ -44,20 +42,6 @@ def caching(request: pytest.FixtureRequest, upstream: DistributionRegistry) -> I
         yield started
 
 
-def _image() -> tuple[bytes, list[bytes]]:
-    config = json.dumps({"architecture": "amd64", "os": "linux", "nonce": os.urandom(8).hex()}).encode()
-    blobs = [os.urandom(256 * 1024) for _ in range(3)] + [os.urandom(4 * MiB)]
-    manifest = json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": OCI_MANIFEST,
-            "config": descriptor(OCI_CONFIG, config),
-            "layers": [descriptor(OCI_LAYER, b) for b in blobs],
-        }
-    ).encode()
-    return manifest, [config, *blobs]
-
-
 def _upstream_gets(upstream: DistributionRegistry, what: str) -> dict[str, int]:
     counts: dict[str, int] = {}
     repos = "|".join(re.escape(r) for r in REPOS)
@@ -70,7 +54,7 @@ def test_a_cold_fleet_on_three_replicas_fetches_each_blob_once(
     caching: Cluster, upstream: DistributionRegistry
 ) -> None:
     for repo in REPOS:
-        manifest, blobs = _image()
+        manifest, blobs = random_image([256 * 1024] * 3 + [4 * MiB])
         push_image(upstream.url, repo, "v1", manifest, OCI_MANIFEST, blobs)
     basic = base64.b64encode(f"AWS:{caching.password()}".encode()).decode()
     headers = {"Authorization": f"Basic {basic}"}
