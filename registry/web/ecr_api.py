@@ -23,10 +23,10 @@ from registry.web.context import ACCESS, ECR, ECR_OPERATIONS, IMAGES
 from registry.web.middleware import (
     ACTION,
     ECR_TARGET_HEADER,
-    PROTOCOL,
     REPOSITORY,
     REQUEST_ID,
     ROUTE,
+    is_ecr_request,
     read_body,
 )
 
@@ -57,12 +57,7 @@ def _snake(name: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
 
-def is_ecr_request(request: web.Request) -> bool:
-    return request.method == "POST" and ECR_TARGET_HEADER in request.headers
-
-
 async def handle(request: web.Request) -> web.Response:
-    request[PROTOCOL] = "ecr"
     prefix, _, name = request.headers.get(ECR_TARGET_HEADER, "").partition(".")
     request[ROUTE], request[ACTION] = f"ecr:{name[:64]}", f"ecr:{name[:64]}"
     if prefix != ecr_model.TARGET_PREFIX or not name:

@@ -24,7 +24,6 @@ access_log = logging.getLogger("moorage.access")
 
 API_VERSION_HEADER = "Docker-Distribution-API-Version"
 ECR_TARGET_HEADER = "X-Amz-Target"
-PROTOCOL = "moorage.protocol"  # request key: "ecr" once the request is known to be an ECR API call
 # What handlers record about a request, for the access log and metrics.
 REQUEST_ID = "moorage.request_id"
 ROUTE = "moorage.route"
@@ -40,12 +39,15 @@ _request_ids = (f"{_ID_PREFIX}{n:08x}" for n in itertools.count())
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+def is_ecr_request(request: web.Request) -> bool:
+    """An ECR API call (its JSON protocol names the operation in X-Amz-Target), not a /v2 or console request."""
+    return request.method == "POST" and ECR_TARGET_HEADER in request.headers
+
+
 def render_error(request: web.Request, err: RegistryError) -> web.Response:
     """Write `err` in the protocol's own shape: `__type` JSON on the ECR API, OCI error JSON elsewhere."""
     headers = dict(err.headers)
-    # An ECR call is known by its target header even when it fails before its handler marks the request (the
-    # registry settings' refresh, say, with the database down).
-    if request.get(PROTOCOL) == "ecr" or (request.method == "POST" and ECR_TARGET_HEADER in request.headers):
+    if is_ecr_request(request):  # whichever layer failed: the handler, or a middleware before it
         # ECR answers 400 or 500; an unreachable backend is 503 here too, so SDKs retry it as throttling-like
         # and a load balancer (nginx's proxy_next_upstream http_503) tries another replica.
         status = 503 if err.status == 503 else 500 if err.status >= 500 else 400
