@@ -11,10 +11,13 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
 import requests
+
+from tests.helpers import wait_for
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 AUTH_OFF = "[auth]\nenabled = false\n"
@@ -182,6 +185,47 @@ class MoorageServer:
                 return f.read().decode(errors="replace")
         except FileNotFoundError:
             return ""
+
+    def log_containing(self, *needles: str, timeout: float = 10.0) -> str:
+        """The server's output once it holds every one of `needles`. Lines go out through a writer thread
+        (registry/logs.py), so a line logged before a response may reach the file a moment after it."""
+
+        def holding() -> str | None:
+            text = self.log()
+            return text if all(n in text for n in needles) else None
+
+        return wait_for(
+            holding,
+            timeout,
+            f"{list(needles)} in the server log",
+            details=lambda: self.log()[-3000:],
+        )
+
+    def access_log(self) -> list[dict[str, Any]]:
+        """The access log written so far, one dict per request (JSON lines: the server's output is not a tty)."""
+        out = []
+        for line in self.log().splitlines():
+            if line.startswith("{") and '"moorage.access"' in line:
+                entry = json.loads(line)
+                if entry.get("logger") == "moorage.access":
+                    out.append(entry)
+        return out
+
+    def access_log_until(
+        self, done: Callable[[list[dict[str, Any]]], object], what: str, timeout: float = 10.0
+    ) -> list[dict[str, Any]]:
+        """The access log once `done(entries)` holds: a request's line is written just after its response."""
+
+        def when_done() -> list[dict[str, Any]] | None:
+            entries = self.access_log()
+            return entries if done(entries) else None
+
+        return wait_for(
+            when_done,
+            timeout,
+            what,
+            details=lambda: self.log()[-3000:],
+        )
 
     def worker_pids(self) -> list[int]:
         """The running server's child processes: a supervisor's workers (none for a single process)."""

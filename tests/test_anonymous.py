@@ -90,17 +90,6 @@ def challenge(srv: MoorageServer, scope: str | None = None) -> str:
     return value + (f',scope="{scope}"' if scope else "")
 
 
-def access_lines(srv: MoorageServer) -> list[dict[str, Any]]:
-    """The server's access log so far, one dict per request."""
-    out = []
-    for line in srv.log().splitlines():
-        if line.startswith("{"):
-            entry = json.loads(line)
-            if entry.get("logger") == "moorage.access":
-                out.append(entry)
-    return out
-
-
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MoorageServer]:
     server = MoorageServer(tmp_path_factory.mktemp("anonymous") / "data", auth_config()).start()
@@ -201,7 +190,11 @@ def test_anonymous_gets_exactly_what_star_is_granted(srv: MoorageServer, admin: 
             assert r.headers["WWW-Authenticate"] == challenge(srv, scope), dict(r.headers)
         assert get(srv, f"/v2/{pull_only}/manifests/v1", headers).status_code == 200
     # The principal is logged as nobody.
-    pulls = [e for e in access_lines(srv) if e["path"] == f"/v2/{public}/manifests/v1" and e["status"] == 200]
+    entries = srv.access_log_until(
+        lambda log: any(e["path"] == f"/v2/{public}/manifests/v1" and e["status"] == 200 for e in log),
+        "the anonymous pull's access log line",
+    )
+    pulls = [e for e in entries if e["path"] == f"/v2/{public}/manifests/v1" and e["status"] == 200]
     assert pulls and all(e["principal"] is None for e in pulls), pulls
 
 
@@ -385,11 +378,16 @@ def test_docker_pull_without_login(docker: Dockerd, srv: MoorageServer, admin: C
     assert "unauthorized: Not Authorized" in denied.stderr, denied.stderr
     # The daemon fetched an anonymous token and pulled with it (HEAD by tag, GET by digest, the blobs): the log
     # names no principal.
-    log = [e for e in access_lines(srv) if e["user_agent"].startswith("docker/")]
+    wanted = {"/v2/token", f"/v2/{public}/manifests/{image.digest}", f"/v2/{public}/blobs/{digest_of(image.layer)}"}
+    log = [
+        e
+        for e in srv.access_log_until(
+            lambda log: wanted <= {e["path"] for e in log if e["status"] == 200}, "the daemon's pull in the access log"
+        )
+        if e["user_agent"].startswith("docker/")
+    ]
     pulled = [e for e in log if e["path"].startswith(f"/v2/{public}/")]
-    assert {"/v2/token", f"/v2/{public}/manifests/{image.digest}", f"/v2/{public}/blobs/{digest_of(image.layer)}"} <= {
-        e["path"] for e in log if e["status"] == 200
-    }, log
+    assert wanted <= {e["path"] for e in log if e["status"] == 200}, log
     assert all(e["principal"] is None and e["status"] == 200 for e in pulled), pulled
 
 
@@ -427,10 +425,13 @@ def test_docker_daemon_with_moorage_as_registry_mirror(
         assert d.run("image", "inspect", "--format", "{{.Id}}", f"{name}:v1").stdout.strip() == image.image_id
 
         # It came through Moorage, anonymously, as library/<name> (the ROOT rule's name for it) ...
-        pulled = [e for e in access_lines(s) if e["path"].startswith(f"/v2/library/{name}/")]
-        assert {f"/v2/library/{name}/manifests/v1", f"/v2/library/{name}/blobs/{digest_of(image.layer)}"} <= {
-            e["path"] for e in pulled
-        }, pulled
+        wanted = {f"/v2/library/{name}/manifests/v1", f"/v2/library/{name}/blobs/{digest_of(image.layer)}"}
+        pulled = [
+            e
+            for e in s.access_log_until(lambda log: wanted <= {e["path"] for e in log}, "the mirrored pull's lines")
+            if e["path"].startswith(f"/v2/library/{name}/")
+        ]
+        assert wanted <= {e["path"] for e in pulled}, pulled
         assert all(e["status"] == 200 and e["principal"] is None for e in pulled), pulled
         # ... and the upstream saw only Moorage.
         seen = upstream.accesses(f"^(GET|HEAD) /v2/library/{name}/")  # (not the test's own push)
@@ -535,8 +536,13 @@ def test_containerd_mirror_without_credentials(make_server: MakeServer, upstream
         c.ctr("images", "pull", "--hosts-dir", str(tmp_path / "certs.d"), ref, env=env)
         listed = c.ctr("images", "list").stdout
         assert ref in listed and image.digest in listed, listed
-        pulled = [e for e in access_lines(s) if e["path"].startswith(f"/v2/{name}/")]  # (logged without ?ns=)
-        assert f"/v2/{name}/blobs/{digest_of(image.layer)}" in {e["path"] for e in pulled}, pulled
+        layer_path = f"/v2/{name}/blobs/{digest_of(image.layer)}"  # (logged without ?ns=)
+        pulled = [
+            e
+            for e in s.access_log_until(lambda log: layer_path in {e["path"] for e in log}, "containerd's pull's lines")
+            if e["path"].startswith(f"/v2/{name}/")
+        ]
+        assert layer_path in {e["path"] for e in pulled}, pulled
         assert all(
             e["status"] == 200 and e["principal"] is None and e["repository"] == f"dist/{name}" for e in pulled
         ), pulled

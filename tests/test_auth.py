@@ -924,9 +924,7 @@ def test_admin_bootstrap(make_server):
     key, secret = creds["access_key_id"], creds["secret_access_key"]
     assert re.fullmatch(r"[A-Z0-9]{16,}", key) and len(secret) >= 16, creds
 
-    log = s.log()
-    assert key in log and "get-login-password" in log and "credentials" in log and str(creds_file) in log, log
-    assert "docker login" in log, log
+    log = s.log_containing(key, "get-login-password", "credentials", str(creds_file), "docker login")
     assert secret not in log, "the admin's secret key leaked into the server log"
 
     p = moorage("credentials", "--data-dir", str(s.data_dir))

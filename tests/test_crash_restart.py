@@ -109,7 +109,7 @@ def test_a_starting_supervisor_waits_for_a_port_still_in_use(tmp_path: Path):
         started = time.monotonic()
         srv.start()
         assert time.monotonic() - started >= 1.0  # it did wait for the port
-        assert f"127.0.0.1:{port} is in use; trying again for up to 10s" in srv.log()
+        srv.log_containing(f"127.0.0.1:{port} is in use; trying again for up to 10s")
         assert Client(srv.url).get("/v2/").status_code == 200
     finally:
         release.cancel()

@@ -153,22 +153,12 @@ def test_pull_through_metrics(make_server) -> None:
     assert metric(s, "moorage_pull_through_stale_serves_total", rule="up") == 0
 
 
-def access_lines(srv: MoorageServer) -> list[dict]:
-    out = []
-    for line in srv.log().splitlines():
-        if line.startswith("{"):
-            doc = json.loads(line)
-            if doc.get("logger") == "moorage.access":
-                out.append(doc)
-    return out
-
-
 def logged(srv: MoorageServer, what: str, count: int, **fields: object) -> list[dict]:
     """The access log's lines that have `fields`, once there are `count` of them (a line is written by the
     log thread just after its response: poll, don't sleep)."""
 
     def lines() -> list[dict] | None:
-        found = [x for x in access_lines(srv) if all(x.get(k) == v for k, v in fields.items())]
+        found = [x for x in srv.access_log() if all(x.get(k) == v for k, v in fields.items())]
         assert len(found) <= count, f"more than {count} access log lines for {what}: {found}"
         return found if len(found) == count else None
 
@@ -201,7 +191,7 @@ def test_structured_access_log_without_secrets(make_server) -> None:
     assert api["principal"] == "admin" and api["status"] == 200
     (download,) = logged(srv, "the download", 1, route="/v2/{name}/blobs/{digest}")
     assert download["status"] == 200 and download["bytes_out"] == len(img.layers[0])
-    assert all(len(x["request_id"]) >= 8 for x in access_lines(srv))
+    assert all(len(x["request_id"]) >= 8 for x in srv.access_log())
     text = srv.log()
     assert token not in text and ADMIN_SECRET not in text
     assert "token=" not in text  # download URLs carry a token in the query string: paths are logged without it
@@ -318,7 +308,7 @@ def test_sigterm_drains_in_flight_requests(make_server) -> None:
     assert srv.wait(30) == 0
     after = srv.log(log_from)
     assert "drain timed out" not in after and "stopped" in after, after
-    (patch,) = [x for x in access_lines(srv) if x["method"] == "PATCH"]
+    (patch,) = [x for x in srv.access_log() if x["method"] == "PATCH"]
     assert patch["status"] == 202 and patch["bytes_in"] == len(data), patch
     srv.start()
     assert Client(srv.url).get(loc).headers["Range"] == f"0-{len(data) - 1}"

@@ -366,8 +366,11 @@ def test_upstream_stopped_serves_cached_and_fails_misses_promptly(
     skopeo_pull(skopeo, f"{srv.host}/hub/{repo}:v1", tmp_path / "stale", "v1")
     assert time.monotonic() - started < 10
     assert_layout_matches(tmp_path / "stale", "v1", img.digest, img.blobs)
-    warnings = [line for line in srv.log().splitlines() if "warning" in line.lower() and up.url in line]
-    assert warnings, f"no warning naming {up.url} in the server log:\n{srv.log()[-3000:]}"
+    wait_for(
+        lambda: [line for line in srv.log().splitlines() if "warning" in line.lower() and up.url in line],
+        what=f"a warning naming {up.url} in the server log",
+        details=lambda: srv.log()[-3000:],
+    )
 
     # Never cached: at once, a 502 whose OCI error names the upstream.
     for name, ref in [(repo, "v2"), ("team/never", "v1")]:

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from tests.dockerd import Dockerd
+from tests.helpers import wait_for
 from tests.oci import Client
 from tests.podman import isolated_podman
 from tests.runnable_image import RunnableImage, runnable_image
@@ -62,8 +63,11 @@ def redirected_blob_gets(srv: MoorageServer, repository: str) -> list[tuple[str,
 
 def assert_layer_was_redirected(srv: MoorageServer, repository: str, image: RunnableImage) -> None:
     layer = json.loads(image.manifest)["layers"][0]["digest"]
-    gets = redirected_blob_gets(srv, repository)
-    assert (f"/v2/{repository}/blobs/{layer}", 307) in gets, f"the layer's GET was not redirected: {gets}"
+    wait_for(
+        lambda: (f"/v2/{repository}/blobs/{layer}", 307) in redirected_blob_gets(srv, repository),
+        what="the layer's GET, redirected, in the access log",
+        details=lambda: repr(redirected_blob_gets(srv, repository)),
+    )
 
 
 def test_skopeo_follows_the_redirect(redirecting: MoorageServer, skopeo: Skopeo, tmp_path: Path):

@@ -228,4 +228,4 @@ def test_when_every_connection_is_busy_a_new_one_gets_503_at_once(make_server) -
             assert _read_response(s).startswith(b"HTTP/1.1 202")
             s.close()
     assert requests.get(f"{srv.url}/healthz", timeout=5).status_code == 200
-    assert "connection limit 5 reached with every connection busy" in srv.log()
+    srv.log_containing("connection limit 5 reached with every connection busy")

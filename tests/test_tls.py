@@ -55,7 +55,7 @@ def test_a_certificate_chain_is_served_by_every_worker(tmp_path: Path):
     pki = Pki(tmp_path / "pki", ["localhost"], intermediate=True)
     srv = MoorageServer(tmp_path / "data", tls_config(pki), workers=2, tls_ca=pki.ca).start()
     try:
-        assert f"serving on https://127.0.0.1:{srv.port} with 2 workers" in srv.log()
+        srv.log_containing(f"serving on https://127.0.0.1:{srv.port} with 2 workers")
         for _ in range(100):  # new connections, until both workers have answered one
             r = requests.get(srv.url + "/v2/", verify=str(pki.ca), headers={"Connection": "close"}, timeout=10)
             assert r.status_code == 200, r.text
