@@ -14,16 +14,20 @@ from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
 from typing import Protocol
 
 from storage.records import (
+    BackfillProgress,
+    BackfillRecord,
     BlobRow,
     ImageRecord,
     LifecyclePreview,
     ManifestRecord,
     ManifestWrite,
+    NewReplication,
     Page,
     PullThroughRule,
     PutOutcome,
     RepositoryInit,
     RepositoryRecord,
+    ReplicationTask,
     RepositorySettings,
     UploadRecord,
 )
@@ -254,6 +258,74 @@ class RegistrySettingsStore(Protocol):
         """False when the principal was not excluded."""
 
 
+class ReplicationQueue(Protocol):
+    """Replication's durable queue: one task per (image, destination) copy, claimed under a lease so that one
+    process (of any replica) runs it at a time, and a crashed runner's task is taken up again when its lease
+    ends. Tasks of one (destination, repository) run in queue order, so a tag pushed twice ends where the last
+    push put it. And the backfills that queue a registry's existing images."""
+
+    async def enqueue_replications(self, tasks: Sequence[NewReplication], now: float) -> int:
+        """Queue the tasks (pending, due now) in one transaction, skipping any identical to a task still pending
+        (same destination, repository, digest and tags); returns how many were queued."""
+
+    async def claim_replication(self, now: float, lease_until: float, owner: str) -> ReplicationTask | None:
+        """Lease the oldest pending task that is due (`due_at <= now`), not leased by anyone (or its lease ended
+        before `now`), and has no older pending task of the same destination and repository. Sets its lease
+        (`owner` until `lease_until`) and counts an attempt; None when there is none. Two claimers never get
+        the same task."""
+
+    async def renew_replication(self, task_id: int, owner: str, lease_until: float) -> bool:
+        """Extend a lease still held by `owner` (a long copy); False when it was lost."""
+
+    async def finish_replication(
+        self, task_id: int, owner: str, state: str, error: str | None, due_at: float, now: float
+    ) -> bool:
+        """Record an attempt's end and free the lease: `state` "complete", "failed", or "pending" again (to retry
+        at `due_at`, with `error`). Only while `owner` holds the lease; False (nothing changes) otherwise."""
+
+    async def replication_states(self, repository: str, digest: str) -> dict[str, ReplicationTask]:
+        """The newest task per destination for an image."""
+
+    async def replication_tasks(
+        self, *, backfill: str | None = None, state: str | None = None, after: int = 0, limit: int = 1000
+    ) -> list[ReplicationTask]:
+        """Tasks by id after `after` (all, a backfill's, in a state)."""
+
+    async def prune_replications(self, finished_before: float) -> int:
+        """Delete tasks that ended (complete, failed, stopped) before then and belong to no backfill that is kept;
+        returns how many."""
+
+    async def create_backfill(self, backfill: BackfillRecord) -> bool:
+        """Store a new backfill; False (nothing stored) when a backfill of the same destination is PREPARING,
+        IN_PROGRESS or STOPPING."""
+
+    async def get_backfill(self, backfill_id: str) -> BackfillRecord | None: ...
+
+    async def list_backfills(self) -> list[BackfillRecord]:
+        """Every backfill, newest first."""
+
+    async def update_backfill(
+        self,
+        backfill_id: str,
+        status: str,
+        *,
+        ended_at: float | None = None,
+        failure: str | None = None,
+        only_from: Sequence[str] = (),
+    ) -> bool:
+        """Set a backfill's status (and end, failure); with `only_from`, only when its status is one of those.
+        False when nothing changed."""
+
+    async def stop_backfill_tasks(self, backfill_id: str, now: float) -> int:
+        """Mark the backfill's pending tasks that nobody holds a lease on "stopped"; returns how many."""
+
+    async def backfill_progress(self, backfill_id: str) -> BackfillProgress:
+        """Its tasks counted: all, complete, failed, and failed tasks' distinct errors."""
+
+    async def delete_backfills(self, ended_before: float) -> int:
+        """Forget backfills that ended before then, with their tasks (ECR keeps them 90 days)."""
+
+
 class Snapshot(Protocol):
     """Every row, out and in, in the drivers' common form (`storage.snapshot`): how `moorage migrate-storage` copies
     a registry's metadata from one driver to another, without SQL of its own."""
@@ -282,6 +354,7 @@ class MetadataStore(
     UploadStore,
     SharedValues,
     RegistrySettingsStore,
+    ReplicationQueue,
     Snapshot,
     Protocol,
 ):

@@ -169,3 +169,54 @@ class BlobRow:
     size: int
     touched_at: float
     claimed: bool = False  # tombstoned by a collection that has not finished
+
+
+@dataclass(frozen=True, slots=True)
+class NewReplication:
+    """An image to copy to one replication destination: queued by a push (or a backfill), durably."""
+
+    destination: str  # "region/registryId", the key of a configured destination
+    repository: str
+    digest: str
+    tags: tuple[str, ...] = ()  # the tags the push set (copied after the manifest, in this order)
+    backfill: str | None = None  # the backfill that queued it
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicationTask:
+    """A queued copy. `state`: "pending" (waiting, running or retrying after `error`), "complete", "failed" (given
+    up: `error` says why), or "stopped" (its backfill was stopped before it ran)."""
+
+    id: int
+    destination: str
+    repository: str
+    digest: str
+    tags: tuple[str, ...]
+    backfill: str | None
+    state: str
+    attempts: int
+    due_at: float  # when a pending task may run (next)
+    error: str | None
+    created_at: float
+    updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class BackfillRecord:
+    """A replication backfill (ECR's StartReplicationBackfill): PREPARING while it queues the images,
+    IN_PROGRESS while they are copied, then COMPLETE; STOPPING, STOPPED; FAILED when it could not be prepared."""
+
+    id: str
+    destination: str  # "region/registryId"
+    status: str
+    started_at: float
+    ended_at: float | None = None
+    failure: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BackfillProgress:
+    total: int
+    complete: int
+    failed: int
+    failure_codes: tuple[str, ...]  # the distinct errors of its failed tasks
