@@ -11,7 +11,9 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
+import json
 import re
+from pathlib import Path
 from typing import Any
 
 import botocore.session
@@ -22,9 +24,28 @@ from registry.errors import InvalidParameter, RegistryError, SerializationError
 TARGET_PREFIX = "AmazonEC2ContainerRegistry_V20150921"
 
 
+ADDITIONS = Path(__file__).parent / "ecr-model-additions.json"
+
+
+@functools.cache
+def model_document() -> dict[str, Any]:
+    """botocore's ECR model, with the operations (and their shapes) that a newer botocore has and the installed
+    one lacks (`ecr-model-additions.json`: replication backfills): the model Moorage serves."""
+    doc: dict[str, Any] = (
+        botocore.session.get_session().get_component("data_loader").load_service_model("ecr", "service-2")
+    )
+    additions = json.loads(ADDITIONS.read_text())
+    doc = {**doc, "operations": dict(doc["operations"]), "shapes": dict(doc["shapes"])}
+    for name, op in additions["operations"].items():
+        doc["operations"].setdefault(name, op)
+    for name, shape in additions["shapes"].items():
+        doc["shapes"].setdefault(name, shape)
+    return doc
+
+
 @functools.cache
 def service_model() -> ServiceModel:
-    return botocore.session.get_session().get_service_model("ecr")
+    return ServiceModel(model_document(), service_name="ecr")
 
 
 def operation(name: str) -> OperationModel | None:

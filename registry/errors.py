@@ -273,6 +273,9 @@ ExclusionNotFound = _ecr("ExclusionNotFoundException", "the principal is not exc
 SigningConfigurationNotFound = _ecr("SigningConfigurationNotFoundException", "signing configuration not found")
 ScanNotFound = _ecr("ScanNotFoundException", "scan not found")
 ValidationError = _ecr("ValidationException", "the request is not valid")
+BackfillInProgress = _ecr("ReplicationBackfillInProgressException", "a backfill to the destination is in progress")
+BackfillNotFound = _ecr("ReplicationBackfillNotFoundException", "replication backfill not found")
+BackfillInvalidStatus = _ecr("ReplicationBackfillInvalidStatusException", "the backfill cannot be stopped now")
 
 
 class ImageArchived(ManifestUnknown):

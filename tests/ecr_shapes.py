@@ -19,13 +19,14 @@ import re
 from datetime import datetime
 from typing import Any
 
-import botocore.session
 from botocore.model import OperationModel, ServiceModel, Shape
 
+from registry import ecr_model
 
-@functools.cache
+
 def service_model() -> ServiceModel:
-    return botocore.session.get_session().get_service_model("ecr")
+    """The model Moorage serves: botocore's, with the operations a newer botocore adds (registry/ecr_model.py)."""
+    return ecr_model.service_model()
 
 
 def operation_model(name: str) -> OperationModel:

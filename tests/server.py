@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -316,12 +318,27 @@ def moorage_json(srv: MoorageServer, *args: object, config: Path | None = None, 
     return json.loads(p.stdout)
 
 
+@functools.cache
+def _ecr_model_dir() -> str:
+    """A botocore data directory holding the ECR model Moorage serves (botocore's, with the operations a newer
+    botocore has: replication backfills), for clients that call them."""
+    from registry.ecr_model import model_document
+
+    root = Path(tempfile.mkdtemp(prefix="moorage-ecr-model-"))
+    (root / "ecr" / "2015-09-21").mkdir(parents=True)
+    (root / "ecr" / "2015-09-21" / "service-2.json").write_text(json.dumps(model_document()))
+    return str(root)
+
+
 def ecr_client(srv: MoorageServer, key: str = ADMIN_KEY, secret: str = ADMIN_SECRET, region: str = "us-east-1"):
-    """A real boto3 ECR client pointed at the server."""
+    """A real boto3 ECR client pointed at the server (with the whole model Moorage serves)."""
     import boto3
+    import botocore.session
     from botocore.config import Config
 
-    return boto3.client(
+    session = botocore.session.get_session()
+    session.get_component("data_loader").search_paths.insert(0, _ecr_model_dir())
+    return boto3.Session(botocore_session=session).client(
         "ecr",
         endpoint_url=srv.url,
         region_name=region,
