@@ -31,13 +31,16 @@ from registry.proxy import rules
 from registry.proxy.eviction import evict
 from registry.proxy.pullthrough import PullThrough
 from registry.proxy.rule_service import PullThroughRuleService
+from registry.replication.backfill import Backfills
+from registry.replication.copier import Copier
+from registry.replication.operations import ReplicationOperations
+from registry.replication.runner import PRUNE_INTERVAL, Replicator
 from registry.service.ecr import EcrService
 from registry.service.ecr_registry import RegistryOperations
 from registry.service.ecr_scanning import ScanningOperations
 from registry.service.images import ImageService
 from registry.service.lifecycle import LifecycleService, SweepReport
 from registry.service.registry_settings import RegistrySettings
-from registry.service.replication import ReplicationOperations
 from registry.service.templates import TemplateService
 from registry.service.uploads import UploadService
 from registry.tls import tls_context
@@ -94,6 +97,8 @@ class Services:
     lifecycle: LifecycleService
     gc: GarbageCollector
     settings: RegistrySettings
+    replicator: Replicator
+    backfills: Backfills
     metrics: metrics.Metrics | None = None
 
     @property
@@ -145,6 +150,8 @@ class Services:
             locks=stores.locks,
             changes=stores.changes,
         )
+        replicator = Replicator(meta, Copier(meta, blobs), settings, config.replication, source_registry=account)
+        images.on_push = replicator.enqueue
         return cls(
             config,
             stores,
@@ -155,6 +162,8 @@ class Services:
             LifecycleService(images, meta, account_id=account),
             GarbageCollector(meta, blobs, grace_period=config.gc.grace_period, on_removed=images.forget_all),
             settings,
+            replicator,
+            Backfills(meta, replicator.configuration, replicator.wake),
         )
 
     async def open(self, also: Callable[[], Awaitable[None]] | None = None) -> None:
@@ -171,7 +180,8 @@ class Services:
     async def close(self) -> None:
         """Every step runs even when one before it fails (a full disk refusing the last pull times, say): the
         database and files are always closed and shutdown completes. Failures are logged."""
-        for step in (self.pull_through.close, self.images.flush_pulls, self.stores.close):
+        steps = (self.backfills.close, self.replicator.close, self.pull_through.close, self.images.flush_pulls)
+        for step in (*steps, self.stores.close):
             try:
                 await step()
             except StorageError as e:
@@ -299,7 +309,14 @@ def create_app(config: Config, worker: int | None = None) -> web.Application:
         services.templates,
         RegistryOperations(services.settings, account_id=account),
         ScanningOperations(services.images, services.settings, account_id=account, region=region),
-        ReplicationOperations(services.images, services.settings, account_id=account, region=region),
+        ReplicationOperations(
+            services.images,
+            services.settings,
+            services.replicator,
+            services.backfills,
+            account_id=account,
+            region=region,
+        ),
     )
     app[RULES], app[LIFECYCLE], app[GC] = pull_through_rules, services.lifecycle, services.gc
     app[SWEEP_NOW] = services.sweep_repository
@@ -333,7 +350,9 @@ def create_app(config: Config, worker: int | None = None) -> web.Application:
     app.cleanup_ctx.append(
         jobs.every("pull-through hit history", HIT_SAMPLE_INTERVAL, services.pull_through.sample_history)
     )
+    app.cleanup_ctx.append(jobs.running("replication", services.replicator.run))
     if worker in (None, 0):
+        app.cleanup_ctx.append(jobs.every("replication pruning", PRUNE_INTERVAL, services.replicator.prune))
         app.cleanup_ctx.append(jobs.every("lifecycle sweep", config.lifecycle.evaluation_interval, services.sweep))
         app.cleanup_ctx.append(jobs.every("garbage collection", config.gc.interval, services.collect))
     oci_routes.add_routes(app)

@@ -114,6 +114,20 @@ def _image(w: World) -> dict[str, Any]:
     return {"repositoryName": w.repo, "imageId": {"imageTag": "v1"}}
 
 
+def _destination(w: World) -> dict[str, Any]:
+    """A replication destination of its own (no backfill to it is running), in the configuration."""
+    destination = {"region": "eu-west-1", "registryId": f"{111122220000 + next(_seq)}"}
+    rules = [
+        {"destinations": [destination], "repositoryFilters": [{"filter": "all-ops", "filterType": "PREFIX_MATCH"}]}
+    ]
+    w.ecr.put_replication_configuration(replicationConfiguration={"rules": rules})
+    return {"destination": destination}
+
+
+def _backfill(w: World) -> dict[str, Any]:
+    return {"replicationBackfillId": w.ecr.start_replication_backfill(**_destination(w))["replicationBackfillId"]}
+
+
 def _rule(w: World, prefix: str) -> dict[str, Any]:
     w.ecr.create_pull_through_cache_rule(ecrRepositoryPrefix=prefix, upstreamRegistryUrl=w.upstream)
     return {"ecrRepositoryPrefix": prefix}
@@ -207,6 +221,7 @@ CALLS: dict[str, Params] = {
     "DeregisterPullTimeUpdateExclusion": _exclusion,
     "DescribeImageReplicationStatus": _image,
     "DescribeImageScanFindings": _image,
+    "DescribeReplicationBackfillResults": _backfill,
     "DescribeImageSigningStatus": _image,
     "DescribeImages": lambda w: {"repositoryName": w.repo},
     "DescribePullThroughCacheRules": lambda w: {},
@@ -226,6 +241,7 @@ CALLS: dict[str, Params] = {
     "ListImageReferrers": lambda w: {"repositoryName": w.repo, "subjectId": {"imageDigest": w.digest}},
     "ListImages": lambda w: {"repositoryName": w.repo},
     "ListPullTimeUpdateExclusions": lambda w: {},
+    "ListReplicationBackfills": lambda w: (_backfill(w), {})[1],
     "ListTagsForResource": lambda w: {"resourceArn": _arn(w)},
     "PutAccountSetting": lambda w: {"name": "BLOB_MOUNTING", "value": "ENABLED"},
     "PutImage": lambda w: {
@@ -262,6 +278,8 @@ CALLS: dict[str, Params] = {
     "RegisterPullTimeUpdateExclusion": lambda w: {"principalArn": f"arn:aws:iam::{ACCOUNT}:user/mirror-{next(_seq)}"},
     "SetRepositoryPolicy": lambda w: {"repositoryName": w.fresh_repo()[0], "policyText": _registry_policy()},
     "StartImageScan": _image,
+    "StartReplicationBackfill": _destination,
+    "StopReplicationBackfill": _backfill,
     "StartLifecyclePolicyPreview": lambda w: {
         "repositoryName": w.fresh_repo(image=True)[0],
         "lifecyclePolicyText": LIFECYCLE,

@@ -14,8 +14,9 @@ from registry.auth.tokens import KeyRing
 from registry.errors import InvalidParameter
 from registry.iam_policy import PolicyError, parse_policy
 from registry.registry_policy import V1, V2, SettingError, check_setting, governs, parse_registry_policy
+from registry.replication.operations import check_configuration
+from registry.replication.runner import destinations_for
 from registry.service.ecr_scanning import repository_scanning
-from registry.service.replication import check_configuration, destinations_for
 from storage.records import RepositoryRecord, RepositorySettings
 
 ACCOUNT, REGION = "123456789012", "us-east-1"

@@ -99,13 +99,16 @@ class _AccessLogged:
             time.sleep(quiet)
 
 
-def wait_http(url: str, proc: subprocess.Popen[bytes], what: str, log: Path, timeout: float) -> None:
-    """Wait until `url` answers 200; RuntimeError, with the log's tail, if `proc` exits or time runs out."""
+def wait_http(
+    url: str, proc: subprocess.Popen[bytes], what: str, log: Path, timeout: float, ok: tuple[int, ...] = (200,)
+) -> None:
+    """Wait until `url` answers 200 (or a status of `ok`); RuntimeError, with the log's tail, if `proc` exits or
+    time runs out."""
 
     def answers() -> bool:
         if proc.poll() is not None:
             raise RuntimeError(f"{what} exited with {proc.returncode}:\n{log_tail(log)}")
-        return requests.get(url, timeout=5).status_code == 200
+        return requests.get(url, timeout=5).status_code in ok
 
     try:
         wait_for(answers, timeout, f"{what} to answer {url}")
@@ -123,7 +126,9 @@ def log_tail(path: Path, n: int = 4000) -> str:
 class DistributionRegistry(_AccessLogged):
     """`docker-registry serve` with its own directory: storage in <root>/reg, access log in <root>/access.log."""
 
-    def __init__(self, root: Path, port: int | None = None) -> None:
+    def __init__(self, root: Path, port: int | None = None, *, htpasswd: tuple[str, str] | None = None) -> None:
+        """`htpasswd`: (username, password) that every request must carry (Basic), as Distribution's htpasswd
+        auth has it; without it, anyone may push and pull."""
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
@@ -131,11 +136,20 @@ class DistributionRegistry(_AccessLogged):
         self.log_path = self.root / "access.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self._log_fh: IO[bytes] | None = None
+        auth = ""
+        self.credentials = htpasswd
+        if htpasswd is not None:
+            import bcrypt
+
+            user, password = htpasswd
+            hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4)).decode()
+            (self.root / "htpasswd").write_text(f"{user}:{hashed}\n")
+            auth = f"auth: {{htpasswd: {{realm: moorage-tests, path: {self.root / 'htpasswd'}}}}}\n"
         self.config_path.write_text(
             "version: 0.1\n"
             "log: {level: info, accesslog: {disabled: false}}\n"
             f"storage: {{filesystem: {{rootdirectory: {self.root / 'reg'}}}, delete: {{enabled: true}}}}\n"
-            f"http: {{addr: {self.host}}}\n"
+            f"http: {{addr: {self.host}}}\n" + auth
         )
 
     def start(self, timeout: float = 15.0) -> DistributionRegistry:
@@ -151,7 +165,8 @@ class DistributionRegistry(_AccessLogged):
             stdin=subprocess.DEVNULL,
         )
         try:
-            wait_http(self.url + "/v2/", self.proc, "docker-registry", self.log_path, timeout)
+            ok = (401,) if self.credentials else (200,)
+            wait_http(self.url + "/v2/", self.proc, "docker-registry", self.log_path, timeout, ok)
         except RuntimeError:
             self.stop()
             raise

@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from registry.config.environment import read_environ
-from registry.config.schema import Config, PrincipalConfig, RegistryConfig, SecretConfig, ServerConfig
+from registry.config.schema import (
+    Config,
+    PrincipalConfig,
+    RegistryConfig,
+    ReplicationConfig,
+    SecretConfig,
+    ServerConfig,
+)
 from registry.config.values import (
     ConfigError,
     Problems,
@@ -123,6 +130,7 @@ def from_dict(raw: dict[str, Any]) -> Config:
         ({"registry"}, lambda: _check_hostname_names_registry(config.registry)),
         ({"auth"}, lambda: _check_principals(config.auth.principals)),
         ({"pull_through", "secrets"}, lambda: _check_rules(config)),
+        ({"replication", "registry"}, lambda: _check_destinations(config.replication, config.registry)),
     ]
     for needs, check in checks:
         if not needs & failed:
@@ -204,6 +212,32 @@ def _check_rules(config: Config) -> None:
             policy.check_url(rule.upstream_registry_url)
         except NotAllowed as e:
             problems.found.append(f"{key}.upstream_registry_url: {e}")
+    problems.raise_any()
+
+
+def _check_destinations(replication: ReplicationConfig, registry: RegistryConfig) -> None:
+    """Each destination once, never the registry itself, with one kind of credentials (or none, for an open OCI
+    registry); access keys are for another Moorage's (or ECR's) API."""
+    problems = Problems()
+    seen: set[str] = set()
+    for i, d in enumerate(replication.destinations):
+        key = f"replication.destinations[{i}]"
+        if d.key in seen:
+            problems.found.append(f"{key}: region {d.region!r} and registry_id {d.registry_id!r} are another's")
+        seen.add(d.key)
+        if (d.region, d.registry_id) == (registry.region, registry.account_id):
+            problems.found.append(f"{key}: names this registry itself ([registry] region and account_id)")
+        has_keys = bool(d.access_key_id) or bool(d.secret_access_key.reveal())
+        has_basic = bool(d.username) or bool(d.password.reveal())
+        if has_keys and has_basic:
+            problems.found.append(
+                f"{key}: give access_key_id and secret_access_key (another Moorage) or username and password "
+                "(an OCI registry), not both"
+            )
+        elif has_keys and not (d.access_key_id and d.secret_access_key.reveal()):
+            problems.found.append(f"{key}: access_key_id and secret_access_key go together")
+        elif has_basic and not (d.username and d.password.reveal()):
+            problems.found.append(f"{key}: username and password go together")
     problems.raise_any()
 
 

@@ -183,6 +183,39 @@ class SecretConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class DestinationConfig:
+    """`[[replication.destinations]]`: the registry an ECR replication destination `{region, registryId}` names.
+    Another Moorage is reached through its ECR API (access keys: a GetAuthorizationToken, then /v2 with the
+    token); any OCI registry through /v2 (username and password, or neither for an open one)."""
+
+    region: str = _required("str", check_region)
+    registry_id: str = _required("str", check_account)
+    endpoint: str = _required("str", check_upstream_url)
+    access_key_id: str = _key("", "str")
+    secret_access_key: Secret = _key(Secret(""), "secret")
+    username: str = _key("", "str")
+    password: Secret = _key(Secret(""), "secret")
+
+    @property
+    def key(self) -> str:
+        return f"{self.region}/{self.registry_id}"
+
+    @property
+    def is_moorage(self) -> bool:
+        """Reached with access keys through an ECR API (another Moorage, or ECR itself)."""
+        return bool(self.access_key_id)
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicationConfig:
+    destinations: tuple[DestinationConfig, ...] = _tables(DestinationConfig)
+    concurrency: int = _key(4, "int", check_positive)  # copies running at once, per process
+    retry_max_interval: float = _key(300.0, "duration")  # the longest wait between two attempts of a copy
+    retry_for: float = _key(24 * 3600.0, "duration")  # a copy failing for this long is given up (FAILED)
+    timeout: float = _key(30.0, "duration")  # connecting to a destination, and each read from it
+
+
+@dataclass(frozen=True, slots=True)
 class LogConfig:
     level: str = _key("info", "str", check_level)
     format: str = _key("auto", "str", check_format)
@@ -214,6 +247,7 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     console: ConsoleConfig = field(default_factory=ConsoleConfig)
+    replication: ReplicationConfig = field(default_factory=ReplicationConfig)
 
     @property
     def listen(self) -> tuple[str, int]:

@@ -25,7 +25,7 @@ import json
 import re
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -165,7 +165,15 @@ def _origin(url: URL) -> tuple[str, str, int | None]:
 # -- the client --------------------------------------------------------------------------------------------
 
 
+# A request body: bytes, or a function making a fresh stream of it (called again if the request is resent).
+Body = bytes | Callable[[], AsyncIterable[bytes]] | None
+
+
 class UpstreamClient:
+    user_agent = USER_AGENT
+    timeout_setting = "[pull_through] upstream_timeout"
+    response_timeout_setting = "[pull_through] upstream_response_timeout"
+
     def __init__(
         self,
         session: aiohttp.ClientSession,
@@ -197,13 +205,13 @@ class UpstreamClient:
             raise UpstreamError(self.base_url, "forbidden", str(e)) from None
 
     async def _send(
-        self, method: str, path: str, scope: str, headers: dict[str, str] | None = None
+        self, method: str, path: str, scope: str, headers: dict[str, str] | None = None, data: Body = None
     ) -> aiohttp.ClientResponse:
-        headers = {"User-Agent": USER_AGENT, **(headers or {})}
+        headers = {"User-Agent": self.user_agent, **(headers or {})}
         cached = self._auth.get(scope)
         if cached and cached[1] > self.clock():
             headers["Authorization"] = cached[0]
-        resp = await self._follow(method, URL(self.base_url + path), headers)
+        resp = await self._follow(method, URL(self.base_url + path), headers, data)
         if resp.status == 401 and _origin(resp.url) == _origin(self._base):
             challenge = resp.headers.get("WWW-Authenticate", "")
             resp.release()
@@ -216,16 +224,18 @@ class UpstreamClient:
                     401,
                 )
             headers["Authorization"] = header
-            resp = await self._follow(method, URL(self.base_url + path), headers)
+            resp = await self._follow(method, URL(self.base_url + path), headers, data)
         return resp
 
-    async def _follow(self, method: str, url: URL, headers: dict[str, str]) -> aiohttp.ClientResponse:
+    async def _follow(
+        self, method: str, url: URL, headers: dict[str, str], data: Body = None
+    ) -> aiohttp.ClientResponse:
         """A request whose redirects are followed here, each hop held to the allowlist; the Authorization
         header goes only to the upstream's own origin (it is dropped at the first hop away from it)."""
         headers = dict(headers)
         for _ in range(MAX_REDIRECTS + 1):
             self._allow(url)
-            resp = await self._request(method, url, headers)
+            resp = await self._request(method, url, headers, data)
             if resp.status not in REDIRECTS or method not in ("GET", "HEAD"):
                 return resp
             location = resp.headers.get("Location", "")
@@ -243,18 +253,25 @@ class UpstreamClient:
             url = target
         raise UpstreamError(self.base_url, "unavailable", f"more than {MAX_REDIRECTS} redirects")
 
-    async def _request(self, method: str, url: URL, headers: dict[str, str]) -> aiohttp.ClientResponse:
+    async def _request(
+        self, method: str, url: URL, headers: dict[str, str], data: Body = None
+    ) -> aiohttp.ClientResponse:
         deadline = asyncio.timeout(self.response_timeout)  # request() returns once the headers are in
         try:
             async with deadline:
                 return await self.session.request(
-                    method, url, headers=headers, timeout=self.timeout, allow_redirects=False
+                    method,
+                    url,
+                    headers=headers,
+                    data=data() if callable(data) else data,
+                    timeout=self.timeout,
+                    allow_redirects=False,
                 )
         except TimeoutError:
             if deadline.expired():
-                said = f"did not answer within {self.response_timeout:g}s ([pull_through] upstream_response_timeout)"
+                said = f"did not answer within {self.response_timeout:g}s ({self.response_timeout_setting})"
             else:
-                said = f"timed out ({self.timeout.sock_read:g}s without a byte; [pull_through] upstream_timeout)"
+                said = f"timed out ({self.timeout.sock_read:g}s without a byte; {self.timeout_setting})"
             raise UpstreamError(self.base_url, "timeout", said) from None
         except aiohttp.ClientConnectorError as e:
             if isinstance(e.os_error, UpstreamNotAllowed):
@@ -310,7 +327,7 @@ class UpstreamClient:
             raise UpstreamError(self.base_url, "forbidden", f"token realm {realm_url.host} is plain http")
         self._allow(realm_url)
         query = {"service": params.get("service", ""), "scope": params.get("scope") or scope}
-        headers = {"User-Agent": USER_AGENT}
+        headers = {"User-Agent": self.user_agent}
         if isinstance(self.credentials, BasicCredentials):
             raw = f"{self.credentials.username}:{self.credentials.password}".encode()
             headers["Authorization"] = "Basic " + base64.b64encode(raw).decode()

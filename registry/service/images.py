@@ -8,6 +8,7 @@ in-memory LRU that every write invalidates.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -80,6 +81,12 @@ def tag_is_immutable(settings: RepositorySettings, tag: str) -> bool:
     return False
 
 
+REPLICATION = "REPLICATION"
+# Why a push would create its repository (the creation template's `appliedFor`): CREATE_ON_PUSH, or REPLICATION
+# for a request another registry's replication sends (set by the web layer for that request's task).
+PUSH_REASON: contextvars.ContextVar[str] = contextvars.ContextVar("push_reason", default="CREATE_ON_PUSH")
+
+
 class ImageService:
     def __init__(
         self,
@@ -104,6 +111,9 @@ class ImageService:
         self._pulls: dict[tuple[str, str], float] = {}  # (repository, digest) -> last pull, not yet stored
         # Principals whose pulls record no pull time (ECR's pull-time update exclusions: scanners, mirrors).
         self.pull_time_excluded = pull_time_excluded
+        # Called with (repository, digest, tags) after a push (not a pull-through fill) stored something new,
+        # before it is acknowledged: replication queues the image there.
+        self.on_push: Callable[[str, str, tuple[str, ...]], Awaitable[object]] | None = None
         self._epoch = 0
 
     def _cache(self) -> LRUCache:
@@ -156,13 +166,15 @@ class ImageService:
             after_id = batch[-1].id
 
     async def repository_for_push(self, name: str) -> RepositoryRecord:
-        """The repository a push writes to, created on first push when `create_on_push` is set."""
+        """The repository a push writes to, created on first push when `create_on_push` is set; a replicated
+        push (`PUSH_REASON` REPLICATION) creates it always, with the REPLICATION creation template, as on ECR."""
         try:
             return await self.repository(name)
         except NameUnknown:
-            if not self.create_on_push:
+            reason = PUSH_REASON.get()
+            if not self.create_on_push and reason != REPLICATION:
                 raise
-        return await self.create_repository(name, "CREATE_ON_PUSH")
+        return await self.create_repository(name, reason)
 
     async def create_repository(self, name: str, reason: str) -> RepositoryRecord:
         """Create (or get) a repository, with the settings of the creation template that applies, if any."""
@@ -337,6 +349,8 @@ class ImageService:
             self.cache.pop(("tag", name, tag))
         if outcome.restored:
             self.forget_manifest(name, digest)
+        if self.on_push is not None and not trusted and (outcome.created or outcome.moved_tags):
+            await self.on_push(name, digest, tags)
         subject = parsed.subject.digest if parsed.subject else None
         return PushResult(
             digest, tags, subject, parsed.media_type, outcome.created, outcome.moved_tags, outcome.restored

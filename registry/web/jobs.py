@@ -1,4 +1,5 @@
-"""Periodic background jobs (pull-time flushes, lifecycle sweeps, cache eviction, garbage collection)."""
+"""Background jobs: periodic ones (pull-time flushes, lifecycle sweeps, cache eviction, garbage collection) and
+long-running ones (the replication queue's runner)."""
 
 from __future__ import annotations
 
@@ -29,6 +30,35 @@ def every(
                     raise
                 except Exception:
                     log.exception("background job %s failed", name)
+
+        task = asyncio.ensure_future(loop())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    return ctx
+
+
+def running(
+    name: str, job: Callable[[], Awaitable[object]]
+) -> Callable[[web.Application], contextlib.AbstractAsyncContextManager[None]]:
+    """A cleanup_ctx entry that runs `job` (a loop that runs until cancelled) while the app lives; should it end
+    by failing, it is logged and started again a second later."""
+
+    @contextlib.asynccontextmanager
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        async def loop() -> None:
+            while True:
+                try:
+                    await job()
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("background job %s failed; starting it again", name)
+                await asyncio.sleep(1.0)
 
         task = asyncio.ensure_future(loop())
         try:

@@ -29,7 +29,8 @@ from registry.errors import (
     PaginationInvalid,
     Unsupported,
 )
-from registry.service.images import MAX_PAGE
+from registry.replication.peer import REPLICATION_HEADER
+from registry.service.images import MAX_PAGE, PUSH_REASON, REPLICATION
 from registry.service.reader import ArrivingBlob, AuthorizeImport
 from registry.service.uploads import upload_range
 from registry.web.auth import (
@@ -516,9 +517,22 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
             args["name"] = request.app[PULL_THROUGH].name_for_namespace(request.query["ns"], args["name"])
             request[REPOSITORY] = args["name"]
         blob = args["digest"] if handler is get_blob and request.method == "GET" else None
+        if REPLICATION_HEADER in request.headers and _replicable(handler, request.method):
+            # Another registry's replication: ECR's ecr:ReplicateImage allows it too (a registry policy grants
+            # it to the source), and a repository it creates gets the REPLICATION creation template.
+            actions = (*actions, "ecr:ReplicateImage")
+            PUSH_REASON.set(REPLICATION)
         await authorize(request, actions, args["name"], blob=blob)
         return await handler(request, **args)
     raise NotFound(f"no such endpoint: {path}")
+
+
+def _replicable(handler: RouteHandler, method: str) -> bool:
+    """What a replication does on a destination: pushes and existence checks (HEAD); never a read of content or a
+    deletion."""
+    if method == "HEAD":
+        return True
+    return method != "DELETE" and handler not in (get_manifest, get_blob, list_tags, referrers)
 
 
 async def v1_api(request: web.Request) -> web.StreamResponse:
