@@ -25,9 +25,9 @@ from storage.records import (
     Page,
     PullThroughRule,
     PutOutcome,
+    ReplicationTask,
     RepositoryInit,
     RepositoryRecord,
-    ReplicationTask,
     RepositorySettings,
     UploadRecord,
 )
