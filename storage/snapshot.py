@@ -98,6 +98,20 @@ TABLES: tuple[Table, ...] = (
     _table("shared_values", "name:text value:bytes", "name"),
     _table("registry_settings", "name:text value:text updated_at:float", "name"),
     _table("pull_time_exclusions", "principal_arn:text created_at:float", "principal_arn"),
+    # Replication's queue and backfills (not in CONTENT_TABLES: they alone do not make a registry). Tasks name their
+    # repository and backfill without foreign keys; a copied lease simply runs out.
+    _table(
+        "replication_backfills",
+        "id:text destination:text status:text started_at:float ended_at:float failure:text",
+        "id",
+    ),
+    _table(
+        "replication_tasks",
+        "id:int destination:text repository:text digest:text tags:text backfill:text state:text attempts:int "
+        "due_at:float error:text lease_owner:text lease_until:float created_at:float updated_at:float",
+        "id",
+        serial="id",
+    ),
 )
 BY_NAME: dict[str, Table] = {table.name: table for table in TABLES}
 # Tables that say a registry has content (a target of a migration must have none of these rows).

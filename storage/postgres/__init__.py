@@ -10,6 +10,7 @@ listening connection.
 - `manifests.py`: blob links, manifests, tags, referrers, garbage collection's claims (and the row locks that
   stand in for SQLite's single writer).
 - `registry_settings.py`: the registry's own settings and pull-time update exclusions.
+- `replication.py`: replication's durable queue (tasks claimed under leases, `SKIP LOCKED`) and its backfills.
 - `snapshot.py`: every row out and in (`moorage migrate-storage`).
 - `coordination.py`: advisory locks, and the change feed on LISTEN/NOTIFY.
 """
@@ -19,10 +20,11 @@ from __future__ import annotations
 from storage.postgres.coordination import PostgresChangeFeed, PostgresLocks
 from storage.postgres.manifests import ManifestQueries
 from storage.postgres.registry_settings import RegistrySettingsQueries
+from storage.postgres.replication import ReplicationQueries
 from storage.postgres.snapshot import SnapshotQueries
 
 
-class PostgresMetadataStore(ManifestQueries, RegistrySettingsQueries, SnapshotQueries):
+class PostgresMetadataStore(ManifestQueries, RegistrySettingsQueries, ReplicationQueries, SnapshotQueries):
     """Every query of the `storage.metadata.MetadataStore` contract on one PostgreSQL schema."""
 
 

@@ -1,7 +1,7 @@
 """The PostgreSQL schema, as the ordered list of embedded migrations (`schema_version` holds how many are applied).
 
 PostgreSQL's own list, not SQLite's: migration 1 is the schema SQLite reaches after its nine, and each later one
-makes what one of SQLite's makes (2 is SQLite's 10). The tables live in the first schema of the connection's
+makes what one of SQLite's makes (2 is SQLite's 10, 3 its 11). The tables live in the first schema of the connection's
 `search_path` (`public` unless the DSN says `?search_path=NAME`), and nothing is created outside it. `migrate`
 applies the missing migrations in one transaction under an advisory lock on the schema's name, so replicas starting
 together migrate once, and refuses a database that a newer Moorage has migrated. Never edit a landed migration;
@@ -147,6 +147,39 @@ MIGRATIONS: list[str] = [
         principal_arn  TEXT COLLATE "C" PRIMARY KEY,
         created_at     DOUBLE PRECISION NOT NULL
     );
+    """,
+    # 3: replication's durable queue and backfills (SQLite's 11); repositories by name (a task outlives its
+    # repository)
+    """
+    CREATE TABLE replication_tasks (
+        id           BIGSERIAL PRIMARY KEY,
+        destination  TEXT COLLATE "C" NOT NULL,
+        repository   TEXT COLLATE "C" NOT NULL,
+        digest       TEXT COLLATE "C" NOT NULL,
+        tags         TEXT NOT NULL,
+        backfill     TEXT COLLATE "C",
+        state        TEXT NOT NULL CHECK (state IN ('pending', 'complete', 'failed', 'stopped')),
+        attempts     INTEGER NOT NULL DEFAULT 0,
+        due_at       DOUBLE PRECISION NOT NULL,
+        error        TEXT,
+        lease_owner  TEXT,
+        lease_until  DOUBLE PRECISION,
+        created_at   DOUBLE PRECISION NOT NULL,
+        updated_at   DOUBLE PRECISION NOT NULL
+    );
+    CREATE INDEX replication_tasks_due ON replication_tasks(state, due_at);
+    CREATE INDEX replication_tasks_in_order ON replication_tasks(destination, repository, id);
+    CREATE INDEX replication_tasks_by_image ON replication_tasks(repository, digest);
+    CREATE INDEX replication_tasks_by_backfill ON replication_tasks(backfill) WHERE backfill IS NOT NULL;
+    CREATE TABLE replication_backfills (
+        id           TEXT COLLATE "C" PRIMARY KEY,
+        destination  TEXT COLLATE "C" NOT NULL,
+        status       TEXT NOT NULL,
+        started_at   DOUBLE PRECISION NOT NULL,
+        ended_at     DOUBLE PRECISION,
+        failure      TEXT
+    );
+    CREATE INDEX replication_backfills_by_destination ON replication_backfills(destination, status);
     """,
 ]
 

@@ -165,4 +165,38 @@ MIGRATIONS: list[str] = [
         created_at     REAL NOT NULL
     ) WITHOUT ROWID;
     """,
+    # 11: replication's durable queue (one task per image and destination, claimed under a lease) and the backfills
+    # that queue a registry's existing images. Repositories by name, not by id: a task outlives its repository's
+    # deletion (and fails saying so)
+    """
+    CREATE TABLE replication_tasks (
+        id           INTEGER PRIMARY KEY AUTOINCREMENT,
+        destination  TEXT NOT NULL,
+        repository   TEXT NOT NULL,
+        digest       TEXT NOT NULL,
+        tags         TEXT NOT NULL,
+        backfill     TEXT,
+        state        TEXT NOT NULL CHECK (state IN ('pending', 'complete', 'failed', 'stopped')),
+        attempts     INTEGER NOT NULL DEFAULT 0,
+        due_at       REAL NOT NULL,
+        error        TEXT,
+        lease_owner  TEXT,
+        lease_until  REAL,
+        created_at   REAL NOT NULL,
+        updated_at   REAL NOT NULL
+    );
+    CREATE INDEX replication_tasks_due ON replication_tasks(state, due_at);
+    CREATE INDEX replication_tasks_in_order ON replication_tasks(destination, repository, id);
+    CREATE INDEX replication_tasks_by_image ON replication_tasks(repository, digest);
+    CREATE INDEX replication_tasks_by_backfill ON replication_tasks(backfill) WHERE backfill IS NOT NULL;
+    CREATE TABLE replication_backfills (
+        id           TEXT PRIMARY KEY,
+        destination  TEXT NOT NULL,
+        status       TEXT NOT NULL,
+        started_at   REAL NOT NULL,
+        ended_at     REAL,
+        failure      TEXT
+    ) WITHOUT ROWID;
+    CREATE INDEX replication_backfills_by_destination ON replication_backfills(destination, status);
+    """,
 ]

@@ -11,11 +11,21 @@ import pytest
 from storage.errors import Conflict
 from storage.factory import open_stores
 from storage.metadata import MetadataStore
-from storage.records import LifecyclePreview, PullThroughRule, RepositoryInit, RepositorySettings, UploadRecord
+from storage.records import (
+    BackfillProgress,
+    BackfillRecord,
+    LifecyclePreview,
+    NewReplication,
+    PullThroughRule,
+    RepositoryInit,
+    RepositorySettings,
+    UploadRecord,
+)
 from storage.snapshot import CONTENT_TABLES, TABLES, collect
 from tests.contract.helpers import digest, manifest
 
 T0 = 1_700_000_000.0
+EAST = "us-east-1/111122223333"
 
 
 async def fill(meta: MetadataStore) -> None:
@@ -44,6 +54,13 @@ async def fill(meta: MetadataStore) -> None:
     await meta.put_value("signing-key/abc", b"\x00pem\xff")
     await meta.put_registry_setting("account/BLOB_MOUNTING", "DISABLED", T0 + 9)
     await meta.add_pull_time_exclusion("arn:aws:iam::123456789012:user/scanner", T0 + 10)
+    assert await meta.create_backfill(BackfillRecord("bf-1", EAST, "IN_PROGRESS", T0 + 11))
+    queued = [
+        NewReplication(EAST, "team/app", image.digest, ("1.0", "latest")),
+        NewReplication(EAST, "cache/lib/x", image.digest, (), backfill="bf-1"),
+    ]
+    assert await meta.enqueue_replications(queued, T0 + 12) == 2
+    assert await meta.claim_replication(T0 + 13, T0 + 43, "worker-1") is not None  # a lease, copied as it is
     await meta.create_upload(UploadRecord("u1", "team/app", T0, owner="admin"))  # not part of a snapshot
 
 
@@ -71,6 +88,8 @@ async def test_a_snapshot_goes_in_and_comes_out_equal(meta: MetadataStore, tmp_p
         "shared_values": 1,
         "registry_settings": 1,
         "pull_time_exclusions": 1,
+        "replication_backfills": 1,
+        "replication_tasks": 2,
     }
 
     async def batches():  # type: ignore[no-untyped-def]
@@ -96,6 +115,17 @@ async def test_a_snapshot_goes_in_and_comes_out_equal(meta: MetadataStore, tmp_p
     assert await meta.get_value("signing-key/abc") == b"\x00pem\xff"
     assert await meta.registry_settings() == {"account/BLOB_MOUNTING": ("DISABLED", T0 + 9)}
     assert await meta.pull_time_exclusions() == [("arn:aws:iam::123456789012:user/scanner", T0 + 10)]
+    assert await meta.get_backfill("bf-1") == BackfillRecord("bf-1", EAST, "IN_PROGRESS", T0 + 11)
+    assert await meta.backfill_progress("bf-1") == BackfillProgress(1, 0, 0, ())
+    image_digest = manifest("x", "one", pushed_at=0).digest
+    leased = (await meta.replication_states("team/app", image_digest))[EAST]
+    assert (leased.tags, leased.attempts, leased.updated_at) == (("1.0", "latest"), 1, T0 + 13)
+    assert await meta.claim_replication(T0 + 14, T0 + 44, "worker-2") is not None, "the backfill's task"
+    assert await meta.claim_replication(T0 + 15, T0 + 45, "worker-2") is None, "the copied lease holds"
+    assert await meta.finish_replication(leased.id, "worker-1", "complete", None, T0 + 16, T0 + 16)
+    # the queue carries on after the copied ids
+    assert await meta.enqueue_replications([NewReplication(EAST, "new/one", image_digest)], T0 + 17) == 1
+    assert (await meta.replication_tasks())[-1].id > max(r["id"] for r in rows["replication_tasks"])
 
 
 async def test_an_import_over_rows_that_are_there_changes_nothing(meta: MetadataStore) -> None:
