@@ -265,8 +265,10 @@ class ReplicationQueue(Protocol):
     push put it. And the backfills that queue a registry's existing images."""
 
     async def enqueue_replications(self, tasks: Sequence[NewReplication], now: float) -> int:
-        """Queue the tasks (pending, due now) in one transaction, skipping any identical to a task still pending
-        (same destination, repository, digest and tags); returns how many were queued."""
+        """Queue the tasks (pending, due now) in one transaction, skipping any identical (digest and tags) to the
+        newest task still pending for its destination and repository, which will leave the destination as this
+        one would; returns how many were queued. (Identical to an older pending task is queued: a tag pushed A, B,
+        A must end on A.)"""
 
     async def claim_replication(self, now: float, lease_until: float, owner: str) -> ReplicationTask | None:
         """Lease the oldest pending task that is due (`due_at <= now`), not leased by anyone (or its lease ended

@@ -56,8 +56,8 @@ _CLAIM = (
 _ENQUEUE = (
     "INSERT INTO replication_tasks (destination, repository, digest, tags, backfill, state, attempts, due_at, "
     "created_at, updated_at) SELECT $1, $2, $3, $4, $5, 'pending', 0, $6, $6, $6 WHERE NOT EXISTS ("
-    "SELECT 1 FROM replication_tasks WHERE repository = $2 AND digest = $3 AND destination = $1 AND tags = $4 "
-    "AND state = 'pending')"
+    "SELECT 1 FROM replication_tasks WHERE digest = $3 AND tags = $4 AND id = (SELECT max(id) FROM "
+    "replication_tasks WHERE destination = $1 AND repository = $2 AND state = 'pending'))"
 )
 
 

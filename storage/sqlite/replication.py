@@ -77,11 +77,12 @@ class ReplicationQueries(SQLiteConnection):
                 cur = await db.execute(
                     "INSERT INTO replication_tasks (destination, repository, digest, tags, backfill, state, attempts, "
                     "due_at, created_at, updated_at) SELECT ?, ?, ?, ?, ?, 'pending', 0, ?, ?, ? WHERE NOT EXISTS ("
-                    "SELECT 1 FROM replication_tasks WHERE repository = ? AND digest = ? AND destination = ? "
-                    "AND tags = ? AND state = 'pending')",
+                    "SELECT 1 FROM replication_tasks WHERE digest = ? AND tags = ? AND id = ("
+                    "SELECT max(id) FROM replication_tasks WHERE destination = ? AND repository = ? "
+                    "AND state = 'pending'))",
                     (
                         *(task.destination, task.repository, task.digest, tags, task.backfill, now, now, now),
-                        *(task.repository, task.digest, task.destination, tags),
+                        *(task.digest, tags, task.destination, task.repository),
                     ),
                 )
                 queued += cur.rowcount

@@ -93,17 +93,28 @@ async def test_tasks_are_queued_pending_and_an_identical_pending_task_is_not_que
     assert first == ReplicationTask(
         first.id, EAST, "team/app", X, ("1.0", "latest"), None, "pending", 0, T0, None, T0, T0
     )
-    # still pending (even while running): not queued again; once it ended, it is
+    # the newest pending task of EAST/team/app is (latest, 1.0): the same again is not queued, but an older
+    # one's copy is (a tag pushed A, B, A ends on A)
+    assert await meta.enqueue_replications([new(EAST, "team/app", X, "latest", "1.0")], T0 + 1) == 0
+    assert await meta.enqueue_replications([new(EAST, "team/app", X, "1.0", "latest")], T0 + 1) == 1
+    again = (await meta.replication_tasks())[-1]
+    assert (again.destination, again.tags, again.id > tasks[-1].id) == (EAST, ("1.0", "latest"), True)
     assert await meta.enqueue_replications([new(EAST, "team/app", X, "1.0", "latest")], T0 + 1) == 0
     assert await claim(meta, T0 + 1, owner="w1") == ReplicationTask(
         first.id, EAST, "team/app", X, ("1.0", "latest"), None, "pending", 1, T0, None, T0, T0 + 1
     )
-    assert await meta.enqueue_replications([new(EAST, "team/app", X, "1.0", "latest")], T0 + 2) == 0
     assert await meta.finish_replication(first.id, "w1", "complete", None, T0 + 3, T0 + 3)
-    assert await meta.enqueue_replications([new(EAST, "team/app", X, "1.0", "latest", backfill="b")], T0 + 4) == 1
-    again = (await meta.replication_tasks())[-1]
-    assert (again.id > tasks[-1].id, again.backfill, again.state, again.due_at) == (True, "b", "pending", T0 + 4)
-    assert len(await meta.replication_tasks()) == 6
+    # team/lib's newest pending task is (1.0, latest) of X: another digest is queued, with its backfill
+    assert await meta.enqueue_replications([new(EAST, "team/lib", Y, "1.0", "latest", backfill="b")], T0 + 4) == 1
+    last = (await meta.replication_tasks())[-1]
+    assert (last.id > again.id, last.digest, last.backfill, last.state, last.due_at) == (
+        True,
+        Y,
+        "b",
+        "pending",
+        T0 + 4,
+    )
+    assert len(await meta.replication_tasks()) == 7
 
 
 async def test_concurrent_enqueues_of_one_copy_queue_it_once(
