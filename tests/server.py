@@ -348,11 +348,13 @@ def ecr_client(srv: MoorageServer, key: str = ADMIN_KEY, secret: str = ADMIN_SEC
     )
 
 
-def login_password(srv: MoorageServer, key: str = ADMIN_KEY, secret: str = ADMIN_SECRET) -> str:
+def login_password(
+    srv: MoorageServer, key: str = ADMIN_KEY, secret: str = ADMIN_SECRET, region: str = "us-east-1"
+) -> str:
     """GetAuthorizationToken as `aws ecr get-login-password` does: the token after `AWS:`."""
     import base64
 
-    token = ecr_client(srv, key, secret).get_authorization_token()["authorizationData"][0]["authorizationToken"]
+    token = ecr_client(srv, key, secret, region).get_authorization_token()["authorizationData"][0]["authorizationToken"]
     user, _, password = base64.b64decode(token).decode().partition(":")
     assert user == "AWS" and ":" not in password
     return password

@@ -389,13 +389,19 @@ def test_replication_configuration_and_status(ecr: Any, admin: Client) -> None:
     }
     assert ecr.put_replication_configuration(replicationConfiguration=config)["replicationConfiguration"] == config
     assert ecr.describe_registry()["replicationConfiguration"] == config
+    # Pushed before the rule: not replicated (a backfill would copy it), no status.
     status = ecr.describe_image_replication_status(repositoryName="replicated/app", imageId={"imageTag": "v1"})
-    ((destination),) = status["replicationStatuses"]
-    assert (destination["region"], destination["registryId"], destination["status"]) == (
-        "eu-west-1",
-        "111122223333",
-        "FAILED",
-    )
+    assert status["replicationStatuses"] == []
+    # Pushed after: queued, and failed at once, saying why (this server's configuration names no such peer).
+    admin.push_image("replicated/app", "v2", make_image(1, 64))
+
+    def replicated() -> list[dict[str, str]]:
+        out = ecr.describe_image_replication_status(repositoryName="replicated/app", imageId={"imageTag": "v2"})
+        return [s for s in out["replicationStatuses"] if s["status"] == "FAILED"]
+
+    (destination,) = wait_for(replicated, 30, "the copy's status")
+    assert (destination["region"], destination["registryId"]) == ("eu-west-1", "111122223333")
+    assert "no [[replication.destinations]] entry" in destination["failureCode"], destination
     local = ecr.describe_image_replication_status(repositoryName="local/app", imageId={"imageTag": "v1"})
     assert local["replicationStatuses"] == [], "no rule sends it anywhere"
     to_self = {"rules": [{"destinations": [{"region": REGION, "registryId": ACCOUNT}]}]}
