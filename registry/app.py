@@ -38,6 +38,7 @@ from registry.replication.runner import PRUNE_INTERVAL, Replicator
 from registry.service.ecr import EcrService
 from registry.service.ecr_registry import RegistryOperations
 from registry.service.ecr_scanning import ScanningOperations
+from registry.service.ecr_signing import SigningOperations
 from registry.service.images import ImageService
 from registry.service.lifecycle import LifecycleService, SweepReport
 from registry.service.registry_settings import RegistrySettings
@@ -309,6 +310,7 @@ def create_app(config: Config, worker: int | None = None) -> web.Application:
         services.templates,
         RegistryOperations(services.settings, account_id=account),
         ScanningOperations(services.images, services.settings, account_id=account, region=region),
+        SigningOperations(services.images, services.settings, account_id=account),
         ReplicationOperations(
             services.images,
             services.settings,

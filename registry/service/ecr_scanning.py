@@ -1,11 +1,10 @@
-"""ECR's scanning and signing operations, with ECR's shapes, for a registry that neither scans nor signs yet.
+"""ECR's scanning operations, with ECR's shapes, for a registry that does not scan yet.
 
 Configurations are stored and returned as ECR does: the registry scanning configuration
-(Get/PutRegistryScanningConfiguration, BASIC with no rules until one is put), what applies to each repository
-(BatchGetRepositoryScanningConfiguration: the registry's rules, else the repository's scanOnPush), and the
-signing configuration (Put/Get/DeleteSigningConfiguration).
+(Get/PutRegistryScanningConfiguration, BASIC with no rules until one is put) and what applies to each repository
+(BatchGetRepositoryScanningConfiguration: the registry's rules, else the repository's scanOnPush).
 
-No scanner and no signer run. StartImageScan and DescribeImageScanFindings answer the scan status `FAILED`, with
+No scanner runs. StartImageScan and DescribeImageScanFindings answer the scan status `FAILED`, with
 a description saying so and no findings: boto3's paginator gets an empty page, and its `ImageScanComplete` waiter
 stops at once instead of polling for five minutes; nothing ever claims an image was scanned clean. An image that a
 signing rule covers reports `FAILED` (not signed) in DescribeImageSigningStatus; one no rule covers, no status.
@@ -16,17 +15,15 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from registry.errors import ImageArchived, InvalidParameter, SigningConfigurationNotFound
+from registry.errors import ImageArchived, InvalidParameter
 from registry.glob import glob_matches
 from registry.naming import repository_arn
 from registry.service.ecr_shapes import Caller, answered_image_id, existing_image
 from registry.service.images import ImageService
-from registry.service.registry_settings import SCANNING, SIGNING, RegistrySettings
+from registry.service.registry_settings import SCANNING, RegistrySettings
 from storage.records import ImageRecord, RepositoryRecord
 
 NO_SCANNER = "Moorage has no vulnerability scanner: the image was not scanned, and no findings exist."
-NOT_SIGNED = "Moorage does not sign images: no signature was made with this signing profile."
-NOT_SIGNED_CODE = "SigningNotAvailable"
 DEFAULT_SCANNING = {"scanType": "BASIC", "rules": []}
 # When several registry scanning rules cover a repository, the more thorough frequency applies (as on ECR).
 FREQUENCY_ORDER = ("CONTINUOUS_SCAN", "SCAN_ON_PUSH", "MANUAL")
@@ -126,45 +123,4 @@ class ScanningOperations:
             "imageId": answered_image_id(img, params["imageId"]),
             "imageScanStatus": status,
             "imageScanFindings": {"findings": [], "findingSeverityCounts": {}},
-        }
-
-    # -- signing -------------------------------------------------------------------------------------
-    async def put_signing_configuration(self, params: dict[str, Any], caller: Caller) -> dict[str, Any]:
-        config = params["signingConfiguration"]
-        await self.settings.put(SIGNING, json.dumps(config))
-        return {"signingConfiguration": config}
-
-    async def get_signing_configuration(self, params: dict[str, Any], caller: Caller) -> dict[str, Any]:
-        config = self._document(SIGNING)
-        if config is None:
-            raise SigningConfigurationNotFound(
-                f"Signing configuration does not exist in the registry with id '{self.account_id}'"
-            )
-        return {"registryId": self.account_id, "signingConfiguration": config}
-
-    async def delete_signing_configuration(self, params: dict[str, Any], caller: Caller) -> dict[str, Any]:
-        out = await self.get_signing_configuration(params, caller)
-        await self.settings.delete(SIGNING)
-        return out
-
-    async def describe_image_signing_status(self, params: dict[str, Any], caller: Caller) -> dict[str, Any]:
-        name = params["repositoryName"]
-        img = await existing_image(self.images, name, params["imageId"], self.account_id)
-        statuses = []
-        for rule in (self._document(SIGNING) or {}).get("rules") or ():
-            filters = rule.get("repositoryFilters")
-            if filters is None or matching_filters(filters, name):
-                statuses.append(
-                    {
-                        "signingProfileArn": rule["signingProfileArn"],
-                        "status": "FAILED",
-                        "failureCode": NOT_SIGNED_CODE,
-                        "failureReason": NOT_SIGNED,
-                    }
-                )
-        return {
-            "repositoryName": name,
-            "imageId": answered_image_id(img, params["imageId"]),
-            "registryId": self.account_id,
-            "signingStatuses": statuses,
         }
