@@ -29,6 +29,7 @@ from storage.records import (
     RepositoryInit,
     RepositoryRecord,
     RepositorySettings,
+    ScanRecord,
     UploadRecord,
 )
 from storage.snapshot import Batch
@@ -328,6 +329,34 @@ class ReplicationQueue(Protocol):
         """Forget backfills that ended before then, with their tasks (ECR keeps them 90 days)."""
 
 
+class ScanStore(Protocol):
+    """Vulnerability scanning: the advisories of the vulnerability database (OSV records, as JSON text, by id) and
+    each image's latest scan."""
+
+    async def put_vulnerabilities(self, records: Sequence[tuple[str, str, str]], now: float) -> list[str]:
+        """Store (id, modified, JSON text) records in one transaction: a new id is inserted, a known one replaced
+        when `modified` (ISO 8601 UTC, compared as text) is later than the stored one's. Returns the ids inserted
+        or replaced, in the order given."""
+
+    async def vulnerability_records(self, after: str, limit: int) -> list[tuple[str, str]]:
+        """(id, JSON text) of the records whose id sorts after `after` (by byte order), at most `limit`."""
+
+    async def vulnerability_stats(self) -> tuple[int, float | None]:
+        """How many records are stored, and when the last one was stored (None: never)."""
+
+    async def put_scan(self, scan: ScanRecord) -> None:
+        """Store an image's scan, replacing the one it had."""
+
+    async def get_scans(self, repository: str, digests: Iterable[str]) -> dict[str, ScanRecord]:
+        """The scans of these images of the repository, by digest (images never scanned are absent)."""
+
+    async def scans_after(self, repository: str, digest: str, limit: int) -> list[ScanRecord]:
+        """Every scan, ordered by (repository, digest), after that pair (`("", "")`: from the start)."""
+
+    async def delete_scans(self, repository: str, digests: Iterable[str]) -> int:
+        """Forget the scans of these images; returns how many there were."""
+
+
 class Snapshot(Protocol):
     """Every row, out and in, in the drivers' common form (`storage.snapshot`): how `moorage migrate-storage` copies
     a registry's metadata from one driver to another, without SQL of its own."""
@@ -357,6 +386,7 @@ class MetadataStore(
     SharedValues,
     RegistrySettingsStore,
     ReplicationQueue,
+    ScanStore,
     Snapshot,
     Protocol,
 ):

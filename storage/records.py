@@ -220,3 +220,18 @@ class BackfillProgress:
     complete: int
     failed: int
     failure_codes: tuple[str, ...]  # the distinct errors of its failed tasks
+
+
+@dataclass(frozen=True, slots=True)
+class ScanRecord:
+    """An image's latest vulnerability scan, as ECR's scan APIs report it."""
+
+    repository: str
+    digest: str
+    status: str  # ECR's ScanStatus: IN_PROGRESS, COMPLETE, FAILED, UNSUPPORTED_IMAGE
+    description: str
+    started_at: float
+    completed_at: float | None = None
+    database_updated_at: float | None = None  # when the vulnerability database it used was last imported
+    findings: str = "[]"  # JSON: the findings, ECR-shaped
+    packages: str = "[]"  # JSON: [[ecosystem, name], ...] the image holds (which new advisories affect it)
