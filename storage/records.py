@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -235,3 +236,15 @@ class ScanRecord:
     database_updated_at: float | None = None  # when the vulnerability database it used was last imported
     findings: str = "[]"  # JSON: the findings, ECR-shaped
     packages: str = "[]"  # JSON: [[ecosystem, name], ...] the image holds (which new advisories affect it)
+
+
+def newest_per_id(records: Sequence[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
+    """Vulnerability records (id, modified, JSON text) as `ScanStore.put_vulnerabilities` applies them, one per id:
+    an id given more than once keeps its latest `modified` (the first of equals, as applying them in turn would),
+    at the place of its first occurrence."""
+    chosen: dict[str, tuple[str, str, str]] = {}
+    for record in records:
+        held = chosen.get(record[0])
+        if held is None or record[1] > held[1]:
+            chosen[record[0]] = record  # a replaced value keeps its key's place
+    return list(chosen.values())

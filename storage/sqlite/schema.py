@@ -199,4 +199,28 @@ MIGRATIONS: list[str] = [
     ) WITHOUT ROWID;
     CREATE INDEX replication_backfills_by_destination ON replication_backfills(destination, status);
     """,
+    # 12: vulnerability scanning: the vulnerability database's advisories (OSV records by id, `modified` as ISO 8601
+    # text) and each image's latest scan. Rowid tables (not WITHOUT ROWID): a record or a scan's findings is
+    # kilobytes. Repositories by name, not by id: scanning forgets the scans of the images it is told are gone
+    """
+    CREATE TABLE vulnerabilities (
+        id         TEXT PRIMARY KEY,
+        modified   TEXT NOT NULL,
+        record     TEXT NOT NULL,
+        stored_at  REAL NOT NULL
+    );
+    CREATE INDEX vulnerabilities_by_stored_at ON vulnerabilities(stored_at);
+    CREATE TABLE image_scans (
+        repository           TEXT NOT NULL,
+        digest               TEXT NOT NULL,
+        status               TEXT NOT NULL,
+        description          TEXT NOT NULL,
+        started_at           REAL NOT NULL,
+        completed_at         REAL,
+        database_updated_at  REAL,
+        findings             TEXT NOT NULL,
+        packages             TEXT NOT NULL,
+        PRIMARY KEY (repository, digest)
+    );
+    """,
 ]
