@@ -11,6 +11,7 @@ listening connection.
   stand in for SQLite's single writer).
 - `registry_settings.py`: the registry's own settings and pull-time update exclusions.
 - `replication.py`: replication's durable queue (tasks claimed under leases, `SKIP LOCKED`) and its backfills.
+- `scans.py`: the vulnerability database's records (batched upserts) and each image's latest scan.
 - `snapshot.py`: every row out and in (`moorage migrate-storage`).
 - `coordination.py`: advisory locks, and the change feed on LISTEN/NOTIFY.
 """
@@ -21,10 +22,11 @@ from storage.postgres.coordination import PostgresChangeFeed, PostgresLocks
 from storage.postgres.manifests import ManifestQueries
 from storage.postgres.registry_settings import RegistrySettingsQueries
 from storage.postgres.replication import ReplicationQueries
+from storage.postgres.scans import ScanQueries
 from storage.postgres.snapshot import SnapshotQueries
 
 
-class PostgresMetadataStore(ManifestQueries, RegistrySettingsQueries, ReplicationQueries, SnapshotQueries):
+class PostgresMetadataStore(ManifestQueries, RegistrySettingsQueries, ReplicationQueries, ScanQueries, SnapshotQueries):
     """Every query of the `storage.metadata.MetadataStore` contract on one PostgreSQL schema."""
 
 

@@ -1,11 +1,11 @@
 """The PostgreSQL schema, as the ordered list of embedded migrations (`schema_version` holds how many are applied).
 
 PostgreSQL's own list, not SQLite's: migration 1 is the schema SQLite reaches after its nine, and each later one
-makes what one of SQLite's makes (2 is SQLite's 10, 3 its 11). The tables live in the first schema of the connection's
-`search_path` (`public` unless the DSN says `?search_path=NAME`), and nothing is created outside it. `migrate`
-applies the missing migrations in one transaction under an advisory lock on the schema's name, so replicas starting
-together migrate once, and refuses a database that a newer Moorage has migrated. Never edit a landed migration;
-append a new one.
+makes what one of SQLite's makes (2 is SQLite's 10, 3 its 11, 4 its 12). The tables live in the first schema of the
+connection's `search_path` (`public` unless the DSN says `?search_path=NAME`), and nothing is created outside it.
+`migrate` applies the missing migrations in one transaction under an advisory lock on the schema's name, so replicas
+starting together migrate once, and refuses a database that a newer Moorage has migrated. Never edit a landed
+migration; append a new one.
 
 Conventions: times are float seconds (double precision), ids BIGSERIAL (never reused), manifest bodies and
 shared values bytea; names and digests sort bytewise (COLLATE "C"), as SQLite's do, so pages by name agree.
@@ -180,6 +180,29 @@ MIGRATIONS: list[str] = [
         failure      TEXT
     );
     CREATE INDEX replication_backfills_by_destination ON replication_backfills(destination, status);
+    """,
+    # 4: vulnerability scanning's advisories and each image's latest scan (SQLite's 12); `modified` is compared as
+    # text, bytewise; repositories by name (scanning forgets the scans of the images it is told are gone)
+    """
+    CREATE TABLE vulnerabilities (
+        id         TEXT COLLATE "C" PRIMARY KEY,
+        modified   TEXT COLLATE "C" NOT NULL,
+        record     TEXT NOT NULL,
+        stored_at  DOUBLE PRECISION NOT NULL
+    );
+    CREATE INDEX vulnerabilities_by_stored_at ON vulnerabilities(stored_at);
+    CREATE TABLE image_scans (
+        repository           TEXT COLLATE "C" NOT NULL,
+        digest               TEXT COLLATE "C" NOT NULL,
+        status               TEXT NOT NULL,
+        description          TEXT NOT NULL,
+        started_at           DOUBLE PRECISION NOT NULL,
+        completed_at         DOUBLE PRECISION,
+        database_updated_at  DOUBLE PRECISION,
+        findings             TEXT NOT NULL,
+        packages             TEXT NOT NULL,
+        PRIMARY KEY (repository, digest)
+    );
     """,
 ]
 
