@@ -112,6 +112,15 @@ TABLES: tuple[Table, ...] = (
         "id",
         serial="id",
     ),
+    # Vulnerability scanning's advisories and images' latest scans (not in CONTENT_TABLES: a registry's own
+    # content they are not). Scans name their repository without a foreign key.
+    _table("vulnerabilities", "id:text modified:text record:text stored_at:float", "id"),
+    _table(
+        "image_scans",
+        "repository:text digest:text status:text description:text started_at:float completed_at:float "
+        "database_updated_at:float findings:text packages:text",
+        "repository digest",
+    ),
 )
 BY_NAME: dict[str, Table] = {table.name: table for table in TABLES}
 # Tables that say a registry has content (a target of a migration must have none of these rows).
