@@ -439,7 +439,7 @@ async def test_a_sqlite_data_dir_from_before_the_queue_is_migrated(tmp_path: Pat
     finally:
         await store.close()
     db = sqlite3.connect(path)
-    assert db.execute("PRAGMA user_version").fetchone() == (len(SQLITE_MIGRATIONS),) == (11,)
+    assert db.execute("PRAGMA user_version").fetchone() == (len(SQLITE_MIGRATIONS),)
     names = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE name LIKE 'replication_%'")}
     assert {"replication_tasks", "replication_backfills", "replication_tasks_due"} <= names
     db.close()
@@ -467,7 +467,7 @@ async def test_a_postgres_schema_from_before_the_queue_is_migrated(postgres_dsn:
             assert await store.create_backfill(BackfillRecord("bf", EAST, "PREPARING", T0))
         finally:
             await store.close()
-        assert await conn.fetchval("SELECT version FROM schema_version") == len(POSTGRES_MIGRATIONS) == 3
+        assert await conn.fetchval("SELECT version FROM schema_version") == len(POSTGRES_MIGRATIONS)
         assert await conn.fetchval("SELECT to_regclass('replication_backfills')") is not None
     finally:
         await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')

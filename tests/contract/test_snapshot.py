@@ -19,6 +19,7 @@ from storage.records import (
     PullThroughRule,
     RepositoryInit,
     RepositorySettings,
+    ScanRecord,
     UploadRecord,
 )
 from storage.snapshot import CONTENT_TABLES, TABLES, collect
@@ -26,6 +27,15 @@ from tests.contract.helpers import digest, manifest
 
 T0 = 1_700_000_000.0
 EAST = "us-east-1/111122223333"
+ADVISORIES = [
+    ("GHSA-abcd", "2024-02-01T00:00:00Z", '{"id": "GHSA-abcd"}'),
+    ("CVE-2024-1", "2024-01-01T00:00:00Z", '{"id": "CVE-2024-1", "summary": "caf\u00e9"}'),
+]
+
+
+def scan_of(image: str) -> ScanRecord:
+    findings = '[{"name": "CVE-2024-1", "severity": "HIGH"}]'
+    return ScanRecord("team/app", image, "COMPLETE", "done", T0 + 15, T0 + 16, T0 + 14, findings, '[["npm", "x"]]')
 
 
 async def fill(meta: MetadataStore) -> None:
@@ -61,6 +71,9 @@ async def fill(meta: MetadataStore) -> None:
     ]
     assert await meta.enqueue_replications(queued, T0 + 12) == 2
     assert await meta.claim_replication(T0 + 13, T0 + 43, "worker-1") is not None  # a lease, copied as it is
+    assert await meta.put_vulnerabilities(ADVISORIES, T0 + 14) == ["GHSA-abcd", "CVE-2024-1"]
+    await meta.put_scan(scan_of(image.digest))
+    await meta.put_scan(ScanRecord("gone/repo", image.digest, "IN_PROGRESS", "scanning", T0 + 16))
     await meta.create_upload(UploadRecord("u1", "team/app", T0, owner="admin"))  # not part of a snapshot
 
 
@@ -90,6 +103,8 @@ async def test_a_snapshot_goes_in_and_comes_out_equal(meta: MetadataStore, tmp_p
         "pull_time_exclusions": 1,
         "replication_backfills": 1,
         "replication_tasks": 2,
+        "vulnerabilities": 2,
+        "image_scans": 2,
     }
 
     async def batches():  # type: ignore[no-untyped-def]
@@ -126,6 +141,15 @@ async def test_a_snapshot_goes_in_and_comes_out_equal(meta: MetadataStore, tmp_p
     # the queue carries on after the copied ids
     assert await meta.enqueue_replications([NewReplication(EAST, "new/one", image_digest)], T0 + 17) == 1
     assert (await meta.replication_tasks())[-1].id > max(r["id"] for r in rows["replication_tasks"])
+    # the vulnerability database and the scans
+    assert await meta.vulnerability_records("", 10) == [(id_, text) for id_, _, text in reversed(ADVISORIES)]
+    assert await meta.vulnerability_stats() == (2, T0 + 14)
+    assert await meta.put_vulnerabilities(ADVISORIES, T0 + 20) == [], "the copied modified times hold"
+    assert await meta.get_scans("team/app", [image_digest]) == {image_digest: scan_of(image_digest)}
+    assert [(s.repository, s.status) for s in await meta.scans_after("", "", 10)] == [
+        ("gone/repo", "IN_PROGRESS"),
+        ("team/app", "COMPLETE"),
+    ]
 
 
 async def test_an_import_over_rows_that_are_there_changes_nothing(meta: MetadataStore) -> None:
