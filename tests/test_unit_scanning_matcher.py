@@ -282,6 +282,20 @@ def test_limits_and_boundaries() -> None:
             [rec("X-1", affected("PyPI", "p", ecosystem_range({"introduced": "0"}, {"fixed": "1.0.0"}, kind=kind)))]
         )
         assert [f.id for f in index.findings([Package("PyPI", "p", "1.0.0-10", "m")])] == expected
+    # fixed versions from ranges of both kinds, in the ecosystem's order
+    mixed = rec(
+        "X-3",
+        affected(
+            "PyPI",
+            "p",
+            ecosystem_range({"introduced": "0"}, {"fixed": "1.10.0"}, kind="SEMVER"),
+            ecosystem_range({"introduced": "0"}, {"fixed": "1.9"}),
+            ecosystem_range({"introduced": "0"}, {"fixed": "1.9.0"}),
+            ecosystem_range({"introduced": "0"}, {"fixed": "0.5"}),
+        ),
+    )
+    [found] = VulnIndex([mixed]).findings([Package("PyPI", "p", "1.0", "m")])
+    assert found.fixed == ("1.9", "1.9.0", "1.10.0")  # 1.9 and 1.9.0 are equal: by text then
     # the versions list compares in the ecosystem's order: PEP 440's 1.0 is 1.0.0
     listed = VulnIndex([rec("X-2", {"package": {"ecosystem": "PyPI", "name": "p"}, "versions": ["1.0.0"]})])
     assert [f.id for f in listed.findings([Package("PyPI", "p", "1.0", "m")])] == ["X-2"]

@@ -247,8 +247,9 @@ class VulnIndex:
 def _finding(package: Package, entries: Sequence[_Entry]) -> Finding:
     record = entries[0].record
     severity, score, vector = _severity(record, entries)
-    fixes = sorted(key for entry in entries for key in entry.fixes_after(package.version))
-    fixed = tuple(dict.fromkeys(key.text for key in fixes))
+    # sorted in the ecosystem's order (a SEMVER range's keys are of another ordering: not comparable)
+    texts = {key.text for entry in entries for key in entry.fixes_after(package.version)}
+    fixed = tuple(sorted(texts, key=lambda text: (versions.key_in(entries[0].order, text), text)))
     aliases = record.get("aliases")
     published = record.get("published")
     return Finding(
