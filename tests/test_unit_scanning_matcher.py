@@ -301,6 +301,32 @@ def test_limits_and_boundaries() -> None:
     assert [f.id for f in listed.findings([Package("PyPI", "p", "1.0", "m")])] == ["X-2"]
 
 
+def test_malformed_records_are_skipped_not_fatal() -> None:
+    package = Package("PyPI", "p", "1.0", "m")
+    records: list[Any] = [
+        "not a record",
+        {"id": 7},
+        {"id": "M-1", "affected": "nope", "aliases": "CVE-1", "references": "x", "severity": 5},
+        {"id": "M-2", "affected": [5, {"package": "p"}, {"package": {"ecosystem": 1, "name": "p"}}]},
+        {"id": "M-3", "affected": [{"package": {"ecosystem": "PyPI", "name": "p"}, "ranges": "x", "versions": 3}]},
+        {"id": "M-4", "modified": 12, "affected": [affected("PyPI", "p", {"type": "ECOSYSTEM", "events": [1, {}]})]},
+        {
+            "id": "M-5",
+            "modified": "yesterday",
+            "summary": ["x"],
+            "references": [{"type": "ADVISORY", "url": 5}],
+            "severity": [{"type": "CVSS_V3", "score": 9.8}, "junk"],
+            "database_specific": {"severity": 3},
+            "affected": [
+                affected("PyPI", "p", {"type": "ECOSYSTEM", "events": [{"introduced": 0}, {"introduced": "0"}]}),
+            ],
+        },
+    ]
+    index = VulnIndex(records)
+    assert index.findings([package]) == [finding("M-5", package, modified="yesterday")]
+    assert index.affected_names() == {("PyPI", "p")}
+
+
 def test_severity_from_cvss_vectors() -> None:
     assert cvss_severity("CVSS_V3", "CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:H/I:H/A:H") == ("CRITICAL", 9.8)
     assert cvss_severity("CVSS_V3", "CVSS:3.0/AV:N/AC:L/PR:N/UI:N/S:U/C:N/I:N/A:L") == ("MEDIUM", 5.3)

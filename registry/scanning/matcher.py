@@ -196,7 +196,7 @@ class VulnIndex:
     def __init__(self, records: Iterable[dict[str, Any]]) -> None:
         latest: dict[str, tuple[tuple[int, float, str], dict[str, Any]]] = {}
         for record in records:
-            record_id = record.get("id")
+            record_id = record.get("id") if isinstance(record, dict) else None
             if not isinstance(record_id, str):
                 continue
             stamp = _modified(record)
