@@ -35,6 +35,8 @@ from registry.replication.backfill import Backfills
 from registry.replication.copier import Copier
 from registry.replication.operations import ReplicationOperations
 from registry.replication.runner import PRUNE_INTERVAL, Replicator
+from registry.scanning.operations import ScanOperations
+from registry.scanning.service import ScanService
 from registry.service.ecr import EcrService
 from registry.service.ecr_registry import RegistryOperations
 from registry.service.ecr_scanning import ScanningOperations
@@ -100,6 +102,7 @@ class Services:
     settings: RegistrySettings
     replicator: Replicator
     backfills: Backfills
+    scans: ScanService
     metrics: metrics.Metrics | None = None
 
     @property
@@ -152,7 +155,8 @@ class Services:
             changes=stores.changes,
         )
         replicator = Replicator(meta, Copier(meta, blobs), settings, config.replication, source_registry=account)
-        images.on_push = replicator.enqueue
+        scans = ScanService(meta, blobs, images, settings, stores.locks, scratch=config.server.data_dir / "scanning")
+        images.push_hooks += [replicator.enqueue, scans.on_push]
         return cls(
             config,
             stores,
@@ -165,6 +169,7 @@ class Services:
             settings,
             replicator,
             Backfills(meta, replicator.configuration, replicator.wake),
+            scans,
         )
 
     async def open(self, also: Callable[[], Awaitable[None]] | None = None) -> None:
@@ -181,7 +186,13 @@ class Services:
     async def close(self) -> None:
         """Every step runs even when one before it fails (a full disk refusing the last pull times, say): the
         database and files are always closed and shutdown completes. Failures are logged."""
-        steps = (self.backfills.close, self.replicator.close, self.pull_through.close, self.images.flush_pulls)
+        steps = (
+            self.scans.close,
+            self.backfills.close,
+            self.replicator.close,
+            self.pull_through.close,
+            self.images.flush_pulls,
+        )
         for step in (*steps, self.stores.close):
             try:
                 await step()
@@ -303,6 +314,8 @@ def create_app(config: Config, worker: int | None = None) -> web.Application:
         services.meta, services.pull_through, account_id=config.registry.account_id
     )
     account, region = config.registry.account_id, config.registry.region
+    scan_operations = ScanOperations(services.scans, account_id=account, region=region)
+    ecr.image_operations.scan_details = scan_operations.scan_details
     app[ECR_OPERATIONS] = (
         *ecr.operations,
         pull_through_rules,
@@ -311,6 +324,7 @@ def create_app(config: Config, worker: int | None = None) -> web.Application:
         RegistryOperations(services.settings, account_id=account),
         ScanningOperations(services.images, services.settings, account_id=account, region=region),
         SigningOperations(services.images, services.settings, account_id=account),
+        scan_operations,
         ReplicationOperations(
             services.images,
             services.settings,
@@ -355,6 +369,7 @@ def create_app(config: Config, worker: int | None = None) -> web.Application:
     app.cleanup_ctx.append(jobs.running("replication", services.replicator.run))
     if worker in (None, 0):
         app.cleanup_ctx.append(jobs.every("replication pruning", PRUNE_INTERVAL, services.replicator.prune))
+        app.cleanup_ctx.append(jobs.every("scan sweep", config.scanning.sweep_interval, services.scans.sweep))
         app.cleanup_ctx.append(jobs.every("lifecycle sweep", config.lifecycle.evaluation_interval, services.sweep))
         app.cleanup_ctx.append(jobs.every("garbage collection", config.gc.interval, services.collect))
     oci_routes.add_routes(app)

@@ -389,10 +389,11 @@ def build_parser() -> argparse.ArgumentParser:
     _common(rotate)
     rotate.set_defaults(func=_rotate_signing_key)
 
-    from registry import cli_storage, cli_transfer
+    from registry import cli_scanning, cli_storage, cli_transfer
 
     cli_transfer.add_parsers(sub, _common)
     cli_storage.add_parsers(sub, _common)
+    cli_scanning.add_parsers(sub, _common, _offline)
     return parser
 
 

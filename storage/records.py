@@ -235,7 +235,7 @@ class ScanRecord:
     completed_at: float | None = None
     database_updated_at: float | None = None  # when the vulnerability database it used was last imported
     findings: str = "[]"  # JSON: the findings, ECR-shaped
-    packages: str = "[]"  # JSON: [[ecosystem, name], ...] the image holds (which new advisories affect it)
+    packages: str = "[]"  # JSON: [[ecosystem, name], ...] the image's packages are looked up under (new advisories)
 
 
 def newest_per_id(records: Sequence[tuple[str, str, str]]) -> list[tuple[str, str, str]]:

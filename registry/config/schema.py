@@ -216,6 +216,13 @@ class ReplicationConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ScanningConfig:
+    # How often one process of the registry looks for scans to run that no process is running: queued by
+    # `moorage vuln-db import` (CONTINUOUS_SCAN rescans) or left by a process that stopped.
+    sweep_interval: float = _key(30.0, "duration")
+
+
+@dataclass(frozen=True, slots=True)
 class LogConfig:
     level: str = _key("info", "str", check_level)
     format: str = _key("auto", "str", check_format)
@@ -248,6 +255,7 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     console: ConsoleConfig = field(default_factory=ConsoleConfig)
     replication: ReplicationConfig = field(default_factory=ReplicationConfig)
+    scanning: ScanningConfig = field(default_factory=ScanningConfig)
 
     @property
     def listen(self) -> tuple[str, int]:

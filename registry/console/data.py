@@ -9,15 +9,20 @@ shows "1000+" beyond).
 
 from __future__ import annotations
 
+import json
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from registry import oci
 from registry.console.views import ConfigView, ImageRow, ManifestView, config_view, image_tree, manifest_view
 from registry.errors import ManifestUnknown
 from registry.proxy.pullthrough import PullThrough
 from registry.service.images import ImageService
-from storage.records import ImageRecord, PullThroughRule, RepositoryRecord
+from storage.records import ImageRecord, PullThroughRule, RepositoryRecord, ScanRecord
+
+SEVERITIES = ("CRITICAL", "HIGH", "MEDIUM", "LOW", "INFORMATIONAL", "UNDEFINED")
 
 STATS_CAP = 1000  # images counted per repository row; beyond, the row says "1000+"
 IMAGES_MAX = 2000  # images read for a repository page (newest first); beyond, the page says so
@@ -47,6 +52,28 @@ class ImagePage:
     config: ConfigView | None
     config_missing: bool  # the image has a config whose bytes are not here (a cache repository) or too large
     parents: list[str]  # indexes of the repository that list it
+    scan: ScanView | None = None  # its latest vulnerability scan (None: never scanned)
+
+
+@dataclass(frozen=True, slots=True)
+class ScanView:
+    status: str
+    description: str
+    completed_at: float | None
+    counts: list[tuple[str, int]]  # by severity, most severe first
+    findings: list[dict[str, Any]]  # as stored (registry.scanning.findings.stored), most severe first
+
+
+def scan_view(scan: ScanRecord) -> ScanView:
+    found = json.loads(scan.findings) if scan.status == "COMPLETE" else []
+    counts = Counter(f["severity"] for f in found)
+    return ScanView(
+        scan.status,
+        scan.description,
+        scan.completed_at,
+        [(s, counts[s]) for s in SEVERITIES if counts[s]],
+        found,
+    )
 
 
 class ConsoleData:
@@ -105,4 +132,12 @@ class ConsoleData:
             body = await self.images.read_small_blob(name, view.config.digest, CONFIG_MAX)
             config = config_view(body) if body is not None else None
             missing = body is None
-        return ImagePage(image, view, config, missing, await self.images.parents_of(name, record.digest))
+        scan = (await self.images.meta.get_scans(name, [record.digest])).get(record.digest)
+        return ImagePage(
+            image,
+            view,
+            config,
+            missing,
+            await self.images.parents_of(name, record.digest),
+            scan_view(scan) if scan is not None else None,
+        )

@@ -3,6 +3,7 @@ ListImageReferrers, over the same manifests and tags as /v2 (the image service).
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from registry import jsonsafe, oci
@@ -40,6 +41,15 @@ class ImageOperations:
         self.images = images
         self.meta = meta
         self.account_id = account_id
+        # (repository, digests) -> DescribeImages' scan fields by digest (set where scanning is wired in)
+        self.scan_details: Callable[[str, list[str]], Awaitable[dict[str, dict[str, Any]]]] | None = None
+
+    async def _with_scans(self, name: str, details: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if self.scan_details is not None and details:
+            scans = await self.scan_details(name, [d["imageDigest"] for d in details])
+            for detail in details:
+                detail.update(scans.get(detail["imageDigest"], {}))
+        return details
 
     async def _repo(self, name: str) -> RepositoryRecord:
         return await existing_repository(self.images, name, self.account_id)
@@ -77,7 +87,7 @@ class ImageOperations:
                 if img is None:
                     raise image_not_found(name, image_id, self.account_id)
                 details.append(image_detail(img, self.account_id))
-            return {"imageDetails": details}
+            return {"imageDetails": await self._with_scans(name, details)}
         status = (params.get("filter") or {}).get("tagStatus", "ANY")
         limit = params.get("maxResults", DEFAULT_PAGE)
         after_id = decode_token(params.get("nextToken"), int) or 0
@@ -86,10 +96,10 @@ class ImageOperations:
             if (status == "TAGGED" and not img.tags) or (status == "UNTAGGED" and img.tags):
                 continue
             if len(details) == limit:
-                return {"imageDetails": details, "nextToken": encode_token(after_id)}
+                return {"imageDetails": await self._with_scans(name, details), "nextToken": encode_token(after_id)}
             details.append(image_detail(img, self.account_id))
             after_id = img.id
-        return {"imageDetails": details}
+        return {"imageDetails": await self._with_scans(name, details)}
 
     async def _find(self, name: str, image_id: dict[str, str]) -> ImageRecord | None:
         return await find_image(self.images, name, image_id)

@@ -1,13 +1,8 @@
-"""ECR's scanning operations, with ECR's shapes, for a registry that does not scan yet.
+"""ECR's scanning configuration operations, with ECR's shapes (the scans themselves are `registry.scanning`).
 
 Configurations are stored and returned as ECR does: the registry scanning configuration
 (Get/PutRegistryScanningConfiguration, BASIC with no rules until one is put) and what applies to each repository
 (BatchGetRepositoryScanningConfiguration: the registry's rules, else the repository's scanOnPush).
-
-No scanner runs. StartImageScan and DescribeImageScanFindings answer the scan status `FAILED`, with
-a description saying so and no findings: boto3's paginator gets an empty page, and its `ImageScanComplete` waiter
-stops at once instead of polling for five minutes; nothing ever claims an image was scanned clean. An image that a
-signing rule covers reports `FAILED` (not signed) in DescribeImageSigningStatus; one no rule covers, no status.
 """
 
 from __future__ import annotations
@@ -15,15 +10,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from registry.errors import ImageArchived, InvalidParameter
+from registry.errors import InvalidParameter
 from registry.glob import glob_matches
 from registry.naming import repository_arn
-from registry.service.ecr_shapes import Caller, answered_image_id, existing_image
+from registry.service.ecr_shapes import Caller
 from registry.service.images import ImageService
 from registry.service.registry_settings import SCANNING, RegistrySettings
-from storage.records import ImageRecord, RepositoryRecord
+from storage.records import RepositoryRecord
 
-NO_SCANNER = "Moorage has no vulnerability scanner: the image was not scanned, and no findings exist."
 DEFAULT_SCANNING = {"scanType": "BASIC", "rules": []}
 # When several registry scanning rules cover a repository, the more thorough frequency applies (as on ECR).
 FREQUENCY_ORDER = ("CONTINUOUS_SCAN", "SCAN_ON_PUSH", "MANUAL")
@@ -95,32 +89,3 @@ class ScanningOperations:
                 }
             )
         return {"scanningConfigurations": found, "failures": failures}
-
-    # -- scans ---------------------------------------------------------------------------------------
-    async def _scannable(self, params: dict[str, Any]) -> ImageRecord:
-        img = await existing_image(self.images, params["repositoryName"], params["imageId"], self.account_id)
-        if img.archived:
-            raise ImageArchived(f"The image {img.digest} is archived; restore it with UpdateImageStorageClass.")
-        return img
-
-    async def start_image_scan(self, params: dict[str, Any], caller: Caller) -> dict[str, Any]:
-        img = await self._scannable(params)
-        return {
-            "registryId": self.account_id,
-            "repositoryName": params["repositoryName"],
-            "imageId": answered_image_id(img, params["imageId"]),
-            "imageScanStatus": {"status": "FAILED", "description": NO_SCANNER},
-        }
-
-    async def describe_image_scan_findings(self, params: dict[str, Any], caller: Caller) -> dict[str, Any]:
-        img = await existing_image(self.images, params["repositoryName"], params["imageId"], self.account_id)
-        status = {"status": "FAILED", "description": NO_SCANNER}
-        if img.archived:  # ECR's status for an archived image (this operation does not list ImageArchivedException)
-            status = {"status": "IMAGE_ARCHIVED", "description": "The image is archived."}
-        return {
-            "registryId": self.account_id,
-            "repositoryName": params["repositoryName"],
-            "imageId": answered_image_id(img, params["imageId"]),
-            "imageScanStatus": status,
-            "imageScanFindings": {"findings": [], "findingSeverityCounts": {}},
-        }

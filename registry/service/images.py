@@ -111,9 +111,9 @@ class ImageService:
         self._pulls: dict[tuple[str, str], float] = {}  # (repository, digest) -> last pull, not yet stored
         # Principals whose pulls record no pull time (ECR's pull-time update exclusions: scanners, mirrors).
         self.pull_time_excluded = pull_time_excluded
-        # Called with (repository, digest, tags) after a push (not a pull-through fill) stored something new,
-        # before it is acknowledged: replication queues the image there.
-        self.on_push: Callable[[str, str, tuple[str, ...]], Awaitable[object]] | None = None
+        # Each called with (repository, digest, tags) after a push (not a pull-through fill) stored something new,
+        # in order, before it is acknowledged: replication queues the image there, scanning queues its scan.
+        self.push_hooks: list[Callable[[str, str, tuple[str, ...]], Awaitable[object]]] = []
         self._epoch = 0
 
     def _cache(self) -> LRUCache:
@@ -349,8 +349,9 @@ class ImageService:
             self.cache.pop(("tag", name, tag))
         if outcome.restored:
             self.forget_manifest(name, digest)
-        if self.on_push is not None and not trusted and (outcome.created or outcome.moved_tags):
-            await self.on_push(name, digest, tags)
+        if not trusted and (outcome.created or outcome.moved_tags):
+            for hook in self.push_hooks:
+                await hook(name, digest, tags)
         subject = parsed.subject.digest if parsed.subject else None
         return PushResult(
             digest, tags, subject, parsed.media_type, outcome.created, outcome.moved_tags, outcome.restored
