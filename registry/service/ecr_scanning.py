@@ -6,8 +6,7 @@ Configurations are stored and returned as ECR does: the registry scanning config
 
 No scanner runs. StartImageScan and DescribeImageScanFindings answer the scan status `FAILED`, with
 a description saying so and no findings: boto3's paginator gets an empty page, and its `ImageScanComplete` waiter
-stops at once instead of polling for five minutes; nothing ever claims an image was scanned clean. An image that a
-signing rule covers reports `FAILED` (not signed) in DescribeImageSigningStatus; one no rule covers, no status.
+stops at once instead of polling for five minutes; nothing ever claims an image was scanned clean.
 """
 
 from __future__ import annotations
