@@ -38,10 +38,12 @@ from tests.layouts import write_multi_platform_image, write_single_image
 from tests.oci import (
     ALL_MANIFEST_TYPES,
     OCI_CONFIG,
+    OCI_INDEX,
     OCI_MANIFEST,
     Client,
     canonical,
     descriptor,
+    digest_of,
     error_codes,
     make_image,
 )
@@ -270,6 +272,34 @@ def test_put_image_adds_its_signature_to_the_others_and_an_index_is_signed_with_
     for child in index.children:  # a platform pulled by digest carries its own signature
         pulled = pull_with_signatures(skopeo, f"{srv.host}/team/multi@{child.digest}", tmp_path / child.digest[7:19])
         assert accepted(pulled, pem, f"{srv.host}/team/multi"), pulled
+
+
+def test_an_index_signs_the_platforms_pushed_before_its_rule(make_server) -> None:
+    srv: MoorageServer = make_server(AUTH_OFF)
+    client = Client(srv.url)
+    children = [make_image(1, 256, platform=arch) for arch in ("amd64", "arm64")]
+    for child in children:
+        client.push_image("team/late", child.digest, child)
+    ecr = sign_pushes(srv, "team/*")
+    for child in children:
+        assert statuses(ecr, "team/late", child.digest) == [(PROFILE, "FAILED", "ImageNotSigned")]
+    index = canonical(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": [
+                descriptor(OCI_MANIFEST, c.manifest, platform={"architecture": a, "os": "linux"})
+                for c, a in zip(children, ("amd64", "arm64"), strict=True)
+            ],
+        }
+    )
+    client.push_manifest("team/late", "m1", index, OCI_INDEX)
+    for digest in (digest_of(index), *(child.digest for child in children)):
+        assert statuses(ecr, "team/late", digest) == [(PROFILE, "COMPLETE", "")], digest
+    tags = client.get("/v2/team/late/tags/list").json()["tags"]
+    assert sorted(tags) == sorted(
+        ["m1", *(attachment_tag(d) for d in (digest_of(index), *(c.digest for c in children)))]
+    )
 
 
 def test_a_signing_that_fails_reports_failed_and_the_push_is_still_acknowledged(make_server) -> None:
