@@ -46,6 +46,7 @@ from tests.oci import (
     digest_of,
     error_codes,
     make_image,
+    random_blob,
 )
 from tests.podman import isolated_podman
 from tests.server import AUTH_OFF, MoorageServer, auth_config, ecr_client, login_password, moorage_cli, moorage_json
@@ -423,6 +424,22 @@ def test_enforced_pulls_need_a_valid_signature(make_server, skopeo: Skopeo, tmp_
 
     retag_tampered(client, "prod/app", image.digest, "signature")  # a signature that no longer verifies
     r = client.get("/v2/prod/app/manifests/v1", headers={"Accept": ALL_MANIFEST_TYPES})
+    assert r.status_code == 403 and error_codes(r) == ["DENIED"], r.text
+
+    # Shaped like a signature manifest, but its layer is no signing payload (a tarball, say): refused too.
+    config, layer = canonical({"rootfs": {"type": "layers", "diff_ids": []}}), random_blob(2048)
+    for blob in (config, layer):
+        client.push_blob("prod/disguised", blob)
+    disguised = canonical(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": descriptor(OCI_CONFIG, config),
+            "layers": [descriptor(SIMPLE_SIGNING, layer, annotations={SIGNATURE: "MEUCIQ=="})],
+        }
+    )
+    client.push_manifest("prod/disguised", "v1", disguised, OCI_MANIFEST)
+    r = client.get("/v2/prod/disguised/manifests/v1", headers={"Accept": ALL_MANIFEST_TYPES})
     assert r.status_code == 403 and error_codes(r) == ["DENIED"], r.text
 
 

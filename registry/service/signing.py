@@ -289,20 +289,39 @@ class ImageSigner:
 
     async def check_pull(self, repository: str, record: ManifestRecord) -> None:
         """The pull check of `[signing] enforce`: ImageNotSigned for a manifest of an enforced repository without a
-        valid signature by the key (signature manifests themselves pass)."""
+        valid signature by the key. Signature manifests themselves pass (verifying clients fetch them), but only
+        those whose every layer is a simple-signing payload: nothing a runtime could unpack as a file system."""
         if not self.enforce or not self.enforced(repository) or await self.verified(repository, record.digest):
             return
-        try:
-            if sigstore.is_signature_manifest(oci.parse_manifest(record.body, record.media_type)):
-                return
-        except RegistryError:
-            pass
+        if await self._only_signatures(repository, record):
+            return
         raise ImageNotSigned(
             f"{repository}@{record.digest} is not signed by this registry's key, and [signing] enforce covers "
             f"the repository: pulls of unsigned images are refused. Push the image while a signing rule "
             "(PutSigningConfiguration) covers the repository to sign it.",
             detail={"name": repository, "digest": record.digest},
         )
+
+    async def _only_signatures(self, repository: str, record: ManifestRecord) -> bool:
+        cache_key = ("signatures only", repository, record.digest)
+        answer = self._verified.get(cache_key)
+        if answer is None:
+            answer = False
+            try:
+                parsed = oci.parse_manifest(record.body, record.media_type)
+            except RegistryError:
+                parsed = None
+            if parsed is not None and sigstore.is_signature_manifest(parsed):
+                answer = True
+                for layer in parsed.layers:
+                    data = None
+                    if layer.size <= sigstore.MAX_PAYLOAD:
+                        data = await self.images.read_small_blob(repository, layer.digest, sigstore.MAX_PAYLOAD)
+                    if data is None or sigstore.parse_payload(data) is None:
+                        answer = False
+                        break
+            self._verified.put(cache_key, answer)
+        return bool(answer)
 
 
 def _failure(e: Exception) -> tuple[str, str]:
