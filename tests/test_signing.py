@@ -29,6 +29,7 @@ from typing import Any
 
 import pytest
 import requests
+from botocore.exceptions import ClientError
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -608,3 +609,41 @@ def test_signatures_are_replicated(make_server, skopeo: Skopeo, tmp_path: Path) 
         assert accepted(pulled, public_key(source), f"{source.host}/team/app")
     finally:
         dist.stop()
+
+
+# -- the protocol's errors ----------------------------------------------------------------------------------------
+
+
+def test_bad_signing_requests_get_ecr_errors(make_server) -> None:
+    srv: MoorageServer = make_server(AUTH_OFF)
+    ecr = ecr_client(srv)
+
+    def code(call: Any, **params: Any) -> tuple[int, str]:
+        with pytest.raises(ClientError) as e:
+            call(**params)
+        return e.value.response["ResponseMetadata"]["HTTPStatusCode"], e.value.response["Error"]["Code"]
+
+    bad_rules = [
+        [{"signingProfileArn": "arn:aws:iam::000000000000:role/not-a-profile"}],
+        [{**rule("prod/*"), "repositoryFilters": [{"filter": "prod/*", "filterType": "PREFIX_MATCH"}]}],
+        [rule("Not A Repository!")],
+        [rule() for _ in range(11)],
+    ]
+    for rules in bad_rules:
+        assert code(ecr.put_signing_configuration, signingConfiguration={"rules": rules}) == (
+            400,
+            "InvalidParameterException",
+        ), rules
+    assert code(ecr.get_signing_configuration) == (400, "SigningConfigurationNotFoundException")
+    sign_pushes(srv)
+    Client(srv.url).push_image("team/app", "v1", make_image(1, 64))
+    image_id = {"imageTag": "v9"}
+    assert code(ecr.describe_image_signing_status, repositoryName="team/app", imageId=image_id) == (
+        400,
+        "ImageNotFoundException",
+    )
+    assert code(ecr.describe_image_signing_status, repositoryName="no/such", imageId=image_id) == (
+        400,
+        "RepositoryNotFoundException",
+    )
+    assert statuses(ecr, "team/app", "v1") == [(PROFILE, "COMPLETE", "")]

@@ -282,3 +282,68 @@ def test_an_unsigned_manifest_is_refused_only_where_enforced(tmp_path: Path) -> 
             await stores.close()
 
     asyncio.run(main())
+
+
+def test_a_signing_is_in_progress_for_every_process_until_it_completes_or_fails(tmp_path: Path) -> None:
+    from storage.errors import StorageError
+
+    class Held(ImageSigner):
+        """Signs once `go` is set; raises StorageError instead when `fail` is."""
+
+        go: asyncio.Event
+        fail = False
+
+        async def _sign_one(self, repository: str, digest: str) -> None:
+            await self.go.wait()
+            if self.fail:
+                raise StorageError("the database went away")
+            await super()._sign_one(repository, digest)
+
+    async def main() -> None:
+        stores = open_stores(tmp_path / "data")
+        await stores.open()
+        try:
+            settings = RegistrySettings(stores.meta, stores.changes)
+            images = ImageService(stores.meta, stores.blobs, stores.changes)
+            config = b'{"rootfs":{"type":"layers","diff_ids":[]}}'
+            async with stores.blobs.writer() as writer:
+                await writer.write(config)
+                await writer.commit(oci.compute_digest(config))
+            digests = []
+            for n in range(2):
+                await images.create_repository(f"r/{n}", "CREATE_ON_PUSH")
+                await images.link_blob(f"r/{n}", oci.compute_digest(config), len(config))
+                body = json.dumps(
+                    {
+                        "schemaVersion": 2,
+                        "mediaType": oci.OCI_MANIFEST,
+                        "config": {
+                            "mediaType": sigstore.OCI_CONFIG,
+                            "size": len(config),
+                            "digest": oci.compute_digest(config),
+                        },
+                        "layers": [],
+                    }
+                ).encode()
+                digests.append((await images.put_manifest(f"r/{n}", "v1", body, oci.OCI_MANIFEST)).digest)
+            signer = Held(images, stores.meta, stores.blobs, settings, host="h:1")
+            signer.go = asyncio.Event()
+            other = ImageSigner(images, stores.meta, stores.blobs, settings, host="h:1")  # another process
+
+            running = asyncio.ensure_future(signer.sign("r/0", digests[0]))
+            await asyncio.sleep(0.05)
+            assert await other.status("r/0", digests[0]) == ("IN_PROGRESS", None, None)
+            signer.go.set()
+            assert await running is True
+            assert await other.status("r/0", digests[0]) == ("COMPLETE", None, None)
+            assert await stores.meta.values(STATE_PREFIX) == {}, "nothing is left recorded for a signed image"
+            assert await other.verified("r/0", digests[0]) and not await other.verified("r/1", digests[0])
+
+            signer.fail = True
+            assert await signer.sign("r/1", digests[1]) is False
+            status, code, reason = await other.status("r/1", digests[1])
+            assert (status, code) == ("FAILED", "StorageUnavailable") and "went away" in (reason or ""), reason
+        finally:
+            await stores.close()
+
+    asyncio.run(main())
