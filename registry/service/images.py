@@ -66,7 +66,6 @@ class Pushed:
     repository: str
     result: PushResult
     manifest: oci.ParsedManifest
-    size: int  # of the manifest, in bytes
 
     @property
     def changed(self) -> bool:
@@ -377,7 +376,7 @@ class ImageService:
             digest, tags, subject, parsed.media_type, outcome.created, outcome.moved_tags, outcome.restored
         )
         if not trusted:
-            pushed = Pushed(name, result, parsed, len(body))
+            pushed = Pushed(name, result, parsed)
             for hook in self.push_hooks:
                 await hook(pushed)
         return result

@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from registry import oci, sigstore
 from registry.cache import LRUCache
+from registry.config import split_hostname
 from registry.errors import ImageNotSigned, ManifestUnknown, RegistryError
 from registry.glob import compile_glob, glob_matches
 from registry.service.images import PUSH_REASON, REPLICATION, ImageService, Pushed
@@ -65,9 +66,7 @@ _SIGNING: contextvars.ContextVar[bool] = contextvars.ContextVar("signing", defau
 def registry_host(hostname: str, listen: str) -> str:
     """The host[:port] signatures name the registry by: `[registry] hostname` without its scheme when set, else the
     listen address as configured (host:port)."""
-    if hostname:
-        return hostname.partition("://")[2] if "://" in hostname else hostname
-    return listen
+    return split_hostname(hostname)[1] if hostname else listen
 
 
 def covering_profiles(config: dict[str, Any], repository: str) -> list[str]:
