@@ -41,9 +41,10 @@ from registry.service.ecr import EcrService
 from registry.service.ecr_registry import RegistryOperations
 from registry.service.ecr_scanning import ScanningOperations
 from registry.service.ecr_signing import SigningOperations
-from registry.service.images import ImageService
+from registry.service.images import ImageService, Pushed
 from registry.service.lifecycle import LifecycleService, SweepReport
 from registry.service.registry_settings import RegistrySettings
+from registry.service.signing import ImageSigner, registry_host
 from registry.service.templates import TemplateService
 from registry.service.uploads import UploadService
 from registry.tls import tls_context
@@ -103,6 +104,7 @@ class Services:
     replicator: Replicator
     backfills: Backfills
     scans: ScanService
+    signer: ImageSigner
     metrics: metrics.Metrics | None = None
 
     @property
@@ -156,7 +158,12 @@ class Services:
         )
         replicator = Replicator(meta, Copier(meta, blobs), settings, config.replication, source_registry=account)
         scans = ScanService(meta, blobs, images, settings, stores.locks, scratch=config.server.data_dir / "scanning")
-        images.push_hooks += [replicator.enqueue, scans.on_push]
+
+        async def replicate(pushed: Pushed) -> None:
+            if pushed.changed:
+                await replicator.enqueue(pushed.repository, pushed.result.digest, pushed.result.tags)
+
+        images.push_hooks += [replicate, scans.on_push]
         return cls(
             config,
             stores,
@@ -170,6 +177,14 @@ class Services:
             replicator,
             Backfills(meta, replicator.configuration, replicator.wake),
             scans,
+            ImageSigner(
+                images,
+                meta,
+                blobs,
+                settings,
+                host=registry_host(config.registry.hostname, config.server.listen),
+                enforce=config.signing.enforce,
+            ),
         )
 
     async def open(self, also: Callable[[], Awaitable[None]] | None = None) -> None:
@@ -279,6 +294,9 @@ def create_app(config: Config, worker: int | None = None) -> web.Application:
         client_max_size=1024**2,
     )
     app[IN_FLIGHT] = in_flight
+    # Only what the server receives is signed (after replication's hook: the image is queued before its signature).
+    services.images.push_hooks.append(services.signer.on_push)
+    services.images.pull_checks.append(services.signer.check_pull)
     app[CONFIG] = config
     shared = bool(config.storage.metadata.reveal())  # replicas on a shared backend: keys and admin live there
     keyring = KeyRing(config.server.data_dir / "keys", shared=services.meta if shared else None)
@@ -323,7 +341,7 @@ def create_app(config: Config, worker: int | None = None) -> web.Application:
         services.templates,
         RegistryOperations(services.settings, account_id=account),
         ScanningOperations(services.images, services.settings, account_id=account, region=region),
-        SigningOperations(services.images, services.settings, account_id=account),
+        SigningOperations(services.images, services.settings, services.signer, account_id=account),
         scan_operations,
         ReplicationOperations(
             services.images,

@@ -172,6 +172,26 @@ def _rotate_signing_key(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def _signing_key_public(args: argparse.Namespace, config: Config) -> int:
+    """Print the PEM public key of the registry's image signing key (made now if no process has made it yet)."""
+    import asyncio
+
+    from registry.app import open_services
+    from storage.errors import StorageError
+
+    async def read() -> str:
+        async with open_services(config) as services:
+            return await services.signer.public_pem()
+
+    try:
+        pem = asyncio.run(read())
+    except (StorageError, ValueError) as e:
+        print(f"moorage: {e}", file=sys.stderr)
+        return 1
+    print(pem, end="")
+    return 0
+
+
 def _offline(config: Config, job: Any) -> int:
     """Run `job(services)` against the data dir (works while a server runs on it) and print its JSON."""
     import asyncio
@@ -388,6 +408,16 @@ def build_parser() -> argparse.ArgumentParser:
     rotate = sub.add_parser("rotate-signing-key", help="create a new token signing key and make it current")
     _common(rotate)
     rotate.set_defaults(func=_rotate_signing_key)
+
+    signing = sub.add_parser("signing-key", help="the key that signs pushed images: print its public key")
+    signing_commands = signing.add_subparsers(dest="signing_command", required=True)
+    public = signing_commands.add_parser(
+        "public",
+        help="print the PEM public key that verifies the registry's image signatures (a sigstoreSigned policy's "
+        "keyPath); the key is made on first use",
+    )
+    _common(public)
+    public.set_defaults(func=_signing_key_public)
 
     from registry import cli_scanning, cli_storage, cli_transfer
 

@@ -291,3 +291,10 @@ class BlobArchived(BlobUnknown):
     ARCHIVED in BatchCheckLayerAvailability): 404 until one of them is restored."""
 
     default_message = "The layer belongs only to archived images; restore one with UpdateImageStorageClass."
+
+
+class ImageNotSigned(Denied):
+    """A pull, in a repository `[signing] enforce` covers, of a manifest with no valid signature by the registry's
+    image signing key (403 DENIED on /v2; BatchGetImage reports it as an ImageInaccessible failure)."""
+
+    default_message = "The image is not signed by this registry's key, and pulls of unsigned images are refused."

@@ -235,6 +235,9 @@ class SharedValues(Protocol):
         """Store a value; with `replace=False` only if the name is free. Returns the value stored under the name
         afterwards (the one already there when another process got there first)."""
 
+    async def delete_value(self, name: str) -> bool:
+        """Remove a value; False when there was none."""
+
 
 class RegistrySettingsStore(Protocol):
     """The registry's own documents and settings (its policy, account settings, scanning, signing and replication

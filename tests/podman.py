@@ -16,9 +16,10 @@ Podman = Callable[..., subprocess.CompletedProcess[str]]
 
 
 @contextlib.contextmanager
-def isolated_podman(tmp_path: Path) -> Iterator[Podman]:
+def isolated_podman(tmp_path: Path, home: Path | None = None) -> Iterator[Podman]:
     """`run(*args, check=True)`: podman with its own root (vfs), no credentials, no registries.conf; every
-    image it pulled is removed afterwards. Skips when podman is not installed."""
+    image it pulled is removed afterwards. Skips when podman is not installed. `home`: its HOME, where
+    containers/image looks for .config/containers/policy.json and registries.d/ before /etc's."""
     podman = shutil.which("podman")
     if podman is None:
         pytest.skip("podman is not installed (apt-get install podman)")
@@ -35,6 +36,7 @@ def isolated_podman(tmp_path: Path) -> Iterator[Podman]:
         "CONTAINERS_STORAGE_CONF": str(tmp_path / "storage.conf"),
         "DOCKER_CONFIG": str(tmp_path),
         "TMPDIR": str(tmp_path),
+        **({"HOME": str(home)} if home is not None else {}),
     }
     base = [
         podman,

@@ -26,6 +26,7 @@ from registry.config.schema import (
     RuleConfig,
     SecretConfig,
     ServerConfig,
+    SigningConfig,
     StorageConfig,
 )
 from registry.config.values import (
@@ -55,6 +56,7 @@ __all__ = [
     "Secret",
     "SecretConfig",
     "ServerConfig",
+    "SigningConfig",
     "StorageConfig",
     "environment_variables",
     "from_dict",

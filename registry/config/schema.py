@@ -32,6 +32,7 @@ from registry.config.values import (
     check_prefix,
     check_principal_name,
     check_region,
+    check_repository_globs,
     check_secret,
     check_secret_name,
     check_upstream_url,
@@ -223,6 +224,13 @@ class ScanningConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class SigningConfig:
+    # Repository globs (`*` any run of characters, `/` included) whose pulls need a signature by the registry's
+    # image signing key: manifest GET/HEAD on /v2 and BatchGetImage of anything else are refused (403 DENIED).
+    enforce: tuple[str, ...] = _key((), "strs", check_repository_globs)
+
+
+@dataclass(frozen=True, slots=True)
 class LogConfig:
     level: str = _key("info", "str", check_level)
     format: str = _key("auto", "str", check_format)
@@ -256,6 +264,7 @@ class Config:
     console: ConsoleConfig = field(default_factory=ConsoleConfig)
     replication: ReplicationConfig = field(default_factory=ReplicationConfig)
     scanning: ScanningConfig = field(default_factory=ScanningConfig)
+    signing: SigningConfig = field(default_factory=SigningConfig)
 
     @property
     def listen(self) -> tuple[str, int]:

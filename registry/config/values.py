@@ -160,6 +160,19 @@ def check_hostname(v: str) -> str:
     return v
 
 
+_REPOSITORY_GLOB = re.compile(r"[a-z0-9*]+(?:[._/-]+[a-z0-9*]+)*")
+
+
+def check_repository_globs(v: tuple[str, ...]) -> tuple[str, ...]:
+    for glob in v:
+        if len(glob) > 256 or not _REPOSITORY_GLOB.fullmatch(glob):
+            raise ValueError(
+                f"{glob!r} is not a repository glob: lowercase repository name characters and `*` (any run of "
+                'characters, "/" included), e.g. "prod/*"'
+            )
+    return v
+
+
 def check_challenge(v: str) -> str:
     if v not in ("bearer", "basic"):
         raise ValueError('must be "bearer" (the Docker token flow; anonymous clients work) or "basic" (ECR\'s)')

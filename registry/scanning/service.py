@@ -28,7 +28,7 @@ from registry.scanning.matcher import index_keys
 from registry.scanning.osv import read_export
 from registry.scanning.worker import DatabaseFile, ScanWorker
 from registry.service.ecr_scanning import repository_scanning
-from registry.service.images import ImageService
+from registry.service.images import ImageService, Pushed
 from registry.service.registry_settings import SCANNING, RegistrySettings
 from storage.blobs import BlobStore, FileRange
 from storage.coordination import Locks
@@ -79,8 +79,11 @@ class ScanService:
         self._one_at_a_time = asyncio.Semaphore(1)  # one worker process: scans queue here
 
     # -- queueing -------------------------------------------------------------------------------------
-    async def on_push(self, repository: str, digest: str, tags: tuple[str, ...]) -> None:
-        """Scan on push where the registry's rules (or the repository's scanOnPush) say so."""
+    async def on_push(self, pushed: Pushed) -> None:
+        """Scan a new manifest on push where the registry's rules (or the repository's scanOnPush) say so."""
+        if not pushed.result.created:
+            return
+        repository, digest = pushed.repository, pushed.result.digest
         await self.settings.refresh()
         try:
             repo = await self.images.repository(repository)

@@ -11,6 +11,7 @@ from registry.errors import (
     DigestInvalid,
     ImageAlreadyExists,
     ImageDigestDoesNotMatch,
+    ImageNotSigned,
     InvalidParameter,
     LayersNotFound,
     ManifestBlobUnknown,
@@ -154,6 +155,11 @@ class ImageOperations:
                         image_id, "ImageInaccessible", "The image is archived; restore it with UpdateImageStorageClass"
                     )
                 )
+                continue
+            try:
+                await self.images.check_pull(name, record)
+            except ImageNotSigned as e:  # [signing] enforce: the image is there, but not to be pulled
+                failures.append(self._failure(image_id, "ImageInaccessible", e.message))
                 continue
             if accepted and record.media_type not in accepted:
                 failures.append(

@@ -1,6 +1,9 @@
-"""ECR's signing operations, with ECR's shapes, for a registry that does not sign yet: the signing configuration
-(Put/Get/DeleteSigningConfiguration) is stored and returned; an image that a signing rule covers reports
-`FAILED` (not signed) in DescribeImageSigningStatus; one no rule covers, no status.
+"""ECR's signing operations, with ECR's shapes: the signing configuration (Put/Get/DeleteSigningConfiguration),
+whose rules decide which pushes `registry.service.signing.ImageSigner` signs, and DescribeImageSigningStatus.
+
+Every rule that covers an image's repository gets a status, the same for all of them: Moorage signs an image once,
+with its own key, whatever the profiles (`signingProfileArn` is an ECR name, stored and echoed; no AWS Signer is
+involved). An image no rule covers has no status, nor has a signature manifest (it is never signed itself).
 """
 
 from __future__ import annotations
@@ -8,20 +11,21 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from registry import oci, sigstore
 from registry.errors import SigningConfigurationNotFound
-from registry.service.ecr_scanning import matching_filters
 from registry.service.ecr_shapes import Caller, answered_image_id, existing_image
 from registry.service.images import ImageService
 from registry.service.registry_settings import SIGNING, RegistrySettings
-
-NOT_SIGNED = "Moorage does not sign images: no signature was made with this signing profile."
-NOT_SIGNED_CODE = "SigningNotAvailable"
+from registry.service.signing import ImageSigner
 
 
 class SigningOperations:
-    def __init__(self, images: ImageService, settings: RegistrySettings, *, account_id: str) -> None:
+    def __init__(
+        self, images: ImageService, settings: RegistrySettings, signer: ImageSigner, *, account_id: str
+    ) -> None:
         self.images = images
         self.settings = settings
+        self.signer = signer
         self.account_id = account_id
 
     def _document(self, name: str) -> dict[str, Any] | None:
@@ -51,20 +55,21 @@ class SigningOperations:
         name = params["repositoryName"]
         img = await existing_image(self.images, name, params["imageId"], self.account_id)
         statuses = []
-        for rule in (self._document(SIGNING) or {}).get("rules") or ():
-            filters = rule.get("repositoryFilters")
-            if filters is None or matching_filters(filters, name):
-                statuses.append(
-                    {
-                        "signingProfileArn": rule["signingProfileArn"],
-                        "status": "FAILED",
-                        "failureCode": NOT_SIGNED_CODE,
-                        "failureReason": NOT_SIGNED,
-                    }
-                )
+        profiles = self.signer.profiles_for(name)
+        if profiles and not await self._is_signature(name, img.digest):
+            status, code, reason = await self.signer.status(name, img.digest)
+            for profile in profiles:
+                entry = {"signingProfileArn": profile, "status": status}
+                if code is not None:
+                    entry |= {"failureCode": code, "failureReason": reason or ""}
+                statuses.append(entry)
         return {
             "repositoryName": name,
             "imageId": answered_image_id(img, params["imageId"]),
             "registryId": self.account_id,
             "signingStatuses": statuses,
         }
+
+    async def _is_signature(self, name: str, digest: str) -> bool:
+        record = await self.images.get_manifest(name, digest)
+        return sigstore.is_signature_manifest(oci.parse_manifest(record.body, record.media_type))

@@ -58,6 +58,28 @@ class PushResult:
     restored: bool = False  # it was archived, and this push made it active again
 
 
+@dataclass(frozen=True, slots=True)
+class Pushed:
+    """What a push (a /v2 manifest PUT, PutImage or an import; never a pull-through fill) stored: what the push
+    hooks get."""
+
+    repository: str
+    result: PushResult
+    manifest: oci.ParsedManifest
+
+    @property
+    def changed(self) -> bool:
+        """The manifest was new to the repository, or a tag moved to it."""
+        return self.result.created or bool(self.result.moved_tags)
+
+
+# Run after a push stored its manifest, before the push is acknowledged (replication queues the image, signing
+# signs it); each decides for itself whether the push concerns it.
+PushHook = Callable[[Pushed], Awaitable[object]]
+# Asked before a manifest is served to a pull (/v2 GET and HEAD, BatchGetImage); raises to refuse it.
+PullCheck = Callable[[str, ManifestRecord], Awaitable[None]]
+
+
 def referrer_descriptor(m: ManifestRecord) -> dict[str, Any]:
     """A referrer as the referrers API lists it (and ListImageReferrers, which adds its status)."""
     d: dict[str, Any] = {"mediaType": m.media_type, "digest": m.digest, "size": m.size}
@@ -111,9 +133,9 @@ class ImageService:
         self._pulls: dict[tuple[str, str], float] = {}  # (repository, digest) -> last pull, not yet stored
         # Principals whose pulls record no pull time (ECR's pull-time update exclusions: scanners, mirrors).
         self.pull_time_excluded = pull_time_excluded
-        # Each called with (repository, digest, tags) after a push (not a pull-through fill) stored something new,
-        # in order, before it is acknowledged: replication queues the image there, scanning queues its scan.
-        self.push_hooks: list[Callable[[str, str, tuple[str, ...]], Awaitable[object]]] = []
+        # In order, after every push (not a pull-through fill), before it is acknowledged.
+        self.push_hooks: list[PushHook] = []
+        self.pull_checks: list[PullCheck] = []
         self._epoch = 0
 
     def _cache(self) -> LRUCache:
@@ -349,13 +371,20 @@ class ImageService:
             self.cache.pop(("tag", name, tag))
         if outcome.restored:
             self.forget_manifest(name, digest)
-        if not trusted and (outcome.created or outcome.moved_tags):
-            for hook in self.push_hooks:
-                await hook(name, digest, tags)
         subject = parsed.subject.digest if parsed.subject else None
-        return PushResult(
+        result = PushResult(
             digest, tags, subject, parsed.media_type, outcome.created, outcome.moved_tags, outcome.restored
         )
+        if not trusted:
+            pushed = Pushed(name, result, parsed)
+            for hook in self.push_hooks:
+                await hook(pushed)
+        return result
+
+    async def check_pull(self, name: str, record: ManifestRecord) -> None:
+        """Before a pull is served the manifest: each pull check may refuse it (by raising)."""
+        for check in self.pull_checks:
+            await check(name, record)
 
     # -- repository settings (each write invalidates the cached record) ----------------------------
     def forget_repository(self, name: str) -> None:

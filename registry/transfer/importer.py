@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from registry.errors import NameUnknown
+from registry import oci, sigstore
+from registry.errors import NameUnknown, RegistryError
 from registry.service.images import tag_is_immutable
 from registry.transfer.common import CHUNK, INDEX_FILE, TransferError, parse_reference
 from registry.transfer.docker_archive import plan_docker
@@ -163,11 +164,28 @@ async def _commit(services: Services, source: Source, plan: Plan, progress: Prog
             await _link(services, source, plan, image.repository, digest, progress, counts)
         for digest in image.manifests:
             media_type, body = plan.manifests[digest]
-            tags = tuple(image.tags) if digest == image.digest else ()
+            if digest == image.digest:
+                tags = tuple(image.tags)
+            else:
+                tags = await _attachment_tag(services, image.repository, body)
             await services.images.put_manifest(image.repository, digest, body, media_type, tags)
         if rule is not None:  # a pre-warmed cache: confirmed upstream now (offline mode serves it regardless)
             for tag in image.tags:
                 await services.meta.set_tag_checked(image.repository, tag, time.time())
+
+
+async def _attachment_tag(services: Services, repository: str, body: bytes) -> tuple[str, ...]:
+    """A referrer that is a cosign signature attachment gets back the tag containers/image finds it by
+    (`sha256-<subject hex>.sig`: an export of one tag carries it untagged), unless the repository has that tag."""
+    parsed = oci.parse_manifest(body, None)
+    if parsed.subject is None or not sigstore.is_signature_manifest(parsed):
+        return ()
+    tag = sigstore.attachment_tag(parsed.subject.digest)
+    try:
+        oci.validate_tag(tag)
+    except RegistryError:  # (a sha512 subject's would be too long: no tag)
+        return ()
+    return () if await services.meta.resolve_tag(repository, tag) else (tag,)
 
 
 async def _link(

@@ -162,6 +162,8 @@ async def get_manifest(request: web.Request, name: str, reference: str) -> web.R
             "--target-storage-class STANDARD (or push the same image again)",
             detail={"name": name, "digest": record.digest, "storageClass": "ARCHIVE"},
         )
+    if request.method == "GET" or PUSH_REASON.get() != REPLICATION:  # (not another registry's existence check)
+        await images.check_pull(name, record)  # [signing] enforce
     if request.method == "GET":
         principal = request.get(PRINCIPAL)
         images.note_pull(name, record.digest, principal.arn if principal is not None else None)

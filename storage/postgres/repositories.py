@@ -391,3 +391,8 @@ class RepositoryQueries(PostgresConnection):
             )
             stored: bytes = await db.fetchval("SELECT value FROM shared_values WHERE name = $1", name)
             return bytes(stored)
+
+    async def delete_value(self, name: str) -> bool:
+        async with self._tx() as db:
+            status = await db.execute("DELETE FROM shared_values WHERE name = $1", name)
+        return rowcount(status) > 0

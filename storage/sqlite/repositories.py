@@ -356,3 +356,8 @@ class RepositoryQueries(SQLiteConnection):
             await db.execute("INSERT OR IGNORE INTO shared_values (name, value) VALUES (?, ?)", (name, value))
             row = await self._one(db, "SELECT value FROM shared_values WHERE name = ?", (name,))
             return bytes(row[0])
+
+    async def delete_value(self, name: str) -> bool:
+        async with self._tx() as db:
+            cur = await db.execute("DELETE FROM shared_values WHERE name = ?", (name,))
+            return cur.rowcount > 0
