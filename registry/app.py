@@ -287,16 +287,21 @@ def create_app(config: Config, worker: int | None = None) -> web.Application:
     app = web.Application(
         middlewares=[
             access_middleware(
-                services.metrics.observe, in_flight, config.log.access, worker, settle=services.stores.changes.settle
+                services.metrics.observe,
+                in_flight,
+                config.log.access,
+                worker,
+                settle=services.stores.changes.settle,
+                before=_fresh_settings(services.settings),
             ),
-            _fresh_settings(services.settings),
         ],
         client_max_size=1024**2,
     )
     app[IN_FLIGHT] = in_flight
     # Only what the server receives is signed (after replication's hook: the image is queued before its signature).
     services.images.push_hooks.append(services.signer.on_push)
-    services.images.pull_checks.append(services.signer.check_pull)
+    if config.signing.enforce:  # (a coroutine less per pull where nothing is enforced)
+        services.images.pull_checks.append(services.signer.check_pull)
     app[CONFIG] = config
     shared = bool(config.storage.metadata.reveal())  # replicas on a shared backend: keys and admin live there
     keyring = KeyRing(config.server.data_dir / "keys", shared=services.meta if shared else None)
@@ -402,17 +407,15 @@ def create_app(config: Config, worker: int | None = None) -> web.Application:
 _UNSETTLED_PATHS = ("/healthz", "/readyz", "/metrics")  # they answer about the storage; they don't need its settings
 
 
-def _fresh_settings(settings: RegistrySettings) -> Any:
+def _fresh_settings(settings: RegistrySettings) -> Callable[[web.Request], Awaitable[None]]:
     """Before a request is handled: the registry's settings (its policy, account settings, pull-time exclusions)
     as last committed by any process."""
 
-    @web.middleware
-    async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-        if request.path not in _UNSETTLED_PATHS:
+    async def refresh(request: web.Request) -> None:
+        if settings.stale() and request.path not in _UNSETTLED_PATHS:
             await settings.refresh()
-        return await handler(request)
 
-    return middleware
+    return refresh
 
 
 async def serve(

@@ -34,6 +34,10 @@ class RegistrySettings:
         self._exclusions: dict[str, float] = {}
         self._epoch: int | None = None  # None: never read
 
+    def stale(self) -> bool:
+        """Whether another process may have changed them since they were read (`refresh` would read them)."""
+        return (self.changes.epoch() if self.changes is not None else 0) != self._epoch
+
     async def refresh(self) -> None:
         """Re-read everything if another process may have changed it (or nothing was read yet)."""
         epoch = self.changes.epoch() if self.changes is not None else 0

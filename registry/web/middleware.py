@@ -64,8 +64,13 @@ def render_error(request: web.Request, err: RegistryError) -> web.Response:
 
 
 @web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def error_middleware(
+    request: web.Request, handler: Handler, before: Callable[[web.Request], Awaitable[None]] | None = None
+) -> web.StreamResponse:
+    """Errors rendered once, in the protocol's shape. `before` runs first, its errors rendered the same way."""
     try:
+        if before is not None:
+            await before(request)
         resp = await handler(request)
         if isinstance(resp, SendfileResponse):
             await _send(request, resp)
@@ -163,12 +168,14 @@ def access_middleware(
     enabled: bool = True,
     worker: int | None = None,
     settle: Callable[[], Awaitable[None]] | None = None,
+    before: Callable[[web.Request], Awaitable[None]] | None = None,
 ):
     """One log line and one metrics observation per request: id, principal, repository, action, status, bytes
     and duration (and which worker served it, with several). The path is logged without its query string
     (download URLs carry their signatures there). Before a response goes out, `settle` (the change feed's)
     waits until the other replicas can have heard of the writes made so far: a client that writes through one
-    replica and reads through another at once reads its write."""
+    replica and reads through another at once reads its write. `before` runs ahead of the handler (the registry
+    settings' refresh), inside the same error handling: one middleware layer, not two."""
     served_by = {} if worker is None else {"worker": worker}
 
     @web.middleware
@@ -179,7 +186,7 @@ def access_middleware(
         status, resp = 499, None
         in_flight.enter()
         try:
-            resp = await error_middleware(request, handler)  # one middleware layer, not two
+            resp = await error_middleware(request, handler, before)  # one middleware layer, not three
             if settle is not None and not resp.prepared:
                 await settle()
             status = resp.status
@@ -208,26 +215,41 @@ def access_middleware(
             observe(route, request.method, status, seconds, bytes_in, bytes_out)
             if enabled:
                 principal = request.get(PRINCIPAL)
-                write_line = logs.access_logger()
-                fields = {
-                    "request_id": request[REQUEST_ID],
-                    "method": request.method,
-                    "path": request.path,
-                    "route": route,
-                    "status": status,
-                    "bytes_in": bytes_in,
-                    "bytes_out": bytes_out,
-                    "duration_ms": round(seconds * 1000, 3),
-                    "principal": principal.name if principal else None,
-                    "repository": request.get(REPOSITORY),
-                    "action": request.get(ACTION),
-                    "remote": request.remote,
-                    "user_agent": request.headers.get("User-Agent", "")[:200],
-                    **served_by,
-                }
-                if write_line is not None:
-                    write_line(f"{request.method} {request.path} {status}", fields)
+                access = logs.access_logger()
+                if access is not None:
+                    access.request(
+                        request[REQUEST_ID],
+                        request.method,
+                        request.path,
+                        route,
+                        status,
+                        bytes_in,
+                        bytes_out,
+                        seconds,
+                        principal.name if principal else None,
+                        request.get(REPOSITORY),
+                        request.get(ACTION),
+                        request.remote,
+                        request.headers.get("User-Agent", "")[:200],
+                        worker,
+                    )
                 else:  # logging not set up through registry.logs (e.g. an embedding application)
+                    fields = {
+                        "request_id": request[REQUEST_ID],
+                        "method": request.method,
+                        "path": request.path,
+                        "route": route,
+                        "status": status,
+                        "bytes_in": bytes_in,
+                        "bytes_out": bytes_out,
+                        "duration_ms": round(seconds * 1000, 3),
+                        "principal": principal.name if principal else None,
+                        "repository": request.get(REPOSITORY),
+                        "action": request.get(ACTION),
+                        "remote": request.remote,
+                        "user_agent": request.headers.get("User-Agent", "")[:200],
+                        **served_by,
+                    }
                     access_log.info("%s %s %d", request.method, request.path, status, extra={"fields": fields})
 
     return middleware

@@ -515,7 +515,7 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
         args = m.groupdict()
         request[ROUTE], request[ACTION], request[REPOSITORY] = ROUTE_NAMES[pattern], actions[0], args["name"]
         oci.validate_name(args["name"])
-        if "ns" in request.query:  # a containerd mirror names the upstream host it stands in for
+        if request.query_string and "ns" in request.query:  # a containerd mirror names the upstream it stands for
             args["name"] = request.app[PULL_THROUGH].name_for_namespace(request.query["ns"], args["name"])
             request[REPOSITORY] = args["name"]
         blob = args["digest"] if handler is get_blob and request.method == "GET" else None
