@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -291,7 +292,7 @@ def create_app(config: Config, worker: int | None = None) -> web.Application:
                 in_flight,
                 config.log.access,
                 worker,
-                settle=services.stores.changes.settle,
+                changes=services.stores.changes,
                 before=_fresh_settings(services.settings),
             ),
         ],
@@ -441,6 +442,11 @@ async def serve(
     # Our own drain below does the waiting and the cancelling; aiohttp's shutdown then finds nothing in flight.
     runner = Runner(app, limits, handle_signals=False, access_log=None, shutdown_timeout=SHUTDOWN_LEFTOVER)
     await runner.setup()
+    # What start-up built (botocore's ECR model, the configuration, the console's templates: a heap of long-lived
+    # objects) is moved out of the collector's sight: the full collections that small requests' garbage triggers
+    # now and then no longer walk it.
+    gc.collect()
+    gc.freeze()
     tls = tls_context(server)
     # With TLS, a handshake must be done within header_timeout too (asyncio's default is 60 s; the head's own
     # deadline starts after it).

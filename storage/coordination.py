@@ -49,6 +49,10 @@ class ChangeFeed(Protocol):
         """After this process committed a write: tell the others. (The PostgreSQL store also notifies inside its
         own transactions, so its writes are heard exactly when they commit.)"""
 
+    def unsettled(self) -> bool:
+        """Whether `settle` would wait (this process has committed writes the others may not have heard of yet):
+        a cheap check before the coroutine."""
+
     async def settle(self) -> None:
         """Until the other processes can have heard of this process's committed writes (bounded; immediate when
         there is nothing to wait for). Called before a request is answered: a client that writes through one

@@ -16,6 +16,7 @@ from aiohttp import web
 from registry import logs
 from registry.errors import NotFound, RegistryError, StorageFull, StorageUnavailable, Unsupported
 from registry.web.sendfile import SendfileResponse
+from storage.coordination import ChangeFeed
 from storage.errors import StorageFull as OutOfSpace
 from storage.errors import StorageUnavailable as Unreachable
 
@@ -167,12 +168,12 @@ def access_middleware(
     in_flight: InFlight,
     enabled: bool = True,
     worker: int | None = None,
-    settle: Callable[[], Awaitable[None]] | None = None,
+    changes: ChangeFeed | None = None,
     before: Callable[[web.Request], Awaitable[None]] | None = None,
 ):
     """One log line and one metrics observation per request: id, principal, repository, action, status, bytes
     and duration (and which worker served it, with several). The path is logged without its query string
-    (download URLs carry their signatures there). Before a response goes out, `settle` (the change feed's)
+    (download URLs carry their signatures there). Before a response goes out, the change feed's `settle`
     waits until the other replicas can have heard of the writes made so far: a client that writes through one
     replica and reads through another at once reads its write. `before` runs ahead of the handler (the registry
     settings' refresh), inside the same error handling: one middleware layer, not two."""
@@ -187,8 +188,8 @@ def access_middleware(
         in_flight.enter()
         try:
             resp = await error_middleware(request, handler, before)  # one middleware layer, not three
-            if settle is not None and not resp.prepared:
-                await settle()
+            if changes is not None and not resp.prepared and changes.unsettled():
+                await changes.settle()
             status = resp.status
             if in_flight.draining:
                 resp.force_close()
@@ -196,8 +197,8 @@ def access_middleware(
                 stamp(request, resp)
             return resp
         except web.HTTPException as e:
-            if settle is not None:
-                await settle()
+            if changes is not None and changes.unsettled():
+                await changes.settle()
             status = e.status
             stamp(request, e)
             if in_flight.draining:

@@ -256,6 +256,9 @@ class PostgresChangeFeed:
         if (unheard := self._unheard.pop(payload, None)) is not None:
             unheard.cancel()
 
+    def unsettled(self) -> bool:
+        return bool(self._unheard)
+
     async def settle(self) -> None:
         """Until this process's committed writes have been heard back on the listening connection, for at most
         SETTLE_TIMEOUT (a lost connection moves every replica's epoch anyway). Free when nothing is unheard."""
