@@ -21,7 +21,8 @@ from pathlib import Path
 from bench.content import ACCEPT, Image, MiB, write_image, write_random_file
 from bench.load import Skopeo, Wrk, blob_gets, check_get, upload_file
 from bench.report import DISTRIBUTION, MOORAGE, MOORAGE_AUTH, Results, Row, Table, Target, ratio_target
-from bench.servers import BenchError, Distribution, Lab, Moorage, SendfileBaseline, Server, sampling, status_mib
+from bench.rss import sampling, status_mib
+from bench.servers import BenchError, Distribution, Lab, Moorage, SendfileBaseline, Server
 
 HEADLINE = (MOORAGE, MOORAGE_AUTH, DISTRIBUTION)
 CACHE_PREFIX = "hub"
