@@ -397,7 +397,8 @@ def render(results: Results, machine: dict[str, str], command: str) -> str:
             "4), on one shared listening socket. Targets (from the performance issue): Moorage ≥ "
             f"{BARE_SHARE:.0%} of bare-aiohttp, ≥ {DISTRIBUTION_TIMES:g}x Distribution, and with auth on (a "
             f"token on every request) at least {1 - AUTH_COST:.0%} of its req/s with auth off. Bytes per response "
-            "(headers and body, from wrk) show that the servers sent the same thing.",
+            "(headers and body, from wrk) show what each sent: Moorage and bare-aiohttp the same bytes; nginx adds "
+            "`Last-Modified` and its own `Server`.",
             "",
         ]
         lines += reference_table(results)
