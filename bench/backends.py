@@ -20,7 +20,8 @@ from __future__ import annotations
 from bench.content import ACCEPT, MiB
 from bench.load import blob_gets, check_get
 from bench.report import MOORAGE, PG_S3, PG_S3_REDIRECT, Row, Target
-from bench.servers import BenchError, Moorage, Postgres, SeaweedFS, Server, sampling, shared_backend_config
+from bench.rss import sampling
+from bench.servers import BenchError, Moorage, Postgres, SeaweedFS, Server, shared_backend_config
 from bench.suite import Bench, _push_image
 
 MANIFEST_TARGET = 0.8  # the PostgreSQL + S3 backend's hot manifest GET, as a share of SQLite's

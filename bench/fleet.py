@@ -20,7 +20,7 @@ import statistics
 from collections import Counter
 
 from bench.report import DISTRIBUTION, MOORAGE, Table
-from bench.servers import sampling
+from bench.rss import sampling
 from bench.suite import Bench, _caches, _pt_name
 from tests.fleet import run_fleet
 from tests.upstreams import push_image

@@ -20,6 +20,13 @@ MOORAGE, MOORAGE_AUTH, DISTRIBUTION = "moorage", "moorage-auth", "distribution"
 PG_S3, PG_S3_REDIRECT = "moorage-pg-s3", "moorage-pg-s3-redirect"
 BACKENDS = (MOORAGE, PG_S3, PG_S3_REDIRECT)
 SUBJECTS = (MOORAGE, MOORAGE_AUTH)  # what targets are checked for
+# The reference lines of the manifest and small-blob GETs (bench/bare_server.py; nginx serving the same bytes as
+# static files), with as many processes as Moorage runs, and the performance issue's targets for those rows:
+# Moorage ≥ 70% of the bare aiohttp app, ≥ 10x Distribution, and auth on within 10% of auth off.
+BARE, NGINX_STATIC = "bare-aiohttp", "nginx-static"
+REFERENCES = (BARE, NGINX_STATIC)
+REFERENCE_ROWS = ("manifest", "small-blob")
+BARE_SHARE, DISTRIBUTION_TIMES, AUTH_COST = 0.70, 10.0, 0.10
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -137,6 +144,15 @@ def _proc_field(path: str, key: str) -> str:
     return "?"
 
 
+def _version(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "not installed"
+
+
 def machine_info(baseline: str) -> dict[str, str]:
     mem_kb = _proc_field("/proc/meminfo", "MemTotal").split()[0]
     try:
@@ -154,7 +170,7 @@ def machine_info(baseline: str) -> dict[str, str]:
         "memory": f"{int(mem_kb) / 1024**2:.1f} GiB" if mem_kb.isdigit() else "?",
         "kernel": platform.release(),
         "load average at start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
-        "python": platform.python_version() + f" (aiohttp {aiohttp_version})",
+        "python": platform.python_version() + f" (aiohttp {aiohttp_version}, uvloop {_version('uvloop')})",
         "moorage commit": commit + (" + uncommitted changes" if dirty not in ("", "?") else ""),
         "distribution": command_output("docker-registry", "--version"),
         "wrk": command_output("wrk", "-v"),
@@ -213,6 +229,88 @@ def main_table(results: Results) -> list[str]:
                 row.verdict(),
                 rss,
                 "; ".join(notes),
+            ]
+        )
+    return _md_table(headers, rows)
+
+
+def _word(ok: object) -> str:
+    return "n/a" if ok is None else ("met" if ok else "**missed**")
+
+
+def _share(row: Row, label: str, base: str) -> float | None:
+    value, reference = row.median(label), row.median(base)
+    return None if value is None or not reference else value / reference
+
+
+def reference_verdicts(results: Results) -> dict[str, dict[str, float | bool | None]]:
+    """Per reference row: Moorage's share of bare-aiohttp (and of nginx-static), its ratio to Distribution, auth on
+    ÷ auth off, each issue target met (True), missed (False) or not measured (None)."""
+    out: dict[str, dict[str, float | bool | None]] = {}
+    for key in REFERENCE_ROWS:
+        row = results.rows.get(key)
+        if row is None:
+            continue
+        share, ratio, auth = _share(row, MOORAGE, BARE), row.ratio(MOORAGE), _share(row, MOORAGE_AUTH, MOORAGE)
+        out[key] = {
+            "moorage_of_bare": share,
+            "moorage_auth_of_bare": _share(row, MOORAGE_AUTH, BARE),
+            "moorage_of_nginx_static": _share(row, MOORAGE, NGINX_STATIC),
+            "bare_of_nginx_static": _share(row, BARE, NGINX_STATIC),
+            "ratio_to_distribution": ratio,
+            "ratio_auth_to_distribution": row.ratio(MOORAGE_AUTH),
+            "auth_of_auth_off": auth,
+            "bare_target_met": None if share is None else share >= BARE_SHARE,
+            "distribution_target_met": None if ratio is None else ratio >= DISTRIBUTION_TIMES,
+            "auth_target_met": None if auth is None else auth >= 1 - AUTH_COST,
+        }
+    return out
+
+
+def _pct(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.0f}%"
+
+
+def reference_table(results: Results) -> list[str]:
+    """The manifest and small-blob GETs beside the reference servers, with the issue's targets."""
+    headers = [
+        "benchmark",
+        "unit",
+        "Moorage",
+        "Moorage (auth)",
+        "Distribution",
+        "bare-aiohttp",
+        "nginx-static",
+        f"Moorage ÷ bare-aiohttp (target ≥ {BARE_SHARE:.0%})",
+        f"ratio to Distribution (target ≥ {DISTRIBUTION_TIMES:g}x)",
+        f"auth on ÷ off (target ≥ {1 - AUTH_COST:.0%})",
+        "Moorage ÷ nginx-static",
+        "bare-aiohttp ÷ nginx-static",
+        "peak RSS MiB (bare / nginx)",
+        "bytes per response (M / M auth / D / bare / nginx)",
+    ]
+    verdicts = reference_verdicts(results)
+    sizes = results.samples.get("bytes_per_response", {})
+    rows = []
+    for key, v in verdicts.items():
+        row = results.rows[key]
+        ratio, ratio_auth = v["ratio_to_distribution"], v["ratio_auth_to_distribution"]
+        size = sizes.get(key, {}) if isinstance(sizes, dict) else {}
+        labels = (*SUBJECTS, DISTRIBUTION, *REFERENCES)
+        rows.append(
+            [
+                row.title,
+                row.unit,
+                *(_fmt(row.median(label), row.fmt) for label in labels),
+                f"{_pct(v['moorage_of_bare'])} {_word(v['bare_target_met'])} (auth {_pct(v['moorage_auth_of_bare'])})",
+                ("—" if ratio is None else f"{ratio:.2f}x ")
+                + _word(v["distribution_target_met"])
+                + ("" if ratio_auth is None else f" (auth {ratio_auth:.2f}x)"),
+                f"{_pct(v['auth_of_auth_off'])} {_word(v['auth_target_met'])}",
+                _pct(v["moorage_of_nginx_static"]),
+                _pct(v["bare_of_nginx_static"]),
+                " / ".join(_fmt(max(row.rss[lb]), ".0f") if row.rss.get(lb) else "—" for lb in REFERENCES),
+                " / ".join(str(size.get(lb, "—")) for lb in labels),
             ]
         )
     return _md_table(headers, rows)
@@ -287,6 +385,23 @@ def render(results: Results, machine: dict[str, str], command: str) -> str:
         lines += main_table(results)
     else:
         lines.append("(no benchmark rows)")
+    if any(label in row.values for key in REFERENCE_ROWS if (row := results.rows.get(key)) for label in REFERENCES):
+        processes = results.samples.get("reference_processes", "?")
+        lines += ["", f"## Reference lines: manifest and small-blob GET (medians of {results.runs} run(s))", ""]
+        lines += [
+            f"In the same runs as the table above, interleaved with it: `bare-aiohttp` is a bare aiohttp app on uvloop "
+            "(bench/bare_server.py: two routes, no middleware, no access log, no auth) answering from memory with "
+            "the very bytes and header fields Moorage sent for the same GET; `nginx-static` is nginx serving those "
+            "bytes as static files (open_file_cache, no access log): the least a GET costs on this machine. Both "
+            f"run {processes} serving process(es), as Moorage does here (`workers = 0`: one per usable CPU, up to "
+            "4), on one shared listening socket. Targets (from the performance issue): Moorage ≥ "
+            f"{BARE_SHARE:.0%} of bare-aiohttp, ≥ {DISTRIBUTION_TIMES:g}x Distribution, and with auth on (a "
+            f"token on every request) at least {1 - AUTH_COST:.0%} of its req/s with auth off. Bytes per response "
+            "(headers and body, from wrk) show what each sent: Moorage and bare-aiohttp the same bytes; nginx adds "
+            "`Last-Modified` and its own `Server`.",
+            "",
+        ]
+        lines += reference_table(results)
     if any(row.section == "backends" for row in results.rows.values()):
         lines += [
             "",
@@ -337,6 +452,7 @@ def write(results: Results, machine: dict[str, str], command: str, out: Path) ->
         },
         "tables": [{"title": t.title, "headers": t.headers, "rows": t.rows} for t in results.tables],
         "samples": results.samples,
+        "reference_targets": reference_verdicts(results),
         "notes": results.notes,
     }
     out.with_suffix(".json").write_text(json.dumps(raw, indent=1, default=str))

@@ -19,7 +19,8 @@ import aiohttp
 from bench.content import ACCEPT, OCI_MANIFEST, Image
 from bench.load import latencies, walk_pages
 from bench.report import DISTRIBUTION, MOORAGE, MOORAGE_AUTH, Table
-from bench.servers import BenchError, Server, sampling
+from bench.rss import sampling
+from bench.servers import BenchError, Server
 from bench.suite import HEADLINE, Bench
 
 TAG_REPO = "scale/tags"

@@ -1,4 +1,4 @@
-"""The servers under test, started on free loopback ports, and RSS sampling of their processes.
+"""The servers under test, started on free loopback ports.
 
 - `Moorage`: `python -m registry serve` (tests/server.py's MoorageServer), auth off or on; with auth on it
   logs in once (GetAuthorizationToken) and hands out `Authorization: Basic base64(AWS:<token>)`.
@@ -7,23 +7,26 @@
   proxy mode (`proxy: {remoteurl: ...}`), optionally with its access log on (the local upstream).
 - `SendfileBaseline`: the physical limit for a large blob GET: nginx (`sendfile on`, one process) when
   installed, else `python -m bench.sendfile_server` (a socket server answering GET with os.sendfile).
+- The reference lines of the manifest and small-blob GETs, each answering with Moorage's own bytes and header
+  fields (`Served`, captured from Moorage in the run) and as many processes as Moorage runs: `BareAiohttp`
+  (`python -m bench.bare_server`, aiohttp alone on uvloop) and `NginxStatic` (nginx, the files served as static).
 - `Lab`: a working directory and the servers started in it, stopped in reverse order by `close()`.
 """
 
 from __future__ import annotations
 
 import base64
-import glob
+import contextlib
+import json
 import os
 import re
 import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
@@ -32,6 +35,7 @@ import requests
 from tests.server import AUTH_OFF, MoorageServer, auth_config, free_port, login_password
 from tests.upstreams import log_tail, wait_http
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
 DISTRIBUTION_BIN = shutil.which("docker-registry") or "/usr/bin/docker-registry"
 # `127.0.0.1 - - [date] "GET /v2/x/blobs/sha256:... HTTP/1.1" 200 91 "" "agent"` (Distribution's access log)
 ACCESS_LINE = re.compile(r'"(?P<method>[A-Z]+) (?P<path>\S+) HTTP/[\d.]+" (?P<status>\d{3}) ')
@@ -322,9 +326,9 @@ def shared_backend_config(postgres: Postgres, s3: SeaweedFS, *, redirect: bool) 
 
 NGINX_CONF = """\
 daemon off;
-master_process off;
-worker_processes 1;
-pid {dir}/nginx.pid;
+master_process {master};
+worker_processes {workers};
+{user}pid {dir}/nginx.pid;
 error_log {dir}/error.log error;
 events {{ worker_connections 1024; }}
 http {{
@@ -334,13 +338,29 @@ http {{
     keepalive_requests 1000000;
     default_type application/octet-stream;
     client_body_temp_path {dir}/body;
-    server {{
+{http}    server {{
         listen 127.0.0.1:{port};
         root {root};
-        location / {{ }}
-    }}
+{locations}    }}
 }}
 """
+
+
+def nginx_conf(directory: Path, port: int, root: Path, *, workers: int = 1, http: str = "", locations: str = "") -> str:
+    """One process (no master) for the sendfile baseline; with more `workers`, a master and that many workers on
+    one listening socket (as root, the workers stay root, to read the run's private directory)."""
+    master = workers > 1
+    user = "user root;\n" if master and os.geteuid() == 0 else ""
+    return NGINX_CONF.format(
+        master="on" if master else "off",
+        workers=workers,
+        user=user,
+        dir=directory,
+        port=port,
+        root=root,
+        http=http,
+        locations=locations or "        location / { }\n",
+    )
 
 
 class SendfileBaseline(Server):
@@ -358,11 +378,14 @@ class SendfileBaseline(Server):
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
 
+    def config(self) -> str:
+        return nginx_conf(self.dir, self.port, self.root)
+
     def start(self) -> SendfileBaseline:
         self._log = open(self.log_path, "ab")
         if self.nginx:
             conf = self.dir / "nginx.conf"
-            conf.write_text(NGINX_CONF.format(dir=self.dir, port=self.port, root=self.root))
+            conf.write_text(self.config())
             cmd = [self.nginx, "-p", str(self.dir), "-e", str(self.dir / "error.log"), "-c", str(conf)]
         else:
             cmd = [sys.executable, "-m", "bench.sendfile_server", "--port", str(self.port), "--root", str(self.root)]
@@ -370,14 +393,16 @@ class SendfileBaseline(Server):
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise BenchError(f"{self.kind} baseline exited: {_tail(self.log_path)} {_tail(self.dir / 'error.log')}")
+                raise BenchError(
+                    f"{self.label} ({self.kind}) exited: {_tail(self.log_path)} {_tail(self.dir / 'error.log')}"
+                )
             try:
                 requests.get(self.url + "/", timeout=1)
                 return self
             except requests.RequestException:
                 time.sleep(0.05)
         self.stop()
-        raise BenchError(f"{self.kind} baseline did not start")
+        raise BenchError(f"{self.label} ({self.kind}) did not start")
 
     @property
     def pid(self) -> int | None:
@@ -394,97 +419,124 @@ class SendfileBaseline(Server):
             self._log = None
 
 
-# -- RSS -----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Served:
+    """One of Moorage's answers as it went out: the request path, the body, and the header fields that are the
+    answer's own (not Date, Content-Length nor the connection's: each server writes those itself)."""
+
+    path: str
+    body: bytes
+    headers: dict[str, str]
 
 
-def process_tree(pid: int) -> list[int]:
-    """`pid` and its descendants (a Moorage supervisor and its workers)."""
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        for task in glob.glob(f"/proc/{p}/task/*/children"):
-            try:
-                with open(task) as fh:
-                    todo.extend(int(c) for c in fh.read().split())
-            except (FileNotFoundError, ProcessLookupError, ValueError):
-                pass
-    return out
+NOT_COPIED = {"date", "content-length", "connection", "keep-alive", "transfer-encoding"}
 
 
-def _status_kib(pid: int, key: str) -> int | None:
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1])
-    except (FileNotFoundError, ProcessLookupError, ValueError):
-        return None
-    return None
+def served(server: Server, path: str, headers: dict[str, str]) -> Served:
+    """What `server` answers to GET `path` (200 only)."""
+    r = requests.get(server.url + path, headers={**headers, **server.headers}, timeout=30)
+    if r.status_code != 200:
+        raise BenchError(f"{server.label}: GET {path} answered {r.status_code}")
+    return Served(path, r.content, {k: v for k, v in r.headers.items() if k.lower() not in NOT_COPIED})
 
 
-def status_mib(pid: int | None, key: str = "VmRSS", tree: list[int] | None = None) -> float | None:
-    """A /proc/<pid>/status memory line (VmRSS, VmHWM) in MiB, summed over the process and its descendants
-    (for VmHWM the sum of each process's own peak; `tree`: those processes, if already known); None when the
-    process is gone."""
-    if pid is None:
-        return None
-    values = [v for p in (tree or process_tree(pid)) if (v := _status_kib(p, key)) is not None]
-    return sum(values) / 1024 if values else None
+# What nginx writes itself for a static file (Content-Type: from default_type).
+NGINX_OWN = {"content-type", "server", "accept-ranges", "last-modified"}
 
 
-class RssSampler:
-    """Samples VmRSS of some processes every `interval` seconds on a thread; `peak` is the largest seen.
+def _nginx_string(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
-    The sampler shares the GIL with the Python load clients, so each sample must stay cheap: a server's
-    process tree is looked up once a second (workers don't come and go during a measurement), not at every
-    sample, lest a multi-process server be measured with a slower client than a single-process one."""
 
-    TREE_EVERY = 1.0  # seconds
+class NginxStatic(SendfileBaseline):
+    """nginx (`workers` worker processes on one listening socket) serving `answers` as static files at their
+    paths, with their Content-Type and header fields; open_file_cache, so no open(2) per request: the least work a
+    GET can cost on this machine."""
 
-    def __init__(self, pids: dict[str, int | None], interval: float = 0.02) -> None:
-        self.pids = {label: pid for label, pid in pids.items() if pid is not None}
-        self.interval = interval
-        self.before: dict[str, float] = {}
-        self.peak: dict[str, float] = {}
-        self.after: dict[str, float] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
-        self._trees: dict[str, list[int]] = {}
-        self._tree_at = float("-inf")
+    def __init__(self, label: str, workdir: Path, answers: list[Served], workers: int) -> None:
+        super().__init__(workdir / "root", workdir)
+        if self.nginx is None:
+            raise BenchError(f"{label}: nginx is not installed (apt-get install nginx-light)")
+        self.label = label
+        self.workers = workers
+        self.answers = answers
+        for answer in answers:
+            path = self.root / answer.path.lstrip("/")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(answer.body)
 
-    def _sample(self) -> dict[str, float]:
-        now = time.monotonic()
-        if now - self._tree_at >= self.TREE_EVERY:
-            self._trees = {label: process_tree(pid) for label, pid in self.pids.items()}
-            self._tree_at = now
-        out = {}
-        for label, pid in self.pids.items():
-            rss = status_mib(pid, tree=self._trees.get(label))
-            if rss is not None:
-                out[label] = rss
-                self.peak[label] = max(self.peak.get(label, 0.0), rss)
-        return out
+    def config(self) -> str:
+        locations = ""
+        for answer in self.answers:
+            fields = {k.lower(): v for k, v in answer.headers.items()}
+            lines = [f"default_type {_nginx_string(fields.get('content-type', 'application/octet-stream'))};"]
+            lines += [
+                f"add_header {k} {_nginx_string(v)};" for k, v in answer.headers.items() if k.lower() not in NGINX_OWN
+            ]
+            locations += f"        location = {answer.path} {{ {' '.join(lines)} }}\n"
+        http = "    etag off;\n    open_file_cache max=64 inactive=600s;\n    open_file_cache_valid 600s;\n"
+        return nginx_conf(self.dir, self.port, self.root, workers=self.workers, http=http, locations=locations)
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self._sample()
 
-    def __enter__(self) -> RssSampler:
-        self.before = self._sample()
-        self._thread.start()
+class BareAiohttp(Server):
+    """bench/bare_server.py: a bare aiohttp app on uvloop answering Moorage's own `manifest` (also by `tag`) and
+    `blob` from memory, with `processes` processes on one listening socket as Moorage's workers, no logging."""
+
+    def __init__(self, label: str, workdir: Path, manifest: Served, blob: Served, tag: str, processes: int) -> None:
+        self.label = label
+        self.processes = processes
+        self.check_path = manifest.path
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.args = ["--tag", tag]
+        for name, answer in (("manifest", manifest), ("blob", blob)):
+            (workdir / name).write_bytes(answer.body)
+            (workdir / f"{name}.headers.json").write_text(json.dumps(answer.headers))
+            self.args += [f"--{name}", str(workdir / name), f"--{name}-headers", str(workdir / f"{name}.headers.json")]
+        self.port = free_port()
+        self.log_path = workdir / "bare.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    def start(self) -> BareAiohttp:
+        self._log = open(self.log_path, "ab")
+        offset = self._log.tell()
+        cmd = [sys.executable, "-m", "bench.bare_server", "--port", str(self.port)]
+        cmd += ["--processes", str(self.processes), *self.args]
+        self.proc = subprocess.Popen(
+            cmd,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=REPO_ROOT,  # this tree's bench package, whatever the venv has installed
+            start_new_session=True,  # its own process group: the supervisor and its workers
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # every worker serving, not only the first
+            if self.proc.poll() is not None:
+                raise BenchError(f"{self.label} exited with {self.proc.returncode}: {_tail(self.log_path)}")
+            with open(self.log_path, "rb") as fh:
+                fh.seek(offset)
+                if fh.read().count(b" serving") >= self.processes:
+                    break
+            time.sleep(0.05)
+        else:
+            raise BenchError(f"{self.label}: not every worker started in 30 s: {_tail(self.log_path)}")
+        _wait_http(self.url + self.check_path, self.proc, self.label, self.log_path, 15)
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self.after = self._sample()
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
 
-
-@contextmanager
-def sampling(*servers: Server) -> Iterator[RssSampler]:
-    with RssSampler({s.label: s.pid for s in servers}) as sampler:
-        yield sampler
+    def stop(self) -> None:
+        if self.proc is not None:
+            _terminate(self.proc)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)  # a worker its supervisor left behind
+        self.proc = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
 
 
 # -- the lab -------------------------------------------------------------------------------------------

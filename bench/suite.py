@@ -3,6 +3,9 @@
 Servers (started on first use, see bench/servers.py):
   moorage         Moorage, auth off                       | moorage-auth   Moorage, auth on (token)
   distribution    Distribution 2.8                        | sendfile       nginx/os.sendfile over Moorage's blob dir
+  bare-aiohttp    a bare aiohttp app on uvloop answering Moorage's manifest and small blob from memory, as many
+                  processes as Moorage's workers (the reference line of the manifest and small-blob GETs)
+  nginx-static    nginx serving the same bytes as static files, as many worker processes (the machine's floor)
   upstream        Distribution with its access log on: the local upstream of both caches
   moorage-cache   Moorage with a pull-through rule `hub` -> upstream
   distribution-proxy  Distribution in proxy mode -> upstream
@@ -18,10 +21,34 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.content import ACCEPT, Image, MiB, write_image, write_random_file
-from bench.load import Skopeo, Wrk, blob_gets, check_get, upload_file
-from bench.report import DISTRIBUTION, MOORAGE, MOORAGE_AUTH, Results, Row, Table, Target, ratio_target
-from bench.servers import BenchError, Distribution, Lab, Moorage, SendfileBaseline, Server, sampling, status_mib
+from bench.content import ACCEPT, Image, MiB, digest_of, write_image, write_random_file
+from bench.load import Skopeo, Wrk, WrkResult, blob_gets, check_get, upload_file
+from bench.report import (
+    BARE,
+    DISTRIBUTION,
+    MOORAGE,
+    MOORAGE_AUTH,
+    NGINX_STATIC,
+    REFERENCES,
+    Results,
+    Row,
+    Table,
+    Target,
+    ratio_target,
+)
+from bench.rss import process_tree, sampling, status_mib
+from bench.servers import (
+    BareAiohttp,
+    BenchError,
+    Distribution,
+    Lab,
+    Moorage,
+    NginxStatic,
+    SendfileBaseline,
+    Served,
+    Server,
+    served,
+)
 
 HEADLINE = (MOORAGE, MOORAGE_AUTH, DISTRIBUTION)
 CACHE_PREFIX = "hub"
@@ -109,6 +136,7 @@ class Bench:
         self.skopeo = Skopeo(workdir)
         self._images: dict[str, Image] = {}
         self.pushed: set[tuple[str, str]] = set()  # (server label, repo)
+        self._answers: tuple[Served, Served] | None = None
         lab = self.lab
         lab.define(MOORAGE, lambda: Moorage(MOORAGE, workdir / MOORAGE))
         lab.define(MOORAGE_AUTH, lambda: Moorage(MOORAGE_AUTH, workdir / MOORAGE_AUTH, auth=True))
@@ -136,6 +164,14 @@ class Bench:
         lab.define(
             "sendfile",
             lambda: SendfileBaseline(self.moorage.data_dir / "blobs", workdir / "sendfile"),
+        )
+        # The reference lines: Moorage's own answers, as many processes as Moorage runs.
+        lab.define(
+            BARE, lambda: BareAiohttp(BARE, workdir / BARE, *self.answers(), tag="v1", processes=self.processes())
+        )
+        lab.define(
+            NGINX_STATIC,
+            lambda: NginxStatic(NGINX_STATIC, workdir / NGINX_STATIC, list(self.answers()), workers=self.processes()),
         )
 
     def server(self, label: str) -> Server:
@@ -189,19 +225,65 @@ class Bench:
         self.push(server, image, "bench/small")
         return server, image
 
-    def wrk_rows(self, row: Row, path_for: dict[str, str], connections: int, duration: float) -> None:
-        """wrk req/s of GET <path> on each server, `runs` times, interleaved."""
+    def processes(self) -> int:
+        """How many processes serve in Moorage as the bench runs it (`workers = 0`: one per usable CPU, up to 4, by
+        its own rule), checked against the running server's process tree (a supervisor and its workers)."""
+        from registry.config import ServerConfig
+
+        count = ServerConfig(workers=0).worker_count
+        moorage = self.moorage
+        tree = process_tree(moorage.pid) if moorage.pid is not None else []
+        running = len(tree) - 1 if len(tree) > 1 else len(tree)
+        self.results.samples["reference_processes"] = count
+        if running != count:
+            self.results.note(f"Moorage runs {running} serving processes, not the {count} its rule gives")
+        return count
+
+    def answers(self) -> tuple[Served, Served]:
+        """Moorage's answers to the manifest GET by tag and the small-blob GET, as the reference servers repeat them."""
+        if self._answers is None:
+            server, image = self.small_on(MOORAGE)
+            manifest = served(server, "/v2/bench/small/manifests/v1", {"Accept": ACCEPT})
+            digest = image.layer_digests[0]
+            blob = served(server, f"/v2/bench/small/blobs/{digest}", {})
+            if manifest.body != image.manifest or digest_of(blob.body) != digest:
+                raise BenchError("Moorage's manifest or small blob is not what was pushed")
+            self._answers = (manifest, blob)
+        return self._answers
+
+    def references(self, row: Row, path: str) -> dict[str, str]:
+        """The reference servers that started, each GETting `path`; one that did not is noted, not fatal."""
+        paths = {}
+        for label in REFERENCES:
+            try:
+                self.server(label)
+                paths[label] = path
+            except BenchError as e:
+                row.notes.append(f"{label} not measured")
+                self.results.note(f"{row.key}: {label} not measured: {e}")
+        return paths
+
+    def wrk_rows(
+        self, row: Row, path_for: dict[str, str], connections: int, duration: float
+    ) -> dict[str, list[WrkResult]]:
+        """wrk req/s of GET <path> on each server, `runs` times, interleaved; every run's wrk result per server
+        (its bytes per response go to the JSON)."""
         targets = {}
         for label, path in path_for.items():
             server = self.server(label)
             headers = {"Accept": ACCEPT, **server.headers}
             check_get(server.url + path, headers)
             targets[label] = (server, server.url + path, headers)
+        results: dict[str, list[WrkResult]] = {}
         for _ in range(self.plan.runs):
             for label, (server, url, headers) in targets.items():
                 with sampling(server) as rss:
                     result = self.wrk.run(url, duration=duration, connections=connections, headers=headers)
                 row.add(label, result.rps, rss.peak.get(server.label))
+                results.setdefault(label, []).append(result)
+        sizes = {label: round(r[-1].bytes / r[-1].requests) for label, r in results.items()}
+        self.results.samples.setdefault("bytes_per_response", {})[row.key] = sizes  # type: ignore[index]
+        return results
 
 
 # == the benchmarks ==========================================================================================
@@ -214,11 +296,12 @@ def manifest_get(b: Bench) -> None:
         "req/s",
         target=ratio_target(5),
     )
+    path = "/v2/bench/small/manifests/v1"
     paths = {}
     for label in HEADLINE:
         b.small_on(label)
-        paths[label] = "/v2/bench/small/manifests/v1"
-    b.wrk_rows(row, paths, b.plan.connections, b.plan.wrk_seconds)
+        paths[label] = path
+    b.wrk_rows(row, {**paths, **b.references(row, path)}, b.plan.connections, b.plan.wrk_seconds)
 
 
 def small_blob_get(b: Bench) -> None:
@@ -230,11 +313,12 @@ def small_blob_get(b: Bench) -> None:
         "req/s",
         target=ratio_target(3),
     )
+    path = f"/v2/bench/small/blobs/{image.layer_digests[0]}"
     paths = {}
     for label in HEADLINE:
         b.small_on(label)
-        paths[label] = f"/v2/bench/small/blobs/{image.layer_digests[0]}"
-    b.wrk_rows(row, paths, b.plan.connections, b.plan.wrk_seconds)
+        paths[label] = path
+    b.wrk_rows(row, {**paths, **b.references(row, path)}, b.plan.connections, b.plan.wrk_seconds)
 
 
 def _push_image(b: Bench, i: int) -> Image:
