@@ -153,8 +153,9 @@ async def referrers(request: web.Request, name: str, digest: str) -> web.Respons
 
 async def get_manifest(request: web.Request, name: str, reference: str) -> web.Response:
     oci.validate_reference(reference)
-    images = request.app[IMAGES]
-    record = await request.app[READER].get_manifest(name, reference, import_authorizer(request, name))
+    app = request.app
+    images = app[IMAGES]
+    record = await app[READER].get_manifest(name, reference, import_authorizer(request, name))
     if record.archived:
         raise ImageArchived(
             f"{name}@{record.digest} is archived, and pulls of archived images fail until it is restored: "
@@ -162,9 +163,10 @@ async def get_manifest(request: web.Request, name: str, reference: str) -> web.R
             "--target-storage-class STANDARD (or push the same image again)",
             detail={"name": name, "digest": record.digest, "storageClass": "ARCHIVE"},
         )
-    if request.method == "GET" or PUSH_REASON.get() != REPLICATION:  # (not another registry's existence check)
+    method = request.method
+    if images.pull_checks and (method == "GET" or PUSH_REASON.get() != REPLICATION):  # (not a replication's HEAD)
         await images.check_pull(name, record)  # [signing] enforce
-    if request.method == "GET":
+    if method == "GET":
         principal = request.get(PRINCIPAL)
         images.note_pull(name, record.digest, principal.arn if principal is not None else None)
     if not oci.accepts(request.headers.getall("Accept", []), record.media_type):
