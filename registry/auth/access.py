@@ -80,7 +80,7 @@ class AccessControl:
             cached = self._anonymous = (token, float(int(now)), expires_at)
         return cached
 
-    def verify_token(self, token: str, challenge: Mapping[str, str]) -> tuple[Principal | None, Claims]:
+    def verify_token(self, token: str, challenge: Challenge) -> tuple[Principal | None, Claims]:
         """The principal a registry token names (None for an anonymous token) and its claims; ECR's 403 for an
         expired token, a 401 (with `challenge`) saying why otherwise."""
         try:
@@ -88,15 +88,15 @@ class AccessControl:
         except TokenError as e:
             if e.kind == "expired":
                 raise Denied(TOKEN_EXPIRED) from None
-            raise Unauthorized(e.message, headers=dict(challenge)) from None
+            raise Unauthorized(e.message, headers=_headers(challenge)) from None
         if claims.anonymous:
             return None, claims
         principal = self.directory.by_name.get(claims.principal)
         if principal is None:
-            raise Unauthorized(f"principal {claims.principal!r} no longer exists", headers=dict(challenge))
+            raise Unauthorized(f"principal {claims.principal!r} no longer exists", headers=_headers(challenge))
         return principal, claims
 
-    def principal_for_token(self, token: str, challenge: Mapping[str, str]) -> Principal | None:
+    def principal_for_token(self, token: str, challenge: Challenge) -> Principal | None:
         return self.verify_token(token, challenge)[0]
 
     # -- authorization -----------------------------------------------------------------------------
@@ -156,7 +156,7 @@ class AccessControl:
         policy_text: str | None = None,
         condition_keys: Mapping[str, str] | None = None,
         realm: str = "",
-        challenge: Mapping[str, str] | None = None,
+        challenge: Challenge | None = None,
     ) -> None:
         """Allow if any of `actions` is allowed on the repository (or `*`); else 401 (anonymous) or 403. The 401
         carries `challenge`, or ECR's Basic challenge for `realm` without one."""
@@ -171,8 +171,18 @@ class AccessControl:
             first = first or (ctx, ev)
         assert first is not None, "check() needs at least one action"
         if principal is None:
-            raise AuthenticationRequired(headers=dict(challenge) if challenge is not None else basic_challenge(realm))
+            raise AuthenticationRequired(
+                headers=_headers(challenge) if challenge is not None else basic_challenge(realm)
+            )
         raise Denied(access_denied_message(*first))
+
+
+# A 401's WWW-Authenticate header, or how to make it (only a refusal needs it: most requests never do).
+Challenge = Mapping[str, str] | Callable[[], Mapping[str, str]]
+
+
+def _headers(challenge: Challenge) -> dict[str, str]:
+    return dict(challenge() if callable(challenge) else challenge)
 
 
 def basic_challenge(realm: str) -> dict[str, str]:

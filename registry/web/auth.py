@@ -105,7 +105,7 @@ def registry_principal(request: web.Request) -> Principal | None:
     token = _presented_token(request)
     principal = None
     if token:
-        principal = access.principal_for_token(token, registry_challenge(request))
+        principal = access.principal_for_token(token, lambda: registry_challenge(request))
         request[AUTHENTICATED] = True
     request[PRINCIPAL] = principal
     return principal

@@ -465,7 +465,7 @@ async def authorize(
         name,
         policy_text=policy_text,
         condition_keys=condition_keys(request, principal),
-        challenge=registry_challenge(request, _scope(request.method, name)),
+        challenge=lambda: registry_challenge(request, _scope(request.method, name)),
     )
     return principal
 
