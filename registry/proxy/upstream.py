@@ -25,7 +25,7 @@ import json
 import re
 import socket
 import time
-from collections.abc import AsyncIterable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -257,16 +257,22 @@ class UpstreamClient:
         self, method: str, url: URL, headers: dict[str, str], data: Body = None
     ) -> aiohttp.ClientResponse:
         deadline = asyncio.timeout(self.response_timeout)  # request() returns once the headers are in
+        body = data() if callable(data) else data
+        progress = None
+        if self.response_timeout is not None and body is not None and not isinstance(body, bytes):
+            # A streamed body (an upload) is sent within request(): the deadline moves on with every piece sent,
+            # so a large one over a slow link is not cut off while one that stops moving still is.
+            progress = _Progress(deadline, self.response_timeout)
+            body = progress.stream(body)
         try:
             async with deadline:
-                return await self.session.request(
-                    method,
-                    url,
-                    headers=headers,
-                    data=data() if callable(data) else data,
-                    timeout=self.timeout,
-                    allow_redirects=False,
-                )
+                try:
+                    return await self.session.request(
+                        method, url, headers=headers, data=body, timeout=self.timeout, allow_redirects=False
+                    )
+                finally:
+                    if progress is not None:
+                        progress.done = True
         except TimeoutError:
             if deadline.expired():
                 said = f"did not answer within {self.response_timeout:g}s ({self.response_timeout_setting})"
@@ -455,6 +461,26 @@ class UpstreamClient:
         if resp.status != 200:
             raise await self._error(resp, f"GET blob {digest}")
         return resp
+
+
+class _Progress:
+    """Moves a request's deadline `seconds` past each piece of its body handed to the connection (and past the
+    last, for the answer), until `done`: the request returned, and the deadline is no longer running."""
+
+    def __init__(self, deadline: asyncio.Timeout, seconds: float) -> None:
+        self.deadline = deadline
+        self.seconds = seconds
+        self.done = False
+
+    def _extend(self) -> None:
+        if not self.done and not self.deadline.expired():
+            self.deadline.reschedule(asyncio.get_running_loop().time() + self.seconds)
+
+    async def stream(self, chunks: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
+        async for chunk in chunks:
+            self._extend()
+            yield chunk
+        self._extend()
 
 
 async def _read_at_most(resp: aiohttp.ClientResponse, limit: int) -> bytes:
