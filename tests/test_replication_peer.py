@@ -112,3 +112,32 @@ def test_an_upload_the_destination_stops_reading_fails_within_the_timeout():
 
     took = asyncio.run(asyncio.wait_for(with_peer(uploads(never_read), 1.0, use), 30))
     assert took < 10, took
+
+
+def test_a_trickled_error_body_ends_the_attempt_within_the_timeout():
+    async def trickle(request: web.Request) -> web.StreamResponse:
+        if request.method != "POST":
+            return web.Response(status=404)
+        resp = web.StreamResponse(status=500, headers={"Content-Type": "application/json"})
+        resp.content_length = 16384
+        await resp.prepare(request)
+        try:
+            for _ in range(16384):
+                await resp.write(b" ")
+                await asyncio.sleep(0.2)  # a byte now and then: never idle for the read timeout
+        except (ConnectionError, RuntimeError):
+            pass
+        return resp
+
+    async def use(peer: PeerClient) -> float:
+        started = time.monotonic()
+        with pytest.raises(UpstreamError) as e:
+            await peer.put_blob("app", DIGEST, 1, lambda: read_nothing())
+        assert e.value.status == 500, e.value.message
+        return time.monotonic() - started
+
+    async def read_nothing() -> AsyncIterator[bytes]:
+        yield b"z"
+
+    took = asyncio.run(asyncio.wait_for(with_peer(trickle, 1.0, use), 30))
+    assert took < 5, took

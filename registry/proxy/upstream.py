@@ -286,13 +286,19 @@ class UpstreamClient:
         except aiohttp.ClientError as e:
             raise UpstreamError(self.base_url, "unavailable", f"unreachable: {e}") from None
 
+    async def _read_small(self, resp: aiohttp.ClientResponse, limit: int) -> bytes:
+        """A small body (an error's, a token's) read within the response timeout (else the read timeout) as a
+        whole: one trickled a byte at a time never idles long enough for the read timeout alone to end it."""
+        async with asyncio.timeout(self.response_timeout or self.timeout.sock_read):
+            return await _read_at_most(resp, limit)
+
     async def _error(self, resp: aiohttp.ClientResponse, what: str) -> UpstreamError:
         """An UpstreamError for a failed response. Its body is never shown: an upstream may be an internal
         service, and a rule must not become a way to read it. Only OCI error codes are quoted, with their
         messages when the host is public (Docker Hub's rate limit message, for instance)."""
         public = self.guard.is_public(resp.url.host or "")
         try:
-            body = await _read_at_most(resp, ERROR_BODY_BYTES)
+            body = await self._read_small(resp, ERROR_BODY_BYTES)
         except (aiohttp.ClientError, TimeoutError):
             body = b""
         finally:
@@ -345,7 +351,7 @@ class UpstreamClient:
             if resp.status != 200:
                 raise await self._error(resp, "token request was refused")
             try:
-                doc = json.loads(await _read_at_most(resp, 1 << 20))
+                doc = json.loads(await self._read_small(resp, 1 << 20))
             finally:
                 resp.release()
         except (aiohttp.ClientError, TimeoutError, ValueError) as e:
@@ -391,7 +397,7 @@ class UpstreamClient:
             async with self.session.post(
                 url, data=body, headers=headers, timeout=self.timeout, allow_redirects=False
             ) as response:
-                doc: Any = json.loads(await _read_at_most(response, 1 << 20))
+                doc: Any = json.loads(await self._read_small(response, 1 << 20))
                 if not isinstance(doc, dict):
                     raise ValueError("not a JSON object")
                 if response.status != 200:
