@@ -141,3 +141,20 @@ def test_a_trickled_error_body_ends_the_attempt_within_the_timeout():
 
     took = asyncio.run(asyncio.wait_for(with_peer(trickle, 1.0, use), 30))
     assert took < 5, took
+
+
+@pytest.mark.parametrize("answer", [{}, {"authorizationData": []}, {"authorizationData": [{"expiresAt": 1}]}])
+def test_a_token_answer_without_a_token_is_an_upstream_error(answer: dict[str, Any]):
+    async def ecr_like(request: web.Request) -> web.StreamResponse:
+        if request.method == "POST" and request.path == "/":
+            return web.json_response(answer, content_type="application/x-amz-json-1.1")
+        return web.Response(status=401, headers={"WWW-Authenticate": 'Basic realm="destination"'})
+
+    async def use(peer: PeerClient) -> None:
+        with pytest.raises(UpstreamError) as e:
+            await peer.has_blob("app", DIGEST)
+        assert "GetAuthorizationToken" in e.value.message, e.value.message
+
+    asyncio.run(
+        asyncio.wait_for(with_peer(ecr_like, 5.0, use, access_key_id="AKIAPEER", secret_access_key="peer-secret"), 30)
+    )

@@ -418,8 +418,16 @@ class UpstreamClient:
             raise UpstreamError(self.base_url, "unavailable", f"GetAuthorizationToken failed: {e}") from None
         except (aiohttp.ClientError, TimeoutError, ValueError) as e:
             raise UpstreamError(self.base_url, "unavailable", f"GetAuthorizationToken failed: {e}") from None
-        data = doc["authorizationData"][0]
-        return data["authorizationToken"], float(data["expiresAt"])
+        try:
+            data = doc["authorizationData"][0]
+            token, expires_at = data["authorizationToken"], float(data["expiresAt"])
+            if not isinstance(token, str):
+                raise TypeError("authorizationToken is not a string")
+        except (KeyError, IndexError, TypeError, ValueError) as e:
+            raise UpstreamError(
+                self.base_url, "denied", f"GetAuthorizationToken answered without a token ({type(e).__name__})"
+            ) from None
+        return token, expires_at
 
     # -- the API -----------------------------------------------------------------------------------
     async def ping(self) -> None:
