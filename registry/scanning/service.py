@@ -26,7 +26,7 @@ from registry.scanning import findings as shapes
 from registry.scanning.layers import LayerError
 from registry.scanning.matcher import index_keys
 from registry.scanning.osv import read_export
-from registry.scanning.worker import DatabaseFile, ScanWorker
+from registry.scanning.worker import DatabaseFile, ScanTimeout, ScanWorker
 from registry.service.ecr_scanning import repository_scanning
 from registry.service.images import ImageService, Pushed
 from registry.service.registry_settings import SCANNING, RegistrySettings
@@ -123,6 +123,9 @@ class ScanService:
                 record = await self.scan(repository, digest)
             except asyncio.CancelledError:
                 raise
+            except ScanTimeout as e:
+                log.warning("the scan of %s@%s failed: %s", repository, digest, e)
+                record = ScanRecord(repository, digest, "FAILED", f"The scan failed: {e}"[:512], started)
             except Exception as e:
                 log.exception("the scan of %s@%s failed", repository, digest)
                 record = ScanRecord(repository, digest, "FAILED", f"The scan failed: {e}"[:512], started)
