@@ -6,6 +6,7 @@ rescan when a newer database affects an image under CONTINUOUS_SCAN, and scans t
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -239,3 +240,19 @@ def test_the_console_shows_an_images_findings(loaded: None, srv: MoorageServer, 
     for advisory in ("DSA-5532-1", "GHSA-35jh-r3h4-6jhm", "GHSA-j8r2-6x86-q33q"):
         assert f'data-id="{advisory}"' in text, advisory
     assert 'data-severity="CRITICAL">1 critical' in text and "3.0.11-1~deb12u2" in text
+
+
+def test_scratch_files_left_by_a_killed_process_are_removed(srv: MoorageServer):
+    """A process killed mid-scan leaves its spooled layers (object storage's blobs, copied to be read) and a
+    database file it was writing; the sweep removes those of processes that no longer run, never a live one's."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    scratch = srv.data_dir / "scanning"
+    (scratch / "vulnerability-db").mkdir(parents=True, exist_ok=True)
+    left = [scratch / f"layer-{dead.pid}-k1ll3d", scratch / "vulnerability-db" / f".osv-1-2.jsonl.{dead.pid}.tmp"]
+    live = scratch / f"layer-{os.getpid()}-running"
+    for path in [*left, live]:
+        path.write_bytes(b"x" * 4096)
+    wait_for(lambda: not any(p.exists() for p in left), 30, "the leftovers to be removed")
+    assert live.exists()
+    live.unlink()

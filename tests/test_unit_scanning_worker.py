@@ -9,12 +9,12 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
-from registry.scanning.worker import ScanTimeout, ScanWorker
+from registry.scanning.worker import DatabaseFile, ScanTimeout, ScanWorker
 from tests.test_unit_scanning_inventory import DEBIAN_OS_RELEASE, DPKG_STATUS, layer
 
 
@@ -84,3 +84,13 @@ def test_closing_the_worker_kills_a_running_scans_process(fifo: Path) -> None:
             await asyncio.wait_for(scan, 10)
 
     asyncio.run(run())
+
+
+def test_a_database_file_whose_writing_fails_leaves_nothing(tmp_path: Path) -> None:
+    async def pages() -> AsyncIterator[list[str]]:
+        yield ['{"id": "A"}']
+        raise OSError("the metadata store went away")
+
+    with pytest.raises(OSError):
+        asyncio.run(DatabaseFile(tmp_path).write("1-1", pages()))
+    assert list(tmp_path.iterdir()) == []

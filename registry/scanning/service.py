@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -225,7 +226,7 @@ class ScanService:
                     paths.append(body.file)
                     continue
                 self.scratch.mkdir(parents=True, exist_ok=True)
-                fd, path = tempfile.mkstemp(prefix="layer-", dir=self.scratch)
+                fd, path = tempfile.mkstemp(prefix=f"layer-{os.getpid()}-", dir=self.scratch)
                 spooled.append(path)
                 with os.fdopen(fd, "wb") as fh:
                     async for chunk in self.blobs.read(digest):
@@ -240,7 +241,9 @@ class ScanService:
     # -- the sweep ----------------------------------------------------------------------------------------
     async def sweep(self) -> None:
         """Run the scans left IN_PROGRESS by a process that stopped, or queued by `moorage vuln-db import`; forget
-        the scans of images that are gone."""
+        the scans of images that are gone. Before that, in every process that sweeps (one per machine at least),
+        remove the scratch files that processes which stopped without cleaning up (killed) left behind."""
+        await asyncio.to_thread(remove_leftovers, self.scratch)
         if not await self.locks.try_acquire(SCAN_LOCK):
             return
         try:
@@ -267,6 +270,35 @@ class ScanService:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self.worker.close()
+
+
+_LEFTOVER = re.compile(r"layer-(\d+)-.*|\.osv-.*\.(\d+)\.tmp")  # a spooled layer, a database file being written
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_leftovers(scratch: Path) -> int:
+    """Remove the spooled layers and half-written database files of processes that no longer run (a process
+    removes its own when a scan or a write ends, unless it is killed first); returns how many."""
+    removed = 0
+    for path in [*scratch.glob("layer-*"), *scratch.glob("vulnerability-db/.osv-*.tmp")]:
+        found = _LEFTOVER.fullmatch(path.name)
+        if found is None or _alive(int(found.group(1) or found.group(2))):
+            continue
+        with contextlib.suppress(OSError):
+            path.unlink()
+            removed += 1
+    if removed:
+        log.info("removed %d scratch files of scans that stopped half-way", removed)
+    return removed
 
 
 # -- the vulnerability database (`moorage vuln-db import`) -------------------------------------------------

@@ -128,11 +128,16 @@ class DatabaseFile:
         temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
         fh = await asyncio.to_thread(open, temporary, "w", encoding="utf-8")
         try:
-            async for page in pages:
-                await asyncio.to_thread(fh.write, "".join(text.replace("\n", " ") + "\n" for text in page))
-        finally:
-            await asyncio.to_thread(fh.close)
-        await asyncio.to_thread(os.replace, temporary, target)
+            try:
+                async for page in pages:
+                    await asyncio.to_thread(fh.write, "".join(text.replace("\n", " ") + "\n" for text in page))
+            finally:
+                await asyncio.to_thread(fh.close)
+            await asyncio.to_thread(os.replace, temporary, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                temporary.unlink()
+            raise
         for old in self.directory.glob("osv-*.jsonl"):
             if old != target:
                 with contextlib.suppress(OSError):
