@@ -18,7 +18,7 @@ from botocore.exceptions import ClientError
 
 from tests.ecr_shapes import assert_matches_output
 from tests.helpers import wait_for
-from tests.oci import OCI_INDEX, OCI_MANIFEST, SIG, Client, descriptor, push_artifact
+from tests.oci import OCI_INDEX, OCI_MANIFEST, SIG, Client, descriptor, make_image, push_artifact
 from tests.scan_images import HIGH, RECORDS, alpine_image, debian_image, osv, write_export
 from tests.server import MoorageServer, auth_config, ecr_client, login_password
 
@@ -256,3 +256,16 @@ def test_scratch_files_left_by_a_killed_process_are_removed(srv: MoorageServer):
     wait_for(lambda: not any(p.exists() for p in left), 30, "the leftovers to be removed")
     assert live.exists()
     live.unlink()
+
+
+def test_a_layer_that_is_no_tar_is_unsupported_and_named_by_its_digest(
+    loaded: None, srv: MoorageServer, ecr: Any, v2: Client
+):
+    img = make_image(1, 512)  # its layer is random bytes
+    v2.push_image("scan/not-a-tar", "v1", img)
+    out = scanned_or_unsupported(ecr, "scan/not-a-tar", "v1")
+    status = out["imageScanStatus"]
+    assert status["status"] == "UNSUPPORTED_IMAGE", out
+    layer = descriptor("", img.blobs[-1])["digest"]
+    assert layer in status["description"], status
+    assert str(srv.data_dir) not in status["description"] and "/blobs/" not in status["description"], status

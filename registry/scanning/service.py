@@ -173,13 +173,17 @@ class ScanService:
             )
         count, updated_at = await self.meta.vulnerability_stats()
         database = await self._database_file(count, updated_at)
+        layers = [d.digest for d in parsed.layers if not d.urls]
+        paths: list[str] = []
         try:
-            async with self._layer_files([d.digest for d in parsed.layers if not d.urls]) as paths:
+            async with self._layer_files(layers) as paths:
                 packages, found = await self.worker.scan(database, paths)
         except LayerError as e:
-            return ScanRecord(
-                repository, digest, "UNSUPPORTED_IMAGE", f"A layer cannot be read as a filesystem: {e}"[:512], started
-            )
+            said = str(e)
+            for path, layer in zip(paths, layers, strict=False):  # the layer's digest, never a path of this server
+                said = said.replace(path, layer)
+            said = f"A layer cannot be read as a filesystem: {said}"
+            return ScanRecord(repository, digest, "UNSUPPORTED_IMAGE", said[:512], started)
         stored = [shapes.stored(f) for f in found]
         names = sorted({key for p in packages for key in index_keys(p)})
         description = (
