@@ -407,3 +407,32 @@ def _pax_record(key: bytes, value: bytes) -> bytes:
 
 def _pad(size: int) -> bytes:
     return b"\0" * (-size % 512)
+
+
+def test_package_databases_holding_more_entries_than_a_scan_considers_are_refused(tmp_path: Path) -> None:
+    """Each dpkg database file may be 64 MiB: a few of them, of distinct small entries, would parse into
+    gigabytes (~250 bytes per entry kept, from ~25 of gzip-friendly text). The image's entries over all its
+    package databases are bounded, and counted as they are parsed."""
+    entries = 20_000
+
+    def status(n: int) -> str:
+        return "".join(f"Package: p{n}x{i}\nVersion: 1.{i}\n\n" for i in range(entries))
+
+    files: list[Entry] = [(f"var/lib/dpkg/status.d/f{n}", status(n)) for n in range(4)]
+    apk: list[Entry] = [("lib/apk/db/installed", "".join(f"P:a{i}\nV:1.{i}\n\n" for i in range(entries)))]
+    big = layer(tmp_path / "big.tar.gz", files + apk)
+    assert len(inventory([big], max_entries=5 * entries)) == 5 * entries
+    for at_most in (5 * entries - 1, entries // 2):
+        with pytest.raises(LayerError, match="more package entries than a scan considers"):
+            inventory([big], max_entries=at_most)
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        with pytest.raises(LayerError):
+            inventory([big], max_entries=1000)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # One file's text and lines are held while it is parsed (~5 MiB here); every entry kept would be ~40 MiB.
+    assert peak < 10 * 1024 * 1024, f"{peak} bytes allocated at the peak: entries were kept past the bound"
