@@ -6,6 +6,7 @@ rescan when a newer database affects an image under CONTINUOUS_SCAN, and scans t
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,17 +18,31 @@ from botocore.exceptions import ClientError
 
 from tests.ecr_shapes import assert_matches_output
 from tests.helpers import wait_for
-from tests.oci import OCI_INDEX, OCI_MANIFEST, SIG, Client, descriptor, push_artifact
+from tests.oci import OCI_INDEX, OCI_MANIFEST, SIG, Client, descriptor, make_image, push_artifact
 from tests.scan_images import HIGH, RECORDS, alpine_image, debian_image, osv, write_export
-from tests.server import MoorageServer, auth_config, ecr_client, login_password
+from tests.server import MoorageServer, auth_config, ecr_client, login_password, principal_toml
 
 WAIT = {"Delay": 1, "MaxAttempts": 60}
+PULLER = ("AKIAPULLERONLY000001", "puller-secret-0123456789")
+PULL_ONLY = json.dumps(
+    {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Action": ["ecr:GetAuthorizationToken", "ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer"],
+                "Resource": "*",
+            }
+        ],
+    }
+)
 
 
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MoorageServer]:
     root = tmp_path_factory.mktemp("scanning")
-    server = MoorageServer(root / "data", auth_config(extra='[scanning]\nsweep_interval = "1s"\n')).start()
+    puller = principal_toml("puller", *PULLER, PULL_ONLY)
+    server = MoorageServer(root / "data", auth_config(puller, extra='[scanning]\nsweep_interval = "1s"\n')).start()
     try:
         yield server
     finally:
@@ -239,3 +254,54 @@ def test_the_console_shows_an_images_findings(loaded: None, srv: MoorageServer, 
     for advisory in ("DSA-5532-1", "GHSA-35jh-r3h4-6jhm", "GHSA-j8r2-6x86-q33q"):
         assert f'data-id="{advisory}"' in text, advisory
     assert 'data-severity="CRITICAL">1 critical' in text and "3.0.11-1~deb12u2" in text
+
+
+def test_scratch_files_left_by_a_killed_process_are_removed(srv: MoorageServer):
+    """A process killed mid-scan leaves its spooled layers (object storage's blobs, copied to be read) and a
+    database file it was writing; the sweep removes those of processes that no longer run, never a live one's."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    scratch = srv.data_dir / "scanning"
+    (scratch / "vulnerability-db").mkdir(parents=True, exist_ok=True)
+    left = [scratch / f"layer-{dead.pid}-k1ll3d", scratch / "vulnerability-db" / f".osv-1-2.jsonl.{dead.pid}.tmp"]
+    live = scratch / f"layer-{os.getpid()}-running"
+    for path in [*left, live]:
+        path.write_bytes(b"x" * 4096)
+    wait_for(lambda: not any(p.exists() for p in left), 30, "the leftovers to be removed")
+    assert live.exists()
+    live.unlink()
+
+
+def test_a_layer_that_is_no_tar_is_unsupported_and_named_by_its_digest(
+    loaded: None, srv: MoorageServer, ecr: Any, v2: Client
+):
+    img = make_image(1, 512)  # its layer is random bytes
+    v2.push_image("scan/not-a-tar", "v1", img)
+    out = scanned_or_unsupported(ecr, "scan/not-a-tar", "v1")
+    status = out["imageScanStatus"]
+    assert status["status"] == "UNSUPPORTED_IMAGE", out
+    layer = descriptor("", img.blobs[-1])["digest"]
+    assert layer in status["description"], status
+    assert str(srv.data_dir) not in status["description"] and "/blobs/" not in status["description"], status
+
+
+def test_the_console_shows_findings_only_to_who_may_describe_them(
+    loaded: None, srv: MoorageServer, ecr: Any, v2: Client
+):
+    """A principal allowed to pull but not ecr:DescribeImageScanFindings sees the image's page, not its findings
+    (which DescribeImageScanFindings refuses it)."""
+    from registry.web.console.pages import image_url
+    from tests.console.conftest import sign_in_session
+
+    img = debian_image()
+    v2.push_image("scan/pull-only", "v1", img)
+    scanned(ecr, "scan/pull-only", "v1")
+    with pytest.raises(ClientError) as e:
+        ecr_client(srv, *PULLER).describe_image_scan_findings(
+            repositoryName="scan/pull-only", imageId={"imageTag": "v1"}
+        )
+    assert e.value.response["Error"]["Code"] == "AccessDeniedException"
+    page = sign_in_session(srv.url, *PULLER).get(srv.url + image_url("scan/pull-only", img.digest), timeout=10)
+    assert page.status_code == 200, page.text
+    assert img.digest in page.text
+    assert 'id="scan"' not in page.text and "DSA-5532-1" not in page.text

@@ -3,12 +3,14 @@ tests build (registry/scanning/inventory.py, registry/scanning/layers.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import json
 import tarfile
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
@@ -304,3 +306,133 @@ def test_unreadable_layers_and_the_member_bound(tmp_path: Path) -> None:
     with pytest.raises(LayerError, match="more members than a scan considers"):
         inventory([many, many], max_members=15)  # the bound is over the whole image
     assert inventory([]) == []
+
+
+# -- headers crafted to exhaust memory -----------------------------------------------------------------------
+
+HOSTILE = 8 * 1024 * 1024  # bytes of header data a hostile layer declares (it compresses to a few KiB)
+
+
+def _header(name: str, kind: bytes, size: int, *, fmt: Literal[0, 1, 2] = tarfile.GNU_FORMAT) -> bytes:
+    info = tarfile.TarInfo(name)
+    info.type, info.size = kind, size
+    return info.tobuf(format=fmt)
+
+
+def _gzip_stream(path: Path, *parts: bytes | tuple[bytes, int]) -> Path:
+    """A gzip file of `parts`: bytes as they are, (piece, count) as `piece` repeated `count` times (streamed)."""
+    with gzip.open(path, "wb", compresslevel=1) as out:
+        for part in parts:
+            if isinstance(part, bytes):
+                out.write(part)
+                continue
+            piece, count = part
+            batch = piece * max(1, (1 << 20) // len(piece))
+            per_batch = len(batch) // len(piece)
+            while count > 0:
+                n = min(count, per_batch)
+                out.write(batch[: n * len(piece)])
+                count -= n
+    return path
+
+
+def _sparse_header(name: str) -> bytes:
+    """An old GNU sparse member's header that says extension blocks follow (`isextended`)."""
+    block = bytearray(_header(name, tarfile.GNUTYPE_SPARSE, 0))
+    block[482] = 1
+    block[148:156] = b" " * 8
+    block[148:156] = b"%06o\0 " % sum(block)
+    return bytes(block)
+
+
+def _extension_block() -> bytes:
+    entry = b"00000000001\0" * 2  # offset 1, 1 byte: a struct kept for each
+    return entry * 21 + b"\x01" + b"\0" * 7  # ... and another block follows
+
+
+def _peak_while(read: Path) -> int:
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        with contextlib.suppress(LayerError):
+            inventory([read])
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+END = b"\0" * 1024
+
+
+@pytest.mark.parametrize(
+    "what",
+    ["gnu long name", "gnu long link", "pax header", "global pax headers", "old gnu sparse map", "gnu sparse 1.0 map"],
+)
+def test_a_header_declaring_a_huge_size_is_refused_unread(tmp_path: Path, what: str) -> None:
+    path = tmp_path / "hostile.tar.gz"
+    follow = _header("etc/os-release", tarfile.REGTYPE, 0)
+    if what == "gnu long name":
+        _gzip_stream(path, _header("././@LongLink", tarfile.GNUTYPE_LONGNAME, HOSTILE), (b"a", HOSTILE), follow, END)
+    elif what == "gnu long link":
+        _gzip_stream(path, _header("././@LongLink", tarfile.GNUTYPE_LONGLINK, HOSTILE), (b"a", HOSTILE), follow, END)
+    elif what == "pax header":
+        _gzip_stream(path, _header("pax", tarfile.XHDTYPE, HOSTILE, fmt=tarfile.USTAR_FORMAT), (b"a", HOSTILE))
+    elif what == "global pax headers":
+        # each within a sane size, together a growing set of keys that every later member copies
+        parts: list[bytes | tuple[bytes, int]] = []
+        for n in range(16):
+            record = _pax_record(b"k%d" % n, b"v" * (512 * 1024))
+            parts += [_header("g", tarfile.XGLTYPE, len(record), fmt=tarfile.USTAR_FORMAT), record, _pad(len(record))]
+        _gzip_stream(path, *parts, follow, END)
+    elif what == "old gnu sparse map":
+        _gzip_stream(path, _sparse_header("etc/os-release"), (_extension_block(), HOSTILE // 512))
+    else:
+        pax = _pax_record(b"GNU.sparse.major", b"1") + _pax_record(b"GNU.sparse.minor", b"0")
+        pax_header = _header("pax", tarfile.XHDTYPE, len(pax), fmt=tarfile.USTAR_FORMAT)
+        member = _header("etc/os-release", tarfile.REGTYPE, HOSTILE, fmt=tarfile.USTAR_FORMAT)
+        _gzip_stream(path, pax_header, pax, _pad(len(pax)), member, b"999999999999\n", (b"1\n", HOSTILE // 2))
+    assert path.stat().st_size < 2 * 1024 * 1024
+    peak = _peak_while(path)
+    assert peak < 4 * 1024 * 1024, f"{what}: {peak} bytes allocated at the peak"
+
+
+def _pax_record(key: bytes, value: bytes) -> bytes:
+    body = b" " + key + b"=" + value + b"\n"
+    size = len(body) + 1
+    while len(str(size).encode() + body) != size:
+        size = len(str(size).encode() + body)
+    return str(size).encode() + body
+
+
+def _pad(size: int) -> bytes:
+    return b"\0" * (-size % 512)
+
+
+def test_package_databases_holding_more_entries_than_a_scan_considers_are_refused(tmp_path: Path) -> None:
+    """Each dpkg database file may be 64 MiB: a few of them, of distinct small entries, would parse into
+    gigabytes (~250 bytes per entry kept, from ~25 of gzip-friendly text). The image's entries over all its
+    package databases are bounded, and counted as they are parsed."""
+    entries = 20_000
+
+    def status(n: int) -> str:
+        return "".join(f"Package: p{n}x{i}\nVersion: 1.{i}\n\n" for i in range(entries))
+
+    files: list[Entry] = [(f"var/lib/dpkg/status.d/f{n}", status(n)) for n in range(4)]
+    apk: list[Entry] = [("lib/apk/db/installed", "".join(f"P:a{i}\nV:1.{i}\n\n" for i in range(entries)))]
+    big = layer(tmp_path / "big.tar.gz", files + apk)
+    assert len(inventory([big], max_entries=5 * entries)) == 5 * entries
+    for at_most in (5 * entries - 1, entries // 2):
+        with pytest.raises(LayerError, match="more package entries than a scan considers"):
+            inventory([big], max_entries=at_most)
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        with pytest.raises(LayerError):
+            inventory([big], max_entries=1000)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # One file's text and lines are held while it is parsed (~5 MiB here); every entry kept would be ~40 MiB.
+    assert peak < 10 * 1024 * 1024, f"{peak} bytes allocated at the peak: entries were kept past the bound"

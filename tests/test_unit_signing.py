@@ -337,7 +337,17 @@ def test_a_signing_is_in_progress_for_every_process_until_it_completes_or_fails(
             assert await running is True
             assert await other.status("r/0", digests[0]) == ("COMPLETE", None, None)
             assert await stores.meta.values(STATE_PREFIX) == {}, "nothing is left recorded for a signed image"
-            assert await other.verified("r/0", digests[0]) and not await other.verified("r/1", digests[0])
+            assert digests[0] == digests[1], "the same manifest in both repositories"
+            assert await other.verified("r/0", digests[0]) and not await other.verified("r/1", digests[1])
+            # r/0's valid signature, copied whole into r/1 (as any pusher to r/1 could): it names r/0, so it
+            # does not sign r/1's copy of the manifest (else one signed push would sign it everywhere).
+            tag = sigstore.attachment_tag(digests[0])
+            copied = await images.get_manifest("r/0", tag)
+            for layer in [*sigstore.signature_layers(copied.body), json.loads(copied.body)["config"]]:
+                await images.link_blob("r/1", layer["digest"], layer["size"])
+            await images.put_manifest("r/1", tag, copied.body, oci.OCI_MANIFEST)
+            assert await images.resolve("r/1", tag) == copied.digest
+            assert not await other.verified("r/1", digests[1])
 
             signer.fail = True
             assert await signer.sign("r/1", digests[1]) is False

@@ -25,7 +25,7 @@ import json
 import re
 import socket
 import time
-from collections.abc import AsyncIterable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -257,16 +257,22 @@ class UpstreamClient:
         self, method: str, url: URL, headers: dict[str, str], data: Body = None
     ) -> aiohttp.ClientResponse:
         deadline = asyncio.timeout(self.response_timeout)  # request() returns once the headers are in
+        body = data() if callable(data) else data
+        progress = None
+        if self.response_timeout is not None and body is not None and not isinstance(body, bytes):
+            # A streamed body (an upload) is sent within request(): the deadline moves on with every piece sent,
+            # so a large one over a slow link is not cut off while one that stops moving still is.
+            progress = _Progress(deadline, self.response_timeout)
+            body = progress.stream(body)
         try:
             async with deadline:
-                return await self.session.request(
-                    method,
-                    url,
-                    headers=headers,
-                    data=data() if callable(data) else data,
-                    timeout=self.timeout,
-                    allow_redirects=False,
-                )
+                try:
+                    return await self.session.request(
+                        method, url, headers=headers, data=body, timeout=self.timeout, allow_redirects=False
+                    )
+                finally:
+                    if progress is not None:
+                        progress.done = True
         except TimeoutError:
             if deadline.expired():
                 said = f"did not answer within {self.response_timeout:g}s ({self.response_timeout_setting})"
@@ -280,13 +286,19 @@ class UpstreamClient:
         except aiohttp.ClientError as e:
             raise UpstreamError(self.base_url, "unavailable", f"unreachable: {e}") from None
 
+    async def _read_small(self, resp: aiohttp.ClientResponse, limit: int) -> bytes:
+        """A small body (an error's, a token's) read within the response timeout (else the read timeout) as a
+        whole: one trickled a byte at a time never idles long enough for the read timeout alone to end it."""
+        async with asyncio.timeout(self.response_timeout or self.timeout.sock_read):
+            return await _read_at_most(resp, limit)
+
     async def _error(self, resp: aiohttp.ClientResponse, what: str) -> UpstreamError:
         """An UpstreamError for a failed response. Its body is never shown: an upstream may be an internal
         service, and a rule must not become a way to read it. Only OCI error codes are quoted, with their
         messages when the host is public (Docker Hub's rate limit message, for instance)."""
         public = self.guard.is_public(resp.url.host or "")
         try:
-            body = await _read_at_most(resp, ERROR_BODY_BYTES)
+            body = await self._read_small(resp, ERROR_BODY_BYTES)
         except (aiohttp.ClientError, TimeoutError):
             body = b""
         finally:
@@ -339,7 +351,7 @@ class UpstreamClient:
             if resp.status != 200:
                 raise await self._error(resp, "token request was refused")
             try:
-                doc = json.loads(await _read_at_most(resp, 1 << 20))
+                doc = json.loads(await self._read_small(resp, 1 << 20))
             finally:
                 resp.release()
         except (aiohttp.ClientError, TimeoutError, ValueError) as e:
@@ -385,7 +397,7 @@ class UpstreamClient:
             async with self.session.post(
                 url, data=body, headers=headers, timeout=self.timeout, allow_redirects=False
             ) as response:
-                doc: Any = json.loads(await _read_at_most(response, 1 << 20))
+                doc: Any = json.loads(await self._read_small(response, 1 << 20))
                 if not isinstance(doc, dict):
                     raise ValueError("not a JSON object")
                 if response.status != 200:
@@ -406,8 +418,16 @@ class UpstreamClient:
             raise UpstreamError(self.base_url, "unavailable", f"GetAuthorizationToken failed: {e}") from None
         except (aiohttp.ClientError, TimeoutError, ValueError) as e:
             raise UpstreamError(self.base_url, "unavailable", f"GetAuthorizationToken failed: {e}") from None
-        data = doc["authorizationData"][0]
-        return data["authorizationToken"], float(data["expiresAt"])
+        try:
+            data = doc["authorizationData"][0]
+            token, expires_at = data["authorizationToken"], float(data["expiresAt"])
+            if not isinstance(token, str):
+                raise TypeError("authorizationToken is not a string")
+        except (KeyError, IndexError, TypeError, ValueError) as e:
+            raise UpstreamError(
+                self.base_url, "denied", f"GetAuthorizationToken answered without a token ({type(e).__name__})"
+            ) from None
+        return token, expires_at
 
     # -- the API -----------------------------------------------------------------------------------
     async def ping(self) -> None:
@@ -455,6 +475,26 @@ class UpstreamClient:
         if resp.status != 200:
             raise await self._error(resp, f"GET blob {digest}")
         return resp
+
+
+class _Progress:
+    """Moves a request's deadline `seconds` past each piece of its body handed to the connection (and past the
+    last, for the answer), until `done`: the request returned, and the deadline is no longer running."""
+
+    def __init__(self, deadline: asyncio.Timeout, seconds: float) -> None:
+        self.deadline = deadline
+        self.seconds = seconds
+        self.done = False
+
+    def _extend(self) -> None:
+        if not self.done and not self.deadline.expired():
+            self.deadline.reschedule(asyncio.get_running_loop().time() + self.seconds)
+
+    async def stream(self, chunks: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
+        async for chunk in chunks:
+            self._extend()
+            yield chunk
+        self._extend()
 
 
 async def _read_at_most(resp: aiohttp.ClientResponse, limit: int) -> bytes:

@@ -20,6 +20,10 @@ Sources, as the image's final filesystem has them (layers applied in order, whit
   a package (a `lib/package.json` saying `"type": "module"`) are not packages, nor is one without a name and
   a version.
 
+Bounds, beyond the layers' (`layers`): at most `max_entries` package entries are parsed over the whole image
+(every dpkg or apk database entry, every Python or npm manifest, counted as they are read, those of files a later
+layer replaces included); past it LayerError, rather than gigabytes of entries from a few small layers.
+
 RPM (Red Hat, Fedora, Amazon Linux, SUSE) is left out: the rpmdb is a BerkeleyDB, NDB or SQLite file of binary
 RPM headers, and no well-kept pip-installable library reads it without the native rpm library.
 """
@@ -45,6 +49,7 @@ OS_RELEASE = ("etc/os-release", "usr/lib/os-release")  # in order of preference
 APK_INSTALLED = ("lib/apk/db/installed", "usr/lib/apk/db/installed")
 ALPINE_RELEASE = "etc/alpine-release"
 
+MAX_ENTRIES = 500_000  # a large image has a few thousand; each kept costs a few hundred bytes
 _SOURCE = re.compile(r"^(\S+)(?:\s+\((\S+)\))?$")  # "foo" or "foo (1.2-3)"
 _ALPINE_BRANCH = re.compile(r"^(\d+)\.(\d+)")
 
@@ -54,10 +59,16 @@ def inventory(
     *,
     max_member_bytes: int = _layers.MAX_MEMBER_BYTES,
     max_members: int = _layers.MAX_MEMBERS,
+    max_entries: int = MAX_ENTRIES,
 ) -> list[Package]:
     """The packages of the image whose layers (tar files: gzip, zstd or uncompressed) apply in this order;
     sorted by `Package.sort_key`, without duplicates. LayerError if a layer cannot be read."""
-    files = _layers.merged(layers, _kind, _parse, max_member_bytes=max_member_bytes, max_members=max_members)
+    budget = _Budget(max_entries)
+
+    def parse(kind: str, path: str, content: bytes) -> Any:
+        return _parse(kind, path, content, budget)
+
+    files = _layers.merged(layers, _kind, parse, max_member_bytes=max_member_bytes, max_members=max_members)
     os_release = _first(files, OS_RELEASE, "os-release") or {}
     found: set[Package] = set()
     found.update(_dpkg_packages(files, os_release))
@@ -106,16 +117,29 @@ def _is_npm_package_dir(parts: list[str]) -> bool:
 # -- reading them ------------------------------------------------------------------------------------------
 
 
-def _parse(kind: str, path: str, content: bytes) -> Any:
+class _Budget:
+    """The package entries an image may still have parsed."""
+
+    def __init__(self, entries: int) -> None:
+        self.left = entries
+
+    def take(self) -> None:
+        self.left -= 1
+        if self.left < 0:
+            raise LayerError("the image has more package entries than a scan considers")
+
+
+def _parse(kind: str, path: str, content: bytes, budget: _Budget) -> Any:
     text = content.decode("utf-8", errors="replace")
     if kind == "dpkg":
-        return _dpkg_entries(text)
+        return _dpkg_entries(text, budget)
     if kind == "apk":
-        return _apk_entries(text)
-    if kind == "python":
-        return _python_project(text)
-    if kind == "npm":
-        return _npm_package(text)
+        return _apk_entries(text, budget)
+    if kind in ("python", "npm"):
+        project = _python_project(text) if kind == "python" else _npm_package(text)
+        if project is not None:
+            budget.take()
+        return project
     if kind == "os-release":
         return _os_release(text)
     if kind == "alpine-release":
@@ -141,7 +165,7 @@ def paragraphs(text: str) -> Iterator[dict[str, str]]:
         yield fields
 
 
-def _dpkg_entries(text: str) -> list[tuple[str, str, str | None, str | None]]:
+def _dpkg_entries(text: str, budget: _Budget) -> list[tuple[str, str, str | None, str | None]]:
     """(package, version, source, source version) of each installed package."""
     out = []
     for fields in paragraphs(text):
@@ -149,18 +173,20 @@ def _dpkg_entries(text: str) -> list[tuple[str, str, str | None, str | None]]:
         status = fields.get("status")
         if not name or not version or (status is not None and status.split()[-1:] != ["installed"]):
             continue
+        budget.take()
         source = _SOURCE.match(fields.get("source", ""))
         out.append((name, version, source.group(1) if source else None, source.group(2) if source else None))
     return out
 
 
-def _apk_entries(text: str) -> list[tuple[str, str, str | None]]:
+def _apk_entries(text: str, budget: _Budget) -> list[tuple[str, str, str | None]]:
     """(package, version, origin) of each package in apk's installed database."""
     out = []
     fields: dict[str, str] = {}
     for line in [*text.splitlines(), ""]:
         if not line.strip():
             if fields.get("P") and fields.get("V"):
+                budget.take()
                 out.append((fields["P"], fields["V"], fields.get("o") or None))
             fields = {}
         elif len(line) > 2 and line[1] == ":" and line[0] in "PVo":

@@ -10,7 +10,10 @@ OCI whiteouts are honoured: `.wh.<name>` hides `<name>` (and everything under it
 Any non-directory entry also replaces what lower layers had at its path, a directory included.
 
 Bounds: a member larger than `max_member_bytes` is skipped unread (as if absent); more than `max_members`
-members over all the layers raises LayerError rather than scanning part of an image.
+members over all the layers raises LayerError rather than scanning part of an image. What the tar module would
+read whole into memory while reading headers is bounded too (`_BoundedTarInfo`): a GNU long name or link, or a
+pax header, larger than MAX_HEADER_BYTES, global pax headers adding up to more, or a sparse member's map of more
+than MAX_SPARSE_ENTRIES, raise LayerError (a few KiB of gzip can otherwise declare gigabytes of them).
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from typing import IO, Any, cast
 
 MAX_MEMBER_BYTES = 64 * 1024 * 1024
 MAX_MEMBERS = 2_000_000
+MAX_HEADER_BYTES = 1024 * 1024  # a long name, a pax header; and all global pax headers together
+MAX_SPARSE_ENTRIES = 16384  # (offset, size) pairs of a sparse member's map
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -144,6 +149,80 @@ def _is_hidden(path: str, hidden: set[str], opaque: set[str]) -> bool:
     return any(ancestor in hidden or ancestor in opaque for ancestor in _ancestors(path))
 
 
+class _BoundedTarInfo(tarfile.TarInfo):
+    """The tar module's header processing, with what it reads into memory bounded (see the module's docstring).
+    The sparse maps are read as the tar module reads them (3.11 to 3.14), counting."""
+
+    def _refuse(self, what: str) -> LayerError:
+        return LayerError(f"{self.name[:200]!r}: {what} larger than a scan reads")
+
+    def _proc_gnulong(self, tar: tarfile.TarFile) -> tarfile.TarInfo:
+        if self.size > MAX_HEADER_BYTES:
+            raise self._refuse("a GNU long name or link")
+        taken: tarfile.TarInfo = super()._proc_gnulong(tar)  # type: ignore[misc]
+        return taken
+
+    def _proc_pax(self, tar: tarfile.TarFile) -> tarfile.TarInfo:
+        if self.size > MAX_HEADER_BYTES:
+            raise self._refuse("a pax header")
+        if self.type == tarfile.XGLTYPE:
+            held = sum(len(k) + len(v) for k, v in tar.pax_headers.items())
+            if held + self.size > MAX_HEADER_BYTES:
+                raise self._refuse("global pax headers")
+        taken: tarfile.TarInfo = super()._proc_pax(tar)  # type: ignore[misc]
+        return taken
+
+    def _proc_sparse(self, tar: tarfile.TarFile) -> tarfile.TarInfo:
+        structs, isextended, origsize = self._sparse_structs  # type: ignore[attr-defined]
+        del self._sparse_structs  # type: ignore[attr-defined]
+        fileobj: Any = tar.fileobj
+        while isextended:
+            buf = fileobj.read(tarfile.BLOCKSIZE)
+            if len(buf) < tarfile.BLOCKSIZE:
+                raise tarfile.ReadError("unexpected end of data in a sparse header")
+            pos = 0
+            nti = tarfile.nti  # type: ignore[attr-defined]
+            for _ in range(21):
+                try:
+                    offset = nti(buf[pos : pos + 12])
+                    numbytes = nti(buf[pos + 12 : pos + 24])
+                except ValueError:
+                    break
+                if offset and numbytes:
+                    structs.append((offset, numbytes))
+                pos += 24
+            if len(structs) > MAX_SPARSE_ENTRIES:
+                raise self._refuse("a sparse map")
+            isextended = bool(buf[504])
+        self.sparse = structs
+        self.offset_data = fileobj.tell()
+        tar.offset = self.offset_data + self._block(self.size)  # type: ignore[attr-defined]
+        self.size = origsize
+        return self
+
+    def _proc_gnusparse_10(self, next: tarfile.TarInfo, pax_headers: Any, tar: tarfile.TarFile) -> None:
+        fileobj: Any = tar.fileobj
+        read = fileobj.read
+        buf = read(tarfile.BLOCKSIZE)
+        fields_text, _, buf = buf.partition(b"\n")
+        fields = int(fields_text)
+        if fields < 0 or fields > MAX_SPARSE_ENTRIES:
+            raise self._refuse("a sparse map")
+        sparse: list[int] = []
+        while len(sparse) < fields * 2:
+            if b"\n" not in buf:
+                more = read(tarfile.BLOCKSIZE)
+                if not more:
+                    raise tarfile.ReadError("unexpected end of data in a sparse map")
+                buf += more
+            number, sep, buf = buf.partition(b"\n")
+            if not sep:
+                raise tarfile.ReadError("a sparse map's number is too long")
+            sparse.append(int(number))
+        next.offset_data = fileobj.tell()
+        next.sparse = list(zip(sparse[::2], sparse[1::2], strict=False))  # type: ignore[assignment]
+
+
 def _errors() -> tuple[type[BaseException], ...]:
     errors: tuple[type[BaseException], ...] = (tarfile.TarError, OSError, EOFError, zlib.error, ValueError)
     if _zstd is not None:
@@ -168,7 +247,11 @@ def _members(layer: str | os.PathLike[str], budget: list[int]) -> Iterator[tuple
     """The layer's members in order, as a stream (the caller reads a member before asking for the next)."""
     errors = _errors()
     try:
-        with open(layer, "rb") as raw, _open(raw, layer) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
+        with (
+            open(layer, "rb") as raw,
+            _open(raw, layer) as stream,
+            tarfile.open(fileobj=stream, mode="r|", tarinfo=_BoundedTarInfo) as tar,
+        ):
             while True:
                 member = tar.next()
                 if member is None:

@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -26,7 +27,7 @@ from registry.scanning import findings as shapes
 from registry.scanning.layers import LayerError
 from registry.scanning.matcher import index_keys
 from registry.scanning.osv import read_export
-from registry.scanning.worker import DatabaseFile, ScanWorker
+from registry.scanning.worker import DatabaseFile, ScanTimeout, ScanWorker
 from registry.service.ecr_scanning import repository_scanning
 from registry.service.images import ImageService, Pushed
 from registry.service.registry_settings import SCANNING, RegistrySettings
@@ -123,6 +124,9 @@ class ScanService:
                 record = await self.scan(repository, digest)
             except asyncio.CancelledError:
                 raise
+            except ScanTimeout as e:
+                log.warning("the scan of %s@%s failed: %s", repository, digest, e)
+                record = ScanRecord(repository, digest, "FAILED", f"The scan failed: {e}"[:512], started)
             except Exception as e:
                 log.exception("the scan of %s@%s failed", repository, digest)
                 record = ScanRecord(repository, digest, "FAILED", f"The scan failed: {e}"[:512], started)
@@ -169,13 +173,17 @@ class ScanService:
             )
         count, updated_at = await self.meta.vulnerability_stats()
         database = await self._database_file(count, updated_at)
+        layers = [d.digest for d in parsed.layers if not d.urls]
+        paths: list[str] = []
         try:
-            async with self._layer_files([d.digest for d in parsed.layers if not d.urls]) as paths:
+            async with self._layer_files(layers) as paths:
                 packages, found = await self.worker.scan(database, paths)
         except LayerError as e:
-            return ScanRecord(
-                repository, digest, "UNSUPPORTED_IMAGE", f"A layer cannot be read as a filesystem: {e}"[:512], started
-            )
+            said = str(e)
+            for path, layer in zip(paths, layers, strict=False):  # the layer's digest, never a path of this server
+                said = said.replace(path, layer)
+            said = f"A layer cannot be read as a filesystem: {said}"
+            return ScanRecord(repository, digest, "UNSUPPORTED_IMAGE", said[:512], started)
         stored = [shapes.stored(f) for f in found]
         names = sorted({key for p in packages for key in index_keys(p)})
         description = (
@@ -222,7 +230,7 @@ class ScanService:
                     paths.append(body.file)
                     continue
                 self.scratch.mkdir(parents=True, exist_ok=True)
-                fd, path = tempfile.mkstemp(prefix="layer-", dir=self.scratch)
+                fd, path = tempfile.mkstemp(prefix=f"layer-{os.getpid()}-", dir=self.scratch)
                 spooled.append(path)
                 with os.fdopen(fd, "wb") as fh:
                     async for chunk in self.blobs.read(digest):
@@ -237,7 +245,9 @@ class ScanService:
     # -- the sweep ----------------------------------------------------------------------------------------
     async def sweep(self) -> None:
         """Run the scans left IN_PROGRESS by a process that stopped, or queued by `moorage vuln-db import`; forget
-        the scans of images that are gone."""
+        the scans of images that are gone. Before that, in every process that sweeps (one per machine at least),
+        remove the scratch files that processes which stopped without cleaning up (killed) left behind."""
+        await asyncio.to_thread(remove_leftovers, self.scratch)
         if not await self.locks.try_acquire(SCAN_LOCK):
             return
         try:
@@ -264,6 +274,35 @@ class ScanService:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self.worker.close()
+
+
+_LEFTOVER = re.compile(r"layer-(\d+)-.*|\.osv-.*\.(\d+)\.tmp")  # a spooled layer, a database file being written
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_leftovers(scratch: Path) -> int:
+    """Remove the spooled layers and half-written database files of processes that no longer run (a process
+    removes its own when a scan or a write ends, unless it is killed first); returns how many."""
+    removed = 0
+    for path in [*scratch.glob("layer-*"), *scratch.glob("vulnerability-db/.osv-*.tmp")]:
+        found = _LEFTOVER.fullmatch(path.name)
+        if found is None or _alive(int(found.group(1) or found.group(2))):
+            continue
+        with contextlib.suppress(OSError):
+            path.unlink()
+            removed += 1
+    if removed:
+        log.info("removed %d scratch files of scans that stopped half-way", removed)
+    return removed
 
 
 # -- the vulnerability database (`moorage vuln-db import`) -------------------------------------------------

@@ -5,6 +5,11 @@ The worker process builds the vulnerability index once per database version, fro
 writes (`DatabaseFile`: one JSON record per line, named by the version), and keeps it while the version lasts.
 Each scan hands it the paths of the image's layers (the blob store's files, or copies spooled from object
 storage) and gets back the packages found and the findings.
+
+A scan gets SCAN_TIMEOUT at most (a pushed layer can take hours to unpack, and scans wait for each other):
+then its process is killed, the scan ends with ScanTimeout, and the next one starts another process. Closing
+the worker kills its process too, a running scan with it (it stays IN_PROGRESS, for the sweep to run again):
+left running, it would hold the server's exit, which waits for the processes of its pools.
 """
 
 from __future__ import annotations
@@ -24,6 +29,11 @@ from registry.scanning.matcher import Finding, VulnIndex
 from registry.scanning.packages import Package
 
 _index: tuple[str, VulnIndex] | None = None  # in the worker process: (database file, its index)
+SCAN_TIMEOUT = 1800.0  # seconds a scan may run in the worker process
+
+
+class ScanTimeout(Exception):
+    """The scan ran longer than the worker's timeout: its process was killed."""
 
 
 def _load(database: str) -> VulnIndex:
@@ -55,7 +65,8 @@ def affected_in_worker(database: str, ids: Sequence[str]) -> set[tuple[str, str]
 class ScanWorker:
     """One worker process (spawned, so it shares nothing with the server's event loop), started on first use."""
 
-    def __init__(self) -> None:
+    def __init__(self, timeout: float = SCAN_TIMEOUT) -> None:
+        self.timeout = timeout
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
 
     def _executor(self) -> concurrent.futures.ProcessPoolExecutor:
@@ -65,11 +76,26 @@ class ScanWorker:
 
     async def scan(self, database: str | None, layers: Sequence[str]) -> tuple[list[Package], list[Finding]]:
         loop = asyncio.get_running_loop()
+        pool = self._executor()
         try:
-            return await loop.run_in_executor(self._executor(), scan_in_worker, database, list(layers))
+            async with asyncio.timeout(self.timeout):
+                return await loop.run_in_executor(pool, scan_in_worker, database, list(layers))
         except concurrent.futures.process.BrokenProcessPool:
-            self._pool = None  # the worker died (out of memory, killed): the next scan starts another
+            self._drop(pool)  # the worker died (out of memory, killed): the next scan starts another
             raise
+        except TimeoutError:
+            self._drop(pool)
+            raise ScanTimeout(f"the scan did not end within {self.timeout:g} s; it was stopped") from None
+
+    def _drop(self, pool: concurrent.futures.ProcessPoolExecutor) -> None:
+        """Kill the pool's process (whatever it runs) and forget the pool."""
+        if self._pool is pool:
+            self._pool = None
+        processes = getattr(pool, "_processes", None) or {}  # the executor has no public way to stop a task
+        for process in list(processes.values()):
+            with contextlib.suppress(OSError, ValueError):
+                process.kill()
+        pool.shutdown(wait=False, cancel_futures=True)
 
     async def affected(self, database: str, ids: Sequence[str]) -> set[tuple[str, str]]:
         loop = asyncio.get_running_loop()
@@ -77,8 +103,7 @@ class ScanWorker:
 
     def close(self) -> None:
         if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
+            self._drop(self._pool)
 
 
 class DatabaseFile:
@@ -103,11 +128,16 @@ class DatabaseFile:
         temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
         fh = await asyncio.to_thread(open, temporary, "w", encoding="utf-8")
         try:
-            async for page in pages:
-                await asyncio.to_thread(fh.write, "".join(text.replace("\n", " ") + "\n" for text in page))
-        finally:
-            await asyncio.to_thread(fh.close)
-        await asyncio.to_thread(os.replace, temporary, target)
+            try:
+                async for page in pages:
+                    await asyncio.to_thread(fh.write, "".join(text.replace("\n", " ") + "\n" for text in page))
+            finally:
+                await asyncio.to_thread(fh.close)
+            await asyncio.to_thread(os.replace, temporary, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                temporary.unlink()
+            raise
         for old in self.directory.glob("osv-*.jsonl"):
             if old != target:
                 with contextlib.suppress(OSError):

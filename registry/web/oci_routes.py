@@ -521,14 +521,28 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
             args["name"] = request.app[PULL_THROUGH].name_for_namespace(request.query["ns"], args["name"])
             request[REPOSITORY] = args["name"]
         blob = args["digest"] if handler is get_blob and request.method == "GET" else None
-        if REPLICATION_HEADER in request.headers and _replicable(handler, request.method):
+        replicating = REPLICATION_HEADER in request.headers and _replicable(handler, request.method)
+        if replicating:
             # Another registry's replication: ECR's ecr:ReplicateImage allows it too (a registry policy grants
             # it to the source), and a repository it creates gets the REPLICATION creation template.
             actions = (*actions, "ecr:ReplicateImage")
-            PUSH_REASON.set(REPLICATION)
-        await authorize(request, actions, args["name"], blob=blob)
+        principal = await authorize(request, actions, args["name"], blob=blob)
+        if replicating and await _replicator(request, principal, args["name"]):
+            PUSH_REASON.set(REPLICATION)  # only for a principal allowed to replicate: the header is anyone's to send
         return await handler(request, **args)
     raise NotFound(f"no such endpoint: {path}")
+
+
+async def _replicator(request: web.Request, principal: Principal | None, name: str) -> bool:
+    """Whether the principal may replicate to the repository (`ecr:ReplicateImage`): what makes a request with
+    the replication header one (a repository created with the REPLICATION template where `create_on_push` is
+    off, no signing, no `[signing] enforce` on its existence checks)."""
+    access = request.app[ACCESS]
+    if not access.enabled:
+        return True
+    return access.allowed(
+        principal, ("ecr:ReplicateImage",), name, await _policy(request, name), condition_keys(request, principal)
+    )
 
 
 def _replicable(handler: RouteHandler, method: str) -> bool:

@@ -3,7 +3,8 @@ restore an archived image).
 
 Each page asks IAM what the APIs ask for the same data: the list shows the repositories the viewer may
 `ecr:DescribeRepositories` (as DescribeRepositories and `_catalog` do), a repository page needs
-`ecr:DescribeImages`, an image page `ecr:BatchGetImage`. An action is a POST with the session's CSRF token
+`ecr:DescribeImages`, an image page `ecr:BatchGetImage` (and its scan's findings `ecr:DescribeImageScanFindings`,
+as the API's). An action is a POST with the session's CSRF token
 that needs what its API needs (`ecr:BatchDeleteImage`, `ecr:UpdateImageStorageClass`) and runs the same
 operation (BatchDeleteImage's, UpdateImageStorageClass's; a tag is deleted as `/v2`'s DELETE of a tag deletes
 it: the tag only, never the image); controls the viewer may not use are not drawn.
@@ -11,6 +12,7 @@ it: the tag only, never the image); controls the viewer may not use are not draw
 
 from __future__ import annotations
 
+import dataclasses
 import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -129,6 +131,8 @@ async def image(request: web.Request) -> web.StreamResponse:
     policy = await request.config_dict[IMAGES].policy_of(name)
     viewer.check("ecr:BatchGetImage", name, policy)
     page = await request.app[CONSOLE].data.image(name, digest)
+    if page.scan is not None and not viewer.can("ecr:DescribeImageScanFindings", name, policy):
+        page = dataclasses.replace(page, scan=None)  # findings need what DescribeImageScanFindings needs
     return aiohttp_jinja2.render_template(
         "image.html",
         request,
