@@ -23,6 +23,9 @@ SIGNING = "signing-configuration"
 REPLICATION = "replication-configuration"
 
 
+_DEFAULT_SCOPE = check_setting(REGISTRY_POLICY_SCOPE)
+
+
 class RegistrySettings:
     def __init__(
         self, meta: MetadataStore, changes: ChangeFeed | None = None, *, clock: Callable[[], float] = time.time
@@ -62,8 +65,10 @@ class RegistrySettings:
         return self.get(ACCOUNT + name) or default
 
     def registry_policy(self) -> tuple[str | None, str]:
-        """(the registry policy's text, None without one; the scope it governs)."""
-        return self.get(POLICY), self.account_setting(REGISTRY_POLICY_SCOPE)
+        """(the registry policy's text, None without one; the scope it governs). Asked by every access check."""
+        policy = self._settings.get(POLICY)
+        scope = self._settings.get(ACCOUNT + REGISTRY_POLICY_SCOPE)
+        return (policy[0] if policy else None), (scope[0] if scope else _DEFAULT_SCOPE)
 
     def blob_mounting(self) -> bool:
         return self.account_setting(BLOB_MOUNTING) == "ENABLED"

@@ -20,6 +20,7 @@ from registry.auth.access import basic_challenge, bearer_challenge
 from registry.auth.principals import Principal
 from registry.auth.sigv4 import SigV4Error, verify
 from registry.auth.tokens import DOWNLOAD_PARAM, TokenError
+from registry.cache import LRUCache
 from registry.config import split_hostname
 from registry.errors import SIGV4_ERRORS, AuthFailure, Denied, MalformedCredentials, Unauthorized, Unsupported
 from registry.web.context import ACCESS, CONFIG
@@ -66,12 +67,26 @@ def condition_keys(request: web.Request, principal: Principal | None) -> dict[st
     return keys
 
 
+# Authorization headers already read: header -> the token in it. A client sends the same header with every
+# request, and decoding its kilobyte of base64 cost more than the rest of the check.
+_PRESENTED = LRUCache(1024)
+
+
 def _presented_token(request: web.Request) -> str | None:
     """The registry token in the Authorization header: Basic `AWS:<token>` or `Bearer <token>`; None without
     one (or with skopeo's `Basic :`, which means "no credentials")."""
     header = request.headers.get("Authorization")
     if not header:
         return None
+    token: str | None = _PRESENTED.get(header)
+    if token is None:
+        token = _read_token(request, header)
+        if token is not None:
+            _PRESENTED.put(header, token)
+    return token
+
+
+def _read_token(request: web.Request, header: str) -> str | None:
     scheme, _, credentials = header.strip().partition(" ")
     if scheme.lower() == "basic":
         try:

@@ -474,11 +474,13 @@ async def _policy(request: web.Request, name: str) -> str | None:
     """The repository's policy. A cache repository that a first pull would create does not exist yet: for a
     pull, its policy is then the one it will be created with (the PULL_THROUGH_CACHE creation template's), so
     that a template can grant the first pull (anonymous pulls through a mirror, say) what it grants later ones."""
-    images, pull_through = request.app[IMAGES], request.app[PULL_THROUGH]
+    app = request.app
+    images = app[IMAGES]
     try:
         return (await images.repository(name)).policy
     except NameUnknown:
         pass
+    pull_through = app[PULL_THROUGH]
     if request.method not in ("GET", "HEAD") or images.templates is None:
         return None
     await pull_through.sync()
