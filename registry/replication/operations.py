@@ -63,8 +63,7 @@ class ReplicationOperations:
         self.region = region
 
     def configuration(self) -> dict[str, Any]:
-        text = self.settings.get(REPLICATION)
-        return json.loads(text) if text is not None else {"rules": []}
+        return self.replicator.configuration()
 
     async def describe_registry(self, params: dict[str, Any], caller: Caller) -> dict[str, Any]:
         return {"registryId": self.account_id, "replicationConfiguration": self.configuration()}

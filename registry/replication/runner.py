@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import random
@@ -111,8 +110,7 @@ class Replicator:
 
     # -- the configuration ------------------------------------------------------------------------------
     def configuration(self) -> dict[str, Any]:
-        text = self.settings.get(REPLICATION)
-        return json.loads(text) if text is not None else {"rules": []}
+        return self.settings.document(REPLICATION) or {"rules": []}
 
     def wake(self) -> None:
         """Look for work now (something was queued in this process)."""

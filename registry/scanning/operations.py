@@ -25,8 +25,7 @@ class ScanOperations:
         self.region = region
 
     def _enhanced(self) -> bool:
-        text = self.scans.settings.get(SCANNING)
-        return bool(text) and json.loads(text or "{}").get("scanType") == "ENHANCED"
+        return (self.scans.settings.document(SCANNING) or {}).get("scanType") == "ENHANCED"
 
     async def start_image_scan(self, params: dict[str, Any], caller: Caller) -> dict[str, Any]:
         img = await existing_image(self.images, params["repositoryName"], params["imageId"], self.account_id)

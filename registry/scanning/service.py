@@ -50,8 +50,7 @@ UPDATED = "Queued again: the vulnerability database changed."
 
 
 def frequency(settings: RegistrySettings, repository: Any) -> str:
-    text = settings.get(SCANNING)
-    config = json.loads(text) if text is not None else {"rules": []}
+    config = settings.document(SCANNING) or {"rules": []}
     return repository_scanning(config, repository)[0]
 
 

@@ -48,13 +48,12 @@ class ScanningOperations:
         self.account_id = account_id
         self.region = region
 
-    def _document(self, name: str) -> dict[str, Any] | None:
-        text = self.settings.get(name)
-        return json.loads(text) if text is not None else None
-
     # -- scanning configuration ----------------------------------------------------------------------
     async def get_registry_scanning_configuration(self, params: dict[str, Any], caller: Caller) -> dict[str, Any]:
-        return {"registryId": self.account_id, "scanningConfiguration": self._document(SCANNING) or DEFAULT_SCANNING}
+        return {
+            "registryId": self.account_id,
+            "scanningConfiguration": self.settings.document(SCANNING) or DEFAULT_SCANNING,
+        }
 
     async def put_registry_scanning_configuration(self, params: dict[str, Any], caller: Caller) -> dict[str, Any]:
         config = {"scanType": params.get("scanType", "BASIC"), "rules": params.get("rules") or []}
@@ -70,7 +69,7 @@ class ScanningOperations:
     async def batch_get_repository_scanning_configuration(
         self, params: dict[str, Any], caller: Caller
     ) -> dict[str, Any]:
-        config = self._document(SCANNING) or DEFAULT_SCANNING
+        config = self.settings.document(SCANNING) or DEFAULT_SCANNING
         found, failures = [], []
         for name in params["repositoryNames"]:
             if not await self.images.has_repository(name):

@@ -28,10 +28,6 @@ class SigningOperations:
         self.signer = signer
         self.account_id = account_id
 
-    def _document(self, name: str) -> dict[str, Any] | None:
-        text = self.settings.get(name)
-        return json.loads(text) if text is not None else None
-
     # -- signing -------------------------------------------------------------------------------------
     async def put_signing_configuration(self, params: dict[str, Any], caller: Caller) -> dict[str, Any]:
         config = params["signingConfiguration"]
@@ -39,7 +35,7 @@ class SigningOperations:
         return {"signingConfiguration": config}
 
     async def get_signing_configuration(self, params: dict[str, Any], caller: Caller) -> dict[str, Any]:
-        config = self._document(SIGNING)
+        config = self.settings.document(SIGNING)
         if config is None:
             raise SigningConfigurationNotFound(
                 f"Signing configuration does not exist in the registry with id '{self.account_id}'"

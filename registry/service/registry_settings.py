@@ -9,8 +9,10 @@ process's own writes update the copy as they commit.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
+from typing import Any
 
 from registry.registry_policy import BLOB_MOUNTING, REGISTRY_POLICY_SCOPE, check_setting
 from storage.coordination import ChangeFeed
@@ -54,6 +56,12 @@ class RegistrySettings:
     def get(self, name: str) -> str | None:
         entry = self._settings.get(name)
         return entry[0] if entry else None
+
+    def document(self, name: str) -> Any:
+        """A setting stored as JSON (the scanning, signing and replication configurations), parsed; None when never
+        put."""
+        text = self.get(name)
+        return json.loads(text) if text is not None else None
 
     def updated_at(self, name: str) -> float | None:
         entry = self._settings.get(name)

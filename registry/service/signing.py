@@ -132,8 +132,8 @@ class ImageSigner:
     # -- what applies where ---------------------------------------------------------------------------------
     def profiles_for(self, repository: str) -> list[str]:
         """The signing profiles whose rules cover the repository (empty: its pushes are not signed)."""
-        text = self.settings.get(SIGNING)
-        return covering_profiles(json.loads(text), repository) if text else []
+        config = self.settings.document(SIGNING)
+        return covering_profiles(config, repository) if config else []
 
     def enforced(self, repository: str) -> bool:
         return any(glob.matches(repository) for glob in self.enforce)
