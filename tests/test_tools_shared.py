@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 import tarfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +21,7 @@ import pytest
 
 from tests.layouts import read_layout, write_multi_platform_image, write_single_image
 from tests.oci import OCI_INDEX, Client, assert_pulls, digest_of, make_image
-from tests.server import AUTH_OFF, MoorageServer, ecr_client, moorage_cli
+from tests.server import AUTH_OFF, REPO_ROOT, MoorageServer, ecr_client, moorage_cli
 from tests.shared_storage import Target
 
 CONFIG = AUTH_OFF + '[gc]\ngrace_period = "1ms"\n'
@@ -137,6 +140,42 @@ def test_lifecycle_run_expires_per_policy_and_the_replica_sees_it_at_once(
     assert [i["imageDigest"] for i in left] == [images[2].digest]
     assert client.get("/v2/life/app/manifests/v0").status_code == 404
     assert ecr.get_lifecycle_policy(repositoryName="life/app")["lastEvaluatedAt"]
+
+
+@pytest.mark.parametrize(
+    ("command", "lock"), [(["gc"], "job gc"), (["lifecycle", "run"], "job lifecycle")], ids=["gc", "lifecycle"]
+)
+def test_the_commands_wait_while_another_machine_runs_the_job(
+    shared: tuple[Target, MoorageServer, Path], tmp_path: Path, command: list[str], lock: str
+) -> None:
+    """One collector and one lifecycle runner across replicas: while another process on the same PostgreSQL
+    (another machine, data dir of its own) holds the job's advisory lock, as a replica's scheduled run does, the
+    command says it waits and does not run; it runs once that process dies (PostgreSQL releases its lock)."""
+    target, _, config = shared
+    where = json.dumps({"data": str(tmp_path / "holder"), "metadata": target.dsn})
+    (tmp_path / "holder").mkdir()
+    holder_command = [sys.executable, "-m", "tests.contract.backends", "postgresql+filesystem", where, "lock", lock]
+    command_line = [sys.executable, "-m", "registry", *command, "--config", str(config)]
+    with subprocess.Popen(holder_command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT) as h:
+        try:
+            assert h.stdout is not None and h.stdout.readline().strip() == "held"
+            with subprocess.Popen(
+                command_line, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT
+            ) as proc:
+                try:
+                    assert proc.stderr is not None
+                    line = proc.stderr.readline()
+                    assert "waiting for the" in line, line + proc.stderr.read()
+                    time.sleep(1)
+                    assert proc.poll() is None, "the command ran beside another machine's run"
+                    h.kill()  # PostgreSQL releases a dead session's advisory locks
+                    out, err = proc.communicate(timeout=60)
+                finally:
+                    proc.kill()
+            assert proc.returncode == 0, err
+            json.loads(out)
+        finally:
+            h.kill()
 
 
 def test_credentials_of_the_generated_admin_come_from_the_shared_store(
