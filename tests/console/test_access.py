@@ -186,3 +186,35 @@ def test_an_expired_session_is_no_session(console: Fixture) -> None:
         )
         assert r.status_code == status, (status, r.status_code)
         assert status == 200 or r.headers["Location"].startswith("/console/sign-in")
+
+
+def test_signing_out_ends_the_session_on_the_server_too(console: Fixture) -> None:
+    """A copy of the cookie (another tab's, a stolen one) is refused once its session has signed out; another
+    session of the same principal goes on."""
+    session, other = sign_in_session(console.url, READER_KEY, READER_SECRET), sign_in_session(console.url)
+    copied = session.cookies["moorage_console"]
+    out = session.post(
+        f"{console.url}/console/sign-out",
+        data={"csrf": csrf_of(session, console.url)},
+        headers={"Origin": console.url},
+        allow_redirects=False,
+        timeout=10,
+    )
+    assert out.status_code == 303 and out.headers["Location"] == "/console/sign-in"
+    again = requests.get(
+        f"{console.url}/console/repositories",
+        cookies={"moorage_console": copied},
+        allow_redirects=False,
+        timeout=10,
+    )
+    assert again.status_code == 302 and again.headers["Location"].startswith("/console/sign-in")
+    forged = requests.post(
+        f"{console.url}/console/actions/delete-tag",
+        data={"repository": "victim/app", "tag": "keep", "csrf": "x"},
+        cookies={"moorage_console": copied},
+        headers={"Origin": console.url},
+        allow_redirects=False,
+        timeout=10,
+    )
+    assert forged.status_code == 403
+    assert other.get(f"{console.url}/console/repositories", allow_redirects=False, timeout=10).status_code == 200
