@@ -5,6 +5,8 @@ image (and an image an index lists, which is refused as BatchDeleteImage refuses
 from __future__ import annotations
 
 import html
+import json
+import os
 import re
 import time
 
@@ -14,7 +16,7 @@ from registry.console.views import human_size, timestamp
 from tests.console.conftest import SEARCH_NAMES, Fixture, sign_in_session
 from tests.console.test_http import csrf_of
 from tests.helpers import wait_for
-from tests.oci import Client, get_manifest, make_image
+from tests.oci import OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, Client, Image, digest_of, get_manifest, make_image
 from tests.server import ecr_client, login_password
 
 
@@ -134,3 +136,54 @@ def test_deleting_an_image_and_one_an_index_lists(console: Fixture) -> None:
     assert refused.status_code == 200 and "is listed by an index: delete the index first" in refused.text
     digests = {d["imageDigest"] for d in ecr.describe_images(repositoryName="web/multi")["imageDetails"]}
     assert child in digests
+
+
+def test_an_image_page_shows_its_config_and_the_digest_of_its_exact_bytes(console: Fixture) -> None:
+    """The manifest is stored minified, keys in an unusual order: the page shows it indented, with the digest of
+    the bytes as pushed (not of what it shows), verified; and the config's every part."""
+    config = json.dumps(
+        {
+            "architecture": "arm64",
+            "variant": "v8",
+            "os": "linux",
+            "config": {
+                "Entrypoint": ["/app", "--serve"],
+                "Cmd": ["--port", "8080"],
+                "Env": ["PATH=/bin", "MODE=console-test"],
+                "Labels": {"org.opencontainers.image.title": "pages <test>"},
+                "User": "10001",
+                "WorkingDir": "/srv",
+                "ExposedPorts": {"8080/tcp": {}},
+            },
+            "rootfs": {"type": "layers", "diff_ids": []},
+            "history": [{"created_by": "COPY app /app"}, {"created_by": "ENV MODE=console-test", "empty_layer": True}],
+        }
+    ).encode()
+    layer = os.urandom(1500)
+    body = json.dumps(
+        {
+            "layers": [{"digest": digest_of(layer), "size": len(layer), "mediaType": OCI_LAYER}],
+            "config": {"size": len(config), "digest": digest_of(config), "mediaType": OCI_CONFIG},
+            "mediaType": OCI_MANIFEST,
+            "schemaVersion": 2,
+        },
+        separators=(",", ":"),
+    ).encode()
+    image = Image(config, [layer], body)
+    Client(console.url, ("AWS", login_password(console.server))).push_image("pages/config", "v1", image)
+    admin = sign_in_session(console.url)
+    page = admin.get(f"{console.url}/console/images/pages/config@{image.digest}", timeout=30).text
+    assert f'<code id="manifest-digest" class="full">{image.digest}</code>' in page
+    assert 'id="digest-verified"' in page and f"As stored ({len(body)} bytes" in page
+    shown = html.unescape(re.search(r'<pre class="json" id="manifest-json">(.*?)</pre>', page, re.S).group(1))
+    assert shown.encode() != body and json.loads(shown) == json.loads(body) and "\n  " in shown
+    text = html.unescape(page)
+    assert re.search(r'id="config-platform">linux/arm64/v8<', text)
+    assert '<code id="config-entrypoint">["/app", "--serve"]</code>' in text
+    assert '<code id="config-cmd">["--port", "8080"]</code>' in text
+    assert "<code>PATH=/bin</code>" in text and "<code>MODE=console-test</code>" in text
+    assert "<td><code>org.opencontainers.image.title</code></td><td>pages <test></td>" in text
+    assert "<code>10001</code>" in text and "<code>/srv</code>" in text and "8080/tcp" in text
+    history = re.search(r'id="config-history">(.*?)</table>', text, re.S).group(1)
+    assert history.index("COPY app /app") < history.index("ENV MODE=console-test")
+    assert f'data-bytes="{len(layer)}"' in page
