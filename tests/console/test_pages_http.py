@@ -97,7 +97,7 @@ def test_a_repository_shows_each_images_numbers(console: Fixture) -> None:
         (detail,) = ecr.describe_images(repositoryName="pages/app")["imageDetails"]
         return detail if detail.get("lastRecordedPullTime") else None
 
-    detail = wait_for(pulled, what="the pull time recorded")
+    detail = wait_for(pulled, timeout=20, what="the pull time recorded (written every 5 seconds)")
     admin = sign_in_session(console.url)
     page = admin.get(f"{console.url}/console/repositories/pages/app", timeout=30).text
     shown = cells(page, f'class="depth-0" data-digest="{image.digest}"')
