@@ -7,10 +7,15 @@ from registry.proxy.history import HitHistory, Minute
 T = 1_700_000_080.0  # 40 s into a minute
 
 
-def test_the_first_sample_only_sets_the_baseline() -> None:
+def test_the_first_sample_counts_from_the_start() -> None:
+    """The counters start at zero with the process: hits before the first sample (the first seconds after a
+    start) count in its minute."""
     history = HitHistory(minutes=3)
     history.sample(T, 10, 5)
-    assert [(m.hits, m.misses) for m in history.series(T)] == [(0, 0)] * 3
+    assert [(m.hits, m.misses) for m in history.series(T)] == [(0, 0), (0, 0), (10, 5)]
+    later = HitHistory(minutes=3, totals=(10, 5))  # counting from totals already there
+    later.sample(T, 12, 5)
+    assert [(m.hits, m.misses) for m in later.series(T)] == [(0, 0), (0, 0), (2, 0)]
 
 
 def test_growth_between_samples_counts_in_the_minute_of_the_sample() -> None:

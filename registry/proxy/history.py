@@ -20,20 +20,21 @@ class Minute:
 
 
 class HitHistory:
-    def __init__(self, minutes: int = MINUTES) -> None:
+    def __init__(self, minutes: int = MINUTES, totals: tuple[int, int] = (0, 0)) -> None:
+        """`totals`: the running totals when counting starts (the counters start at zero with the process, so
+        the first sample counts what they grew by since then: a hit before it is not lost)."""
         self.minutes = minutes
         self._counts: dict[int, list[int]] = {}  # minute number -> [hits, misses]
-        self._totals: tuple[int, int] | None = None  # the totals of the last sample
+        self._totals = totals  # the totals of the last sample
 
     def sample(self, now: float, hits: int, misses: int) -> None:
         """The running totals as they are at `now`: what they grew by since the last sample counts in this
-        minute (the first sample only sets where counting starts)."""
-        if self._totals is not None:
-            added_hits, added_misses = max(hits - self._totals[0], 0), max(misses - self._totals[1], 0)
-            if added_hits or added_misses:
-                counts = self._counts.setdefault(int(now // 60), [0, 0])
-                counts[0] += added_hits
-                counts[1] += added_misses
+        minute."""
+        added_hits, added_misses = max(hits - self._totals[0], 0), max(misses - self._totals[1], 0)
+        if added_hits or added_misses:
+            counts = self._counts.setdefault(int(now // 60), [0, 0])
+            counts[0] += added_hits
+            counts[1] += added_misses
         self._totals = (hits, misses)
         oldest = int(now // 60) - self.minutes + 1
         for minute in [m for m in self._counts if m < oldest]:

@@ -62,6 +62,15 @@ AUDITOR = (
     '{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": '
     '["ecr:Describe*", "ecr:Get*", "ecr:List*", "ecr:BatchGetImage"], "Resource": "*"}]}'
 )
+# Reads everything under web/ and nothing else (no registry-wide page either): what a page of another repository
+# must refuse.
+SCOPED_KEY = "AKIAMOORAGECONSOLESCP"
+SCOPED_SECRET = "moorage-console-scoped-secret-0123456789"
+SCOPED = (
+    '{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": '
+    '["ecr:Describe*", "ecr:Get*", "ecr:List*", "ecr:BatchGetImage"], '
+    '"Resource": "arn:aws:ecr:*:*:repository/web/*"}]}'
+)
 SECRET_PASSWORD = "console-test-upstream-password-never-shown"
 # Loopback upstreams (the operations pages' Distribution), a rule from the configuration file (read-only in the
 # console; its upstream is a closed port) and a credential a rule may name.
@@ -76,6 +85,7 @@ def console_config(extra: str = "") -> str:
     return auth_config(
         principal_toml("reader", READER_KEY, READER_SECRET, READ_ONLY),
         principal_toml("auditor", AUDITOR_KEY, AUDITOR_SECRET, AUDITOR),
+        principal_toml("scoped", SCOPED_KEY, SCOPED_SECRET, SCOPED),
         extra=extra,
     )
 

@@ -268,3 +268,38 @@ def test_apply_now_waits_for_no_sweep_and_says_so(console: Fixture, guarded: Non
             holder.stdout.close()
     assert busy.status_code == 409 and "A lifecycle sweep is running now" in busy.text
     assert snapshot(console) == before
+
+
+def test_previewing_the_editors_text_marks_what_it_would_archive_and_saves_nothing(
+    console: Fixture, guarded: None
+) -> None:
+    url = console.url
+    admin = sign_in_session(url)
+    before = snapshot(console)
+    archive = json.dumps(
+        {
+            "rules": [
+                {
+                    "rulePriority": 1,
+                    "description": "archive the old",
+                    "selection": {
+                        "tagStatus": "any",
+                        "countType": "sinceImagePushed",
+                        "countUnit": "days",
+                        "countNumber": 1,
+                    },
+                    "action": {"type": "transition", "targetStorageClass": "archive"},
+                }
+            ]
+        }
+    )
+    form = {"csrf": csrf_of(admin, url), "repository": POLICY_REPO, "policy": archive, "do": "preview"}
+    now = post(admin, url, "/console/actions/lifecycle/save", form).text
+    assert re.search(r'id="preview-summary" data-expiring="0" data-archiving="0"', now), now[:3000]
+    later = post(admin, url, "/console/actions/lifecycle/save", {**form, "as_of": "2100-01-01"}).text
+    images = len(before[3])
+    assert re.search(rf'id="preview-summary" data-expiring="0" data-archiving="{images}"', later), later[:3000]
+    assert "the text in the editor" in later
+    rows = re.findall(r'<tr class="plan-transition" data-digest="[^"]+" data-action="transition" data-rule="1">', later)
+    assert len(rows) == images and later.count("archive the old") >= images
+    assert snapshot(console) == before  # previewed, not saved

@@ -79,7 +79,9 @@ async def repositories(request: web.Request) -> web.StreamResponse:
     rows, more = await request.app[CONSOLE].data.repositories(
         query, after, limit, lambda repo: viewer.can("ecr:DescribeRepositories", repo.name, repo.policy)
     )
-    params = {"q": query} if query else {}
+    params: dict[str, object] = {"q": query} if query else {}
+    if limit != PAGE_SIZE:
+        params["n"] = limit  # the next and first pages keep the page size asked for
     next_url = "?" + urllib.parse.urlencode({**params, "after": rows[-1].record.name}) if more and rows else None
     first_url = "?" + urllib.parse.urlencode(params) if after else None
     return aiohttp_jinja2.render_template(

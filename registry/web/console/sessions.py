@@ -4,8 +4,11 @@ of a page is (`Viewer`, whose `can` asks the same IAM evaluation as the APIs).
 The cookie holds a signed session (`KeyRing.issue_session`: the principal's name, a random session id, an
 expiry), nothing secret; it is HttpOnly, SameSite=Strict, Secure when the server serves TLS, and expires with
 the session (the principal's token lifetime, 12 hours at most; a registry token's own expiry when signed in
-with one). A session of a principal that no longer exists is no session. With `[auth] enabled = false` there
-is no sign-in: every visitor gets a session (for the CSRF token) and may do what the APIs let anyone do.
+with one). A session of a principal that no longer exists is no session. Signing out ends the session on the
+server too, not only in the browser: its id is kept in the metadata store's shared values until the session
+would have expired (`console-signed-out/<id>`), so a copy of the cookie is refused by every worker and replica.
+With `[auth] enabled = false` there is no sign-in: every visitor gets a session (for the CSRF token) and may do
+what the APIs let anyone do.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from registry.console.session import (
     same_origin,
 )
 from registry.web.auth import base_url, condition_keys
-from registry.web.context import ACCESS, CONFIG
+from registry.web.context import ACCESS, CONFIG, META
 from registry.web.middleware import PRINCIPAL
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -57,6 +60,7 @@ PAGE_HEADERS = {
 }
 
 STATIC_TYPES = ("text/css", "application/javascript", "text/javascript")  # may be cached (pages may not)
+SIGNED_OUT = "console-signed-out/"  # shared value name prefix: a signed-out session's id -> its expiry
 
 
 @dataclass(slots=True)
@@ -105,8 +109,9 @@ def page_headers(response: web.StreamResponse) -> None:
         response.headers.setdefault("Cache-Control", "no-store")
 
 
-def _viewer(request: web.Request) -> Viewer | None:
-    """The request's session, if it carries a valid one. With auth off, a new one if it does not."""
+async def _viewer(request: web.Request) -> Viewer | None:
+    """The request's session, if it carries a valid one (not expired, not signed out). With auth off, a new one
+    if it does not."""
     access = request.config_dict[ACCESS]
     now = access.clock()
     token = request.cookies.get(COOKIE)
@@ -125,6 +130,8 @@ def _viewer(request: web.Request) -> Viewer | None:
         return Viewer(None, claims.session or "", claims.expires_at, access, condition_keys(request, None))
     if claims is None or not claims.principal:
         return None
+    if await request.config_dict[META].get_value(SIGNED_OUT + (claims.session or "")) is not None:
+        return None
     principal = access.directory.by_name.get(claims.principal)
     if principal is None:
         return None
@@ -137,7 +144,7 @@ def signed_in(handler: Handler) -> Handler:
     action is refused."""
 
     async def wrapper(request: web.Request) -> web.StreamResponse:
-        viewer = _viewer(request)
+        viewer = await _viewer(request)
         if viewer is None:
             if request.method in ("GET", "HEAD"):
                 raise web.HTTPFound(f"{SIGN_IN}?{urllib.parse.urlencode({'next': request.path_qs})}")
@@ -188,7 +195,7 @@ def safe_next(value: object) -> str:
 
 
 async def sign_in_page(request: web.Request) -> web.StreamResponse:
-    if not request.config_dict[ACCESS].enabled or _viewer(request) is not None:
+    if not request.config_dict[ACCESS].enabled or await _viewer(request) is not None:
         raise web.HTTPFound(safe_next(request.query.get("next")))
     return _sign_in_form(request, safe_next(request.query.get("next")))
 
@@ -253,8 +260,22 @@ def _authenticate(request: web.Request, form: Mapping[str, Any], now: float) -> 
 @signed_in
 async def sign_out(request: web.Request) -> web.StreamResponse:
     await checked_form(request)
+    viewer: Viewer = request[VIEWER]
+    if viewer.principal is not None:
+        meta, now = request.config_dict[META], request.config_dict[ACCESS].clock()
+        await meta.put_value(SIGNED_OUT + viewer.session_id, str(int(viewer.expires_at)).encode())
+        for name, value in (await meta.values(SIGNED_OUT)).items():  # forget those that have expired since
+            if _expiry(value) < now:
+                await meta.delete_value(name)
     request[_CLEAR_COOKIE] = True
     raise web.HTTPSeeOther(SIGN_IN)
+
+
+def _expiry(value: bytes) -> float:
+    try:
+        return float(value.decode())
+    except (UnicodeDecodeError, ValueError):
+        return 0.0
 
 
 def add_routes(console: web.Application) -> None:
