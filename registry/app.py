@@ -68,7 +68,8 @@ from registry.web.context import (
     SWEEP_NOW,
     UPLOADS,
 )
-from registry.web.middleware import InFlight, access_middleware
+from registry.web.fastlane import FastLane
+from registry.web.middleware import InFlight, Recorder, access_middleware
 from registry.workers import BACKLOG
 from storage.blobs import BlobStore
 from storage.coordination import Locks
@@ -79,6 +80,7 @@ from storage.records import PullThroughRule
 
 log = logging.getLogger("moorage")
 IN_FLIGHT = web.AppKey("in_flight", InFlight)
+FAST_LANE = web.AppKey("fast_lane", FastLane)
 PULL_FLUSH_INTERVAL = 5.0  # seconds between writes of recorded pull times
 HIT_SAMPLE_INTERVAL = 5.0  # seconds between samples of the pull-through cache's hits for its per-minute history
 PARENT_POLL = 0.5  # seconds between a worker's checks that its supervisor is alive
@@ -285,13 +287,12 @@ def create_app(config: Config, worker: int | None = None) -> web.Application:
     services = Services.build(config)
     services.metrics = metrics.Metrics(multiprocess=metrics.multiprocess_dir())
     in_flight = InFlight()
+    recorder = Recorder(services.metrics.observe, config.log.access, worker)
     app = web.Application(
         middlewares=[
             access_middleware(
-                services.metrics.observe,
+                recorder,
                 in_flight,
-                config.log.access,
-                worker,
                 changes=services.stores.changes,
                 before=_fresh_settings(services.settings),
             ),
@@ -384,9 +385,7 @@ def create_app(config: Config, worker: int | None = None) -> web.Application:
     app.cleanup_ctx.append(jobs.every("record pull times", PULL_FLUSH_INTERVAL, services.images.flush_pulls))
     if shared:
         app.cleanup_ctx.append(jobs.every("signing keys", KEY_REFRESH_INTERVAL, _key_refresher(keyring, services)))
-    app.cleanup_ctx.append(
-        jobs.every("pull-through counters", metrics.SYNC_INTERVAL, services.metrics.sync_pull_through)
-    )
+    app.cleanup_ctx.append(jobs.every("metrics", metrics.SYNC_INTERVAL, services.metrics.sync))
     app.cleanup_ctx.append(
         jobs.every("pull-through hit history", HIT_SAMPLE_INTERVAL, services.pull_through.sample_history)
     )
@@ -397,6 +396,16 @@ def create_app(config: Config, worker: int | None = None) -> web.Application:
         app.cleanup_ctx.append(jobs.every("lifecycle sweep", config.lifecycle.evaluation_interval, services.sweep))
         app.cleanup_ctx.append(jobs.every("garbage collection", config.gc.interval, services.collect))
     oci_routes.add_routes(app)
+    app[FAST_LANE] = FastLane(
+        access=access,
+        images=services.images,
+        reader=services.pull_through,
+        small_blobs=app[oci_routes.SMALL_BLOBS],
+        settings=services.settings,
+        changes=services.stores.changes,
+        in_flight=in_flight,
+        record=recorder,
+    )
     health.add_routes(app)
     metrics.setup(app, services.metrics)
     console.setup(app)  # /console/ (and GET /), unless [console] enabled = false
@@ -442,6 +451,11 @@ async def serve(
     # Our own drain below does the waiting and the cancelling; aiohttp's shutdown then finds nothing in flight.
     runner = Runner(app, limits, handle_signals=False, access_log=None, shutdown_timeout=SHUTDOWN_LEFTOVER)
     await runner.setup()
+    assert runner.server is not None
+    # Manifest and small-blob reads answered from memory before the Application's router (registry/web/fastlane).
+    lane = app[FAST_LANE]
+    runner.server.request_handler = lane.install(app, runner.server.request_handler)
+    app[metrics.METRICS].fast_lane_answered = lambda: lane.answered
     # What start-up built (botocore's ECR model, the configuration, the console's templates: a heap of long-lived
     # objects) is moved out of the collector's sight: the full collections that small requests' garbage triggers
     # now and then no longer walk it.

@@ -12,7 +12,6 @@ from __future__ import annotations
 import atexit
 import json
 import logging
-import queue
 import sys
 import threading
 import time
@@ -20,15 +19,22 @@ from collections.abc import Callable, Iterator
 from typing import Any, TextIO
 
 _second: tuple[int, str] = (-1, "")
+_millisecond: tuple[int, str] = (-1, "")
 
 
 def _timestamp(created: float) -> str:
-    """ISO-8601 UTC with milliseconds; the formatted second is reused (strftime is costly per line)."""
-    global _second
-    whole = int(created)
+    """ISO-8601 UTC with milliseconds; the formatted second and millisecond are reused (strftime is costly per
+    line, and a busy server writes many lines per millisecond)."""
+    global _second, _millisecond
+    ms = int(created * 1000)
+    if _millisecond[0] == ms:
+        return _millisecond[1]
+    whole = ms // 1000
     if _second[0] != whole:
         _second = (whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)))
-    return f"{_second[1]}.{int(created * 1000) % 1000:03d}Z"
+    text = f"{_second[1]}.{ms % 1000:03d}Z"
+    _millisecond = (ms, text)
+    return text
 
 
 _dumps = json.JSONEncoder().encode
@@ -36,42 +42,76 @@ _escape: Callable[[str], str] = json.encoder.encode_basestring_ascii  # (C) quot
 PIPE_BUF = 4096  # POSIX: writes up to this size to a pipe are atomic
 
 
+BATCH_INTERVAL = 0.02  # seconds between the writer's batches while lines keep coming
+IDLE_AFTER = 5  # empty batches before the writer sleeps until a line wakes it
+IDLE_RECHECK = 1.0  # seconds a sleeping writer waits at most before looking again
+
+
 class LineWriter:
-    """Writes lines to a stream from a background thread, in batches."""
+    """Writes lines to a stream from a background thread, in batches.
+
+    `write` appends to a list and returns: no lock and no wake-up per line (waking the thread for each request's
+    line, and handing it the GIL, cost more than rendering the line). While lines keep coming the thread takes
+    the list every BATCH_INTERVAL and writes it; after IDLE_AFTER empty rounds it sleeps until the next `write`
+    wakes it, so an idle server does not poll."""
 
     def __init__(self, stream: TextIO) -> None:
         self._stream = stream
-        self._lines: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        self._lines: list[str] = []
+        self._idle = False
+        self._closing = False
+        self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="moorage-log-writer", daemon=True)
         self._thread.start()
         atexit.register(self.close)
 
     def write(self, line: str) -> None:
-        self._lines.put(line)
+        self._lines.append(line)  # (atomic under the GIL, from any thread)
+        if self._idle:
+            self._idle = False
+            self._wake.set()
 
     def _run(self) -> None:
+        quiet = 0
         while True:
-            line = self._lines.get()
-            batch = []
-            while line is not None:
-                batch.append(line)
-                try:
-                    line = self._lines.get_nowait()
-                except queue.Empty:
-                    break
-            if batch:
-                try:
-                    for chunk in _chunks(batch):
-                        self._stream.write(chunk)
-                        self._stream.flush()
-                except (OSError, ValueError):  # stderr closed: nothing sensible left to do with the lines
-                    pass
-            if line is None:
+            # Swapped, not copied: a line appended meanwhile lands in the list taken, which is written next.
+            lines, self._lines = self._lines, []
+            if lines:
+                self._flush(lines)
+                quiet = 0
+                continue_after = BATCH_INTERVAL
+            elif self._closing:
                 return
+            else:
+                quiet += 1
+                continue_after = BATCH_INTERVAL
+                if quiet >= IDLE_AFTER:
+                    # Idle first, then look once more: a `write` either lands before that look, or sees the flag
+                    # and wakes us.
+                    self._idle = True
+                    if self._lines or self._closing:
+                        self._idle = False
+                        continue
+                    continue_after = IDLE_RECHECK
+            self._wake.wait(continue_after)
+            self._wake.clear()
+            if self._idle:
+                self._idle = False
+                quiet = 0
+
+    def _flush(self, lines: list[str]) -> None:
+        try:
+            for chunk in _chunks(lines):
+                self._stream.write(chunk)
+                self._stream.flush()
+        except (OSError, ValueError):  # stderr closed: nothing sensible left to do with the lines
+            pass
 
     def close(self) -> None:
+        """Write what is pending and stop the thread."""
         if self._thread.is_alive():
-            self._lines.put(None)
+            self._closing = True
+            self._wake.set()
             self._thread.join(timeout=5)
 
 

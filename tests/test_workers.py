@@ -155,7 +155,8 @@ def test_metrics_count_every_workers_requests(two: MoorageServer):
         assert c.get("/v2/workers/none/manifests/latest").status_code == 404
         n += 1
     assert workers_seen(two, "/v2/{name}/manifests/{reference}") == {0, 1}
-    for _ in range(4):  # whichever worker answers the scrape sums all of them
+
+    def counted() -> float:
         text = c.get("/metrics").text
         line = next(
             x
@@ -164,7 +165,13 @@ def test_metrics_count_every_workers_requests(two: MoorageServer):
             and 'route="/v2/{name}/manifests/{reference}"' in x
             and 'status="404"' in x
         )
-        assert float(line.rsplit(" ", 1)[1]) == n
+        return float(line.rsplit(" ", 1)[1])
+
+    # Whichever worker answers the scrape sums all of them; each worker moves its requests into the shared
+    # values every second (and the answering one just before it answers), so within a second all are there.
+    wait_for(lambda: counted() == n, 10, f"{n} requests counted")
+    for _ in range(4):
+        assert counted() == n
 
 
 def test_skopeo_round_trip_with_workers(two: MoorageServer, tmp_path: Path):

@@ -272,6 +272,36 @@ class PullThrough:
         m.manifest_hits += 1
         return local
 
+    def cached_manifest(self, repository: str, reference: str) -> ManifestRecord | None:
+        """`get_manifest`'s answer when memory holds it and nothing is due (no store read, no upstream): a cached
+        manifest, and for a tag in a cache repository, an upstream check younger than the refresh interval.
+        None: ask `get_manifest`."""
+        if self.changes.epoch() != self._epoch:
+            return None
+        local = self.images.cached_manifest(repository, reference)
+        if local is None or not self.rules or self.rule_for(repository) is None:
+            return local
+        if not oci.is_digest(reference):
+            checked = self._checked.get((repository, reference))
+            if checked is None or self.clock() - checked >= self.config.tag_refresh_interval:
+                return None
+        return local
+
+    def cached_blob(self, repository: str, digest: str) -> int | None:
+        """`open_blob`'s size for a blob linked in the repository, when memory holds it (and holds that the
+        repository has no archived image); None: ask `open_blob`."""
+        return self.images.cached_unarchived_blob(repository, digest)
+
+    def count_hit(self, repository: str, kind: str) -> None:
+        """A manifest or blob answered from `cached_manifest` or `cached_blob`: a hit of a cache repository's
+        rule (as `get_manifest` and `open_blob` count theirs)."""
+        if self.rules and (rule := self.rule_for(repository)) is not None:
+            m = self.rule_metrics(rule)
+            if kind == "manifest":
+                m.manifest_hits += 1
+            else:
+                m.blob_hits += 1
+
     def _refresh_in_background(self, rule: PullThroughRule, repository: str, tag: str, local: ManifestRecord) -> None:
         key = ("refresh", repository, tag)
         if key in self._flights:

@@ -158,6 +158,11 @@ class ImageService:
             self.cache.put_if_current(version, key, repo)
         return repo
 
+    def cached_repository(self, name: str) -> RepositoryRecord | None:
+        """The repository if the cache holds it (no store read; None also when it does not exist)."""
+        repo: RepositoryRecord | None = self._cache().get(("repo", name))
+        return repo
+
     async def has_repository(self, name: str) -> bool:
         try:
             await self.repository(name)
@@ -273,6 +278,15 @@ class ImageService:
                     f"manifest {digest} is not in repository {name}", detail={"name": name, "digest": digest}
                 )
             self.cache.put_if_current(version, key, record)
+        return record
+
+    def cached_manifest(self, name: str, reference: str) -> ManifestRecord | None:
+        """The manifest if the cache holds it and its tag (no store read): None asks `get_manifest`."""
+        cache = self._cache()
+        digest = reference if oci.is_digest(reference) else cache.get(("tag", name, reference))
+        if digest is None:
+            return None
+        record: ManifestRecord | None = cache.get(("manifest", name, digest))
         return record
 
     async def put_manifest(
@@ -405,6 +419,15 @@ class ImageService:
             archived = await self.meta.has_archived_images(name)
             self.cache.put_if_current(version, key, archived)
         return archived and await self.meta.blob_archived_only(name, digest)
+
+    def cached_unarchived_blob(self, name: str, digest: str) -> int | None:
+        """The size of a blob linked in the repository, when the cache holds it and holds that the repository
+        has no archived image (no store read); None asks `blob_archived_only` and `blob_size`."""
+        cache = self._cache()
+        if cache.get(("archived", name)) is not False:
+            return None
+        size: int | None = cache.get(("blob", name, digest))
+        return size
 
     def forget_all(self) -> None:
         """After a repository is deleted: its tags, manifests and blob links may be cached anywhere."""

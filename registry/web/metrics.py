@@ -7,6 +7,11 @@ are counted by the jobs.
 With several workers (`[server] workers`), each process keeps its values in prometheus-client's multiprocess
 files (the supervisor sets PROMETHEUS_MULTIPROC_DIR) and a scrape, whichever worker answers it, sums them all.
 
+Request metrics are added up in plain counters as requests end (a Prometheus child's `inc` and `observe` take a
+lock, and in multiprocess mode write a file mapping, several times per request) and moved into the Prometheus
+series every SYNC_INTERVAL and before each scrape: the answering process's values are exact, another worker's
+at most SYNC_INTERVAL old.
+
 `[metrics] require_auth = true` (with auth on) makes a scrape present a registry token (Bearer, or Basic
 `AWS:<token>`) of a principal allowed the action `moorage:GetMetrics` (an admin's `*` is enough); otherwise the
 answer is /v2's 401 challenge, or 403 naming the action. Off by default: the values name no repository,
@@ -17,7 +22,8 @@ credentials.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from bisect import bisect_left
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,6 +81,8 @@ class Metrics:
     def __post_init__(self) -> None:
         multiprocess = self.multiprocess
         self._children: dict[tuple[str, str, int], tuple[Any, Any, Any, Any]] = {}
+        # (route, method, status) -> [requests, seconds, bytes in, bytes out, latency bucket counts]
+        self._pending: dict[tuple[str, str, int], list[Any]] = {}
         self._pull_through: PullThrough | None = None
         self._synced: dict[tuple[str, str], int] = {}
         registry = self.registry
@@ -94,6 +102,14 @@ class Metrics:
         self.bytes_out = Counter(
             "moorage_http_response_bytes", "Response body bytes sent", ["route"], registry=registry
         )
+        self.fast_lane = Counter(
+            "moorage_http_fast_lane_requests",
+            "Requests answered by the fast lane (manifest and small-blob reads from memory); counted in "
+            "moorage_http_requests too",
+            registry=registry,
+        )
+        self.fast_lane_answered: Callable[[], int] | None = None  # the lane's count so far (set by the app)
+        self._fast_lane_synced = 0
         self.lifecycle_runs = Counter("moorage_lifecycle_runs", "Lifecycle sweeps run", registry=registry)
         self.lifecycle_images = Counter(
             "moorage_lifecycle_images_expired", "Images expired by lifecycle policies", registry=registry
@@ -151,22 +167,55 @@ class Metrics:
             self._synced[key] = value
 
     def observe(self, route: str, method: str, status: int, seconds: float, bytes_in: int, bytes_out: int) -> None:
-        key = (route, method, status)
-        children = self._children.get(key)
-        if children is None:  # resolve the labelled children once per (route, method, status)
-            children = self._children[key] = (
-                self.requests.labels(route, method, str(status)),
-                self.latency.labels(route, method),
-                self.bytes_in.labels(route),
-                self.bytes_out.labels(route),
-            )
-        requests, latency, received, sent = children
-        requests.inc()
-        latency.observe(seconds)
-        if bytes_in:
-            received.inc(bytes_in)
-        if bytes_out:
-            sent.inc(bytes_out)
+        pending = self._pending.get((route, method, status))
+        if pending is None:
+            pending = self._pending[(route, method, status)] = [0, 0.0, 0, 0, [0] * (len(LATENCY_BUCKETS) + 1)]
+        pending[0] += 1
+        pending[1] += seconds
+        pending[2] += bytes_in
+        pending[3] += bytes_out
+        pending[4][bisect_left(LATENCY_BUCKETS, seconds)] += 1  # (a bucket's bound is inclusive: le)
+
+    def flush(self) -> None:
+        """Move the requests observed since the last flush into their Prometheus series."""
+        if self.fast_lane_answered is not None:
+            answered = self.fast_lane_answered()
+            if answered > self._fast_lane_synced:
+                self.fast_lane.inc(answered - self._fast_lane_synced)
+                self._fast_lane_synced = answered
+        pending, self._pending = self._pending, {}
+        for key, (count, seconds, bytes_in, bytes_out, buckets) in pending.items():
+            children = self._children.get(key)
+            if children is None:  # resolve the labelled children once per (route, method, status)
+                route, method, status = key
+                children = self._children[key] = (
+                    self.requests.labels(route, method, str(status)),
+                    self.latency.labels(route, method),
+                    self.bytes_in.labels(route),
+                    self.bytes_out.labels(route),
+                )
+            requests, latency, received, sent = children
+            requests.inc(count)
+            _add_observations(latency, seconds, buckets)
+            if bytes_in:
+                received.inc(bytes_in)
+            if bytes_out:
+                sent.inc(bytes_out)
+
+    async def sync(self) -> None:
+        """Every SYNC_INTERVAL: the requests observed, and the pull-through cache's tallies."""
+        self.flush()
+        await self.sync_pull_through()
+
+
+def _add_observations(histogram: Any, seconds: float, buckets: list[int]) -> None:
+    """Add observations counted per bucket (`buckets[i]` of them at most LATENCY_BUCKETS[i], the last over all)
+    totalling `seconds` to a histogram child. prometheus-client has no public call for adding many at once;
+    its child keeps a sum and a non-cumulative count per bucket, each with `inc` (checked by the unit tests)."""
+    histogram._sum.inc(seconds)
+    for i, n in enumerate(buckets):
+        if n:
+            histogram._buckets[i].inc(n)
 
 
 class _StorageCollector:
@@ -209,6 +258,7 @@ async def serve_metrics(request: web.Request) -> web.Response:
             realm=realm(request),
         )
     metrics = request.app[METRICS]
+    metrics.flush()
     for name, value in (await request.app[META].storage_stats()).items():
         setattr(metrics.storage, name, value)
     await metrics.sync_pull_through()

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from registry import logs
+from registry.auth.principals import Principal
 from registry.errors import NotFound, RegistryError, StorageFull, StorageUnavailable, Unsupported
 from registry.web.sendfile import SendfileResponse
 from storage.coordination import ChangeFeed
@@ -35,7 +36,7 @@ STREAMING = "moorage.streaming"  # the SendfileResponse being sent (its byte cou
 _INCOMING_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 # Request ids: a random per-process prefix and a counter (unique, and far cheaper than uuid4 per request).
 _ID_PREFIX = uuid.uuid4().hex[:8]
-_request_ids = (f"{_ID_PREFIX}{n:08x}" for n in itertools.count())
+_request_numbers = itertools.count()
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -163,26 +164,96 @@ class InFlight:
         return len(self._tasks)
 
 
+class Recorder:
+    """One log line and one metrics observation per request: id, principal, repository, action, status, bytes
+    and duration (and which worker served it, with several). The path is logged without its query string
+    (download URLs carry their signatures there). Called by the access middleware and by the fast lane."""
+
+    __slots__ = ("enabled", "observe", "served_by", "worker")
+
+    def __init__(
+        self, observe: Callable[[str, str, int, float, int, int], None], enabled: bool = True, worker: int | None = None
+    ) -> None:
+        self.observe, self.enabled, self.worker = observe, enabled, worker
+        self.served_by = {} if worker is None else {"worker": worker}
+
+    def __call__(
+        self,
+        request: web.Request,
+        rid: str,
+        route: str,
+        status: int,
+        seconds: float,
+        bytes_in: int,
+        bytes_out: int,
+        principal: Principal | None,
+        repository: str | None,
+        action: str | None,
+    ) -> None:
+        self.observe(route, request.method, status, seconds, bytes_in, bytes_out)
+        if not self.enabled:
+            return
+        access = logs.access_logger()
+        if access is not None:
+            access.request(
+                rid,
+                request.method,
+                request.path,
+                route,
+                status,
+                bytes_in,
+                bytes_out,
+                seconds,
+                principal.name if principal else None,
+                repository,
+                action,
+                request.remote,
+                request.headers.get("User-Agent", "")[:200],
+                self.worker,
+            )
+            return
+        # Logging not set up through registry.logs (e.g. an embedding application).
+        fields = {
+            "request_id": rid,
+            "method": request.method,
+            "path": request.path,
+            "route": route,
+            "status": status,
+            "bytes_in": bytes_in,
+            "bytes_out": bytes_out,
+            "duration_ms": round(seconds * 1000, 3),
+            "principal": principal.name if principal else None,
+            "repository": repository,
+            "action": action,
+            "remote": request.remote,
+            "user_agent": request.headers.get("User-Agent", "")[:200],
+            **self.served_by,
+        }
+        access_log.info("%s %s %d", request.method, request.path, status, extra={"fields": fields})
+
+
+def request_id(request: web.Request) -> str:
+    """The request's id: the client's X-Request-Id when it is a sane one, else a new one."""
+    incoming = request.headers.get("X-Request-Id", "")
+    if incoming and _INCOMING_ID.fullmatch(incoming):
+        return incoming
+    return f"{_ID_PREFIX}{next(_request_numbers):08x}"
+
+
 def access_middleware(
-    observe: Callable[[str, str, int, float, int, int], None],
+    record: Recorder,
     in_flight: InFlight,
-    enabled: bool = True,
-    worker: int | None = None,
     changes: ChangeFeed | None = None,
     before: Callable[[web.Request], Awaitable[None]] | None = None,
 ):
-    """One log line and one metrics observation per request: id, principal, repository, action, status, bytes
-    and duration (and which worker served it, with several). The path is logged without its query string
-    (download URLs carry their signatures there). Before a response goes out, the change feed's `settle`
-    waits until the other replicas can have heard of the writes made so far: a client that writes through one
-    replica and reads through another at once reads its write. `before` runs ahead of the handler (the registry
-    settings' refresh), inside the same error handling: one middleware layer, not two."""
-    served_by = {} if worker is None else {"worker": worker}
+    """`record` every request (see Recorder). Before a response goes out, the change feed's `settle` waits until
+    the other replicas can have heard of the writes made so far: a client that writes through one replica and
+    reads through another at once reads its write. `before` runs ahead of the handler (the registry settings'
+    refresh), inside the same error handling: one middleware layer, not two."""
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        incoming = request.headers.get("X-Request-Id", "")
-        request[REQUEST_ID] = incoming if incoming and _INCOMING_ID.fullmatch(incoming) else next(_request_ids)
+        request[REQUEST_ID] = request_id(request)
         start = time.perf_counter()
         status, resp = 499, None
         in_flight.enter()
@@ -209,49 +280,20 @@ def access_middleware(
             raise
         finally:
             in_flight.leave()
-            seconds = time.perf_counter() - start
-            route = request.get(ROUTE) or _route_of(request)
             bytes_in = getattr(request.content, "total_bytes", 0) if request.body_exists else 0
             bytes_out = _bytes_out(resp if resp is not None else request.get(STREAMING))
-            observe(route, request.method, status, seconds, bytes_in, bytes_out)
-            if enabled:
-                principal = request.get(PRINCIPAL)
-                access = logs.access_logger()
-                if access is not None:
-                    access.request(
-                        request[REQUEST_ID],
-                        request.method,
-                        request.path,
-                        route,
-                        status,
-                        bytes_in,
-                        bytes_out,
-                        seconds,
-                        principal.name if principal else None,
-                        request.get(REPOSITORY),
-                        request.get(ACTION),
-                        request.remote,
-                        request.headers.get("User-Agent", "")[:200],
-                        worker,
-                    )
-                else:  # logging not set up through registry.logs (e.g. an embedding application)
-                    fields = {
-                        "request_id": request[REQUEST_ID],
-                        "method": request.method,
-                        "path": request.path,
-                        "route": route,
-                        "status": status,
-                        "bytes_in": bytes_in,
-                        "bytes_out": bytes_out,
-                        "duration_ms": round(seconds * 1000, 3),
-                        "principal": principal.name if principal else None,
-                        "repository": request.get(REPOSITORY),
-                        "action": request.get(ACTION),
-                        "remote": request.remote,
-                        "user_agent": request.headers.get("User-Agent", "")[:200],
-                        **served_by,
-                    }
-                    access_log.info("%s %s %d", request.method, request.path, status, extra={"fields": fields})
+            record(
+                request,
+                request[REQUEST_ID],
+                request.get(ROUTE) or _route_of(request),
+                status,
+                time.perf_counter() - start,
+                bytes_in,
+                bytes_out,
+                request.get(PRINCIPAL),
+                request.get(REPOSITORY),
+                request.get(ACTION),
+            )
 
     return middleware
 

@@ -1,0 +1,205 @@
+"""The fast lane: a manifest's GET and HEAD, and a small blob's GET, answered from memory ahead of aiohttp's
+router and middleware chain.
+
+A pull is mostly these requests, and once one has been served what they need is in memory: the tag's digest,
+the manifest, the blob's link and bytes, the principal behind an Authorization header, the repository's policy
+and the decision. Routing such a request through the Application (its resource index, the middleware chain,
+the dispatch coroutines) cost more than answering it. The lane sits in front of the Application, as the
+server's request handler, and answers a request only when it can answer exactly as the full path would:
+with success. Everything else goes the full way, which gives the same answer and renders every error: another
+route or method, a query string or body, a `Range`, anything not in memory (a cache miss, a tag whose upstream
+check is due), an archived image, `[signing] enforce`, a replication, a refusal, settings to reload, writes not
+yet settled across replicas. Both paths record a request the same way (`Recorder`): the access log and the
+metrics see no difference, and neither does a client (tests/test_fastlane.py compares the two answers).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import cast
+
+from aiohttp import web
+from aiohttp.web_urldispatcher import UrlMappingMatchInfo
+
+from registry import oci
+from registry.auth.access import AccessControl
+from registry.auth.principals import Principal
+from registry.cache import BytesLRU
+from registry.errors import RegistryError
+from registry.proxy.pullthrough import PullThrough
+from registry.service.images import ImageService
+from registry.service.registry_settings import RegistrySettings
+from registry.web.auth import condition_keys, registry_principal
+from registry.web.middleware import (
+    API_VERSION_HEADER,
+    InFlight,
+    Recorder,
+    request_id,
+)
+from registry.web.oci_routes import LAYER_PULL, OCTET_STREAM, PULL, ROUTE_NAMES, ROUTES, SMALL_BLOB, dispatch
+from storage.coordination import ChangeFeed
+
+ServerHandler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+_READS = frozenset(("GET", "HEAD"))
+_MANIFEST_ROUTE = ROUTE_NAMES[ROUTES[0][0]]
+_BLOB_ROUTE = next(ROUTE_NAMES[pattern] for pattern, methods in ROUTES if "{digest}" in ROUTE_NAMES[pattern])
+
+
+class FastLane:
+    """The server's request handler: the lane's answer when it has one, else `slow` (the Application's)."""
+
+    __slots__ = (
+        "access",
+        "answered",
+        "changes",
+        "images",
+        "in_flight",
+        "match_info",
+        "reader",
+        "record",
+        "settings",
+        "slow",
+        "small_blobs",
+    )
+
+    def __init__(
+        self,
+        *,
+        access: AccessControl,
+        images: ImageService,
+        reader: PullThrough,
+        small_blobs: BytesLRU,
+        settings: RegistrySettings,
+        changes: ChangeFeed | None,
+        in_flight: InFlight,
+        record: Recorder,
+    ) -> None:
+        self.access, self.images, self.reader, self.small_blobs = access, images, reader, small_blobs
+        self.settings, self.changes, self.in_flight, self.record = settings, changes, in_flight, record
+        self.slow: ServerHandler | None = None
+        self.answered = 0  # requests the lane answered (metrics: moorage_http_fast_lane_requests)
+        self.match_info: UrlMappingMatchInfo | None = None
+
+    def install(self, app: web.Application, slow: ServerHandler) -> ServerHandler:
+        """In front of `slow`, the handler aiohttp's server would call: the lane's own handler."""
+        self.slow = slow
+        # What `request.app` reads on a request the lane answers (the helpers it shares with the full path use
+        # it): the /v2 dispatch route's match, in the application, frozen, shared by every such request.
+        route = next(r for r in app.router.routes() if r.handler is dispatch)
+        match_info = UrlMappingMatchInfo({}, route)
+        match_info.add_app(app)
+        match_info.freeze()
+        self.match_info = match_info
+        return self.handle
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        # (The server's requests are the Application's: web.Request, made by its request factory.)
+        if (
+            request.method in _READS
+            and not request.query_string
+            and not request.body_exists
+            and request.path.startswith("/v2/")
+            and (resp := self.answer(cast(web.Request, request))) is not None
+        ):
+            return resp
+        assert self.slow is not None
+        return await self.slow(request)
+
+    def answer(self, request: web.Request) -> web.Response | None:
+        """The response, when memory holds it and it is a success; None: the full path answers."""
+        start = time.perf_counter()
+        changes = self.changes
+        if self.settings.stale() or (changes is not None and changes.unsettled()):
+            return None
+        path = request.path
+        head, _, last = path.rpartition("/")
+        prefix, _, kind = head.rpartition("/")
+        name = prefix[4:]  # after "/v2/"
+        headers = request.headers
+        try:
+            if kind == "manifests":
+                oci.validate_name(name)
+                oci.validate_reference(last)
+                route, action = _MANIFEST_ROUTE, PULL
+            elif kind == "blobs" and request.method == "GET" and "Range" not in headers:
+                oci.validate_name(name)
+                oci.validate_digest(last)
+                route, action = _BLOB_ROUTE, LAYER_PULL
+            else:
+                return None
+        except RegistryError:  # the full path says what is wrong with it
+            return None
+        principal = None
+        access = self.access
+        if access.enabled:
+            repository = self.images.cached_repository(name)
+            if repository is None:
+                return None
+            request._match_info = self.match_info  # (registry_principal reads request.app)
+            try:
+                principal = registry_principal(request)
+            except Exception:  # a bad or expired token: the full path renders its 401
+                return None
+            # (With the replication header, the full path also allows ecr:ReplicateImage; pull suffices here, and
+            # is all a replication changes for a manifest read without `[signing] enforce`.)
+            if not access.allowed(principal, action, name, repository.policy, condition_keys(request, principal)):
+                return None
+        rid = request_id(request)
+        if route is _MANIFEST_ROUTE:
+            resp = self._manifest(request, name, last, principal, rid)
+        else:
+            resp = self._blob(name, last, rid)
+        if resp is None:
+            return None
+        if self.in_flight.draining:
+            resp.force_close()
+        self.answered += 1
+        seconds = time.perf_counter() - start
+        self.record(request, rid, route, 200, seconds, 0, resp.content_length or 0, principal, name, action[0])
+        return resp
+
+    def _manifest(
+        self, request: web.Request, name: str, reference: str, principal: Principal | None, rid: str
+    ) -> web.Response | None:
+        images = self.images
+        record = self.reader.cached_manifest(name, reference)
+        if record is None or record.archived or images.pull_checks:
+            return None
+        if not oci.accepts(request.headers.getall("Accept", []), record.media_type):
+            return None
+        self.reader.count_hit(name, "manifest")
+        if request.method == "GET":
+            images.note_pull(name, record.digest, principal.arn if principal is not None else None)
+        digest = record.digest
+        return web.Response(
+            body=record.body,
+            headers={
+                "Content-Type": record.media_type,
+                "Docker-Content-Digest": digest,
+                "ETag": f'"{digest}"',
+                API_VERSION_HEADER: "registry/2.0",  # (as `middleware.stamp` adds them on the full path)
+                "X-Request-Id": rid,
+            },
+        )
+
+    def _blob(self, name: str, digest: str, rid: str) -> web.Response | None:
+        size = self.reader.cached_blob(name, digest)
+        if size is None or size > SMALL_BLOB:
+            return None
+        data = self.small_blobs.get(digest)
+        if data is None or len(data) != size:
+            return None
+        self.reader.count_hit(name, "blob")
+        return web.Response(
+            body=data,
+            headers={
+                "Docker-Content-Digest": digest,
+                "Content-Type": OCTET_STREAM,
+                "Accept-Ranges": "bytes",
+                "ETag": f'"{digest}"',
+                "Cache-Control": "max-age=31536000",
+                API_VERSION_HEADER: "registry/2.0",
+                "X-Request-Id": rid,
+            },
+        )

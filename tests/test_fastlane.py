@@ -1,0 +1,163 @@
+"""The fast lane (registry/web/fastlane.py): a manifest's GET and HEAD and a small blob's GET answered from
+memory ahead of the Application, exactly as the full path answers them.
+
+Over real sockets, in both auth modes: each such request is asked twice, as is (the lane answers) and with a
+query string (which always takes the full path); status, headers, body and the access log's line must agree.
+In process: which requests the lane answers, and which it leaves to the full path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+import requests
+from aiohttp.test_utils import TestClient, TestServer, make_mocked_request
+
+from registry.app import FAST_LANE, create_app
+from registry.config import load
+from tests.oci import OCI_MANIFEST, Client, digest_of, make_image
+from tests.server import MoorageServer
+
+DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+VARYING = {"date", "x-request-id"}
+LOG_VARYING = {"ts", "request_id", "duration_ms"}
+
+
+def _same(fast, full) -> None:
+    assert (fast.status_code, fast.content) == (full.status_code, full.content)
+    fast_headers = {k.lower(): v for k, v in fast.headers.items() if k.lower() not in VARYING}
+    full_headers = {k.lower(): v for k, v in full.headers.items() if k.lower() not in VARYING}
+    assert fast_headers == full_headers
+    assert fast.headers["X-Request-Id"] != full.headers["X-Request-Id"]
+
+
+def lane_count(srv: MoorageServer) -> float:
+    """moorage_http_fast_lane_requests_total: how many requests the lane has answered."""
+    text = requests.get(srv.url + "/metrics", timeout=30).text
+    return float(
+        next(x for x in text.splitlines() if x.startswith("moorage_http_fast_lane_requests_total ")).split()[1]
+    )
+
+
+def test_the_lane_and_the_full_path_answer_alike(server: MoorageServer, client: Client):
+    repo = "fastlane/alike"
+    image = make_image(n_layers=2, layer_size=3000)
+    digest = client.push_image(repo, "v1", image)
+    layer = image.blobs[-1]
+    layer_digest = digest_of(layer)
+    asked = [
+        ("GET", f"/v2/{repo}/manifests/v1", {"Accept": OCI_MANIFEST}),
+        ("GET", f"/v2/{repo}/manifests/{digest}", {}),
+        ("HEAD", f"/v2/{repo}/manifests/v1", {"Accept": OCI_MANIFEST}),
+        ("GET", f"/v2/{repo}/blobs/{layer_digest}", {}),
+    ]
+    for method, path, headers in asked:
+        client.request(method, path, headers=headers)  # the first one fills memory (by the full path)
+        before = lane_count(server)
+        fast = client.request(method, path, headers=headers)
+        assert lane_count(server) == before + 1, "the lane answered it"
+        full = client.request(method, path + "?full=1", headers=headers)
+        assert lane_count(server) == before + 1, "the full path answered it"
+        assert fast.status_code == 200, (method, path, fast.text)
+        _same(fast, full)
+        if method == "GET":
+            assert fast.content == (image.manifest if "/manifests/" in path else layer)
+        ids = (fast.headers["X-Request-Id"], full.headers["X-Request-Id"])
+        entries = server.access_log_until(
+            lambda es, ids=ids: len([e for e in es if e["request_id"] in ids]) == 2, f"{method} {path} logged"
+        )
+        fast_line, full_line = (next(e for e in entries if e["request_id"] == i) for i in ids)
+        assert {k: v for k, v in fast_line.items() if k not in LOG_VARYING} == {
+            k: v for k, v in full_line.items() if k not in LOG_VARYING
+        }
+        assert fast_line["principal"] == ("admin" if server.credentials else None)
+
+
+def test_what_the_lane_leaves_to_the_full_path_is_answered_there(server: MoorageServer, client: Client):
+    """Requests the lane must not answer (errors, ranges, other media types) get the full path's answers."""
+    repo = "fastlane/left"
+    image = make_image(n_layers=1, layer_size=5000)
+    client.push_image(repo, "v1", image)
+    layer = image.blobs[-1]
+    layer_digest = digest_of(layer)
+    for _ in range(2):
+        client.get(f"/v2/{repo}/manifests/v1")
+        client.get(f"/v2/{repo}/blobs/{layer_digest}")
+    r = client.get(f"/v2/{repo}/blobs/{layer_digest}", headers={"Range": "bytes=10-19"})
+    assert r.status_code == 206 and r.content == layer[10:20]
+    r = client.get(f"/v2/{repo}/manifests/v1", headers={"Accept": DOCKER_LIST})
+    assert r.status_code == 404 and r.json()["errors"][0]["code"] == "MANIFEST_UNKNOWN"
+    r = client.get(f"/v2/{repo}/manifests/nope")
+    assert r.status_code == 404 and r.json()["errors"][0]["code"] == "MANIFEST_UNKNOWN"
+    r = client.get(f"/v2/{repo.upper()}/manifests/v1")
+    assert r.status_code == 400 and r.json()["errors"][0]["code"] == "NAME_INVALID"
+    if server.credentials:  # no token: the full path's challenge
+        r = Client(server.url).get(f"/v2/{repo}/manifests/v1")
+        assert r.status_code == 401 and "WWW-Authenticate" in r.headers
+
+
+# (The request's storage uses string keys; aiohttp warns about them, which pytest makes an error here.)
+@pytest.mark.filterwarnings("ignore::aiohttp.web_exceptions.NotAppKeyWarning")
+def test_the_lane_answers_only_from_memory(tmp_path: Path):
+    """In process: the lane's own decisions (None: the full path answers)."""
+    config_file = tmp_path / "moorage.toml"
+    config_file.write_text(f'[auth]\nenabled = false\n[server]\ndata_dir = "{tmp_path / "data"}"\n')
+    image = make_image(n_layers=1, layer_size=2000)
+    repo = "lane/decisions"
+
+    async def scenario() -> None:
+        app = create_app(load(config_file))
+        async with TestServer(app) as test_server, TestClient(test_server) as http:
+            lane = app[FAST_LANE]
+            lane.install(app, app._handle)
+
+            def answer(method: str, path: str, **headers: str):
+                return lane.answer(make_mocked_request(method, path, headers=headers, app=app))
+
+            for blob in image.blobs:
+                digest = digest_of(blob)
+                r = await http.post(f"/v2/{repo}/blobs/uploads/?digest={digest}", data=blob)
+                assert r.status == 201, await r.text()
+            r = await http.put(f"/v2/{repo}/manifests/v1", data=image.manifest, headers={"Content-Type": OCI_MANIFEST})
+            assert r.status == 201
+            layer_digest = digest_of(image.blobs[-1])
+            tag_path, digest_path = f"/v2/{repo}/manifests/v1", f"/v2/{repo}/manifests/{image.digest}"
+            blob_path = f"/v2/{repo}/blobs/{layer_digest}"
+            assert answer("GET", f"/v2/{repo}/manifests/v2") is None  # never pushed: the full path's 404
+            for path in (tag_path, blob_path):
+                assert (await http.get(path)).status == 200  # the full path fills memory
+            got = answer("GET", tag_path, Accept=OCI_MANIFEST)
+            assert got is not None and got.body == image.manifest
+            assert got.headers["Docker-Content-Digest"] == image.digest
+            assert got.headers["Docker-Distribution-API-Version"] == "registry/2.0"
+            assert answer("HEAD", digest_path) is not None
+            blob = answer("GET", blob_path)
+            assert blob is not None and blob.body == image.blobs[-1]
+            assert answer("GET", blob_path, Range="bytes=0-9") is None
+            assert answer("HEAD", blob_path) is None  # (a blob's HEAD checks the stored bytes: the full path)
+            assert answer("GET", tag_path, Accept=DOCKER_LIST) is None
+            assert answer("GET", f"/v2/{repo.upper()}/manifests/v1") is None
+            assert answer("GET", f"/v2/{repo}/blobs/uploads") is None
+            assert answer("GET", f"/v2/{repo}/tags/list") is None
+            # A delete empties memory of the tag: the next read takes the full path.
+            assert (await http.delete(tag_path)).status == 202
+            assert answer("GET", tag_path) is None
+
+    asyncio.run(scenario())
+
+
+def test_the_access_log_line_is_json_with_every_field(server: MoorageServer, client: Client):
+    repo = "fastlane/logged"
+    client.push_image(repo, "v1", make_image(n_layers=1, layer_size=100))
+    client.get(f"/v2/{repo}/manifests/v1")
+    rid = client.get(f"/v2/{repo}/manifests/v1", headers={"X-Request-Id": "fast-lane-test-1"}).headers["X-Request-Id"]
+    assert rid == "fast-lane-test-1"
+    entries = server.access_log_until(lambda es: any(e["request_id"] == rid for e in es), "the request logged")
+    line = next(e for e in entries if e["request_id"] == rid)
+    assert line["route"] == "/v2/{name}/manifests/{reference}" and line["status"] == 200
+    assert line["repository"] == repo and line["action"] == "ecr:BatchGetImage"
+    assert line["bytes_out"] > 0 and isinstance(line["duration_ms"], float)
+    json.dumps(line)
