@@ -41,6 +41,13 @@ async def _rollback(conn: aiosqlite.Connection) -> None:
             await conn.execute("ROLLBACK")
 
 
+async def _undo_begin(conn: aiosqlite.Connection) -> None:
+    """Roll back whatever a BEGIN whose caller was cancelled opens: queued behind it on the connection's thread,
+    so unconditional (it may not have run yet when this is called)."""
+    with contextlib.suppress(sqlite3.Error):
+        await conn.execute("ROLLBACK")
+
+
 class SQLiteConnection:
     def __init__(
         self, path: Path, changes: ChangeFeed | None = None, readers: int = 2, *, exclusive: bool = False
@@ -159,7 +166,15 @@ class SQLiteConnection:
         assert conn is not None, "store is not open"
         async with self._write_lock:
             try:
-                await conn.execute("BEGIN IMMEDIATE")
+                try:
+                    await conn.execute("BEGIN IMMEDIATE")
+                except asyncio.CancelledError:
+                    # The BEGIN goes on in the connection's thread even so. A ROLLBACK queued behind it ends the
+                    # transaction it opens before the writer is anyone else's (a cancelled backfill preparation
+                    # once left it open, failing every later write with "cannot start a transaction within a
+                    # transaction").
+                    await asyncio.shield(_undo_begin(conn))
+                    raise
                 try:
                     yield conn
                 except BaseException:
