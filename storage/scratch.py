@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import ClassVar, TypeVar
 
 from storage.errors import DigestMismatch, StorageFull
-from storage.files import FULL_ERRNOS, full_is_storage_full, write_all
+from storage.files import FULL_ERRNOS, full_is_storage_full, start_writeback, write_all
 
 WRITE_BUFFER = 1 << 20  # coalesce small writes into 1 MiB ones
 LEFTOVER_AGE = 3600.0  # a scratch file untouched this long belongs to no live writer
@@ -116,7 +116,10 @@ class ScratchWriter:
     def _write_sync(self, data: bytes) -> None:
         assert self._fd is not None
         try:
+            offset = os.fstat(self._fd).st_size if self.durable else 0  # (appended at the end)
             write_all(self._fd, data)
+            if self.durable:
+                start_writeback(self._fd, offset, len(data))
         except OSError as e:
             self.consistent = False
             if e.errno in FULL_ERRNOS:
