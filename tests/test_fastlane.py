@@ -18,8 +18,9 @@ from aiohttp.test_utils import TestClient, TestServer, make_mocked_request
 
 from registry.app import FAST_LANE, create_app
 from registry.config import load
+from tests.helpers import wait_for
 from tests.oci import OCI_MANIFEST, Client, digest_of, make_image
-from tests.server import MoorageServer
+from tests.server import MoorageServer, auth_config, ecr_client, login_password
 
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 VARYING = {"date", "x-request-id"}
@@ -161,3 +162,37 @@ def test_the_access_log_line_is_json_with_every_field(server: MoorageServer, cli
     assert line["repository"] == repo and line["action"] == "ecr:BatchGetImage"
     assert line["bytes_out"] > 0 and isinstance(line["duration_ms"], float)
     json.dumps(line)
+
+
+def test_a_remembered_access_decision_yields_to_every_change(make_server):
+    """The lane remembers a principal's allowed pull per header and repository; a policy set, changed or deleted,
+    a registry policy, or a token past its expiry is obeyed by the very next request."""
+    srv = make_server(auth_config(extra="token_ttl = 3\n"))
+    ecr = ecr_client(srv)
+    c = Client(srv.url, ("AWS", login_password(srv)))
+    repo = "fastlane/decisions"
+    c.push_image(repo, "v1", make_image(n_layers=1, layer_size=100))
+    arn = ecr.describe_repositories(repositoryNames=[repo])["repositories"][0]["repositoryArn"]
+    admin = f"arn:aws:iam::{arn.split(':')[4]}:user/admin"
+    path = f"/v2/{repo}/manifests/v1"
+    for _ in range(3):
+        assert c.get(path).status_code == 200
+    deny = {
+        "Version": "2012-10-17",
+        "Statement": [{"Sid": "no", "Effect": "Deny", "Principal": {"AWS": admin}, "Action": "ecr:BatchGetImage"}],
+    }
+    ecr.set_repository_policy(repositoryName=repo, policyText=json.dumps(deny))
+    assert [c.get(path).status_code for _ in range(3)] == [403] * 3  # (the first fills memory again)
+    ecr.delete_repository_policy(repositoryName=repo)
+    assert [c.get(path).status_code for _ in range(3)] == [200] * 3
+    registry_deny = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Sid": "no", "Effect": "Deny", "Principal": {"AWS": admin}, "Action": "ecr:BatchGetImage", "Resource": arn}
+        ],
+    }
+    ecr.put_registry_policy(policyText=json.dumps(registry_deny))
+    assert [c.get(path).status_code for _ in range(3)] == [403] * 3
+    ecr.delete_registry_policy()
+    assert [c.get(path).status_code for _ in range(3)] == [200] * 3
+    wait_for(lambda: c.get(path).status_code == 403, 10, "the token's expiry obeyed")

@@ -116,14 +116,20 @@ def registry_principal(request: web.Request) -> Principal | None:
     headers.)"""
     if PRINCIPAL in request:
         return request[PRINCIPAL]
+    return presented_principal(request)[0]
+
+
+def presented_principal(request: web.Request) -> tuple[Principal | None, float | None]:
+    """`registry_principal`, with when the token it was read from expires (None: no token)."""
     access = request.app[ACCESS]
     token = _presented_token(request)
-    principal = None
+    principal, expires_at = None, None
     if token:
-        principal = access.principal_for_token(token, lambda: registry_challenge(request))
+        principal, claims = access.verify_token(token, lambda: registry_challenge(request))
+        expires_at = claims.expires_at
         request[AUTHENTICATED] = True
     request[PRINCIPAL] = principal
-    return principal
+    return principal, expires_at
 
 
 async def token_endpoint(request: web.Request) -> web.Response:

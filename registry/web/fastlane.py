@@ -15,22 +15,24 @@ metrics see no difference, and neither does a client (tests/test_fastlane.py com
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import cast
 
 from aiohttp import web
 from aiohttp.web_urldispatcher import UrlMappingMatchInfo
+from multidict import CIMultiDictProxy
 
 from registry import oci
 from registry.auth.access import AccessControl
 from registry.auth.principals import Principal
-from registry.cache import BytesLRU
+from registry.cache import BytesLRU, LRUCache
 from registry.errors import RegistryError
 from registry.proxy.pullthrough import PullThrough
 from registry.service.images import ImageService
 from registry.service.registry_settings import RegistrySettings
-from registry.web.auth import condition_keys, registry_principal
+from registry.web.auth import condition_keys, presented_principal
 from registry.web.middleware import (
     API_VERSION_HEADER,
     InFlight,
@@ -39,8 +41,10 @@ from registry.web.middleware import (
 )
 from registry.web.oci_routes import LAYER_PULL, OCTET_STREAM, PULL, ROUTE_NAMES, ROUTES, SMALL_BLOB, dispatch
 from storage.coordination import ChangeFeed
+from storage.records import RepositoryRecord
 
 ServerHandler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+DECISIONS = 4096  # access decisions remembered (Authorization header, repository, action, connection facts)
 _READS = frozenset(("GET", "HEAD"))
 _MANIFEST_ROUTE = ROUTE_NAMES[ROUTES[0][0]]
 _BLOB_ROUTE = next(ROUTE_NAMES[pattern] for pattern, methods in ROUTES if "{digest}" in ROUTE_NAMES[pattern])
@@ -53,6 +57,7 @@ class FastLane:
         "access",
         "answered",
         "changes",
+        "decisions",
         "images",
         "in_flight",
         "match_info",
@@ -78,6 +83,7 @@ class FastLane:
         self.access, self.images, self.reader, self.small_blobs = access, images, reader, small_blobs
         self.settings, self.changes, self.in_flight, self.record = settings, changes, in_flight, record
         self.slow: ServerHandler | None = None
+        self.decisions = LRUCache(DECISIONS)  # see _authorized
         self.answered = 0  # requests the lane answered (metrics: moorage_http_fast_lane_requests)
         self.match_info: UrlMappingMatchInfo | None = None
 
@@ -131,19 +137,14 @@ class FastLane:
         except RegistryError:  # the full path says what is wrong with it
             return None
         principal = None
-        access = self.access
-        if access.enabled:
+        if self.access.enabled:
             repository = self.images.cached_repository(name)
             if repository is None:
                 return None
-            request._match_info = self.match_info  # (registry_principal reads request.app)
-            try:
-                principal = registry_principal(request)
-            except Exception:  # a bad or expired token: the full path renders its 401
-                return None
             # (With the replication header, the full path also allows ecr:ReplicateImage; pull suffices here, and
             # is all a replication changes for a manifest read without `[signing] enforce`.)
-            if not access.allowed(principal, action, name, repository.policy, condition_keys(request, principal)):
+            allowed, principal = self._authorized(request, headers, name, action[0], repository)
+            if not allowed:
                 return None
         rid = request_id(request)
         if route is _MANIFEST_ROUTE:
@@ -158,6 +159,37 @@ class FastLane:
         seconds = time.perf_counter() - start
         self.record(request, rid, route, 200, seconds, 0, resp.content_length or 0, principal, name, action[0])
         return resp
+
+    def _authorized(
+        self, request: web.Request, headers: CIMultiDictProxy[str], name: str, action: str, repository: RepositoryRecord
+    ) -> tuple[bool, Principal | None]:
+        """Whether the request may `action` on the repository, and its principal. A decision is remembered per
+        Authorization header, repository, action and connection facts (the condition keys), and reused while
+        everything it was made from stands: the token unexpired, the same principals, the same repository
+        record (its policy), the same registry policy. Refusals are not remembered (the full path renders them)."""
+        access = self.access
+        key = (headers.get("Authorization"), name, action, request.remote, request.secure)
+        registry_policy = access.registry_policy()
+        hit = self.decisions.get(key)
+        if hit is not None:
+            principal, expires_at, directory, record, policy = hit
+            if (
+                access.clock() < expires_at
+                and directory is access.directory
+                and record is repository
+                and policy == registry_policy
+            ):
+                return True, principal
+        request._match_info = self.match_info  # (the helpers shared with the full path read request.app)
+        try:
+            principal, token_expires = presented_principal(request)
+        except Exception:  # a bad or expired token: the full path renders its 401
+            return False, None
+        if not access.allowed(principal, (action,), name, repository.policy, condition_keys(request, principal)):
+            return False, None
+        expires_at = token_expires if token_expires is not None else math.inf
+        self.decisions.put(key, (principal, expires_at, access.directory, repository, registry_policy))
+        return True, principal
 
     def _manifest(
         self, request: web.Request, name: str, reference: str, principal: Principal | None, rid: str
