@@ -396,7 +396,7 @@ def create_app(config: Config, worker: int | None = None) -> web.Application:
         app.cleanup_ctx.append(jobs.every("lifecycle sweep", config.lifecycle.evaluation_interval, services.sweep))
         app.cleanup_ctx.append(jobs.every("garbage collection", config.gc.interval, services.collect))
     oci_routes.add_routes(app)
-    app[FAST_LANE] = FastLane(
+    app[FAST_LANE] = lane = FastLane(
         access=access,
         images=services.images,
         reader=services.pull_through,
@@ -406,6 +406,7 @@ def create_app(config: Config, worker: int | None = None) -> web.Application:
         in_flight=in_flight,
         record=recorder,
     )
+    services.metrics.fast_lane_answered = lambda: lane.answered
     health.add_routes(app)
     metrics.setup(app, services.metrics)
     console.setup(app)  # /console/ (and GET /), unless [console] enabled = false
@@ -453,9 +454,7 @@ async def serve(
     await runner.setup()
     assert runner.server is not None
     # Manifest and small-blob reads answered from memory before the Application's router (registry/web/fastlane).
-    lane = app[FAST_LANE]
-    runner.server.request_handler = lane.install(app, runner.server.request_handler)
-    app[metrics.METRICS].fast_lane_answered = lambda: lane.answered
+    runner.server.request_handler = app[FAST_LANE].install(app, runner.server.request_handler)
     # What start-up built (botocore's ECR model, the configuration, the console's templates: a heap of long-lived
     # objects) is moved out of the collector's sight: the full collections that small requests' garbage triggers
     # now and then no longer walk it.

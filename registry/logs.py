@@ -76,15 +76,14 @@ class LineWriter:
         while True:
             # Swapped, not copied: a line appended meanwhile lands in the list taken, which is written next.
             lines, self._lines = self._lines, []
+            wait = BATCH_INTERVAL
             if lines:
                 self._flush(lines)
                 quiet = 0
-                continue_after = BATCH_INTERVAL
             elif self._closing:
                 return
             else:
                 quiet += 1
-                continue_after = BATCH_INTERVAL
                 if quiet >= IDLE_AFTER:
                     # Idle first, then look once more: a `write` either lands before that look, or sees the flag
                     # and wakes us.
@@ -92,8 +91,8 @@ class LineWriter:
                     if self._lines or self._closing:
                         self._idle = False
                         continue
-                    continue_after = IDLE_RECHECK
-            self._wake.wait(continue_after)
+                    wait = IDLE_RECHECK
+            self._wake.wait(wait)
             self._wake.clear()
             if self._idle:
                 self._idle = False

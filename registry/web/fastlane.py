@@ -40,7 +40,16 @@ from registry.web.middleware import (
     Recorder,
     request_id,
 )
-from registry.web.oci_routes import LAYER_PULL, OCTET_STREAM, PULL, ROUTE_NAMES, ROUTES, SMALL_BLOB, dispatch
+from registry.web.oci_routes import (
+    LAYER_PULL,
+    PULL,
+    ROUTE_NAMES,
+    ROUTES,
+    SMALL_BLOB,
+    blob_headers,
+    dispatch,
+    manifest_headers,
+)
 from storage.coordination import ChangeFeed
 from storage.records import RepositoryRecord
 
@@ -210,17 +219,7 @@ class FastLane:
         self.reader.count_hit(name, "manifest")
         if request.method == "GET":
             images.note_pull(name, record.digest, principal.arn if principal is not None else None)
-        digest = record.digest
-        return web.Response(
-            body=record.body,
-            headers={
-                "Content-Type": record.media_type,
-                "Docker-Content-Digest": digest,
-                "ETag": f'"{digest}"',
-                API_VERSION_HEADER: "registry/2.0",  # (as `middleware.stamp` adds them on the full path)
-                "X-Request-Id": rid,
-            },
-        )
+        return web.Response(body=record.body, headers=_stamped(manifest_headers(record), rid))
 
     def _blob(self, name: str, digest: str, rid: str) -> web.Response | None:
         size = self.reader.cached_blob(name, digest)
@@ -230,15 +229,11 @@ class FastLane:
         if data is None or len(data) != size:
             return None
         self.reader.count_hit(name, "blob")
-        return web.Response(
-            body=data,
-            headers={
-                "Docker-Content-Digest": digest,
-                "Content-Type": OCTET_STREAM,
-                "Accept-Ranges": "bytes",
-                "ETag": f'"{digest}"',
-                "Cache-Control": "max-age=31536000",
-                API_VERSION_HEADER: "registry/2.0",
-                "X-Request-Id": rid,
-            },
-        )
+        return web.Response(body=data, headers=_stamped(blob_headers(digest), rid))
+
+
+def _stamped(headers: dict[str, str], rid: str) -> dict[str, str]:
+    """What `middleware.stamp` adds to a /v2 response on the full path, added before the response is built."""
+    headers[API_VERSION_HEADER] = "registry/2.0"
+    headers["X-Request-Id"] = rid
+    return headers
