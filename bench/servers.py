@@ -160,7 +160,17 @@ class Moorage(Server):
 
 
 class Distribution(Server):
-    def __init__(self, label: str, root: Path, *, proxy_url: str | None = None, access_log: bool = False) -> None:
+    def __init__(
+        self,
+        label: str,
+        root: Path,
+        *,
+        proxy_url: str | None = None,
+        access_log: bool = False,
+        storage: str | None = None,
+    ) -> None:
+        """`storage`: the storage driver's YAML mapping (one line, flow style); the filesystem under `root` if
+        None."""
         self.label = label
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
@@ -174,11 +184,12 @@ class Distribution(Server):
             if access_log
             else "{level: error, accesslog: {disabled: true}}"
         )
+        filesystem = f"filesystem: {{rootdirectory: {root / 'reg'}}}"
         text = (
             "version: 0.1\n"
             f"log: {log}\n"
             "storage:\n"
-            f"  filesystem: {{rootdirectory: {root / 'reg'}}}\n"
+            f"  {storage or filesystem}\n"
             "  delete: {enabled: true}\n"
             "  cache: {blobdescriptor: inmemory}\n"
             f"http: {{addr: {self.host}}}\n"
@@ -189,11 +200,14 @@ class Distribution(Server):
 
     def start(self) -> Distribution:
         self._log = open(self.log_path, "ab")
+        # (aws-sdk-go in its s3 driver panics on a custom CA bundle with its HTTP transport; plain HTTP here)
+        env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}
         self.proc = subprocess.Popen(
             [DISTRIBUTION_BIN, "serve", str(self.config_path)],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            env=env,
         )
         try:
             _wait_http(self.url + "/v2/", self.proc, f"docker-registry ({self.label})", self.log_path, 30)
@@ -298,6 +312,14 @@ class SeaweedFS(Server):
             f'access_key_id = "{seaweedfs.ACCESS_KEY}"\nsecret_access_key = "{seaweedfs.SECRET_KEY}"\n'
         )
         self.bucket = seaweedfs.BUCKET
+        # Distribution's s3 storage driver on the same service and bucket (its own root directory); blob GETs
+        # streamed through it, as Moorage's are without `redirect`.
+        self.distribution_storage = (
+            f"s3: {{accesskey: {seaweedfs.ACCESS_KEY}, secretkey: {seaweedfs.SECRET_KEY}, "
+            f"region: {seaweedfs.REGION}, regionendpoint: '{self.service.endpoint_url}', bucket: {self.bucket}, "
+            "rootdirectory: /distribution, secure: false, v4auth: true}\n"
+            "  redirect: {disable: true}"
+        )
 
     def start(self) -> SeaweedFS:
         from tests.services.seaweedfs import SeaweedFSUnavailable
