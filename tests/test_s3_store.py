@@ -221,7 +221,10 @@ def test_a_session_written_by_two_replicas_commits(bucket: Bucket):
                     assert left == [], f"replica {data_dir} keeps nothing of the session between requests: {left}"
             offsets = [sum(len(p) for p in pieces[:i]) for i in range(len(pieces))]
             names = sorted(k.rpartition("/")[2] for k in bucket.keys("uploads/u1/"))
-            assert names == [*(f"{offset:020d}" for offset in offsets), "session"], "a chunk per block, and the marker"
+            streamed = f"{offsets[1]:020d}.sha256"  # the 10 MiB block went in parts: its hash lies beside it
+            assert names == sorted([*(f"{offset:020d}" for offset in offsets), streamed, "session"]), (
+                "a chunk per block, the marker, and the hash of the chunk sent in parts"
+            )
             async with a.blobs.resume_upload("u1") as writer:
                 assert await writer.commit(digest(data)) == len(data), "the chunks of both replicas make the blob"
             assert await join(b.blobs.read(digest(data))) == data

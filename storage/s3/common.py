@@ -29,6 +29,7 @@ REDIRECT_TTL = 20 * 60  # seconds a presigned GET stays valid
 HEALTH_TIMEOUT = 3.0
 STALE_UPLOAD_AGE = 86400.0  # a multipart upload or a session's orphaned chunk this old belongs to nobody
 MARKER = "session"
+CHUNK_HASH_SUFFIX = ".sha256"  # beside a session's chunk sent in parts: its SHA-256 (hex)
 
 # Errors that mean "the endpoint could not be reached or did not answer in time".
 _UNREACHABLE: tuple[type[BaseException], ...] = (

@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 
 from storage.s3.common import (
     _TRANSLATED,
+    CHUNK_HASH_SUFFIX,
     COPY_LIMIT,
     COPY_PART,
     HEALTH_TIMEOUT,
@@ -343,6 +344,22 @@ class S3BlobStore:
                 )
             end += chunk.size
         return chunks
+
+    async def _chunk_sha256(self, chunk: _Chunk, upload_id: str) -> str:
+        """A chunk's recorded SHA-256 (hex): its metadata (one PutObject), or the object beside it (a chunk sent
+        in parts); "" when neither says (a chunk kept by an earlier version). Raises UploadNotFound."""
+        head = await self._call("head_object", f"reading {chunk.key}", missing=UploadNotFound(upload_id), Key=chunk.key)
+        recorded = str(head.get("Metadata", {}).get("sha256", ""))
+        if recorded:
+            return recorded
+        beside = chunk.key + CHUNK_HASH_SUFFIX
+        try:
+            response = await self._call("get_object", f"reading {beside}", missing=BlobNotFound(beside), Key=beside)
+            async with response["Body"] as body:
+                text = (await body.read(256)).decode("ascii", "replace").strip()
+        except BlobNotFound:
+            return ""
+        return text if len(text) == 64 and all(c in "0123456789abcdef" for c in text) else ""
 
     async def upload_size(self, upload_id: str) -> int:
         return sum(chunk.size for chunk in await self._chunks(upload_id))

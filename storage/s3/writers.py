@@ -1,18 +1,24 @@
 """The S3 blob store's writers: a fresh blob, an upload session's block, and the sink that puts an object (one
-PutObject, or a multipart upload with parts in parallel)."""
+PutObject, or a multipart upload with parts in parallel).
+
+A session's block (a PATCH) spools to a scratch file, and once a part's worth has landed there, the part is read
+back (from the page cache) and sent as the next part of the chunk's multipart upload while the rest arrives: at
+the end of the PATCH only the last part and the CompleteMultipartUpload are left. The chunk's SHA-256 (known
+only at its end) is stored beside it as `<chunk>.sha256` (a smaller chunk, one PutObject, carries it as its
+metadata), so that a commit of a one-chunk session checks the digest without reading the chunk again."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import hashlib
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from storage.errors import (
     DigestMismatch,
     StorageError,
-    UploadNotFound,
 )
 from storage.scratch import (
     READ_CHUNK,
@@ -23,6 +29,8 @@ if TYPE_CHECKING:
     from storage.s3.store import S3BlobStore
 
 from storage.s3.common import (
+    CHUNK_HASH_SUFFIX,
+    MAX_PARTS,
     PARALLEL_PARTS,
     PART_SIZE,
     _Chunk,
@@ -154,6 +162,72 @@ class S3SessionWriter(ScratchWriter):
         self.store = store
         self.upload_id = upload_id
         self.chunks = chunks
+        self._sink: _ObjectSink | None = None  # the block's multipart upload, once a part of it was sent
+        self._streamed = self.start  # the session offset up to which the block's bytes were handed to the sink
+        self._parts = 0
+        self._reader: int | None = None  # a read-only descriptor of the scratch file, for the parts
+        self._recorded: dict[str, str] = {}  # chunk key -> its SHA-256 (hex), for chunks this writer kept
+
+    def _next_part_size(self) -> int:
+        """PART_SIZE, growing with every 1,000 parts sent (a chunk of any size fits S3's 10,000 parts)."""
+        return PART_SIZE * (1 + self._parts // 1000)
+
+    async def write(self, data: bytes) -> None:
+        await super().write(data)
+        if self._size - self._streamed >= self._next_part_size():
+            await self._stream()
+
+    async def _stream(self) -> None:
+        """Send every whole part that has arrived (waiting for a free slot: the receive waits with it)."""
+        await self._flush_buffer(wait=True)  # the parts' bytes are in the file
+        if self._sink is None:
+            self._sink = _ObjectSink(self.store, self.store._chunk_key(self.upload_id, self.start))
+            self._reader = await asyncio.to_thread(os.open, self.path, os.O_RDONLY | os.O_CLOEXEC)
+        while self._size - self._streamed >= (size := self._next_part_size()):
+            await self._send_part(size)
+
+    async def _send_part(self, size: int) -> None:
+        assert self._sink is not None and self._reader is not None
+        if self._parts >= MAX_PARTS:
+            raise StorageError(f"upload {self.upload_id}: a chunk of over {MAX_PARTS} parts")
+        part = await asyncio.to_thread(os.pread, self._reader, size, self._streamed - self.start)
+        if not part:
+            raise StorageError(f"upload {self.upload_id}: its scratch file ends at {self._streamed - self.start}")
+        self._sink.part_size = len(part)
+        await self._sink.write(part)
+        self._streamed += len(part)
+        self._parts += 1
+
+    async def _keep_streamed(self, chunk_digest: str) -> _Chunk:
+        """The rest of the block's bytes as the last part; the chunk completed; its SHA-256 stored beside it."""
+        assert self._sink is not None and self._reader is not None
+        while part := await asyncio.to_thread(
+            os.pread, self._reader, self._next_part_size(), self._streamed - self.start
+        ):
+            self._sink.part_size = len(part)
+            await self._sink.write(part)
+            self._streamed += len(part)
+            self._parts += 1
+        sink, self._sink = self._sink, None
+        await sink.finish()
+        hexdigest = chunk_digest.partition(":")[2]
+        await self.store._call(
+            "put_object",
+            f"writing {sink.key}{CHUNK_HASH_SUFFIX}",
+            Key=sink.key + CHUNK_HASH_SUFFIX,
+            Body=hexdigest.encode(),
+        )
+        self._recorded[sink.key] = hexdigest
+        return _Chunk(sink.key, self.start, self._streamed - self.start)
+
+    async def _end_stream(self) -> None:
+        """Whatever was sent of a block that is not kept goes (its multipart upload aborted)."""
+        if self._sink is not None:
+            sink, self._sink = self._sink, None
+            await sink.abort()
+        if self._reader is not None:
+            reader, self._reader = self._reader, None
+            await asyncio.to_thread(os.close, reader)
 
     @property
     def ended(self) -> bool:
@@ -169,6 +243,9 @@ class S3SessionWriter(ScratchWriter):
         if written == 0:
             return
         chunk_digest = await self.file_digest("sha256")
+        if self._sink is not None:
+            await self._keep_streamed(chunk_digest)
+            return
         await self.store._upload_file(
             self.path,
             self.store._chunk_key(self.upload_id, self.start),
@@ -182,21 +259,23 @@ class S3SessionWriter(ScratchWriter):
         self._buffered = 0
         self._dirty = False
         await self._close()
+        await self._end_stream()
         await asyncio.to_thread(self.path.unlink, True)
 
     async def commit(self, expected: str) -> int:
         await self._sync()
         store = self.store
+        if self._sink is not None:  # parts of this block are sent: it is completed as a chunk, and committed so
+            await self._close()
+            chunk = await self._keep_streamed(await self.file_digest("sha256"))
+            self.chunks, self.start = [*self.chunks, chunk], self._size
         algorithm = expected.partition(":")[0]
         written = self._size - self.start
         key = store._blob_key(expected)
         if written == 0 and len(self.chunks) == 1 and algorithm == "sha256":
             # One chunk (a PATCH of the whole blob, then a PUT): its recorded hash decides, a copy installs it.
             chunk = self.chunks[0]
-            head = await store._call(
-                "head_object", f"reading {chunk.key}", missing=UploadNotFound(self.upload_id), Key=chunk.key
-            )
-            recorded = str(head.get("Metadata", {}).get("sha256", ""))
+            recorded = self._recorded.get(chunk.key) or await store._chunk_sha256(chunk, self.upload_id)
             if recorded:
                 actual = f"sha256:{recorded}"
                 if actual == expected and await store.stat(expected) is None:
@@ -263,5 +342,6 @@ class S3SessionWriter(ScratchWriter):
     async def abort(self) -> None:
         self.aborted = True
         await self._close()
+        await self._end_stream()
         await asyncio.to_thread(self.path.unlink, True)
         await self.store.delete_upload(self.upload_id)
