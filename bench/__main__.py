@@ -18,12 +18,19 @@ import time
 import traceback
 from pathlib import Path
 
-from bench import backends, fleet, report, scale, suite
+from bench import backends, fleet, pullthrough, report, scale, suite
 from bench.servers import BenchError, nginx_bin
 
-BENCHMARKS = {**suite.BENCHMARKS, **backends.BENCHMARKS, **scale.BENCHMARKS, **fleet.BENCHMARKS}
+BENCHMARKS = {
+    **suite.BENCHMARKS,
+    **pullthrough.BENCHMARKS,
+    **backends.BENCHMARKS,
+    **scale.BENCHMARKS,
+    **fleet.BENCHMARKS,
+}
 GROUPS = {
-    "headline": [*suite.BENCHMARKS, *backends.BENCHMARKS],  # both storage backends' numbers in one run
+    # both storage backends' numbers in one run
+    "headline": [*suite.BENCHMARKS, *pullthrough.BENCHMARKS, *backends.BENCHMARKS],
     "backends": list(backends.BENCHMARKS),
     "scale": list(scale.BENCHMARKS),
     "cold-start": list(fleet.BENCHMARKS),
