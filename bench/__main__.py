@@ -18,7 +18,7 @@ import time
 import traceback
 from pathlib import Path
 
-from bench import backends, fleet, pullthrough, report, scale, suite
+from bench import backends, fleet, pullthrough, render, report, scale, suite
 from bench.servers import BenchError, nginx_bin
 
 BENCHMARKS = {
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             for s, handler in old.items():
                 signal.signal(s, handler)
-    text = report.write(results, machine, command, args.out)
+    text = render.write(results, machine, command, args.out)
     print()
     print(text)
     print(f"bench: wrote {args.out} and {args.out.with_suffix('.json')}", flush=True)
