@@ -3,6 +3,7 @@
 Caches (both in front of `upstream`, a Distribution with its access log on; suite.py defines them):
   moorage-cache       Moorage with a pull-through rule `hub` -> upstream
   distribution-proxy  Distribution in proxy mode -> upstream
+and, for the PostgreSQL + S3 backend, backends.py's `moorage-pg-s3-cache` and `distribution-proxy-s3`.
 
 The floor of a warm pull (`nginx-static-pull`): nginx serving one image of the same shape read-only, as static
 files at a registry's paths (`/v2/` answering 200, the manifest by tag with Moorage's Content-Type and

@@ -1,5 +1,5 @@
-"""RESULTS.md and RESULTS.json: the tables of bench/report.py, and that of the warm pulls beside their floor, in
-the report's order.
+"""RESULTS.md and RESULTS.json: the tables of bench/report.py, and those of the performance issue's targets on
+PostgreSQL + S3 and of the warm pulls beside their floor, in the report's order.
 """
 
 from __future__ import annotations
@@ -10,17 +10,28 @@ from pathlib import Path
 
 from bench.report import (
     AUTH_COST,
+    BARE,
     BARE_SHARE,
+    DIST_PROXY_S3,
+    DIST_S3,
     DISTRIBUTION,
     DISTRIBUTION_TIMES,
     FLOOR,
     MOORAGE,
+    PG_S3,
+    PG_S3_AUTH,
+    PG_S3_CACHE,
+    PULL_TIMES,
+    PUSH_TIMES,
     REFERENCE_ROWS,
     REFERENCES,
     Results,
+    Row,
     _fmt,
     _md_table,
     _pct,
+    _share,
+    _word,
     backends_table,
     gain_share,
     main_table,
@@ -28,9 +39,102 @@ from bench.report import (
     reference_verdicts,
 )
 
+# The issue's targets on PostgreSQL + S3: per row, its Moorage column, its Distribution column, the ratio it must
+# reach (the GET rows have the reference targets instead: bare-aiohttp, Distribution, auth).
+PG_GET_ROWS = ("backend-manifest", "backend-small-blob")
+PG_RATIO_ROWS = {
+    "backend-push": (PG_S3, DIST_S3, PUSH_TIMES),
+    "pg-pt-cold": (PG_S3_CACHE, DIST_PROXY_S3, None),
+    "pg-pt-warm": (PG_S3_CACHE, DIST_PROXY_S3, PULL_TIMES),
+    "pg-pt-lean": (PG_S3_CACHE, DIST_PROXY_S3, PULL_TIMES),
+    "pg-pt-lean-8": (PG_S3_CACHE, DIST_PROXY_S3, None),
+}
+
+
+def pg_verdicts(results: Results) -> dict[str, dict[str, float | bool | None]]:
+    """Per row of the PostgreSQL + S3 targets: the shares and ratios, each target met (True), missed (False) or not
+    measured (None)."""
+    out: dict[str, dict[str, float | bool | None]] = {}
+    for key in PG_GET_ROWS:
+        if (row := results.rows.get(key)) is None or PG_S3 not in row.values:
+            continue
+        share, ratio, auth = _share(row, PG_S3, BARE), row.ratio(PG_S3, DIST_S3), _share(row, PG_S3_AUTH, PG_S3)
+        out[key] = {
+            "moorage_of_bare": share,
+            "moorage_auth_of_bare": _share(row, PG_S3_AUTH, BARE),
+            "ratio_to_distribution": ratio,
+            "ratio_auth_to_distribution": row.ratio(PG_S3_AUTH, DIST_S3),
+            "auth_of_auth_off": auth,
+            "bare_target_met": None if share is None else share >= BARE_SHARE,
+            "distribution_target_met": None if ratio is None else ratio >= DISTRIBUTION_TIMES,
+            "auth_target_met": None if auth is None else auth >= 1 - AUTH_COST,
+        }
+    for key, (moorage, distribution, minimum) in PG_RATIO_ROWS.items():
+        if (row := results.rows.get(key)) is None or moorage not in row.values:
+            continue
+        ratio = row.ratio(moorage, distribution)
+        met = None if ratio is None or minimum is None else ratio >= minimum
+        out[key] = {"ratio_to_distribution": ratio, "target": minimum, "target_met": met}
+    return out
+
+
+def _rss(row: Row, labels: tuple[str, ...]) -> str:
+    return " / ".join(_fmt(max(row.rss[lb]), ".0f") if row.rss.get(lb) else "—" for lb in labels)
+
+
+def pg_table(results: Results) -> list[str]:
+    """The issue's targets on PostgreSQL + S3: the GETs against bare-aiohttp and distribution-s3 (with auth), the
+    push against distribution-s3, the warm pulls through moorage-pg-s3-cache against distribution-proxy-s3."""
+    headers = [
+        "benchmark",
+        "unit",
+        "Moorage",
+        "Moorage (auth)",
+        "Distribution",
+        "bare-aiohttp",
+        f"Moorage ÷ bare-aiohttp (target ≥ {BARE_SHARE:.0%})",
+        "ratio to Distribution",
+        f"auth on ÷ off (target ≥ {1 - AUTH_COST:.0%})",
+        "target",
+        "met",
+        "bytes per response (M / M auth / D / bare)",
+        "peak RSS MiB (M / M auth / D / bare)",
+        "notes",
+    ]
+    sizes = results.samples.get("bytes_per_response", {})
+    rows = []
+    for key, v in pg_verdicts(results).items():
+        row = results.rows[key]
+        ratio = v["ratio_to_distribution"]
+        ratio_text = "—" if ratio is None else f"{ratio:.2f}x"
+        if key in PG_GET_ROWS:
+            labels = (PG_S3, PG_S3_AUTH, DIST_S3, BARE)
+            size = sizes.get(key, {}) if isinstance(sizes, dict) else {}
+            auth_ratio = v["ratio_auth_to_distribution"]
+            cells = [
+                f"{_pct(v['moorage_of_bare'])} (auth {_pct(v['moorage_auth_of_bare'])})",
+                ratio_text + ("" if auth_ratio is None else f" (auth {auth_ratio:.2f}x)"),
+                _pct(v["auth_of_auth_off"]),
+                f"≥ {BARE_SHARE:.0%} of bare, ≥ {DISTRIBUTION_TIMES:g}x, auth ≥ {1 - AUTH_COST:.0%}",
+                f"bare: {_word(v['bare_target_met'])} / {DISTRIBUTION_TIMES:g}x: "
+                f"{_word(v['distribution_target_met'])} / auth: {_word(v['auth_target_met'])}",
+                " / ".join(str(size.get(lb, "—")) for lb in labels),
+            ]
+        else:
+            moorage, distribution, minimum = PG_RATIO_ROWS[key]
+            labels = (moorage, "", distribution, "")
+            target = "" if minimum is None else f"≥ {minimum:g}x"
+            met = "" if minimum is None else _word(v["target_met"])
+            cells = ["—", ratio_text, "—", target, met, "—"]
+        values = [_fmt(row.median(lb), row.fmt) if lb else "—" for lb in labels]
+        rows.append([row.title, row.unit, *values, *cells, _rss(row, labels), "; ".join(row.notes)])
+    return _md_table(headers, rows)
+
+
 # The warm pulls beside their floor: (row, backend, Moorage column, Distribution column).
 FLOOR_ROWS = [
     *((key, "SQLite + filesystem", MOORAGE, DISTRIBUTION) for key in ("pt-warm", "pt-lean", "pt-lean-8")),
+    *((key, "PostgreSQL + S3", PG_S3_CACHE, DIST_PROXY_S3) for key in ("pg-pt-warm", "pg-pt-lean", "pg-pt-lean-8")),
 ]
 
 
@@ -126,6 +230,21 @@ def render(results: Results, machine: dict[str, str], command: str) -> str:
             "",
         ]
         lines += backends_table(results)
+    if pg_verdicts(results):
+        lines += ["", f"## The performance issue's targets on PostgreSQL + S3 (medians of {results.runs} run(s))", ""]
+        lines += [
+            "The same targets as on the default backend, in the same run: `Moorage` is `moorage-pg-s3` (auth off), "
+            "`Moorage (auth)` a second replica on the same database and bucket with auth on (a token on every "
+            "request), `Distribution` is Distribution on its s3 storage driver on the same SeaweedFS bucket "
+            "(`distribution-s3`, its own root directory, blob GETs streamed), and `bare-aiohttp` the reference app "
+            "answering with the bytes Moorage sent (the bytes per response show it; the GET rows are the storage "
+            "backends' table's, measured together). For the pull rows, `Moorage` is `moorage-pg-s3-cache`, a "
+            "pull-through cache on PostgreSQL (a database of its own in the same cluster) and the bucket, and "
+            "`Distribution` is `distribution-proxy-s3`, Distribution in proxy mode on its s3 driver; both in front "
+            "of the same upstream.",
+            "",
+        ]
+        lines += pg_table(results)
     if any(row and FLOOR in row.values for key, *_ in FLOOR_ROWS if (row := results.rows.get(key))):
         lines += ["", f"## Warm pull-through beside its floor (medians of {results.runs} run(s))", ""]
         lines += [
@@ -173,6 +292,7 @@ def write(results: Results, machine: dict[str, str], command: str, out: Path) ->
         "tables": [{"title": t.title, "headers": t.headers, "rows": t.rows} for t in results.tables],
         "samples": results.samples,
         "reference_targets": reference_verdicts(results),
+        "pg_s3_targets": pg_verdicts(results),
         "notes": results.notes,
     }
     out.with_suffix(".json").write_text(json.dumps(raw, indent=1, default=str))

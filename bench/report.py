@@ -19,6 +19,10 @@ MOORAGE, MOORAGE_AUTH, DISTRIBUTION = "moorage", "moorage-auth", "distribution"
 # a second replica on the same database and bucket whose blob GETs answer 307 to a presigned URL.
 PG_S3, PG_S3_REDIRECT = "moorage-pg-s3", "moorage-pg-s3-redirect"
 BACKENDS = (MOORAGE, PG_S3, PG_S3_REDIRECT)
+# The targets on PostgreSQL + S3 (bench/backends.py): a replica with auth on, Distribution on its s3 driver
+# on the same SeaweedFS, and a pull-through cache of each on them.
+PG_S3_AUTH, DIST_S3 = "moorage-pg-s3-auth", "distribution-s3"
+PG_S3_CACHE, DIST_PROXY_S3 = "moorage-pg-s3-cache", "distribution-proxy-s3"
 # The floor of a warm pull (bench/pullthrough.py): nginx serving the image as static files at a registry's paths.
 FLOOR = "nginx-static-pull"
 SUBJECTS = (MOORAGE, MOORAGE_AUTH)  # what targets are checked for
@@ -29,8 +33,8 @@ BARE, NGINX_STATIC = "bare-aiohttp", "nginx-static"
 REFERENCES = (BARE, NGINX_STATIC)
 REFERENCE_ROWS = ("manifest", "small-blob")
 BARE_SHARE, DISTRIBUTION_TIMES, AUTH_COST = 0.70, 10.0, 0.10
-# The target for a warm pull-through pull: ≥ 1.5x Distribution's proxy mode.
-PULL_TIMES = 1.5
+# The other targets: a 256 MiB push ≥ 1.3x Distribution, a warm pull-through pull ≥ 1.5x its proxy mode.
+PUSH_TIMES, PULL_TIMES = 1.3, 1.5
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
