@@ -18,12 +18,19 @@ import time
 import traceback
 from pathlib import Path
 
-from bench import backends, fleet, report, scale, suite
+from bench import backends, fleet, pullthrough, render, report, scale, suite
 from bench.servers import BenchError, nginx_bin
 
-BENCHMARKS = {**suite.BENCHMARKS, **backends.BENCHMARKS, **scale.BENCHMARKS, **fleet.BENCHMARKS}
+BENCHMARKS = {
+    **suite.BENCHMARKS,
+    **pullthrough.BENCHMARKS,
+    **backends.BENCHMARKS,
+    **scale.BENCHMARKS,
+    **fleet.BENCHMARKS,
+}
 GROUPS = {
-    "headline": [*suite.BENCHMARKS, *backends.BENCHMARKS],  # both storage backends' numbers in one run
+    # both storage backends' numbers in one run
+    "headline": [*suite.BENCHMARKS, *pullthrough.BENCHMARKS, *backends.BENCHMARKS],
     "backends": list(backends.BENCHMARKS),
     "scale": list(scale.BENCHMARKS),
     "cold-start": list(fleet.BENCHMARKS),
@@ -140,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             for s, handler in old.items():
                 signal.signal(s, handler)
-    text = report.write(results, machine, command, args.out)
+    text = render.write(results, machine, command, args.out)
     print()
     print(text)
     print(f"bench: wrote {args.out} and {args.out.with_suffix('.json')}", flush=True)

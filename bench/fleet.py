@@ -19,9 +19,10 @@ import os
 import statistics
 from collections import Counter
 
+from bench.pullthrough import _caches, _pt_name
 from bench.report import DISTRIBUTION, MOORAGE, Table
 from bench.rss import sampling
-from bench.suite import Bench, _caches, _pt_name
+from bench.suite import Bench
 from tests.fleet import run_fleet
 from tests.upstreams import push_image
 

@@ -1,10 +1,10 @@
 """Results: rows of samples per server, their medians and Moorage/Distribution ratios, targets met or missed,
-the scale curves, and the machine they ran on; rendered as Markdown (RESULTS.md) and JSON (raw samples).
+the scale curves, and the machine they ran on; the main, reference and storage backends' tables in Markdown
+(bench/render.py puts RESULTS.md and the JSON of raw samples together).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import statistics
@@ -19,6 +19,12 @@ MOORAGE, MOORAGE_AUTH, DISTRIBUTION = "moorage", "moorage-auth", "distribution"
 # a second replica on the same database and bucket whose blob GETs answer 307 to a presigned URL.
 PG_S3, PG_S3_REDIRECT = "moorage-pg-s3", "moorage-pg-s3-redirect"
 BACKENDS = (MOORAGE, PG_S3, PG_S3_REDIRECT)
+# The issue's targets on PostgreSQL + S3 (bench/backends.py): a replica with auth on, Distribution on its s3 driver
+# on the same SeaweedFS, and a pull-through cache of each on them.
+PG_S3_AUTH, DIST_S3 = "moorage-pg-s3-auth", "distribution-s3"
+PG_S3_CACHE, DIST_PROXY_S3 = "moorage-pg-s3-cache", "distribution-proxy-s3"
+# The floor of a warm pull (bench/pullthrough.py): nginx serving the image as static files at a registry's paths.
+FLOOR = "nginx-static-pull"
 SUBJECTS = (MOORAGE, MOORAGE_AUTH)  # what targets are checked for
 # The reference lines of the manifest and small-blob GETs (bench/bare_server.py; nginx serving the same bytes as
 # static files), with as many processes as Moorage runs, and the performance issue's targets for those rows:
@@ -27,11 +33,22 @@ BARE, NGINX_STATIC = "bare-aiohttp", "nginx-static"
 REFERENCES = (BARE, NGINX_STATIC)
 REFERENCE_ROWS = ("manifest", "small-blob")
 BARE_SHARE, DISTRIBUTION_TIMES, AUTH_COST = 0.70, 10.0, 0.10
+# The issue's other targets: a 256 MiB push ≥ 1.3x Distribution, a warm pull-through pull ≥ 1.5x its proxy mode.
+PUSH_TIMES, PULL_TIMES = 1.3, 1.5
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def median(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
+
+
+def gain_share(moorage: float | None, distribution: float | None, floor: float | None) -> float | None:
+    """The share of the possible gain over Distribution Moorage reaches, of times with a floor below both:
+    (Distribution - Moorage) ÷ (Distribution - floor). None when Distribution is within 10% of the floor: there is
+    too little to gain for a share to mean anything."""
+    if moorage is None or distribution is None or floor is None or distribution - floor < 0.1 * floor:
+        return None
+    return (distribution - moorage) / (distribution - floor)
 
 
 @dataclass
@@ -361,99 +378,3 @@ def backends_table(results: Results) -> list[str]:
             ]
         )
     return _md_table(headers, rows)
-
-
-def render(results: Results, machine: dict[str, str], command: str) -> str:
-    lines = ["# Moorage vs Distribution: benchmark results", ""]
-    if results.quick:
-        lines += ["**`--quick` run: tiny sizes, one run, short durations. A smoke test, not a measurement.**", ""]
-    if results.interrupted:
-        lines += ["**Interrupted: the tables hold what finished.**", ""]
-    lines += [f"Command: `{command}`. Duration: {time.time() - results.started:.0f} s.", ""]
-    lines += ["## Machine", ""]
-    lines += _md_table(["", ""], [[k, v] for k, v in machine.items()])
-    lines += ["", f"## Medians of {results.runs} run(s)", ""]
-    lines += [
-        "Ratio = Moorage ÷ Distribution for rates; Distribution ÷ Moorage for times and counts; so above 1x "
-        "always means Moorage did better. `ratio (auth)` compares Moorage with auth on (a token in "
-        "`Authorization: Basic`) to Distribution without auth. Peak RSS is the largest VmRSS sampled every "
-        "20 ms during the runs, summed over a server's processes (Moorage runs its default `workers = 0`: a "
-        "supervisor and one worker per CPU).",
-        "",
-    ]
-    if any(not row.section for row in results.rows.values()):
-        lines += main_table(results)
-    else:
-        lines.append("(no benchmark rows)")
-    if any(label in row.values for key in REFERENCE_ROWS if (row := results.rows.get(key)) for label in REFERENCES):
-        processes = results.samples.get("reference_processes", "?")
-        lines += ["", f"## Reference lines: manifest and small-blob GET (medians of {results.runs} run(s))", ""]
-        lines += [
-            f"In the same runs as the table above, interleaved with it: `bare-aiohttp` is a bare aiohttp app on uvloop "
-            "(bench/bare_server.py: two routes, no middleware, no access log, no auth) answering from memory with "
-            "the very bytes and header fields Moorage sent for the same GET; `nginx-static` is nginx serving those "
-            "bytes as static files (open_file_cache, no access log): the least a GET costs on this machine. Both "
-            f"run {processes} serving process(es), as Moorage does here (`workers = 0`: one per usable CPU, up to "
-            "4), on one shared listening socket. Targets (from the performance issue): Moorage ≥ "
-            f"{BARE_SHARE:.0%} of bare-aiohttp, ≥ {DISTRIBUTION_TIMES:g}x Distribution, and with auth on (a "
-            f"token on every request) at least {1 - AUTH_COST:.0%} of its req/s with auth off. Bytes per response "
-            "(headers and body, from wrk) show what each sent: Moorage and bare-aiohttp the same bytes; nginx adds "
-            "`Last-Modified` and its own `Server`.",
-            "",
-        ]
-        lines += reference_table(results)
-    if any(row.section == "backends" for row in results.rows.values()):
-        lines += [
-            "",
-            f"## Storage backends: SQLite + filesystem vs PostgreSQL + S3 (medians of {results.runs} run(s))",
-            "",
-        ]
-        lines += [
-            "Moorage (auth off, its default workers) on its default backend, SQLite and the data dir's filesystem, "
-            "beside Moorage on PostgreSQL (a local cluster, fsync on) and S3 (a local SeaweedFS), all in this "
-            "run on this machine. `PG + S3, redirect` is a second replica on the same database and bucket whose "
-            "blob GETs answer 307 to a presigned URL, which the client follows (measured end to end). Ratio = "
-            "PostgreSQL + S3 ÷ SQLite for rates, SQLite ÷ PostgreSQL + S3 for times: above 1x means the shared "
-            "backend did better.",
-            "",
-        ]
-        lines += backends_table(results)
-    for table in results.tables:
-        lines += ["", f"## {table.title}", ""]
-        if table.note:
-            lines += [table.note, ""]
-        lines += _md_table(table.headers, table.rows)
-    if results.notes:
-        lines += ["", "## Notes and errors", ""]
-        lines += [f"- {n}" for n in results.notes]
-    return "\n".join(lines) + "\n"
-
-
-def write(results: Results, machine: dict[str, str], command: str, out: Path) -> str:
-    text = render(results, machine, command)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
-    raw = {
-        "machine": machine,
-        "command": command,
-        "runs": results.runs,
-        "quick": results.quick,
-        "interrupted": results.interrupted,
-        "rows": {
-            k: {
-                "title": r.title,
-                "unit": r.unit,
-                "better": r.better,
-                "section": r.section,
-                "values": r.values,
-                "rss_mib": r.rss,
-            }
-            for k, r in results.rows.items()
-        },
-        "tables": [{"title": t.title, "headers": t.headers, "rows": t.rows} for t in results.tables],
-        "samples": results.samples,
-        "reference_targets": reference_verdicts(results),
-        "notes": results.notes,
-    }
-    out.with_suffix(".json").write_text(json.dumps(raw, indent=1, default=str))
-    return text

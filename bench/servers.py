@@ -4,7 +4,8 @@
   logs in once (GetAuthorizationToken) and hands out `Authorization: Basic base64(AWS:<token>)`.
 - `Distribution`: `docker-registry serve` (CNCF Distribution 2.8) with its own YAML config: a plain registry
   (in-memory blob descriptor cache as in Debian's default config, no per-request logging), optionally in
-  proxy mode (`proxy: {remoteurl: ...}`), optionally with its access log on (the local upstream).
+  proxy mode (`proxy: {remoteurl: ...}`), optionally with its access log on (the local upstream), on the filesystem
+  or on its s3 driver (`storage=SeaweedFS.distribution_storage_at(root directory)`).
 - `SendfileBaseline`: the physical limit for a large blob GET: nginx (`sendfile on`, one process) when
   installed, else `python -m bench.sendfile_server` (a socket server answering GET with os.sendfile).
 - The reference lines of the manifest and small-blob GETs, each answering with Moorage's own bytes and header
@@ -267,7 +268,7 @@ class Postgres(Server):
         self.dsn = ""
 
     @property
-    def port(self) -> int:
+    def port(self) -> int:  # type: ignore[override]
         return self.cluster.port
 
     def start(self) -> Postgres:
@@ -281,6 +282,16 @@ class Postgres(Server):
         c._check("createdb", c._run("createdb", "-h", "127.0.0.1", "-p", str(c.port), "-U", USER, DATABASE))
         self.dsn = c.dsn
         return self
+
+    def create_database(self, name: str) -> str:
+        """Another database in the cluster (for a server that must not share the first one's); its DSN."""
+        from tests.services.postgres import USER
+
+        c = self.cluster
+        made = c._run("createdb", "-h", "127.0.0.1", "-p", str(c.port), "-U", USER, name)
+        if "already exists" not in made.stderr:  # made by an earlier try to start the server that uses it
+            c._check("createdb", made)
+        return self.dsn.rsplit("/", 1)[0] + f"/{name}"
 
     @property
     def pid(self) -> int | None:
@@ -314,10 +325,17 @@ class SeaweedFS(Server):
         self.bucket = seaweedfs.BUCKET
         # Distribution's s3 storage driver on the same service and bucket (its own root directory); blob GETs
         # streamed through it, as Moorage's are without `redirect`.
-        self.distribution_storage = (
+        self.distribution_storage = self.distribution_storage_at("/distribution")
+
+    def distribution_storage_at(self, rootdirectory: str) -> str:
+        """Distribution's s3 storage (`Distribution(storage=...)`) under `rootdirectory` of the bucket: each
+        Distribution of a run needs its own."""
+        from tests.services import seaweedfs
+
+        return (
             f"s3: {{accesskey: {seaweedfs.ACCESS_KEY}, secretkey: {seaweedfs.SECRET_KEY}, "
             f"region: {seaweedfs.REGION}, regionendpoint: '{self.service.endpoint_url}', bucket: {self.bucket}, "
-            "rootdirectory: /distribution, secure: false, v4auth: true}\n"
+            f"rootdirectory: {rootdirectory}, secure: false, v4auth: true}}\n"
             "  redirect: {disable: true}"
         )
 
@@ -338,10 +356,13 @@ class SeaweedFS(Server):
         self.service.stop()
 
 
-def shared_backend_config(postgres: Postgres, s3: SeaweedFS, *, redirect: bool) -> str:
-    """[storage] for a replica on the PostgreSQL database and the bucket (every replica of a run shares both)."""
+def shared_backend_config(
+    postgres: Postgres, s3: SeaweedFS, *, redirect: bool, dsn: str | None = None, prefix: str = "bench"
+) -> str:
+    """[storage] for a replica on the PostgreSQL database and the bucket (every replica of a run shares both; a
+    server of its own passes another database's `dsn` and another `prefix` in the bucket)."""
     return (
-        f'[storage]\nmetadata = "{postgres.dsn}"\nblobs = "s3://{s3.bucket}/bench"\n'
+        f'[storage]\nmetadata = "{dsn or postgres.dsn}"\nblobs = "s3://{s3.bucket}/{prefix}"\n'
         f"[storage.s3]\n{s3.s3_config}redirect = {str(redirect).lower()}\n"
     )
 
@@ -482,6 +503,7 @@ class NginxStatic(SendfileBaseline):
         self.label = label
         self.workers = workers
         self.answers = answers
+        self.extra_locations = ""  # more `location` blocks, as nginx.conf lines
         for answer in answers:
             path = self.root / answer.path.lstrip("/")
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -496,6 +518,7 @@ class NginxStatic(SendfileBaseline):
                 f"add_header {k} {_nginx_string(v)};" for k, v in answer.headers.items() if k.lower() not in NGINX_OWN
             ]
             locations += f"        location = {answer.path} {{ {' '.join(lines)} }}\n"
+        locations += self.extra_locations
         http = "    etag off;\n    open_file_cache max=64 inactive=600s;\n    open_file_cache_valid 600s;\n"
         return nginx_conf(self.dir, self.port, self.root, workers=self.workers, http=http, locations=locations)
 

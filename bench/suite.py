@@ -15,9 +15,6 @@ Runs are interleaved (run 1 on every server, then run 2 ...) so drift in the mac
 
 from __future__ import annotations
 
-import shutil
-import statistics
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,7 +49,14 @@ from bench.servers import (
 
 HEADLINE = (MOORAGE, MOORAGE_AUTH, DISTRIBUTION)
 CACHE_PREFIX = "hub"
-WARM_PULLS = 3  # warm pulls per run; the run's value is their median
+
+
+def cache_config(upstream_url: str) -> str:
+    """The config of a Moorage pull-through cache: the rule `hub` -> the upstream (on loopback)."""
+    return (
+        '[pull_through]\nallowed_upstreams = ["127.0.0.1"]\n[[pull_through.rules]]\n'
+        f'ecr_repository_prefix = "{CACHE_PREFIX}"\nupstream_registry_url = "{upstream_url}"\n'
+    )
 
 
 @dataclass(frozen=True)
@@ -146,14 +150,7 @@ class Bench:
         lab.define("upstream", lambda: Distribution("upstream", workdir / "upstream", access_log=True))
         lab.define(
             "moorage-cache",
-            lambda: Moorage(
-                "moorage-cache",
-                workdir / "moorage-cache",
-                extra_config=(
-                    '[pull_through]\nallowed_upstreams = ["127.0.0.1"]\n[[pull_through.rules]]\n'
-                    f'ecr_repository_prefix = "{CACHE_PREFIX}"\nupstream_registry_url = "{self.upstream.url}"\n'
-                ),
-            ),
+            lambda: Moorage("moorage-cache", workdir / "moorage-cache", extra_config=cache_config(self.upstream.url)),
         )
         lab.define(
             "distribution-proxy",
@@ -452,126 +449,10 @@ def rss_large(b: Bench) -> None:
     row.notes.append("speed of that GET: " + ", ".join(f"{lb} {max(v):.2f} GB/s" for lb, v in speeds.items()))
 
 
-def _pt_name(server: Server, repo: str) -> str:
-    return f"{CACHE_PREFIX}/{repo}" if isinstance(server, Moorage) else repo
-
-
-def _caches() -> list[tuple[str, str]]:
-    return [(MOORAGE, "moorage-cache"), (DISTRIBUTION, "distribution-proxy")]
-
-
-def _pull(b: Bench, server: Server, name: str, dest: Path) -> float:
-    try:
-        return b.skopeo.copy(f"docker://{server.host}/{name}:v1", f"dir:{dest}", src_creds=server.creds)
-    finally:
-        shutil.rmtree(dest, ignore_errors=True)
-
-
-def pull_through(b: Bench) -> None:
-    total = sum(b.plan.pt_layers) / MiB
-    shape = f"{len(b.plan.pt_layers)} layers, {total:.0f} MiB"
-    cold = b.results.row("pt-cold", f"pull-through cold pull ({shape})", "s", better="lower", fmt=".2f")
-    warm = b.results.row(
-        "pt-warm", f"pull-through warm pull ({shape})", "s", better="lower", fmt=".2f", target=ratio_target(1)
-    )
-    upstream = b.upstream
-    fetches: dict[str, list[float]] = {}
-    for i in range(b.plan.runs):
-        image = b.image(f"pt-{i}", list(b.plan.pt_layers))
-        repo = f"pt/img-{i}"
-        b.push(upstream, image, repo)
-        for column, label in _caches():
-            server = b.server(label)
-            name = _pt_name(server, repo)
-            offset = upstream.log_size()
-            with sampling(server) as rss:
-                seconds = _pull(b, server, name, b.workdir / "pulled")
-            cold.add(column, seconds, rss.peak.get(label))
-            gets = [a for a in upstream.accesses_since(offset) if a[0] == "GET" and f"/{repo}/blobs/" in a[1]]
-            fetches.setdefault(column, []).append(len(gets) / len(image.blob_digests))
-            with sampling(server) as rss:  # a warm pull is short and skopeo-bound: the median of a few
-                seconds = statistics.median(_pull(b, server, name, b.workdir / "pulled") for _ in range(WARM_PULLS))
-            warm.add(column, seconds, rss.peak.get(label))
-    warm.notes.append(f"each run: the median of {WARM_PULLS} warm pulls")
-    cold.notes.append("upstream blob GETs per blob: " + ", ".join(f"{c} {max(v):.2f}" for c, v in fetches.items()))
-    b.results.samples["pt_cold_upstream_gets_per_blob"] = fetches
-
-
-def fanout(b: Bench) -> None:
-    n = b.plan.fanout
-
-    def exactly_one(row: Row, label: str) -> bool | None:
-        values = row.values.get(label)
-        return None if not values else all(v == 1.0 for v in values)
-
-    row = b.results.row(
-        "fanout-fetches",
-        f"upstream blob GETs per blob, {n} concurrent cold pulls",
-        "count",
-        better="lower",
-        fmt=".2f",
-        target=Target("exactly 1", exactly_one),
-    )
-    wall = b.results.row("fanout-time", f"{n} concurrent cold pulls, slowest", "s", better="lower", fmt=".2f")
-    upstream = b.upstream
-    details = []
-    for i in range(b.plan.runs):
-        image = b.image(f"fan-{i}", list(b.plan.pt_layers))
-        repo = f"pt/fan-{i}"
-        b.push(upstream, image, repo)
-        for column, label in _caches():
-            server = b.server(label)
-            name = _pt_name(server, repo)
-            offset = upstream.log_size()
-            dests = [b.workdir / f"fan-{j}" for j in range(n)]
-            jobs = [(f"docker://{server.host}/{name}:v1", f"dir:{d}", server.creds) for d in dests]
-            try:
-                with sampling(server) as rss:
-                    times = b.skopeo.copy_concurrently(jobs)
-            finally:
-                for d in dests:
-                    shutil.rmtree(d, ignore_errors=True)
-            accesses = upstream.accesses_since(offset)
-            blob_gets = Counter(
-                a[1].rsplit("/", 1)[1] for a in accesses if a[0] == "GET" and f"/v2/{repo}/blobs/" in a[1]
-            )
-            heads = sum(1 for a in accesses if a[0] == "HEAD" and f"/v2/{repo}/blobs/" in a[1])
-            manifests = sum(1 for a in accesses if f"/v2/{repo}/manifests/" in a[1])
-            missing = [d for d in image.blob_digests if d not in blob_gets]
-            per_blob = sum(blob_gets[d] for d in image.blob_digests) / len(image.blob_digests)
-            row.add(column, per_blob, rss.peak.get(label))
-            wall.add(column, max(times), rss.peak.get(label))
-            details.append(
-                {
-                    "run": i,
-                    "server": label,
-                    "blob_gets": dict(blob_gets),
-                    "blob_heads": heads,
-                    "manifest_requests": manifests,
-                    "never_fetched": missing,
-                }
-            )
-            print(
-                f"  {label}: {sum(blob_gets.values())} blob GETs for {len(image.blob_digests)} blobs "
-                f"(max {max(blob_gets.values(), default=0)} per blob), {heads} blob HEADs, "
-                f"{manifests} manifest requests upstream",
-                flush=True,
-            )
-    b.results.samples["fanout"] = details
-    for column, label in _caches():
-        runs = [d for d in details if d["server"] == label]
-        if runs:
-            worst = max(max(d["blob_gets"].values(), default=0) for d in runs)  # type: ignore[union-attr]
-            mans = max(int(d["manifest_requests"]) for d in runs)  # type: ignore[call-overload]
-            row.notes.append(f"{column}: max {worst} GETs for one blob, {mans} manifest requests")
-
-
 BENCHMARKS = {
     "manifest": manifest_get,
     "small-blob": small_blob_get,
     "push": push,
     "large-blob": large_blob_get,
     "rss": rss_large,
-    "pull-through": pull_through,
-    "fanout": fanout,
 }
