@@ -23,9 +23,11 @@ from bench.load import Skopeo, Wrk, WrkResult, blob_gets, check_get, upload_file
 from bench.report import (
     BARE,
     DISTRIBUTION,
+    DISTRIBUTION_TIMES,
     MOORAGE,
     MOORAGE_AUTH,
     NGINX_STATIC,
+    PUSH_TIMES,
     REFERENCES,
     Results,
     Row,
@@ -291,7 +293,7 @@ def manifest_get(b: Bench) -> None:
         "manifest",
         f"manifest GET by tag (wrk -c{b.plan.connections})",
         "req/s",
-        target=ratio_target(5),
+        target=ratio_target(DISTRIBUTION_TIMES),
     )
     path = "/v2/bench/small/manifests/v1"
     paths = {}
@@ -308,7 +310,7 @@ def small_blob_get(b: Bench) -> None:
         "small-blob",
         f"small blob GET, {size / 1024:.1f} KiB (wrk -c{b.plan.connections})",
         "req/s",
-        target=ratio_target(3),
+        target=ratio_target(DISTRIBUTION_TIMES),
     )
     path = f"/v2/bench/small/blobs/{image.layer_digests[0]}"
     paths = {}
@@ -330,7 +332,7 @@ def push(b: Bench) -> None:
         "s",
         better="lower",
         fmt=".2f",
-        target=ratio_target(1),
+        target=ratio_target(PUSH_TIMES),
     )
     servers = [b.server(label) for label in HEADLINE]
     for i in range(b.plan.runs):
