@@ -133,7 +133,10 @@ class FilesystemBlobStore:
             await asyncio.to_thread(fh.close)
 
     # -- fresh and shared writers --------------------------------------------------------------------
-    def writer(self, *, shared: str | None = None, size: int | None = None) -> AbstractAsyncContextManager[FileWriter]:
+    def writer(
+        self, *, shared: str | None = None, size: int | None = None, expected: str | None = None
+    ) -> AbstractAsyncContextManager[FileWriter]:
+        """(`expected` changes nothing here: the file is renamed into place at the commit.)"""
         return scratch_writer(
             self._uploads,
             shared,

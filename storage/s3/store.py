@@ -305,12 +305,17 @@ class S3BlobStore:
             raise
 
     # -- fresh and shared writers --------------------------------------------------------------------
-    def writer(self, *, shared: str | None = None, size: int | None = None) -> AbstractAsyncContextManager[S3Writer]:
+    def writer(
+        self, *, shared: str | None = None, size: int | None = None, expected: str | None = None
+    ) -> AbstractAsyncContextManager[S3Writer]:
+        """With `expected` (the digest the commit will name), the bytes go to the blob's key while they arrive."""
         return scratch_writer(
             self._scratch,
             shared,
             size,
-            lambda path, fd: S3Writer(self, path, fd, hashlib.sha256(), 0, through=shared is not None),
+            lambda path, fd: S3Writer(
+                self, path, fd, hashlib.sha256(), 0, through=shared is not None, expected=expected, size=size
+            ),
         )
 
     async def follow(self, shared: str) -> FileFollow | None:
