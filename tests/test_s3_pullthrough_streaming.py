@@ -12,14 +12,25 @@ sessions), then a registry with a pull-through rule on it, whose upstream stalls
 from __future__ import annotations
 
 import asyncio
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 from storage.errors import DigestMismatch
 from tests import test_s3_store
+from tests.helpers import wait_for
+from tests.oci import OCI_MANIFEST, get_blob, get_manifest, make_image
+from tests.server import MoorageServer
+from tests.services import seaweedfs
+from tests.shared_storage import Target
+from tests.test_pull_through import blob_gets, cache_config, rule_toml, unique
 from tests.test_s3_store import BUCKET, Bucket, MiB, content, digest, join, run
 from tests.test_s3_streaming import multipart_uploads
+from tests.upstreams import MisbehavingUpstream
 
 bucket = test_s3_store.bucket  # (the fixture: a prefix of the session's bucket)
 PIECE = 256 << 10  # what the download hands the writer at a time (registry.proxy.fill.CHUNK)
@@ -205,3 +216,66 @@ def test_a_commit_of_another_digest_never_completes_the_parts(bucket: Bucket):
             await store.close()
 
     run(case())
+
+
+# -- through a registry ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def stalling_upstream(tmp_path: Path) -> Iterator[MisbehavingUpstream]:
+    up = MisbehavingUpstream(tmp_path / "upstream").start()
+    yield up
+    up.stop()
+
+
+def _bucket_state(target: Target) -> tuple[list[str], dict[str, int]]:
+    """The multipart uploads under the target's blobs, and its blob objects."""
+    assert seaweedfs.RUNNING is not None
+    listing = seaweedfs.RUNNING.client().list_multipart_uploads(Bucket=BUCKET, Prefix=f"{target.prefix}/blobs/")
+    return [u["Key"] for u in listing.get("Uploads", ())], target.objects("blobs/")
+
+
+def test_a_pull_through_download_streams_to_the_bucket_and_a_failed_one_leaves_nothing(
+    make_server: Callable[..., MoorageServer],
+    make_target: Callable[[str], Target],
+    stalling_upstream: MisbehavingUpstream,
+):
+    """The upstream sends half of a 20 MiB layer, then stalls: the first part is in the bucket's multipart
+    upload of the blob's key by then (nothing visible under it); when the upstream drops the connection, the
+    upload is aborted. Once the upstream behaves, the blob is cached whole."""
+    target = make_target("sqlite+s3")
+    up = stalling_upstream
+    repo = unique("streamed")
+    img = make_image(1, layer_size=20 * MiB + 3)
+    for blob in img.blobs:
+        up.put_blob(blob)
+    up.put_manifest(repo, "v1", img.manifest, OCI_MANIFEST)
+    layer = img.layers[0]
+    d = digest(layer)
+    key = f"blobs/sha256/{d[7:9]}/{d[7:]}"
+    srv = make_server(cache_config(rule_toml("up", up.url)) + target.toml())
+    assert get_manifest(srv, f"up/{repo}", "v1").status_code == 200
+
+    up.set_blob_mode(d, "stall", delay=4)
+    failed: list[BaseException] = []
+
+    def pull() -> None:
+        try:
+            get_blob(srv, f"up/{repo}", d, timeout=30)
+        except requests.RequestException as e:  # the body is cut short: expected
+            failed.append(e)
+
+    client = threading.Thread(target=pull, daemon=True)
+    client.start()
+    uploads, objects = wait_for(
+        lambda: (state := _bucket_state(target))[0] and state, 10, "a multipart upload while the layer arrives"
+    )
+    assert uploads == [f"{target.prefix}/{key}"] and objects == {}, (uploads, objects)
+    client.join(30)
+    wait_for(lambda: _bucket_state(target) == ([], {}), 15, "the failed download's upload to be aborted")
+
+    up.set_blob_mode(d, "ok")
+    r = get_blob(srv, f"up/{repo}", d)
+    assert r.status_code == 200 and r.content == layer
+    assert blob_gets(up, repo, d) == 2
+    assert _bucket_state(target) == ([], {key: len(layer)})
