@@ -376,9 +376,11 @@ def create_app(config: Config, worker: int | None = None) -> web.Application:
 
     async def lifespan(app: web.Application) -> AsyncIterator[None]:
         await services.open(also=load_identity)
+        warming = asyncio.ensure_future(services.blobs.warm_up())  # not in the first blob request's time
         try:
             yield
         finally:
+            warming.cancel()
             await services.close()
 
     app.cleanup_ctx.append(lifespan)

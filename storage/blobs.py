@@ -146,6 +146,9 @@ class BlobDeleter(Protocol):
 
 
 class BlobStore(BlobStatter, BlobProvider, BlobIngester, BlobDeleter, Protocol):
+    async def warm_up(self) -> None:
+        """Get ready for the first request ahead of it (a server, once started); never raises."""
+
     async def health(self) -> list[str]:
         """What keeps the store from taking writes (unreachable, not writable, too little space); empty: ready."""
 

@@ -244,6 +244,9 @@ class FilesystemBlobStore:
         process on the same data dir (a server, `moorage import`) may be writing."""
         return remove_stale(self._uploads, older_than)
 
+    async def warm_up(self) -> None:
+        """Nothing to get ready: files are opened as needed."""
+
     async def health(self) -> list[str]:
         """Runs in a thread (statvfs may block on a network mount)."""
         return await asyncio.to_thread(self._health)

@@ -69,8 +69,9 @@ class S3BlobStore:
         self.locks = locks  # an upload session is written by one replica at a time
         self._scratch = Path(scratch) / "uploads"
         self._scratch.mkdir(parents=True, exist_ok=True)
-        # Clients are created on first use (Stores.open() does not open blob stores): one for the data, and one
-        # that does not retry, for health probes (a refused connection is reported at once, not after backoffs).
+        # Clients are created on first use (Stores.open() does not open blob stores; a started server warms the
+        # first up): one for the data, and one that does not retry, for health probes (a refused connection is
+        # reported at once, not after backoffs).
         self._clients: dict[bool, Any] = {}
         self._client_stack = contextlib.AsyncExitStack()
         self._client_lock = asyncio.Lock()
@@ -447,6 +448,14 @@ class S3BlobStore:
                 await self._delete_keys(stale, f"removing chunks of ended upload {upload_id}")
                 removed += len(stale)
         return removed
+
+    async def warm_up(self) -> None:
+        """Create the client ahead of the first request, which would otherwise wait for it (botocore loads the
+        service's model: a large part of a second on a busy machine)."""
+        try:
+            await self._s3()
+        except StorageError as e:
+            log.warning("%s: %s (the first request tries again)", self.where, e)
 
     async def health(self) -> list[str]:
         problems = []
