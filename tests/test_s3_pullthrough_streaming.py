@@ -17,14 +17,20 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import requests
+from aiohttp import web
 
+from registry.app import create_app
+from registry.config.loading import load
+from registry.web.context import BLOBS
 from storage.errors import DigestMismatch
+from storage.s3 import S3BlobStore
 from tests import test_s3_store
 from tests.helpers import wait_for
 from tests.oci import OCI_MANIFEST, get_blob, get_manifest, make_image
-from tests.server import MoorageServer
+from tests.server import MoorageServer, free_port
 from tests.services import seaweedfs
 from tests.shared_storage import Target
 from tests.test_pull_through import blob_gets, cache_config, rule_toml, unique
@@ -279,3 +285,49 @@ def test_a_pull_through_download_streams_to_the_bucket_and_a_failed_one_leaves_n
     assert r.status_code == 200 and r.content == layer
     assert blob_gets(up, repo, d) == 2
     assert _bucket_state(target) == ([], {key: len(layer)})
+
+
+@pytest.mark.filterwarnings("ignore::aiohttp.web_exceptions.NotAppKeyWarning")  # (as test_fastlane.py)
+def test_a_cold_blob_costs_two_looks_and_one_put_in_the_bucket(
+    tmp_path: Path, make_target: Callable[[str], Target], stalling_upstream: MisbehavingUpstream
+):
+    """A registry in this process (so that its blob store's calls can be counted) fetches a layer nobody has
+    cached: the bucket sees one look while the bytes arrive, the PutObject, and the look after the link (which
+    catches a garbage collection that finished just before it). Whether this upstream's bytes are stored is
+    asked of the database first: a blob not fetched yet costs no look in the bucket before the download."""
+    target = make_target("sqlite+s3")
+    up = stalling_upstream
+    repo = unique("counted")
+    img = make_image(1, layer_size=3 * MiB)
+    for blob in img.blobs:
+        up.put_blob(blob)
+    up.put_manifest(repo, "v1", img.manifest, OCI_MANIFEST)
+    port = free_port()
+    config = tmp_path / "moorage.toml"
+    config.write_text(
+        f'[server]\ndata_dir = "{tmp_path / "data"}"\nlisten = "127.0.0.1:{port}"\n[log]\naccess = false\n'
+        + cache_config(rule_toml("up", up.url))
+        + target.toml()
+    )
+    layer = img.layers[0]
+
+    async def case() -> None:
+        app = create_app(load(config))
+        runner = web.AppRunner(app)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, "127.0.0.1", port).start()
+            base = f"http://127.0.0.1:{port}/v2/up/{repo}"
+            store = app[BLOBS]
+            assert isinstance(store, S3BlobStore)
+            async with aiohttp.ClientSession() as session:
+                async with session.get(f"{base}/manifests/v1", headers={"Accept": OCI_MANIFEST}) as r:
+                    assert r.status == 200
+                store.calls.clear()
+                async with session.get(f"{base}/blobs/{digest(layer)}") as r:
+                    assert r.status == 200 and await r.read() == layer
+            assert (store.calls["head_object"], store.calls["put_object"]) == (2, 1), store.calls
+        finally:
+            await runner.cleanup()
+
+    run(case())

@@ -200,6 +200,7 @@ class Download(Spool):
                 ) from None
             await self._link_all()
             self.done = True
+            await self._notify()  # the last byte goes out now (letting go of the lock is for other processes)
         except BaseException as e:
             self._fail(e)
             if not isinstance(e, asyncio.CancelledError | UpstreamError):
