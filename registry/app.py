@@ -90,6 +90,7 @@ SHUTDOWN_RESERVE = 0.5
 SHUTDOWN_LEFTOVER = 0.1  # seconds aiohttp waits for a request that ignored its cancellation
 STARTUP_LOCK = "startup"  # held while a process creates keys, the admin principal, or migrates the database
 KEY_REFRESH_INTERVAL = 1.0  # seconds between looks for a rotated shared signing key
+WARM_UP_WAIT = 3.0  # seconds a starting process waits for its blob store's warm-up before it serves (then: on)
 COLLECT_LOCK, SWEEP_LOCK = "job gc", "job lifecycle"  # one scheduled runner at a time across replicas
 
 
@@ -376,9 +377,19 @@ def create_app(config: Config, worker: int | None = None) -> web.Application:
 
     async def lifespan(app: web.Application) -> AsyncIterator[None]:
         await services.open(also=load_identity)
+        # Ready to serve means ready to serve blobs quickly: the first blob request does not wait for the store's
+        # client (unless the store is slow to answer: the warm-up goes on while the process serves).
+        warming = asyncio.ensure_future(services.blobs.warm_up())
+        try:
+            await asyncio.wait_for(asyncio.shield(warming), WARM_UP_WAIT)
+        except TimeoutError:
+            pass
+        except Exception:  # (the first request meets it again)
+            log.exception("warming up the blob store failed")
         try:
             yield
         finally:
+            warming.cancel()
             await services.close()
 
     app.cleanup_ctx.append(lifespan)

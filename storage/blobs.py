@@ -109,9 +109,13 @@ class BlobProvider(Protocol):
 
 
 class BlobIngester(Protocol):
-    def writer(self, *, shared: str | None = None, size: int | None = None) -> AbstractAsyncContextManager[BlobWriter]:
+    def writer(
+        self, *, shared: str | None = None, size: int | None = None, expected: str | None = None
+    ) -> AbstractAsyncContextManager[BlobWriter]:
         """A fresh writer, aborted on leaving without a commit. `shared` makes it followable under that key,
-        announcing `size` to followers."""
+        announcing `size` to followers. `expected`: the digest the commit will name, when known before the bytes
+        (a hint: a driver may start storing the bytes under it while they arrive; the commit still verifies, and
+        nothing is visible under the digest before it)."""
 
     async def follow(self, shared: str) -> SharedWrite | None:
         """The shared write under that key while one is live (and reachable from here), else None."""
@@ -142,6 +146,9 @@ class BlobDeleter(Protocol):
 
 
 class BlobStore(BlobStatter, BlobProvider, BlobIngester, BlobDeleter, Protocol):
+    async def warm_up(self) -> None:
+        """Get ready for the first request ahead of it (a server, once started); never raises."""
+
     async def health(self) -> list[str]:
         """What keeps the store from taking writes (unreachable, not writable, too little space); empty: ready."""
 

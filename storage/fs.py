@@ -133,7 +133,10 @@ class FilesystemBlobStore:
             await asyncio.to_thread(fh.close)
 
     # -- fresh and shared writers --------------------------------------------------------------------
-    def writer(self, *, shared: str | None = None, size: int | None = None) -> AbstractAsyncContextManager[FileWriter]:
+    def writer(
+        self, *, shared: str | None = None, size: int | None = None, expected: str | None = None
+    ) -> AbstractAsyncContextManager[FileWriter]:
+        """(`expected` changes nothing here: the file is renamed into place at the commit.)"""
         return scratch_writer(
             self._uploads,
             shared,
@@ -240,6 +243,9 @@ class FilesystemBlobStore:
         """Remove scratch files of writes interrupted by a crash (never acknowledged). Only stale ones: another
         process on the same data dir (a server, `moorage import`) may be writing."""
         return remove_stale(self._uploads, older_than)
+
+    async def warm_up(self) -> None:
+        """Nothing to get ready: files are opened as needed."""
 
     async def health(self) -> list[str]:
         """Runs in a thread (statvfs may block on a network mount)."""

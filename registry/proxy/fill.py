@@ -183,7 +183,7 @@ class Download(Spool):
                 async with asyncio.timeout_at(ends_at):
                     resp = await self._request()
                 try:
-                    async with owner.blobs.writer(shared=self.key, size=self.size) as writer:
+                    async with owner.blobs.writer(shared=self.key, size=self.size, expected=self.digest) as writer:
                         self._view = await owner.blobs.follow(self.key)
                         self.started.set_result(None)
                         async with asyncio.timeout_at(ends_at):
@@ -200,6 +200,7 @@ class Download(Spool):
                 ) from None
             await self._link_all()
             self.done = True
+            await self._notify()  # the last byte goes out now (letting go of the lock is for other processes)
         except BaseException as e:
             self._fail(e)
             if not isinstance(e, asyncio.CancelledError | UpstreamError):

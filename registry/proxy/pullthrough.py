@@ -477,11 +477,12 @@ class PullThrough:
         return StoredBlob(digest, stored)
 
     async def proven_size(self, digest: str, upstream: str) -> int | None:
-        """The stored blob's size, if `upstream` sent and verified its bytes (a link records that); else None."""
-        stored = await self.blobs.stat(digest)
-        if stored is None or not await self.meta.blob_fetched_from(digest, upstream):
+        """The stored blob's size, if `upstream` sent and verified its bytes (a link records that); else None.
+        The database first: a blob not fetched yet costs no look in the blob store (a round trip to a bucket)."""
+        if not await self.meta.blob_fetched_from(digest, upstream):
             return None
-        return stored.size
+        stored = await self.blobs.stat(digest)
+        return None if stored is None else stored.size
 
     async def _start_download(self, rule: PullThroughRule, repository: str, digest: str) -> Download | Follower | None:
         """Lead the download when this process gets the digest's lock, else follow the process that has it."""

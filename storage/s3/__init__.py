@@ -21,6 +21,8 @@ writer's bytes land there first, hashed while they arrive, and become an object 
 
 - A blob object appears atomically (PutObject, or CompleteMultipartUpload for one over PART_SIZE, uploaded
   in parts a few at a time): a reader never sees part of one. An object already there is not uploaded again.
+  A write told the digest up front (a pull-through download) sends its parts while the bytes arrive, and
+  completes the upload only once its commit verified them.
 - Reads are (ranged) GETs. A whole-blob read is hashed while it streams and its last piece held back until the
   digest matches, so an object whose bytes do not match its digest is never served whole (`BlobCorrupt`). With
   `redirect` allowed and configured, `open` answers a presigned GET instead: the client fetches the bytes (and

@@ -69,8 +69,9 @@ class S3BlobStore:
         self.locks = locks  # an upload session is written by one replica at a time
         self._scratch = Path(scratch) / "uploads"
         self._scratch.mkdir(parents=True, exist_ok=True)
-        # Clients are created on first use (Stores.open() does not open blob stores): one for the data, and one
-        # that does not retry, for health probes (a refused connection is reported at once, not after backoffs).
+        # Clients are created on first use (Stores.open() does not open blob stores; a started server warms the
+        # first up): one for the data, and one that does not retry, for health probes (a refused connection is
+        # reported at once, not after backoffs).
         self._clients: dict[bool, Any] = {}
         self._client_stack = contextlib.AsyncExitStack()
         self._client_lock = asyncio.Lock()
@@ -305,12 +306,17 @@ class S3BlobStore:
             raise
 
     # -- fresh and shared writers --------------------------------------------------------------------
-    def writer(self, *, shared: str | None = None, size: int | None = None) -> AbstractAsyncContextManager[S3Writer]:
+    def writer(
+        self, *, shared: str | None = None, size: int | None = None, expected: str | None = None
+    ) -> AbstractAsyncContextManager[S3Writer]:
+        """With `expected` (the digest the commit will name), the bytes go to the blob's key while they arrive."""
         return scratch_writer(
             self._scratch,
             shared,
             size,
-            lambda path, fd: S3Writer(self, path, fd, hashlib.sha256(), 0, through=shared is not None),
+            lambda path, fd: S3Writer(
+                self, path, fd, hashlib.sha256(), 0, through=shared is not None, expected=expected, size=size
+            ),
         )
 
     async def follow(self, shared: str) -> FileFollow | None:
@@ -442,6 +448,20 @@ class S3BlobStore:
                 await self._delete_keys(stale, f"removing chunks of ended upload {upload_id}")
                 removed += len(stale)
         return removed
+
+    async def warm_up(self) -> None:
+        """Create the client and make a first request ahead of the first blob request, which would otherwise
+        wait for them (botocore loads the service's model, a large part of a second on a busy machine, and
+        resolves the endpoint on its first request: tens of milliseconds more)."""
+        try:
+            await self._s3()
+        except StorageError as e:
+            log.warning("%s: %s (the first request tries again)", self.where, e)
+            return
+        try:
+            await self._call("head_bucket", f"warming up {self.where}")
+        except StorageError as e:  # (a policy without s3:ListBucket: warm all the same)
+            log.debug("warming up %s: %s", self.where, e)
 
     async def health(self) -> list[str]:
         problems = []

@@ -168,7 +168,9 @@ class SeaweedFS:
             client.head_bucket(Bucket=BUCKET)
         except Exception:
             client.create_bucket(Bucket=BUCKET)
-        client.put_object(Bucket=BUCKET, Key="ready", Body=b"")  # the filer and a volume take writes
+        # The filer and a volume take writes: an empty object would be the filer's alone, so the first write with
+        # bytes would wait (seconds) for the master to see the volume server and grow the bucket's volumes.
+        client.put_object(Bucket=BUCKET, Key="ready", Body=b"ready")
 
     def delete_prefix(self, prefix: str) -> None:
         """Remove every object (and multipart upload) under `prefix/`."""
