@@ -137,7 +137,11 @@ class ManifestStore(Protocol):
         """How many manifests, in all repositories, reference each blob."""
 
     async def record_pulls(self, pulls: Iterable[tuple[str, str, float]]) -> None:
-        """Set last-pulled times from (repository, digest, time) triples."""
+        """Set last-pulled times from (repository, digest, time) triples. Not a change other processes hear of
+        (their change feeds' epochs stay, and there is nothing to settle): no cache holds pull times (they are read
+        from the store when asked for), and every worker of every replica stores its pulls every few seconds
+        while pulls go on, which would otherwise empty every other process's caches as often, and send the
+        requests in flight the full way to fill them again."""
 
     async def repository_sizes(self) -> list[tuple[str, int, int]]:
         """(name, images, bytes) of every repository, by name: its manifests counted and their image sizes

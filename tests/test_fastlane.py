@@ -10,18 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import requests
 from aiohttp.test_utils import TestClient, TestServer, make_mocked_request
 
-from registry.app import FAST_LANE, create_app
+from registry.app import FAST_LANE, PULL_FLUSH_INTERVAL, create_app
 from registry.config import load
 from registry.web.context import READER
 from tests.helpers import wait_for
 from tests.oci import OCI_MANIFEST, Client, digest_of, make_image
-from tests.server import MoorageServer, auth_config, ecr_client, login_password
+from tests.server import AUTH_OFF, MoorageServer, auth_config, ecr_client, login_password
+from tests.shared_storage import Target
 
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 VARYING = {"date", "x-request-id"}
@@ -214,3 +217,43 @@ def test_a_remembered_access_decision_yields_to_every_change(make_server):
     ecr.delete_registry_policy()
     assert [c.get(path).status_code for _ in range(3)] == [200] * 3
     wait_for(lambda: c.get(path).status_code == 403, 10, "the token's expiry obeyed")
+
+
+def test_a_replica_answers_from_memory_while_another_stores_its_pull_times(
+    make_target: Callable[[str], Target], make_server: Callable[..., MoorageServer]
+):
+    """Two replicas on PostgreSQL + S3. The pulls one serves are stored every PULL_FLUSH_INTERVAL: news to nobody
+    (no cache holds pull times), so the other replica's memory stays good and its lane goes on answering, as does
+    the writer's own. A push through one is still seen by the very next read through the other."""
+    target = make_target("postgresql+s3")
+    a, b = (make_server(AUTH_OFF + target.toml(), workers=1) for _ in range(2))
+    ca, cb = Client(a.url), Client(b.url)
+    repo = "fastlane/replicas"
+    path, accept = f"/v2/{repo}/manifests/v1", {"Accept": OCI_MANIFEST}
+    first = make_image(n_layers=1, layer_size=100)
+    digest = ca.push_image(repo, "v1", first)
+
+    def answered_by_the_lane(srv: MoorageServer, client: Client) -> bool:
+        before = lane_count(srv)
+        r = client.get(path, headers=accept)
+        assert r.status_code == 200 and r.headers["Docker-Content-Digest"] == digest
+        return lane_count(srv) == before + 1
+
+    for srv, client in ((a, ca), (b, cb)):
+        client.get(path, headers=accept)  # memory filled (by the full path)
+        assert answered_by_the_lane(srv, client)
+    ecr = ecr_client(b)
+
+    def pulled_at() -> float | None:
+        images = ecr.describe_images(repositoryName=repo, imageIds=[{"imageDigest": digest}])["imageDetails"]
+        return images[0].get("lastRecordedPullTime")
+
+    wait_for(pulled_at, PULL_FLUSH_INTERVAL + 10, "the pulls' times stored")
+    time.sleep(0.5)  # (time for a notification, had there been one, to be heard)
+    assert answered_by_the_lane(b, cb), "the other replica's memory survives a pull-time write"
+    assert answered_by_the_lane(a, ca), "so does the writer's"
+    second = make_image(n_layers=1, layer_size=200)
+    digest = ca.push_image(repo, "v1", second)
+    r = cb.get(path, headers=accept)
+    assert r.status_code == 200 and r.content == second.manifest, "a push through one replica is read through the other"
+    assert answered_by_the_lane(b, cb)

@@ -11,9 +11,9 @@ import asyncio
 import contextvars
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from registry import oci
 from registry.cache import LRUCache
@@ -103,6 +103,7 @@ def tag_is_immutable(settings: RepositorySettings, tag: str) -> bool:
     return False
 
 
+V = TypeVar("V")
 REPLICATION = "REPLICATION"
 # Why a push would create its repository (the creation template's `appliedFor`): CREATE_ON_PUSH, or REPLICATION
 # for a request another registry's replication sends (set by the web layer for that request's task).
@@ -137,6 +138,7 @@ class ImageService:
         self.push_hooks: list[PushHook] = []
         self.pull_checks: list[PullCheck] = []
         self._epoch = 0
+        self._loads: dict[tuple[Hashable, int], asyncio.Future[Any]] = {}  # reads under way: (key, cache version)
 
     def _cache(self) -> LRUCache:
         """The cache, emptied first if another process (a worker, an offline command) wrote since it was filled."""
@@ -146,16 +148,43 @@ class ImageService:
             self.cache.clear()
         return self.cache
 
+    async def _cached(self, key: Hashable, load: Callable[[], Awaitable[V | None]]) -> V | None:
+        """The cache's value of `key`, else what `load` reads (kept unless None, or the cache was invalidated
+        while it read). Callers that miss one key with the cache unchanged share one read: when the epoch moves,
+        every request in flight misses the same keys at once, and one read each would be as many round trips
+        to a shared database. A caller that comes after an invalidation starts a read of its own."""
+        cache = self._cache()
+        value: V | None = cache.get(key)
+        if value is not None:
+            return value
+        version = cache.version
+        flight = (key, version)
+        load_task = self._loads.get(flight)
+        if load_task is None:
+
+            async def read() -> V | None:
+                found = await load()
+                if found is not None:
+                    self.cache.put_if_current(version, key, found)
+                return found
+
+            load_task = asyncio.ensure_future(read())
+            self._loads[flight] = load_task
+            load_task.add_done_callback(lambda done: self._landed(flight, done))
+        result: V | None = await asyncio.shield(load_task)  # (a caller that leaves does not cancel the others')
+        return result
+
+    def _landed(self, flight: tuple[Hashable, int], done: asyncio.Future[Any]) -> None:
+        if self._loads.get(flight) is done:
+            del self._loads[flight]
+        if not done.cancelled():
+            done.exception()  # (retrieved: raised to the callers that await it)
+
     # -- repositories ------------------------------------------------------------------------------
     async def repository(self, name: str) -> RepositoryRecord:
-        key = ("repo", name)
-        repo = self._cache().get(key)
+        repo = await self._cached(("repo", name), lambda: self.meta.get_repository(name))
         if repo is None:
-            version = self.cache.version
-            repo = await self.meta.get_repository(name)
-            if repo is None:
-                raise NameUnknown(f"repository {name} not known to registry", detail={"name": name})
-            self.cache.put_if_current(version, key, repo)
+            raise NameUnknown(f"repository {name} not known to registry", detail={"name": name})
         return repo
 
     def cached_repository(self, name: str) -> RepositoryRecord | None:
@@ -248,18 +277,13 @@ class ImageService:
         """A reference (tag or digest) to a digest known in the repository."""
         if oci.is_digest(reference):
             return reference
-        key = ("tag", name, reference)
-        digest = self._cache().get(key)
+        digest = await self._cached(("tag", name, reference), lambda: self.meta.resolve_tag(name, reference))
         if digest is None:
-            version = self.cache.version
-            digest = await self.meta.resolve_tag(name, reference)
-            if digest is None:
-                await self.repository(name)
-                raise ManifestUnknown(
-                    f"manifest tagged {reference} is not in repository {name}",
-                    detail={"name": name, "tag": reference},
-                )
-            self.cache.put_if_current(version, key, digest)
+            await self.repository(name)
+            raise ManifestUnknown(
+                f"manifest tagged {reference} is not in repository {name}",
+                detail={"name": name, "tag": reference},
+            )
         return digest
 
     async def get_manifest(
@@ -267,17 +291,12 @@ class ImageService:
     ) -> ManifestRecord:
         """The stored manifest (`authorize_import` is for readers that import: `service.reader.ImageReader`)."""
         digest = await self.resolve(name, reference)
-        key = ("manifest", name, digest)
-        record = self._cache().get(key)
+        record = await self._cached(("manifest", name, digest), lambda: self.meta.get_manifest(name, digest))
         if record is None:
-            version = self.cache.version
-            record = await self.meta.get_manifest(name, digest)
-            if record is None:
-                await self.repository(name)
-                raise ManifestUnknown(
-                    f"manifest {digest} is not in repository {name}", detail={"name": name, "digest": digest}
-                )
-            self.cache.put_if_current(version, key, record)
+            await self.repository(name)
+            raise ManifestUnknown(
+                f"manifest {digest} is not in repository {name}", detail={"name": name, "digest": digest}
+            )
         return record
 
     def cached_manifest(self, name: str, reference: str) -> ManifestRecord | None:
@@ -412,13 +431,8 @@ class ImageService:
     async def blob_archived_only(self, name: str, digest: str) -> bool:
         """Whether every image of the repository that uses the blob is archived. Cheap when none is archived
         (one cached answer per repository), since it is asked on every blob GET."""
-        key = ("archived", name)
-        archived = self._cache().get(key)
-        if archived is None:
-            version = self.cache.version
-            archived = await self.meta.has_archived_images(name)
-            self.cache.put_if_current(version, key, archived)
-        return archived and await self.meta.blob_archived_only(name, digest)
+        archived = await self._cached(("archived", name), lambda: self.meta.has_archived_images(name))
+        return bool(archived) and await self.meta.blob_archived_only(name, digest)
 
     def cached_unarchived_blob(self, name: str, digest: str) -> int | None:
         """The size of a blob linked in the repository, when the cache holds it and holds that the repository
@@ -483,14 +497,9 @@ class ImageService:
     # -- blobs -------------------------------------------------------------------------------------
     async def blob_size(self, name: str, digest: str) -> int:
         """Size of a blob linked in the repository; BlobUnknown otherwise."""
-        key = ("blob", name, digest)
-        size = self._cache().get(key)
+        size = await self._cached(("blob", name, digest), lambda: self.meta.linked_blob_size(name, digest))
         if size is None:
-            version = self.cache.version
-            size = await self.meta.linked_blob_size(name, digest)
-            if size is None:
-                raise BlobUnknown(f"blob {digest} is not in repository {name}", detail={"digest": digest})
-            self.cache.put_if_current(version, key, size)
+            raise BlobUnknown(f"blob {digest} is not in repository {name}", detail={"digest": digest})
         return size
 
     async def read_small_blob(self, name: str, digest: str, limit: int) -> bytes | None:

@@ -4,11 +4,13 @@ scanning, signing and replication configurations, and pull-time update exclusion
 They live in the metadata store (`storage.metadata.RegistrySettingsStore`) and are held here in memory: access
 checks are synchronous and ask for the registry policy on every request. `refresh` (called before each request is
 handled) reloads them when the change feed says another process has committed since they were read; this
-process's own writes update the copy as they commit.
+process's own writes update the copy as they commit. The requests in flight when the epoch moves all ask at once:
+one read serves every caller that saw the same epoch.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Callable
@@ -38,19 +40,37 @@ class RegistrySettings:
         self._settings: dict[str, tuple[str, float]] = {}
         self._exclusions: dict[str, float] = {}
         self._epoch: int | None = None  # None: never read
+        self._reading: tuple[int, asyncio.Future[None]] | None = None  # the read under way, for that epoch
 
     def stale(self) -> bool:
         """Whether another process may have changed them since they were read (`refresh` would read them)."""
         return (self.changes.epoch() if self.changes is not None else 0) != self._epoch
 
     async def refresh(self) -> None:
-        """Re-read everything if another process may have changed it (or nothing was read yet)."""
+        """Re-read everything if another process may have changed it (or nothing was read yet). Callers that see
+        the same epoch share one read (begun after that epoch was seen, so it reads what moved it); a caller that
+        sees a newer one starts its own."""
         epoch = self.changes.epoch() if self.changes is not None else 0
         if epoch == self._epoch:
             return
+        reading = self._reading
+        if reading is None or reading[0] != epoch:
+            reading = (epoch, asyncio.ensure_future(self._read(epoch)))
+            self._reading = reading
+            reading[1].add_done_callback(lambda done: self._read_done(reading))
+        await asyncio.shield(reading[1])  # (a caller that leaves does not cancel the others' read)
+
+    async def _read(self, epoch: int) -> None:
         settings = await self.meta.registry_settings()
         exclusions = await self.meta.pull_time_exclusions()
-        self._settings, self._exclusions, self._epoch = settings, dict(exclusions), epoch
+        if self._epoch is None or epoch > self._epoch:  # not over a read begun later and done first
+            self._settings, self._exclusions, self._epoch = settings, dict(exclusions), epoch
+
+    def _read_done(self, reading: tuple[int, asyncio.Future[None]]) -> None:
+        if self._reading is reading:
+            self._reading = None
+        if not reading[1].cancelled():
+            reading[1].exception()  # (retrieved: a failure is raised to the callers that await it)
 
     # -- what requests ask (synchronous, from memory) ----------------------------------------------------
     def get(self, name: str) -> str | None:

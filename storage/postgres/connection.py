@@ -7,7 +7,8 @@
 - `open()` migrates on a connection of its own (`storage.postgres.schema.migrate`), then opens a pool.
 - `_tx()` is a write transaction: it ends with `pg_notify(channel, payload)` (the payload announced to the
   change feed), so the other replicas hear of the write exactly when it commits (their change feeds drop caches;
-  this process's hears its own back, which is what `settle()` waits for).
+  this process's hears its own back, which is what `settle()` waits for). The one write that no cache holds,
+  the periodic store of pull times, notifies nobody (`_tx(notify=False)`).
 - There is no single writer as with SQLite: where a write checks then writes, it takes row locks (`FOR UPDATE`,
   `FOR NO KEY UPDATE`, `FOR SHARE`) or relies on `INSERT ... ON CONFLICT`; see storage.postgres.manifests.
 - Errors: connection loss, a server shutting down or failing over, no connection slot, a deadlock victim ->
@@ -241,9 +242,10 @@ class PostgresConnection:
         return await self._read(lambda conn: conn.fetchval(sql, *args))
 
     @contextlib.asynccontextmanager
-    async def _tx(self) -> AsyncIterator[Conn]:
+    async def _tx(self, *, notify: bool = True) -> AsyncIterator[Conn]:
         """A write transaction (READ COMMITTED) that notifies the other replicas as it commits. Whatever fails
-        rolls it back; asyncpg's and the network's errors are raised as storage errors."""
+        rolls it back; asyncpg's and the network's errors are raised as storage errors. Without `notify`, for a
+        write no process's cache holds (pull times): nobody's epoch moves, and there is nothing to settle."""
         pool = self._opened()
         with translate_errors(self.where):
             conn, tx = await self._begin(pool)
@@ -251,7 +253,7 @@ class PostgresConnection:
             try:
                 try:
                     yield conn
-                    if self.channel:
+                    if self.channel and notify:
                         payload = self.changes.announce() if self.changes is not None else self.token
                         await conn.execute("SELECT pg_notify($1, $2)", self.channel, payload)
                 except BaseException:

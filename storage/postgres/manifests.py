@@ -399,7 +399,7 @@ class ManifestQueries(RepositoryQueries):
         batch = sorted((repo, digest, t) for repo, digest, t in pulls)
         if not batch:
             return
-        async with self._tx() as db:
+        async with self._tx(notify=False) as db:  # (no cache holds pull times: see MetadataStore.record_pulls)
             await db.executemany(
                 "UPDATE manifests SET last_pulled_at = greatest(coalesce(last_pulled_at, 0), $3) WHERE "
                 "repository_id = (SELECT id FROM repositories WHERE name = $1) AND digest = $2 "

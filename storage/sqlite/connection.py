@@ -158,10 +158,11 @@ class SQLiteConnection:
         return rows[0] if rows else None
 
     @contextlib.asynccontextmanager
-    async def _tx(self) -> AsyncIterator[aiosqlite.Connection]:
+    async def _tx(self, *, notify: bool = True) -> AsyncIterator[aiosqlite.Connection]:
         """A write transaction. Shielded so that a cancelled caller can't leave it open. Whatever fails (the
         body, or the COMMIT itself) is rolled back, so nothing of it stays and the writer is free for the next
-        one; a full disk (SQLITE_FULL) raises StorageFull."""
+        one; a full disk (SQLITE_FULL) raises StorageFull. Once committed, the change feed is told, unless
+        `notify` is off (a write no process's cache holds: pull times)."""
         conn = self._writer
         assert conn is not None, "store is not open"
         async with self._write_lock:
@@ -189,7 +190,7 @@ class SQLiteConnection:
                 if getattr(e, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
                     raise StorageFull(f"{self.path}: {e}") from e
                 raise
-            if self.changes is not None:
+            if self.changes is not None and notify:
                 self.changes.committed()
 
     @staticmethod

@@ -359,7 +359,7 @@ class ManifestQueries(RepositoryQueries):
         batch = [(t, repo, digest) for repo, digest, t in pulls]
         if not batch:
             return
-        async with self._tx() as db:
+        async with self._tx(notify=False) as db:  # (no cache holds pull times: see MetadataStore.record_pulls)
             await db.executemany(
                 "UPDATE manifests SET last_pulled_at = max(coalesce(last_pulled_at, 0), ?1) WHERE "
                 "repository_id = (SELECT id FROM repositories WHERE name = ?2) AND digest = ?3 "

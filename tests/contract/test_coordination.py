@@ -16,7 +16,7 @@ from pathlib import Path
 from storage.factory import Stores
 from storage.records import RepositorySettings
 from tests.contract.backends import Provisioned
-from tests.contract.helpers import digest, eventually
+from tests.contract.helpers import digest, eventually, manifest
 
 REPO = Path(__file__).parents[2]
 SETTLE = 0.1  # how long a task that should be blocked is given to (wrongly) get through
@@ -253,6 +253,34 @@ async def test_metadata_writes_reach_the_change_feed(stores: Stores, peer: Calla
     await other.meta.create_repository("theirs", 1.0, RepositorySettings(), {})
     await eventually(lambda: stores.changes.epoch() > before, "another process's write to move the epoch")
     assert await stores.meta.get_repository("theirs") is not None, "and its write is visible here"
+
+
+async def test_pull_times_move_no_epoch_and_leave_nothing_to_settle(
+    stores: Stores, peer: Callable[[], Awaitable[Stores]]
+):
+    """Every worker of every replica stores its pull times every few seconds while pulls go on. No cache holds
+    them, so nobody is told: no other process's epoch moves (which would empty its caches and send its requests
+    the full way), and the writer has nothing to settle (which would send its own requests the full way)."""
+    layer = digest(b"layer")
+    pushed = manifest("r", "m", pushed_at=1.0, blobs=(layer,), tags=("v1",))
+    await stores.meta.create_repository("r", 1.0, RepositorySettings(), {})  # (this process's writes: no news here)
+    await stores.meta.link_blob("r", layer, 5, 1.0)
+    await stores.meta.put_manifest(pushed)
+    other = await peer()
+    await asyncio.sleep(SETTLE)  # (whatever opening the peer may have told)
+    before = stores.changes.epoch()
+    await other.meta.record_pulls([("r", pushed.digest, 5.0)])
+    assert not other.changes.unsettled(), "a pull-time write leaves the writer nothing to settle"
+    assert stores.changes.epoch() == before, "a pull-time write moves no other process's epoch"
+    image = (await stores.meta.images_by_digest("r", [pushed.digest]))[pushed.digest]
+    assert image.last_pulled_at == 5.0, "and the pull time is stored, for whoever reads it"
+    # A write that is news, after it: had the pull-time write been news too, it would be heard as well (first:
+    # notifications arrive in commit order).
+    await other.meta.create_repository("s", 1.0, RepositorySettings(), {})
+    await other.changes.settle()
+    await eventually(lambda: stores.changes.epoch() > before, "the next write to move the epoch")
+    await asyncio.sleep(SETTLE)
+    assert stores.changes.epoch() == before + 1, "only the repository's creation moved it"
 
 
 async def test_healthy_stores_report_no_problems(stores: Stores):
