@@ -20,63 +20,22 @@ import queue
 import socket
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
 
 from bench.content import ACCEPT
+from bench.load import Connection
 from bench.servers import BenchError
 
 BUFFER = 4 << 20
 PARALLEL = 3  # blobs at once, as docker's max-concurrent-downloads
 
 
-class _Connection:
-    """One keep-alive HTTP/1.1 connection reading bodies into its own 4 MiB buffer."""
-
-    def __init__(self, netloc: str, timeout: float) -> None:
-        host, _, port = netloc.rpartition(":")
-        self.netloc = netloc
-        self.view = memoryview(bytearray(BUFFER))
-        try:
-            self.sock = socket.create_connection((host, int(port)), timeout=timeout)
-        except OSError as e:
-            raise BenchError(f"connecting to {netloc}: {e}") from None
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-    def get(self, target: str, headers: dict[str, str], sink: Callable[[memoryview], None] | None) -> tuple[str, int]:
-        """GET `target`; the body goes to `sink` piece by piece (or nowhere): (status line's code, body length)."""
-        lines = [f"GET {target} HTTP/1.1", f"Host: {self.netloc}", *(f"{k}: {v}" for k, v in headers.items())]
-        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
-        head = b""
-        while b"\r\n\r\n" not in head:
-            chunk = self.sock.recv(65536)
-            if not chunk or len(head) > 65536:
-                raise BenchError(f"GET {target[:100]}: the connection closed before the headers ended")
-            head += chunk
-        head, _, rest = head.partition(b"\r\n\r\n")
-        head_lines = head.decode("latin-1").split("\r\n")
-        status = head_lines[0].split(" ")[1] if " " in head_lines[0] else "?"
-        fields = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in head_lines[1:])}
-        if "content-length" not in fields:
-            raise BenchError(f"GET {target[:100]}: {head_lines[0]!r} without Content-Length")
-        length = int(fields["content-length"])
-        if len(rest) > length:
-            raise BenchError(f"GET {target[:100]}: {len(rest) - length} bytes past the body")
-        if sink is not None and rest:
-            sink(memoryview(rest))
-        got = len(rest)
-        while got < length:
-            n = self.sock.recv_into(self.view, min(BUFFER, length - got))
-            if n == 0:
-                raise BenchError(f"GET {target[:100]}: the connection closed after {got} of {length} bytes")
-            if sink is not None:
-                sink(self.view[:n])
-            got += n
-        return status, length
-
-    def close(self) -> None:
-        self.sock.close()
+def _connection(netloc: str, timeout: float) -> Connection:
+    """A keep-alive connection with a 4 MiB buffer of its own (the client's threads read at once), no Nagle."""
+    conn = Connection(netloc, timeout, memoryview(bytearray(BUFFER)))
+    conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return conn
 
 
 class LeanClient:
@@ -87,8 +46,8 @@ class LeanClient:
         self.name = name
         self.tag = tag
         self.headers = headers or {}
-        self.connections: queue.SimpleQueue[_Connection] = queue.SimpleQueue()
-        self._all = [_Connection(self.netloc, timeout) for _ in range(PARALLEL)]
+        self.connections: queue.SimpleQueue[Connection] = queue.SimpleQueue()
+        self._all = [_connection(self.netloc, timeout) for _ in range(PARALLEL)]
         for conn in self._all:
             self.connections.put(conn)
         self.pool = ThreadPoolExecutor(PARALLEL, thread_name_prefix="lean")
@@ -109,7 +68,9 @@ class LeanClient:
                 if size is None:
                     kept.extend(piece)
 
-            status, length = conn.get(target, {**self.headers, **headers}, sink if (hasher or size is None) else None)
+            status, _, length = conn.get(
+                target, {**self.headers, **headers}, sink if (hasher or size is None) else None
+            )
         except OSError as e:
             raise BenchError(f"GET {self.netloc}{target[:100]}: {e}") from None
         finally:

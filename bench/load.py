@@ -11,6 +11,7 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
@@ -183,8 +184,9 @@ def check_get(url: str, headers: dict[str, str] | None = None, timeout: float = 
     return r
 
 
-class _Connection:
-    """One keep-alive HTTP/1.1 connection to a host, reading bodies with recv_into a 4 MiB buffer."""
+class Connection:
+    """One keep-alive HTTP/1.1 connection to a host, reading bodies with recv_into a buffer (`view`: 4 MiB here,
+    each lean client's own in bench/lean.py)."""
 
     def __init__(self, netloc: str, timeout: float, view: memoryview) -> None:
         host, _, port = netloc.rpartition(":") if ":" in netloc else (netloc, "", "80")
@@ -195,8 +197,11 @@ class _Connection:
         except OSError as e:
             raise BenchError(f"connecting to {netloc}: {e}") from None
 
-    def get(self, target: str, headers: dict[str, str]) -> tuple[str, dict[str, str], int]:
-        """GET `target`, reading and dropping its body: (status, header fields, body length)."""
+    def get(
+        self, target: str, headers: dict[str, str], sink: Callable[[memoryview], None] | None = None
+    ) -> tuple[str, dict[str, str], int]:
+        """GET `target`; its body goes to `sink` piece by piece, or is dropped: (status, header fields, body
+        length)."""
         lines = [f"GET {target} HTTP/1.1", f"Host: {self.netloc}", *(f"{k}: {v}" for k, v in headers.items())]
         self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
         head = b""
@@ -212,11 +217,17 @@ class _Connection:
         if "content-length" not in fields:
             raise BenchError(f"GET {target[:100]}: {head_lines[0]!r} without Content-Length, headers {fields}")
         length = int(fields["content-length"])
+        if len(rest) > length:
+            raise BenchError(f"GET {target[:100]}: {len(rest) - length} bytes past the body")
+        if sink is not None and rest:
+            sink(memoryview(rest))
         got = len(rest)
         while got < length:
             n = self.sock.recv_into(self.view, min(len(self.view), length - got))
             if n == 0:
                 raise BenchError(f"GET {target[:100]}: the connection closed after {got} of {length} bytes")
+            if sink is not None:
+                sink(self.view[:n])
             got += n
         return status, fields, length
 
@@ -244,11 +255,11 @@ def blob_gets(
     target = parts.path + (f"?{parts.query}" if parts.query else "")
     view = memoryview(bytearray(4 << 20))
     total = gets = 0
-    connections: dict[str, _Connection] = {}
+    connections: dict[str, Connection] = {}
 
-    def connection(netloc: str) -> _Connection:
+    def connection(netloc: str) -> Connection:
         if netloc not in connections:
-            connections[netloc] = _Connection(netloc, timeout, view)
+            connections[netloc] = Connection(netloc, timeout, view)
         return connections[netloc]
 
     connection(parts.netloc)  # connected before the clock starts, as a client that pulls would be
