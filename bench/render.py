@@ -25,11 +25,13 @@ from bench.report import (
     PUSH_TIMES,
     REFERENCE_ROWS,
     REFERENCES,
+    SUBJECT_HEADERS,
     Results,
-    Row,
+    _bytes_per_response,
     _fmt,
     _md_table,
     _pct,
+    _rss,
     _share,
     _word,
     backends_table,
@@ -78,19 +80,11 @@ def pg_verdicts(results: Results) -> dict[str, dict[str, float | bool | None]]:
     return out
 
 
-def _rss(row: Row, labels: tuple[str, ...]) -> str:
-    return " / ".join(_fmt(max(row.rss[lb]), ".0f") if row.rss.get(lb) else "—" for lb in labels)
-
-
 def pg_table(results: Results) -> list[str]:
     """The issue's targets on PostgreSQL + S3: the GETs against bare-aiohttp and distribution-s3 (with auth), the
     push against distribution-s3, the warm pulls through moorage-pg-s3-cache against distribution-proxy-s3."""
     headers = [
-        "benchmark",
-        "unit",
-        "Moorage",
-        "Moorage (auth)",
-        "Distribution",
+        *SUBJECT_HEADERS,
         "bare-aiohttp",
         f"Moorage ÷ bare-aiohttp (target ≥ {BARE_SHARE:.0%})",
         "ratio to Distribution",
@@ -101,7 +95,6 @@ def pg_table(results: Results) -> list[str]:
         "peak RSS MiB (M / M auth / D / bare)",
         "notes",
     ]
-    sizes = results.samples.get("bytes_per_response", {})
     rows = []
     for key, v in pg_verdicts(results).items():
         row = results.rows[key]
@@ -109,7 +102,6 @@ def pg_table(results: Results) -> list[str]:
         ratio_text = "—" if ratio is None else f"{ratio:.2f}x"
         if key in PG_GET_ROWS:
             labels = (PG_S3, PG_S3_AUTH, DIST_S3, BARE)
-            size = sizes.get(key, {}) if isinstance(sizes, dict) else {}
             auth_ratio = v["ratio_auth_to_distribution"]
             cells = [
                 f"{_pct(v['moorage_of_bare'])} (auth {_pct(v['moorage_auth_of_bare'])})",
@@ -118,7 +110,7 @@ def pg_table(results: Results) -> list[str]:
                 f"≥ {BARE_SHARE:.0%} of bare, ≥ {DISTRIBUTION_TIMES:g}x, auth ≥ {1 - AUTH_COST:.0%}",
                 f"bare: {_word(v['bare_target_met'])} / {DISTRIBUTION_TIMES:g}x: "
                 f"{_word(v['distribution_target_met'])} / auth: {_word(v['auth_target_met'])}",
-                " / ".join(str(size.get(lb, "—")) for lb in labels),
+                _bytes_per_response(results, key, labels),
             ]
         else:
             moorage, distribution, minimum = PG_RATIO_ROWS[key]

@@ -209,13 +209,26 @@ def _md_table(headers: list[str], rows: list[list[str]]) -> list[str]:
     return out
 
 
+# The columns every table against Distribution begins with (the reference and PostgreSQL + S3 GET tables add
+# bare-aiohttp's after them).
+SUBJECT_HEADERS = ("benchmark", "unit", "Moorage", "Moorage (auth)", "Distribution")
+
+
+def _rss(row: Row, labels: tuple[str, ...]) -> str:
+    """The peak RSS cell: each label's largest peak over its runs, in MiB, or — where it has none."""
+    return " / ".join(_fmt(max(row.rss[lb]), ".0f") if row.rss.get(lb) else "—" for lb in labels)
+
+
+def _bytes_per_response(results: Results, key: str, labels: tuple[str, ...]) -> str:
+    """The bytes per response cell: what each label's server sent per response in row `key` (from wrk), or —."""
+    sizes = results.samples.get("bytes_per_response", {})
+    size = sizes.get(key, {}) if isinstance(sizes, dict) else {}
+    return " / ".join(str(size.get(lb, "—")) for lb in labels)
+
+
 def main_table(results: Results) -> list[str]:
     headers = [
-        "benchmark",
-        "unit",
-        "Moorage",
-        "Moorage (auth)",
-        "Distribution",
+        *SUBJECT_HEADERS,
         "ratio",
         "ratio (auth)",
         "target",
@@ -228,7 +241,7 @@ def main_table(results: Results) -> list[str]:
         if row.section:
             continue
         ratio, ratio_auth = row.ratio(MOORAGE), row.ratio(MOORAGE_AUTH)
-        rss = " / ".join(_fmt(max(row.rss[lb]), ".0f") if row.rss.get(lb) else "—" for lb in (*SUBJECTS, DISTRIBUTION))
+        rss = _rss(row, (*SUBJECTS, DISTRIBUTION))
         runs = {lb: len(v) for lb, v in row.values.items()}
         notes = list(row.notes)
         if any(n != results.runs for n in runs.values()):
@@ -291,11 +304,7 @@ def _pct(value: float | None) -> str:
 def reference_table(results: Results) -> list[str]:
     """The manifest and small-blob GETs beside the reference servers, with the issue's targets."""
     headers = [
-        "benchmark",
-        "unit",
-        "Moorage",
-        "Moorage (auth)",
-        "Distribution",
+        *SUBJECT_HEADERS,
         "bare-aiohttp",
         "nginx-static",
         f"Moorage ÷ bare-aiohttp (target ≥ {BARE_SHARE:.0%})",
@@ -307,12 +316,10 @@ def reference_table(results: Results) -> list[str]:
         "bytes per response (M / M auth / D / bare / nginx)",
     ]
     verdicts = reference_verdicts(results)
-    sizes = results.samples.get("bytes_per_response", {})
     rows = []
     for key, v in verdicts.items():
         row = results.rows[key]
         ratio, ratio_auth = v["ratio_to_distribution"], v["ratio_auth_to_distribution"]
-        size = sizes.get(key, {}) if isinstance(sizes, dict) else {}
         labels = (*SUBJECTS, DISTRIBUTION, *REFERENCES)
         rows.append(
             [
@@ -326,8 +333,8 @@ def reference_table(results: Results) -> list[str]:
                 f"{_pct(v['auth_of_auth_off'])} {_word(v['auth_target_met'])}",
                 _pct(v["moorage_of_nginx_static"]),
                 _pct(v["bare_of_nginx_static"]),
-                " / ".join(_fmt(max(row.rss[lb]), ".0f") if row.rss.get(lb) else "—" for lb in REFERENCES),
-                " / ".join(str(size.get(lb, "—")) for lb in labels),
+                _rss(row, REFERENCES),
+                _bytes_per_response(results, key, labels),
             ]
         )
     return _md_table(headers, rows)
@@ -360,7 +367,7 @@ def backends_table(results: Results) -> list[str]:
                 ok = row.target.check(row, label)
                 word = "n/a" if ok is None else ("met" if ok else "**missed**")
                 verdicts.append(word if label == PG_S3 else f"redirect: {word}")
-        rss = " / ".join(_fmt(max(row.rss[lb]), ".0f") if row.rss.get(lb) else "—" for lb in BACKENDS)
+        rss = _rss(row, BACKENDS)
         runs = {lb: len(v) for lb, v in row.values.items()}
         notes = list(row.notes)
         if any(n != results.runs for n in runs.values()):
