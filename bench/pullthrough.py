@@ -24,9 +24,10 @@ from __future__ import annotations
 import shutil
 import statistics
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
-from bench.content import ACCEPT, MiB, digest_of
+from bench.content import ACCEPT, Image, MiB, digest_of
 from bench.lean import LeanClient, fleet_pull, verify_first
 from bench.report import DISTRIBUTION, FLOOR, MOORAGE, PULL_TIMES, Row, Target, gain_share, ratio_target
 from bench.rss import sampling
@@ -105,6 +106,16 @@ def floor(b: Bench, source: str) -> tuple[Server, bytes]:
     return server, server.answers[0].body
 
 
+def new_images(b: Bench, name: str, repo: str) -> Iterator[tuple[Image, str]]:
+    """Per run: a new image (`name-i`) pushed to the upstream as `repo-i`, which no cache has seen; the image and
+    the repository."""
+    upstream = b.upstream
+    for i in range(b.plan.runs):
+        image = b.image(f"{name}-{i}", list(b.plan.pt_layers))
+        b.push(upstream, image, f"{repo}-{i}")
+        yield image, f"{repo}-{i}"
+
+
 def floor_note(row: Row, moorage: str, distribution: str) -> None:
     """The floor's median and the share of the possible gain over Distribution the Moorage column reaches."""
     m, d, f = row.median(moorage), row.median(distribution), row.median(FLOOR)
@@ -122,10 +133,7 @@ def skopeo_pulls(b: Bench, caches: list[Cache], cold: Row, warm: Row) -> None:
     """Each run: a new image in the upstream; per cache its cold pull, then warm ones; then the floor's."""
     upstream = b.upstream
     fetches: dict[str, list[float]] = {}
-    for i in range(b.plan.runs):
-        image = b.image(f"pt-{i}", list(b.plan.pt_layers))
-        repo = f"pt/img-{i}"
-        b.push(upstream, image, repo)
+    for image, repo in new_images(b, "pt", "pt/img"):
         for column, label in caches:
             server = b.server(label)
             name = _pt_name(server, repo)
@@ -220,13 +228,9 @@ def _lean(
 def lean_pulls(b: Bench, caches: list[Cache], lean: Row, fleet: Row) -> None:
     """Each run: a new image in the upstream, pulled through each cache by the lean client (cold, then warm), then
     the floor's image from the floor. Upstream requests during the warm pulls are counted."""
-    upstream = b.upstream
     firsts: dict[str, list[float]] = {}
     asked: dict[str, list[float]] = {}
-    for i in range(b.plan.runs):
-        image = b.image(f"lean-{i}", list(b.plan.pt_layers))
-        repo = f"pt/lean-{i}"
-        b.push(upstream, image, repo)
+    for image, repo in new_images(b, "lean", "pt/lean"):
         for column, label in caches:
             server = b.server(label)
             first, requests = _lean(b, server, _pt_name(server, repo), image.manifest, column, (lean, fleet), repo)
@@ -273,10 +277,7 @@ def fanout(b: Bench) -> None:
     details: list[dict[str, object]] = []
     worst: dict[str, int] = {}
     manifests_most: dict[str, int] = {}
-    for i in range(b.plan.runs):
-        image = b.image(f"fan-{i}", list(b.plan.pt_layers))
-        repo = f"pt/fan-{i}"
-        b.push(upstream, image, repo)
+    for i, (image, repo) in enumerate(new_images(b, "fan", "pt/fan")):
         for column, label in _caches():
             server = b.server(label)
             name = _pt_name(server, repo)
