@@ -1,5 +1,5 @@
 """What the test modules share besides servers and content: one way to wait for a condition, one way to
-require an external tool, and a look at processes.
+require an external tool, a look at processes, and a fake change feed for the unit tests of caches.
 
 - `wait_for` polls a predicate, treating an HTTP error it raises (refused, reset, a read timeout on a loaded
   machine) as "not yet", and fails naming what it waited for and what it saw last.
@@ -106,3 +106,14 @@ def hold_in_child(path: Path, name: str) -> subprocess.Popen[str]:
     )
     assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
     return proc
+
+
+class FakeChangeFeed:
+    """A change feed (storage.coordination.ChangeFeed) as the caches read it: `epoch()` answers `now`, which a
+    test moves to play another process's commit."""
+
+    def __init__(self) -> None:
+        self.now = 0
+
+    def epoch(self) -> int:
+        return self.now

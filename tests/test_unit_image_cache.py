@@ -13,16 +13,9 @@ import pytest
 from registry.errors import ManifestUnknown
 from registry.service.images import ImageService
 from storage.metadata import MetadataStore
+from tests.helpers import FakeChangeFeed
 
 DIGEST = "sha256:" + "a" * 64
-
-
-class Feed:
-    def __init__(self) -> None:
-        self.now = 0
-
-    def epoch(self) -> int:
-        return self.now
 
 
 class Store:
@@ -58,8 +51,8 @@ class Store:
         return ("repository", name)
 
 
-def make() -> tuple[ImageService, Store, Feed]:
-    store, feed = Store(), Feed()
+def make() -> tuple[ImageService, Store, FakeChangeFeed]:
+    store, feed = Store(), FakeChangeFeed()
     return ImageService(cast(MetadataStore, store), cast(Any, None), cast(Any, feed)), store, feed
 
 

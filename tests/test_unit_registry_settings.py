@@ -12,14 +12,7 @@ import pytest
 
 from registry.service.registry_settings import POLICY, RegistrySettings
 from storage.metadata import MetadataStore
-
-
-class Feed:
-    def __init__(self) -> None:
-        self.now = 0
-
-    def epoch(self) -> int:
-        return self.now
+from tests.helpers import FakeChangeFeed
 
 
 class Store:
@@ -51,8 +44,8 @@ def run(scenario: Coroutine[Any, Any, None]) -> None:
     asyncio.run(asyncio.wait_for(scenario, 10))
 
 
-def make() -> tuple[RegistrySettings, Store, Feed]:
-    store, feed = Store(), Feed()
+def make() -> tuple[RegistrySettings, Store, FakeChangeFeed]:
+    store, feed = Store(), FakeChangeFeed()
     return RegistrySettings(cast(MetadataStore, store), cast(Any, feed)), store, feed
 
 
