@@ -1,5 +1,6 @@
 """What the test modules share besides servers and content: one way to wait for a condition, one way to
-require an external tool, a look at processes, and a fake change feed for the unit tests of caches.
+require an external tool, a look at processes, and for the unit tests of caches a fake change feed and the
+held reads of a fake store.
 
 - `wait_for` polls a predicate, treating an HTTP error it raises (refused, reset, a read timeout on a loaded
   machine) as "not yet", and fails naming what it waited for and what it saw last.
@@ -10,6 +11,7 @@ require an external tool, a look at processes, and a fake change feed for the un
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import subprocess
@@ -117,3 +119,21 @@ class FakeChangeFeed:
 
     def epoch(self) -> int:
         return self.now
+
+
+class HeldReads:
+    """For a fake store: while `gated`, each read `hold()`s until a test sets its gate (in `gates`, in the order
+    the reads began); then it raises `fail` if that is set."""
+
+    def __init__(self) -> None:
+        self.gated = False
+        self.gates: list[asyncio.Event] = []
+        self.fail: Exception | None = None
+
+    async def hold(self) -> None:
+        if self.gated:
+            gate = asyncio.Event()
+            self.gates.append(gate)
+            await gate.wait()
+        if self.fail is not None:
+            raise self.fail

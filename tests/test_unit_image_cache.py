@@ -13,29 +13,22 @@ import pytest
 from registry.errors import ManifestUnknown
 from registry.service.images import ImageService
 from storage.metadata import MetadataStore
-from tests.helpers import FakeChangeFeed
+from tests.helpers import FakeChangeFeed, HeldReads
 
 DIGEST = "sha256:" + "a" * 64
 
 
-class Store:
+class Store(HeldReads):
     """The reads a manifest GET makes, counted, each held until released when `gated`."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.reads: dict[str, int] = {}
         self.tags = {("r", "v1"): DIGEST}
-        self.gated = False
-        self.gates: list[asyncio.Event] = []
-        self.fail: Exception | None = None
 
     async def _read(self, what: str) -> None:
         self.reads[what] = self.reads.get(what, 0) + 1
-        if self.gated:
-            gate = asyncio.Event()
-            self.gates.append(gate)
-            await gate.wait()
-        if self.fail is not None:
-            raise self.fail
+        await self.hold()
 
     async def resolve_tag(self, name: str, tag: str) -> str | None:
         digest = self.tags.get((name, tag))  # what the store held when the read began

@@ -12,28 +12,21 @@ import pytest
 
 from registry.service.registry_settings import POLICY, RegistrySettings
 from storage.metadata import MetadataStore
-from tests.helpers import FakeChangeFeed
+from tests.helpers import FakeChangeFeed, HeldReads
 
 
-class Store:
+class Store(HeldReads):
     """The two reads a refresh makes, each held until `release`d when `gated`; what they answer is `policy`."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.policy = "p0"
         self.reads = 0
-        self.gated = False
-        self.gates: list[asyncio.Event] = []
-        self.fail: Exception | None = None
 
     async def registry_settings(self) -> dict[str, tuple[str, float]]:
         self.reads += 1
         policy = self.policy  # what the store held when the read began
-        if self.gated:
-            gate = asyncio.Event()
-            self.gates.append(gate)
-            await gate.wait()
-        if self.fail is not None:
-            raise self.fail
+        await self.hold()
         return {POLICY: (policy, 1.0)}
 
     async def pull_time_exclusions(self) -> list[tuple[str, float]]:
