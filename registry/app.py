@@ -26,6 +26,7 @@ from registry.auth.access import AccessControl
 from registry.auth.principals import Directory, load_shared_directory
 from registry.auth.tokens import DOWNLOAD_TTL, KeyRing
 from registry.config import Config
+from registry.config.values import parse_size
 from registry.gc import GarbageCollector
 from registry.naming import normalize_prefix
 from registry.proxy import rules
@@ -133,7 +134,12 @@ class Services:
             metadata=config.storage.metadata.reveal(),
             blobs=config.storage.blobs,
             s3=S3Options(
-                s3.endpoint_url, s3.region, s3.access_key_id, s3.secret_access_key.reveal(), redirect=s3.redirect
+                s3.endpoint_url,
+                s3.region,
+                s3.access_key_id,
+                s3.secret_access_key.reveal(),
+                redirect=s3.redirect,
+                local_cache=parse_size(s3.local_cache),
             ),
             free_space_floor=config.storage.free_space_floor,
             min_free_space=config.storage.min_free_space,

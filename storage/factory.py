@@ -34,6 +34,7 @@ class S3Options:
     access_key_id: str = ""  # empty: the standard AWS environment / shared credentials
     secret_access_key: str = field(default="", repr=False)
     redirect: bool = False  # blob GETs may answer a presigned URL
+    local_cache: int = 0  # bytes of verified blob copies kept on the replica's disk (0: none)
 
 
 @dataclass(slots=True)
@@ -120,7 +121,14 @@ def open_blob_store(
         from storage.s3 import S3BlobStore
 
         bucket, _, prefix = blobs[len("s3://") :].partition("/")
-        blob_store = S3BlobStore(bucket, prefix.strip("/"), s3 or S3Options(), scratch=data_dir, locks=locks)
+        blob_store = S3BlobStore(
+            bucket,
+            prefix.strip("/"),
+            s3 or S3Options(),
+            scratch=data_dir,
+            locks=locks,
+            free_space_floor=free_space_floor,
+        )
     elif blobs in ("", "filesystem"):
         from storage.fs import FilesystemBlobStore
 

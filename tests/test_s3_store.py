@@ -443,6 +443,7 @@ def test_a_registry_on_s3_serves_pushes_and_pulls(bucket: Bucket, make_server: C
         f'[storage]\nblobs = "s3://{BUCKET}/{bucket.prefix}"\n'
         f'[storage.s3]\nendpoint_url = "{service.endpoint_url}"\nregion = "{REGION}"\n'
         f'access_key_id = "{ACCESS_KEY}"\nsecret_access_key = "{SECRET_KEY}"\nredirect = {str(redirect).lower()}\n'
+        'local_cache = "0"\n'  # every read from the bucket (tests/test_s3_local_cache.py: with copies)
     )
     srv = make_server(config)
     client = Client(srv.url)

@@ -35,6 +35,7 @@ from registry.config.values import (
     check_repository_globs,
     check_secret,
     check_secret_name,
+    check_size,
     check_upstream_url,
     check_workers,
     parse_free_space,
@@ -149,6 +150,8 @@ class S3Config:
     access_key_id: str = _key("", "str")  # empty: the standard AWS environment / shared credentials
     secret_access_key: Secret = _key(Secret(""), "secret")
     redirect: bool = _key(False, "bool")  # blob GETs answer 307 to a presigned GET URL
+    # Verified copies of blobs read or written here, kept on the replica's disk and served with sendfile.
+    local_cache: str = _key("2GiB", "str", check_size)
 
 
 @dataclass(frozen=True, slots=True)

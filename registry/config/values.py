@@ -268,6 +268,19 @@ def check_free_space(v: str) -> str:
     return v
 
 
+def parse_size(value: str) -> int:
+    """A size in bytes ("2GiB", "500MB", "0", a number of bytes)."""
+    size, percent = parse_free_space(value)
+    if percent:
+        raise ValueError('expected a size such as "2GiB", "500MB" or "0"')
+    return size
+
+
+def check_size(v: str) -> str:
+    parse_size(v)
+    return v
+
+
 def check_metadata_url(v: Secret) -> Secret:
     """`[storage] metadata`: empty (SQLite in the data dir) or a PostgreSQL URL."""
     url = v.reveal()

@@ -10,7 +10,7 @@ import hashlib
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 
-from storage.blobs import BlobBody, BlobInfo, ByteStream, RedirectURL
+from storage.blobs import BlobBody, BlobInfo, ByteStream, FileRange, RedirectURL
 from storage.coordination import Locks
 from storage.errors import (
     BlobCorrupt,
@@ -58,11 +58,21 @@ from storage.s3.common import (
     _translate,
     log,
 )
+from storage.s3.local_cache import Fill, LocalCache
 from storage.s3.writers import S3SessionWriter, S3Writer, _ObjectSink
 
 
 class S3BlobStore:
-    def __init__(self, bucket: str, prefix: str, options: S3Options, *, scratch: Path, locks: Locks) -> None:
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str,
+        options: S3Options,
+        *,
+        scratch: Path,
+        locks: Locks,
+        free_space_floor: Callable[[int], int] = lambda total: 0,
+    ) -> None:
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.options = options
@@ -77,6 +87,8 @@ class S3BlobStore:
         self._client_lock = asyncio.Lock()
         self.calls: collections.Counter[str] = collections.Counter()  # S3 operations made, by name
         remove_stale(self._scratch, LEFTOVER_AGE)
+        # Verified copies of blobs read or written here, served with sendfile (`[storage.s3] local_cache`).
+        self.local = LocalCache(Path(scratch) / "s3-cache", options.local_cache, free_space_floor)
 
     @property
     def where(self) -> str:
@@ -178,6 +190,12 @@ class S3BlobStore:
     async def open(
         self, digest: str, offset: int = 0, length: int | None = None, *, redirect: bool = False
     ) -> BlobBody:
+        if not (redirect and self.options.redirect):
+            copy = self.local.lookup(digest)
+            if copy is not None:  # (no round trip to the bucket)
+                path, size = copy
+                available = max(size - offset, 0)
+                return FileRange(path, offset, available if length is None else min(length, available))
         info = await self.stat(digest)
         if info is None:
             raise BlobNotFound(digest)
@@ -199,10 +217,24 @@ class S3BlobStore:
         return self._stream(digest, offset, length)
 
     async def _stream(self, digest: str, offset: int, length: int | None) -> AsyncIterator[bytes]:
-        """The blob's bytes from `offset` (`length` of them, all when None). A read of the whole blob is
-        verified against the digest, its last piece held back until it matches."""
+        """The blob's bytes from `offset` (`length` of them, all when None): from the local copy when there is
+        one, else from the bucket. A read of the whole blob from the bucket is verified against the digest, its
+        last piece held back until it matches, and leaves a local copy behind."""
         if length == 0:
             return
+        copy = self.local.lookup(digest)
+        if copy is not None:
+            try:
+                fd = await asyncio.to_thread(os.open, copy[0], os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:  # evicted meanwhile
+                pass
+            else:
+                try:
+                    async for local in _file_pieces(fd, offset, length):
+                        yield local
+                finally:
+                    os.close(fd)
+                return
         params: dict[str, Any] = {"Key": self._blob_key(digest)}
         if offset or length is not None:
             params["Range"] = f"bytes={offset}-{'' if length is None else offset + length - 1}"
@@ -219,31 +251,40 @@ class S3BlobStore:
             total = int(of) if of.isdigit() else -1
         whole = offset == 0 and expected == total
         hasher = hashlib.new(digest.partition(":")[0]) if whole else None
+        fill = await self.local.fill(digest, expected) if whole else None
         received = 0
         held: bytes | None = None
-        async with response["Body"] as body:
-            while True:
-                try:
-                    piece: bytes = await body.read(READ_CHUNK)
-                except _TRANSLATED as e:
-                    raise _translate(e, f"reading {digest}") from e
-                if not piece:
-                    break
-                received += len(piece)
-                if hasher is not None:
-                    hasher.update(piece)
-                if held is not None:
-                    yield held
-                held = piece
-        if received != expected:
-            raise StorageUnavailable(f"reading {digest}: the stream ended after {received} of {expected} bytes")
-        if hasher is not None:
-            actual = f"{digest.partition(':')[0]}:{hasher.hexdigest()}"
-            if actual != digest:
-                log.error("blob %s in %s does not match its digest (its bytes are %s)", digest, self.where, actual)
-                raise BlobCorrupt(digest, actual)
-        if held is not None:
-            yield held
+        try:
+            async with response["Body"] as body:
+                while True:
+                    try:
+                        piece: bytes = await body.read(READ_CHUNK)
+                    except _TRANSLATED as e:
+                        raise _translate(e, f"reading {digest}") from e
+                    if not piece:
+                        break
+                    received += len(piece)
+                    if hasher is not None:
+                        hasher.update(piece)
+                    if fill is not None:
+                        fill = await _fill_with(fill, piece)
+                    if held is not None:
+                        yield held
+                    held = piece
+            if received != expected:
+                raise StorageUnavailable(f"reading {digest}: the stream ended after {received} of {expected} bytes")
+            if hasher is not None:
+                actual = f"{digest.partition(':')[0]}:{hasher.hexdigest()}"
+                if actual != digest:
+                    log.error("blob %s in %s does not match its digest (its bytes are %s)", digest, self.where, actual)
+                    raise BlobCorrupt(digest, actual)
+            if held is not None:
+                yield held
+            if fill is not None:
+                await fill.keep(expected)
+        finally:
+            if fill is not None and not fill.committed:
+                await fill.abort()
 
     async def _object_stream(self, key: str, what: str) -> AsyncIterator[bytes]:
         """An object's bytes as they are (a session's chunk)."""
@@ -406,6 +447,7 @@ class S3BlobStore:
 
     # -- deleting ----------------------------------------------------------------------------------
     async def delete(self, digest: str) -> bool:
+        self.local.forget(digest)
         if await self.stat(digest) is None:
             return False
         await self._call("delete_object", f"deleting {digest}", Key=self._blob_key(digest))
@@ -480,3 +522,27 @@ class S3BlobStore:
         stack, self._client_stack = self._client_stack, contextlib.AsyncExitStack()
         self._clients.clear()
         await stack.aclose()
+
+
+async def _fill_with(fill: Fill, piece: bytes) -> Fill | None:
+    """Write a piece to the local copy being filled; a copy that cannot be written is dropped (None), never the
+    read."""
+    try:
+        await fill.write(piece)
+    except (OSError, StorageError) as e:
+        log.warning("local cache: dropping the copy of a blob being read: %s", e)
+        await fill.abort()
+        return None
+    return fill
+
+
+async def _file_pieces(fd: int, offset: int, length: int | None) -> AsyncIterator[bytes]:
+    """A local file's bytes from `offset` (`length` of them, to the end when None), read in worker threads."""
+    end = None if length is None else offset + length
+    while end is None or offset < end:
+        want = READ_CHUNK if end is None else min(READ_CHUNK, end - offset)
+        piece = await asyncio.to_thread(os.pread, fd, want, offset)
+        if not piece:
+            return
+        offset += len(piece)
+        yield piece

@@ -279,6 +279,7 @@ class S3Writer(_PartStreamer):
             return None
 
     async def _install(self, expected: str) -> None:
+        installed = False
         try:
             if self._sink is not None and expected == self.expected:
                 await self._complete(expected)
@@ -286,10 +287,13 @@ class S3Writer(_PartStreamer):
                 await self._end_stream()  # (parts of another digest's key: never completed)
                 if not await self._stored_now(expected):  # the same content already there wins
                     await self.store._upload_file(self.path, self.store._blob_key(expected), self._size)
+            installed = True
         finally:
             self._drop_look()
             await self._end_stream()
-            await asyncio.to_thread(self.path.unlink, True)
+            # The verified scratch file becomes the replica's local copy, or goes.
+            if not (installed and await self.store.local.adopt(self.path, expected, self._size)):
+                await asyncio.to_thread(self.path.unlink, True)
 
     def _drop_look(self) -> None:
         if self._stored is not None and not self._stored.done():

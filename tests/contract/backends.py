@@ -34,6 +34,9 @@ from typing import TYPE_CHECKING, Any
 
 from storage.factory import S3Options, Stores, open_stores
 
+# The S3 backends keep local copies of blobs as a registry does by default ([storage.s3] local_cache).
+LOCAL_CACHE = 64 << 20
+
 if TYPE_CHECKING:  # the child process (`python -m tests.contract.backends`) runs without pytest
     import pytest
 
@@ -169,7 +172,7 @@ def _attach_s3(address: str) -> Stores:
     from tests.services.seaweedfs import ACCESS_KEY, REGION, SECRET_KEY
 
     where = json.loads(address)
-    options = S3Options(where["endpoint"], REGION, ACCESS_KEY, SECRET_KEY, redirect=True)
+    options = S3Options(where["endpoint"], REGION, ACCESS_KEY, SECRET_KEY, redirect=True, local_cache=LOCAL_CACHE)
     return open_stores(Path(where["data"]), blobs=f"s3://{where['bucket']}/{where['prefix']}", s3=options)
 
 
@@ -194,7 +197,7 @@ def _attach_postgres_s3(address: str) -> Stores:
     from tests.services.seaweedfs import ACCESS_KEY, REGION, SECRET_KEY
 
     where = json.loads(address)
-    options = S3Options(where["endpoint"], REGION, ACCESS_KEY, SECRET_KEY, redirect=True)
+    options = S3Options(where["endpoint"], REGION, ACCESS_KEY, SECRET_KEY, redirect=True, local_cache=LOCAL_CACHE)
     blobs = f"s3://{where['bucket']}/{where['prefix']}"
     return open_stores(Path(where["data"]), metadata=where["metadata"], blobs=blobs, s3=options)
 
