@@ -16,6 +16,8 @@ Benchmarks:
   pull-lean     warm pulls by bench/lean.py's client (manifest, then config and layers 3 at once, bodies read into a
                 4 MiB buffer; digests verified on the first pull only): the median of 5 pulls per run, then 8
                 such clients pulling at once (wall, the median of 3 per run); also from the floor
+  pull-wan      pull-lean through both caches in front of the upstream behind bench/wan.py's relay, RTT_MS (20 ms)
+                away, as a real upstream is
   fanout        6 skopeo pulls at once of an image new to the cache: upstream blob GETs per blob, slowest pull
 """
 
@@ -33,6 +35,7 @@ from bench.report import DISTRIBUTION, FLOOR, MOORAGE, PULL_TIMES, Row, Target, 
 from bench.rss import sampling
 from bench.servers import BenchError, Moorage, NginxStatic, Served, Server, served
 from bench.suite import CACHE_PREFIX, Bench
+from bench.wan import RTT_MS
 
 WARM_PULLS = 3  # skopeo warm pulls per run; the run's value is their median
 LEAN_PULLS = 5  # lean warm pulls per run; the run's value is their median
@@ -168,11 +171,12 @@ def pull_through(b: Bench) -> None:
 # -- the lean client -----------------------------------------------------------------------------------------
 
 
-def lean_rows(b: Bench, key: str, section: str = "") -> tuple[Row, Row]:
-    """The lean pull's rows; the target is the main table's (Moorage vs Distribution columns) when `section` is."""
+def lean_rows(b: Bench, key: str, section: str = "", where: str = "") -> tuple[Row, Row]:
+    """The lean pull's rows; the target is the main table's (Moorage vs Distribution columns) when `section` is.
+    `where`: what the title adds (the upstream's distance)."""
     lean = b.results.row(
         key,
-        f"pull-through warm pull, lean client ({_shape(b)}; 3 blobs at once)",
+        f"pull-through warm pull, lean client ({_shape(b)}; 3 blobs at once{where})",
         "s",
         better="lower",
         fmt=".3f",
@@ -181,7 +185,7 @@ def lean_rows(b: Bench, key: str, section: str = "") -> tuple[Row, Row]:
     )
     fleet = b.results.row(
         f"{key}-{FLEET_CLIENTS}",
-        f"pull-through warm pull, {FLEET_CLIENTS} lean clients at once: wall",
+        f"pull-through warm pull, {FLEET_CLIENTS} lean clients at once{where}: wall",
         "s",
         better="lower",
         fmt=".3f",
@@ -252,6 +256,13 @@ def lean_pulls(b: Bench, caches: list[Cache], lean: Row, fleet: Row) -> None:
 def pull_lean(b: Bench) -> None:
     lean, fleet = lean_rows(b, "pt-lean")
     lean_pulls(b, _caches(), lean, fleet)
+
+
+def pull_wan(b: Bench) -> None:
+    """The lean pulls again, through both caches in front of the upstream a round trip of RTT_MS away (as a real
+    upstream is): a warm pull that asks the upstream pays the distance."""
+    lean, fleet = lean_rows(b, "pt-lean-wan", where=f"; upstream {RTT_MS:g} ms away")
+    lean_pulls(b, [(MOORAGE, "moorage-cache-wan"), (DISTRIBUTION, "distribution-proxy-wan")], lean, fleet)
 
 
 # -- fan-out -------------------------------------------------------------------------------------------------
@@ -326,5 +337,6 @@ def fanout(b: Bench) -> None:
 BENCHMARKS = {
     "pull-through": pull_through,
     "pull-lean": pull_lean,
+    "pull-wan": pull_wan,
     "fanout": fanout,
 }

@@ -125,7 +125,10 @@ def pg_table(results: Results) -> list[str]:
 
 # The warm pulls beside their floor: (row, backend, Moorage column, Distribution column).
 FLOOR_ROWS = [
-    *((key, "SQLite + filesystem", MOORAGE, DISTRIBUTION) for key in ("pt-warm", "pt-lean", "pt-lean-8")),
+    *(
+        (key, "SQLite + filesystem", MOORAGE, DISTRIBUTION)
+        for key in ("pt-warm", "pt-lean", "pt-lean-8", "pt-lean-wan", "pt-lean-wan-8")
+    ),
     *((key, "PostgreSQL + S3", PG_S3_CACHE, DIST_PROXY_S3) for key in ("pg-pt-warm", "pg-pt-lean", "pg-pt-lean-8")),
 ]
 

@@ -9,6 +9,8 @@ Servers (started on first use, see bench/servers.py):
   upstream        Distribution with its access log on: the local upstream of both caches
   moorage-cache   Moorage with a pull-through rule `hub` -> upstream
   distribution-proxy  Distribution in proxy mode -> upstream
+  upstream-wan    bench/wan.py's relay to upstream, a round trip of RTT_MS away (a real upstream's distance)
+  moorage-cache-wan, distribution-proxy-wan  the two caches again, in front of upstream-wan
 
 Runs are interleaved (run 1 on every server, then run 2 ...) so drift in the machine's load hits all alike.
 """
@@ -48,6 +50,7 @@ from bench.servers import (
     Server,
     served,
 )
+from bench.wan import RTT_MS, WanLink
 
 HEADLINE = (MOORAGE, MOORAGE_AUTH, DISTRIBUTION)
 CACHE_PREFIX = "hub"
@@ -158,6 +161,24 @@ class Bench:
             "distribution-proxy",
             lambda: Distribution(
                 "distribution-proxy", workdir / "distribution-proxy", proxy_url=self.upstream.url, access_log=True
+            ),
+        )
+        lab.define("upstream-wan", lambda: WanLink("upstream-wan", workdir / "upstream-wan", self.upstream, RTT_MS))
+        lab.define(
+            "moorage-cache-wan",
+            lambda: Moorage(
+                "moorage-cache-wan",
+                workdir / "moorage-cache-wan",
+                extra_config=cache_config(self.server("upstream-wan").url),
+            ),
+        )
+        lab.define(
+            "distribution-proxy-wan",
+            lambda: Distribution(
+                "distribution-proxy-wan",
+                workdir / "distribution-proxy-wan",
+                proxy_url=self.server("upstream-wan").url,
+                access_log=True,
             ),
         )
         lab.define(
