@@ -186,6 +186,33 @@ def test_no_copies_without_a_budget_or_without_free_disk(bucket: Bucket, tmp_pat
     run(case())
 
 
+def test_copies_in_use_are_spared_until_they_age(tmp_path: Path):
+    """A copy looked up a moment ago may be about to be opened: eviction leaves it, and takes it once it aged."""
+    cache = LocalCache(tmp_path / "cache", 8 * MiB)
+
+    async def case() -> None:
+        names = []
+        for i in range(5):  # 5 x 2 MiB, all just used: over the budget, yet nothing may go
+            data = content(f"spared {i}", 2 * MiB)
+            source = tmp_path / f"scratch{i}"
+            await asyncio.to_thread(source.write_bytes, data)
+            assert await cache.adopt(source, digest(data), len(data))
+            names.append(digest(data))
+        assert all(cache.lookup(d) is not None for d in names), "every copy kept while in use"
+        old = time.time() - 1000
+        for d in names[:3]:
+            path, _ = cache.lookup(d) or ("", 0)
+            os.utime(path, (old, old))
+        data = content("one more", 2 * MiB)
+        source = tmp_path / "scratch-more"
+        await asyncio.to_thread(source.write_bytes, data)
+        assert await cache.adopt(source, digest(data), len(data))
+        kept = [d for d in names if cache.lookup(d) is not None]
+        assert kept == names[3:], "the aged copies went (down to the budget's share), the ones in use stayed"
+
+    run(case())
+
+
 def test_the_setting_takes_sizes():
     assert parse_size("2GiB") == 2 << 30 and parse_size("0") == 0 and parse_size("500MB") == 500_000_000
     with pytest.raises(ValueError):

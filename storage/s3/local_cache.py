@@ -8,9 +8,10 @@ wherever they are. Only verified bytes enter the cache:
     file is kept instead of removed (`adopt`).
 The registry asks the metadata store whether a repository holds a blob before it opens one, so a copy of a
 blob deleted since is never served; it ages out. Least recently used copies go first once the cache holds more
-than its budget (the modification time is the use time, refreshed at most every TOUCH_AFTER seconds). Each
+than its budget (the modification time is the use time, refreshed at most every TOUCH_AFTER seconds), sparing
+those used in the last SPARE_RECENT seconds, which a reader may be about to open. Each
 worker process keeps its own count of the bytes held, recounted from the directory whenever it believes the
-budget is reached, so the cache may briefly overshoot by what other workers added since.
+budget is reached, so the cache may briefly overshoot by what other workers added since, or by copies in use.
 
     <data dir>/s3-cache/
       ab/abcdef...        the blob sha256:abcdef... (sha256 digests only)
@@ -32,7 +33,10 @@ from storage.scratch import ScratchWriter, remove_stale
 
 log = logging.getLogger(__name__)
 
-TOUCH_AFTER = 60.0  # seconds: a hit refreshes the copy's use time when it is older than this
+TOUCH_AFTER = 10.0  # seconds: a hit refreshes the copy's use time when it is older than this
+# A copy used this recently is never evicted: a reader opens the file it looked up well within
+# SPARE_RECENT - TOUCH_AFTER seconds, and an open file is sent whole even if removed then.
+SPARE_RECENT = 30.0
 EVICT_TO = 0.9  # eviction frees room down to this share of the budget
 LARGEST_SHARE = 4  # a blob over budget / LARGEST_SHARE is not cached (one blob must not flush the cache)
 FILL_PREFIX = ".fill-"
@@ -177,8 +181,9 @@ class LocalCache:
         held = sum(size for _, size, _ in copies)
         if held > target:
             copies.sort()
-            for _, size, path in copies:
-                if held <= max(target, 0):
+            recent = time.time() - SPARE_RECENT
+            for used, size, path in copies:
+                if held <= max(target, 0) or used > recent:
                     break
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
