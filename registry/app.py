@@ -423,7 +423,10 @@ def create_app(config: Config, worker: int | None = None) -> web.Application:
         in_flight=in_flight,
         record=recorder,
     )
-    services.metrics.fast_lane_answered = lambda: lane.answered
+    services.metrics.follow(services.metrics.fast_lane, lambda: lane.answered)
+    local = getattr(services.stores.blobs, "local", None)  # (an S3 store's local copies)
+    if local is not None:
+        services.metrics.follow(services.metrics.local_copies, lambda: local.hits)
     health.add_routes(app)
     metrics.setup(app, services.metrics)
     console.setup(app)  # /console/ (and GET /), unless [console] enabled = false

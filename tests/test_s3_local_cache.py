@@ -240,6 +240,14 @@ def test_a_registry_serves_a_blob_from_its_copy_when_the_bucket_lost_it(
     r = requests.get(blob, timeout=30)
     assert (r.status_code, r.content == data) == (200, True)
     assert any(srv.data_dir.glob(f"s3-cache/??/{d.partition(':')[2]}"))
+    for _ in range(30):  # bounded: other workers' counts reach a scrape within a second
+        text = requests.get(f"{srv.url}/metrics", timeout=30).text
+        reads = [line for line in text.splitlines() if line.startswith("moorage_blob_local_copy_reads_total ")]
+        if reads and float(reads[0].split()[1]) >= 3:
+            break
+        time.sleep(0.2)
+    else:
+        pytest.fail(f"the three reads from the local copy are not counted: {reads}")
 
 
 def test_local_copies_leave_nothing_in_flight(bucket: Bucket):

@@ -62,7 +62,7 @@ def test_nothing_is_in_the_series_before_a_flush():
 def test_the_fast_lane_count_moves_by_what_it_answered():
     metrics = Metrics(registry=CollectorRegistry())
     answered = [0]
-    metrics.fast_lane_answered = lambda: answered[0]
+    metrics.follow(metrics.fast_lane, lambda: answered[0])
     answered[0] = 5
     metrics.flush()
     answered[0] = 7

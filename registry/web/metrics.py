@@ -108,8 +108,14 @@ class Metrics:
             "moorage_http_requests too",
             registry=registry,
         )
-        self.fast_lane_answered: Callable[[], int] | None = None  # the lane's count so far (set by the app)
-        self._fast_lane_synced = 0
+        self.local_copies = Counter(
+            "moorage_blob_local_copy_reads",
+            "Blob reads answered from this replica's verified local copy of an S3 blob, without the bucket "
+            "([storage.s3] local_cache)",
+            registry=registry,
+        )
+        # Counters that copy a count kept elsewhere (the fast lane's, the blob store's): (counter, source, synced)
+        self._followed: list[tuple[Any, Callable[[], int], list[int]]] = []
         self.lifecycle_runs = Counter("moorage_lifecycle_runs", "Lifecycle sweeps run", registry=registry)
         self.lifecycle_images = Counter(
             "moorage_lifecycle_images_expired", "Images expired by lifecycle policies", registry=registry
@@ -142,6 +148,10 @@ class Metrics:
             self.exposition = CollectorRegistry()
             MultiProcessCollector(self.exposition, multiprocess)
         self.exposition.register(_StorageCollector(self.storage))
+
+    def follow(self, counter: Any, count: Callable[[], int]) -> None:
+        """Keep `counter` at what `count()` says, from each flush on (a count that only grows)."""
+        self._followed.append((counter, count, [0]))
 
     def attach(self, pull_through: PullThrough) -> None:
         self._pull_through = pull_through
@@ -178,11 +188,11 @@ class Metrics:
 
     def flush(self) -> None:
         """Move the requests observed since the last flush into their Prometheus series."""
-        if self.fast_lane_answered is not None:
-            answered = self.fast_lane_answered()
-            if answered > self._fast_lane_synced:
-                self.fast_lane.inc(answered - self._fast_lane_synced)
-                self._fast_lane_synced = answered
+        for counter, source, synced in self._followed:
+            value = source()
+            if value > synced[0]:
+                counter.inc(value - synced[0])
+                synced[0] = value
         pending, self._pending = self._pending, {}
         for key, (count, seconds, bytes_in, bytes_out, buckets) in pending.items():
             children = self._children.get(key)
