@@ -11,6 +11,8 @@ Layout under the data directory (every path is built by `_blob_path`, `_upload_p
           ...
       uploads/
         <upload uuid>          bytes received so far for an upload session (sessions survive restarts)
+        <upload uuid>.sha256   "<size> <hex>": the SHA-256 of its first <size> bytes, so that a PUT that lands on
+                               another worker process than the PATCH before it need not read the file again
         .ingest-<uuid>         a fresh writer's bytes (a monolithic upload, an import)
         .ingest-shared-<key>   a shared writer's bytes (a pull-through download other processes follow), and
         .ingest-shared-<key>.size   "<pid> <declared size>": which live process writes it
@@ -48,6 +50,7 @@ from storage.files import full_is_storage_full, install
 from storage.scratch import (
     LEFTOVER_AGE,
     READ_CHUNK,
+    SCRATCH_PREFIX,
     FileFollow,
     ScratchWriter,
     remove_stale,
@@ -93,6 +96,9 @@ class FilesystemBlobStore:
 
     def _upload_path(self, upload_id: str) -> Path:
         return self._uploads / upload_id
+
+    def _upload_hash_path(self, upload_id: str) -> Path:
+        return self._uploads / f"{upload_id}{SESSION_HASH_SUFFIX}"
 
     def _shared_path(self, key: str) -> Path:
         return shared_path(self._uploads, key)
@@ -179,7 +185,10 @@ class FilesystemBlobStore:
             state = self._hashes.pop(upload_id, None)
             if state is not None and state.offset != start:
                 state = None  # out of step (a write that failed half way): rehash at commit
+            if state is None and start == 0:
+                state = _HashState(hashlib.sha256(), 0)  # (a session started by another worker process)
             writer = FileWriter(self, path, fd, state.hasher if state else None, start, session=upload_id)
+            writer.recorded = self._upload_hash_path(upload_id)
             try:
                 yield writer
                 if not (writer.committed or writer.aborted):
@@ -193,8 +202,11 @@ class FilesystemBlobStore:
                 await writer._close()
                 if writer.committed or writer.aborted:
                     self._forget(upload_id)
+                    await asyncio.to_thread(writer.recorded.unlink, True)
                 elif writer.hasher is not None and writer.consistent:
                     self._hashes[upload_id] = _HashState(writer.hasher, writer.size)
+                    # (another worker process may take the next request of this session)
+                    await asyncio.to_thread(_record_hash, writer.recorded, writer.size, writer.hasher.copy())
 
     @contextlib.asynccontextmanager
     async def _process_lock(self, upload_id: str) -> AsyncIterator[None]:
@@ -206,6 +218,7 @@ class FilesystemBlobStore:
 
     async def delete_upload(self, upload_id: str) -> None:
         await asyncio.to_thread(self._upload_path(upload_id).unlink, True)
+        await asyncio.to_thread(self._upload_hash_path(upload_id).unlink, True)
         self._forget(upload_id)
 
     def _forget(self, upload_id: str) -> None:
@@ -299,7 +312,40 @@ class FileWriter(ScratchWriter):
     ) -> None:
         super().__init__(path, fd, hasher, start, through=through, session=session)
         self.store = store
+        self.recorded: Path | None = None  # an upload session's recorded hash (`_record_hash`)
+
+    async def file_digest(self, algorithm: str) -> str:
+        """Without the session's hash state in this process: the hash another process recorded, when it covers
+        every byte of the file."""
+        if algorithm == "sha256" and not (self.hasher is not None and self.consistent) and self.recorded:
+            recorded = await asyncio.to_thread(_recorded_hash, self.recorded, self._size)
+            if recorded is not None:
+                return f"sha256:{recorded}"
+        return await super().file_digest(algorithm)
 
     async def _install(self, expected: str) -> None:
         with full_is_storage_full(f"installing {expected}", self.store._blob_path(expected)):
             await asyncio.to_thread(install, self.path, self.store._blob_path(expected))
+
+
+SESSION_HASH_SUFFIX = ".sha256"
+
+
+def _record_hash(path: Path, size: int, hasher: hashlib._Hash) -> None:
+    """Record that the session's first `size` bytes hash to `hasher`'s digest (the bytes are durable already; a
+    record lost in a crash only costs a reread)."""
+    tmp = path.with_name(f"{SCRATCH_PREFIX}{path.name}")  # (left by a crash: removed as a stale scratch file)
+    tmp.write_text(f"{size} {hasher.hexdigest()}")
+    os.replace(tmp, path)
+
+
+def _recorded_hash(path: Path, size: int) -> str | None:
+    """The recorded SHA-256 (hex) of a session file of `size` bytes; None when there is none for that size."""
+    try:
+        text = path.read_text()
+    except (FileNotFoundError, UnicodeDecodeError):
+        return None
+    recorded_size, _, hexdigest = text.partition(" ")
+    if recorded_size != str(size) or len(hexdigest) != 64 or not all(c in "0123456789abcdef" for c in hexdigest):
+        return None
+    return hexdigest

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
+import storage.scratch
 from storage.blobs import BlobInfo, BlobStore, ByteStream, FileRange, RedirectURL
 from storage.errors import BlobNotFound, DigestMismatch, UploadNotFound
 from storage.factory import Stores
@@ -392,6 +393,60 @@ async def test_an_upload_session_continues_in_another_process(blobs: BlobStore, 
         assert writer.size == len(DATA), "... and its chunk is part of the session here"
         assert await writer.commit(digest(DATA)) == len(DATA), "chunks written by two processes make the blob"
     assert await join(other.read(digest(DATA))) == DATA
+
+
+@pytest.mark.parametrize("claimed", ["right", "wrong"])
+@pytest.mark.parametrize("started", ["here", "there"])
+async def test_a_session_written_in_one_process_commits_in_another_without_reading_it_again(
+    blobs: BlobStore,
+    peer: Callable[[], Awaitable[Stores]],
+    monkeypatch: pytest.MonkeyPatch,
+    claimed: str,
+    started: str,
+):
+    """docker's and skopeo's push (POST, one PATCH, then a PUT) with the PUT landing on another worker process
+    than the PATCH, and the POST on either."""
+    other = (await peer()).blobs
+    await (blobs if started == "here" else other).create_upload("u1")
+    async with blobs.resume_upload("u1") as writer:  # the PATCH
+        await writer.write(DATA)
+
+    def no_rereading(path: object, algorithm: str) -> str:
+        raise AssertionError(f"{path} was read again to hash it")
+
+    monkeypatch.setattr(storage.scratch, "hash_file", no_rereading)
+    async with other.resume_upload("u1") as writer:  # the PUT, in the other process
+        if claimed == "right":
+            assert await writer.commit(digest(DATA)) == len(DATA)
+        else:
+            with pytest.raises(DigestMismatch):
+                await writer.commit(digest(b"something else"))
+    if claimed == "right":
+        assert await join(blobs.read(digest(DATA))) == DATA
+    else:
+        assert await blobs.stat(digest(b"something else")) is None
+        with pytest.raises(UploadNotFound):
+            await blobs.upload_size("u1")
+
+
+async def test_a_session_continued_in_another_process_is_hashed_whole(
+    blobs: BlobStore, peer: Callable[[], Awaitable[Stores]]
+):
+    """The hash recorded for a session's first bytes covers only them: bytes added in another process count."""
+    other = (await peer()).blobs
+    await blobs.create_upload("u1")
+    async with blobs.resume_upload("u1") as writer:
+        await writer.write(DATA[:40])
+    async with other.resume_upload("u1") as writer:
+        await writer.write(DATA[40:])
+        with pytest.raises(DigestMismatch):
+            await writer.commit(digest(DATA[:40]))
+    await other.create_upload("u2")
+    async with other.resume_upload("u2") as writer:
+        await writer.write(DATA[:40])
+    async with blobs.resume_upload("u2") as writer:
+        await writer.write(DATA[40:])
+        assert await writer.commit(digest(DATA)) == len(DATA)
 
 
 async def test_a_shared_write_followed_from_another_process_is_correct(
