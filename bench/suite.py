@@ -17,6 +17,7 @@ Runs are interleaved (run 1 on every server, then run 2 ...) so drift in the mac
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -235,6 +236,9 @@ class Bench:
         """skopeo-push `image` to `repo:v1` unless done already; the seconds it took (None: already there)."""
         if (server.label, repo) in self.pushed:
             return None
+        # Each push starts with no dirty page cache: what the bench just wrote (the image) or a server that does
+        # not fsync (Distribution) left behind would otherwise be written back by the next server's fsyncs.
+        os.sync()
         seconds = self.skopeo.copy(image.ref, f"docker://{server.host}/{repo}:v1", dest_creds=server.creds)
         self.pushed.add((server.label, repo))
         return seconds
