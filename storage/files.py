@@ -1,4 +1,5 @@
-"""Durable local file writes, written once: every local writer (blobs, keys, credentials, exports) uses these.
+"""Durable local file writes, written once: every local writer (blobs, keys, credentials, exports) uses these;
+and the one way a driver streams a range of a local file (`read_range`).
 
 A file that must survive a crash whole is written to a temporary name beside it, fsynced, renamed over the
 final name, and its directory fsynced: a reader sees the old file or the new one, never part of one.
@@ -6,13 +7,15 @@ final name, and its directory fsynced: a reader sees the old file or the new one
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import ctypes.util
 import errno
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from storage.errors import StorageFull
 
@@ -98,3 +101,21 @@ def full_is_storage_full(what: str, where: Path) -> Iterator[None]:
         if e.errno in FULL_ERRNOS:
             raise StorageFull(f"{what}: {e.strerror} (writing {e.filename or where})") from e
         raise
+
+
+async def read_range(fh: BinaryIO, offset: int, length: int | None, chunk: int) -> AsyncIterator[bytes]:
+    """An open file's bytes from `offset` (`length` of them, to the end when None), `chunk` at a time, read in
+    worker threads; the file is closed at the end."""
+    try:
+        await asyncio.to_thread(fh.seek, offset)
+        remaining = length
+        while remaining is None or remaining > 0:
+            n = chunk if remaining is None else min(chunk, remaining)
+            piece = await asyncio.to_thread(fh.read, n)
+            if not piece:
+                break
+            if remaining is not None:
+                remaining -= len(piece)
+            yield piece
+    finally:
+        await asyncio.to_thread(fh.close)

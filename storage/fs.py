@@ -46,7 +46,7 @@ from pathlib import Path
 from storage.blobs import BlobInfo, FileRange
 from storage.coordination import Locks
 from storage.errors import BlobNotFound, StorageFull, UploadNotFound
-from storage.files import full_is_storage_full, install
+from storage.files import full_is_storage_full, install, read_range
 from storage.scratch import (
     LEFTOVER_AGE,
     READ_CHUNK,
@@ -124,19 +124,8 @@ class FilesystemBlobStore:
             fh = await asyncio.to_thread(open, self._blob_path(digest), "rb")
         except FileNotFoundError:
             raise BlobNotFound(digest) from None
-        try:
-            await asyncio.to_thread(fh.seek, offset)
-            remaining = length
-            while remaining is None or remaining > 0:
-                n = READ_CHUNK if remaining is None else min(READ_CHUNK, remaining)
-                chunk = await asyncio.to_thread(fh.read, n)
-                if not chunk:
-                    break
-                if remaining is not None:
-                    remaining -= len(chunk)
-                yield chunk
-        finally:
-            await asyncio.to_thread(fh.close)
+        async for chunk in read_range(fh, offset, length, READ_CHUNK):
+            yield chunk
 
     # -- fresh and shared writers --------------------------------------------------------------------
     def writer(

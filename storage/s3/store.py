@@ -28,7 +28,7 @@ from storage.errors import (
     StorageUnavailable,
     UploadNotFound,
 )
-from storage.files import full_is_storage_full
+from storage.files import full_is_storage_full, read_range
 from storage.scratch import (
     LEFTOVER_AGE,
     READ_CHUNK,
@@ -210,30 +210,29 @@ class S3BlobStore:
             return RedirectURL(str(url), signed_at + REDIRECT_TTL)
         if length is None:
             length = max(info.size - offset, 0)
-        # The GET starts when the stream is first read (a HEAD request never reads it).
-        return ByteStream(self._stream(digest, offset, length), length)
+        # The GET starts when the stream is first read (a HEAD request never reads it). (No local copy: looked.)
+        return ByteStream(self._stream(digest, offset, length, local=False), length)
 
     def read(self, digest: str, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
         return self._stream(digest, offset, length)
 
-    async def _stream(self, digest: str, offset: int, length: int | None) -> AsyncIterator[bytes]:
+    async def _stream(
+        self, digest: str, offset: int, length: int | None, *, local: bool = True
+    ) -> AsyncIterator[bytes]:
         """The blob's bytes from `offset` (`length` of them, all when None): from the local copy when there is
-        one, else from the bucket. A read of the whole blob from the bucket is verified against the digest, its
-        last piece held back until it matches, and leaves a local copy behind."""
+        one (`local`: look for it), else from the bucket. A read of the whole blob from the bucket is verified
+        against the digest, its last piece held back until it matches, and leaves a local copy behind."""
         if length == 0:
             return
-        copy = self.local.lookup(digest)
+        copy = self.local.lookup(digest) if local else None
         if copy is not None:
             try:
-                fd = await asyncio.to_thread(os.open, copy[0], os.O_RDONLY | os.O_CLOEXEC)
+                fh = await asyncio.to_thread(open, copy[0], "rb")
             except FileNotFoundError:  # evicted meanwhile
                 pass
             else:
-                try:
-                    async for local in _file_pieces(fd, offset, length):
-                        yield local
-                finally:
-                    os.close(fd)
+                async for kept in read_range(fh, offset, length, READ_CHUNK):
+                    yield kept
                 return
         params: dict[str, Any] = {"Key": self._blob_key(digest)}
         if offset or length is not None:
@@ -534,15 +533,3 @@ async def _fill_with(fill: Fill, piece: bytes) -> Fill | None:
         await fill.abort()
         return None
     return fill
-
-
-async def _file_pieces(fd: int, offset: int, length: int | None) -> AsyncIterator[bytes]:
-    """A local file's bytes from `offset` (`length` of them, to the end when None), read in worker threads."""
-    end = None if length is None else offset + length
-    while end is None or offset < end:
-        want = READ_CHUNK if end is None else min(READ_CHUNK, end - offset)
-        piece = await asyncio.to_thread(os.pread, fd, want, offset)
-        if not piece:
-            return
-        offset += len(piece)
-        yield piece
