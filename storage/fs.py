@@ -177,7 +177,6 @@ class FilesystemBlobStore:
             if state is None and start == 0:
                 state = _HashState(hashlib.sha256(), 0)  # (a session started by another worker process)
             writer = FileWriter(self, path, fd, state.hasher if state else None, start, session=upload_id)
-            writer.recorded = self._upload_hash_path(upload_id)
             try:
                 yield writer
                 if not (writer.committed or writer.aborted):
@@ -191,11 +190,12 @@ class FilesystemBlobStore:
                 await writer._close()
                 if writer.committed or writer.aborted:
                     self._forget(upload_id)
-                    await asyncio.to_thread(writer.recorded.unlink, True)
+                    await asyncio.to_thread(self._upload_hash_path(upload_id).unlink, True)
                 elif writer.hasher is not None and writer.consistent:
                     self._hashes[upload_id] = _HashState(writer.hasher, writer.size)
                     # (another worker process may take the next request of this session)
-                    await asyncio.to_thread(_record_hash, writer.recorded, writer.size, writer.hasher.copy())
+                    recorded = self._upload_hash_path(upload_id)
+                    await asyncio.to_thread(_record_hash, recorded, writer.size, writer.hasher.copy())
 
     @contextlib.asynccontextmanager
     async def _process_lock(self, upload_id: str) -> AsyncIterator[None]:
@@ -301,13 +301,13 @@ class FileWriter(ScratchWriter):
     ) -> None:
         super().__init__(path, fd, hasher, start, through=through, session=session)
         self.store = store
-        self.recorded: Path | None = None  # an upload session's recorded hash (`_record_hash`)
 
     async def file_digest(self, algorithm: str) -> str:
         """Without the session's hash state in this process: the hash another process recorded, when it covers
         every byte of the file."""
-        if algorithm == "sha256" and not (self.hasher is not None and self.consistent) and self.recorded:
-            recorded = await asyncio.to_thread(_recorded_hash, self.recorded, self._size)
+        if algorithm == "sha256" and not (self.hasher is not None and self.consistent) and self.session:
+            path = self.store._upload_hash_path(self.session)
+            recorded = await asyncio.to_thread(_recorded_hash, path, self._size)
             if recorded is not None:
                 return f"sha256:{recorded}"
         return await super().file_digest(algorithm)
