@@ -106,14 +106,17 @@ class LocalCache:
         return str(path), st.st_size
 
     # -- filling -------------------------------------------------------------------------------------
-    def wants(self, digest: str, size: int) -> bool:
-        return bool(self.budget) and 0 < size <= self.budget // LARGEST_SHARE and self._path(digest) is not None
+    def _target(self, digest: str, size: int) -> Path | None:
+        """Where the copy of `digest` (`size` bytes) goes; None when it is not to be kept."""
+        if not self.budget or not 0 < size <= self.budget // LARGEST_SHARE:
+            return None
+        return self._path(digest)
 
     async def fill(self, digest: str, size: int) -> Fill | None:
         """A fill file for `digest` (`size` bytes), or None when the blob is not to be cached or there is no
         room on the disk. Never raises: the cache is only ever a shortcut."""
-        target = self._path(digest)
-        if target is None or not self.wants(digest, size):
+        target = self._target(digest, size)
+        if target is None:
             return None
         try:
             if not await self._room_for(size):
@@ -129,8 +132,8 @@ class LocalCache:
     async def adopt(self, path: Path, digest: str, size: int) -> bool:
         """Move a verified local file of `digest` (a writer's scratch file, on the same filesystem) into the
         cache. False: not taken (the caller removes it)."""
-        target = self._path(digest)
-        if target is None or not self.wants(digest, size):
+        target = self._target(digest, size)
+        if target is None:
             return False
         try:
             if not await self._room_for(size):
