@@ -111,6 +111,45 @@ class Server:
         return _tail(self.log_path)
 
 
+class ProcessServer(Server):
+    """A server that is one subprocess of ours, its output appended to `log_path`."""
+
+    proc: subprocess.Popen[bytes] | None = None
+    _log: IO[bytes] | None = None
+
+    def _spawn(
+        self,
+        cmd: list[str],
+        *,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+        start_new_session: bool = False,
+    ) -> subprocess.Popen[bytes]:
+        self._log = open(self.log_path, "ab")
+        proc = subprocess.Popen(
+            cmd,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            cwd=cwd,
+            start_new_session=start_new_session,
+        )
+        self.proc = proc
+        return proc
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    def stop(self) -> None:
+        _terminate(self.proc)
+        self.proc = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+
 class Moorage(Server):
     def __init__(self, label: str, root: Path, *, auth: bool = False, extra_config: str = "") -> None:
         self.label = label
@@ -160,7 +199,7 @@ class Moorage(Server):
         self.srv.stop()
 
 
-class Distribution(Server):
+class Distribution(ProcessServer):
     def __init__(
         self,
         label: str,
@@ -178,8 +217,6 @@ class Distribution(Server):
         self.port = free_port()
         self.config_path = root / "config.yml"
         self.log_path = root / "registry.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
         log = (
             "{level: info, accesslog: {disabled: false}}"
             if access_log
@@ -200,33 +237,15 @@ class Distribution(Server):
         self.config_path.write_text(text)
 
     def start(self) -> Distribution:
-        self._log = open(self.log_path, "ab")
         # (aws-sdk-go in its s3 driver panics on a custom CA bundle with its HTTP transport; plain HTTP here)
         env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}
-        self.proc = subprocess.Popen(
-            [DISTRIBUTION_BIN, "serve", str(self.config_path)],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-        )
+        proc = self._spawn([DISTRIBUTION_BIN, "serve", str(self.config_path)], env=env)
         try:
-            _wait_http(self.url + "/v2/", self.proc, f"docker-registry ({self.label})", self.log_path, 30)
+            _wait_http(self.url + "/v2/", proc, f"docker-registry ({self.label})", self.log_path, 30)
         except BenchError:
             self.stop()
             raise
         return self
-
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc is not None else None
-
-    def stop(self) -> None:
-        _terminate(self.proc)
-        self.proc = None
-        if self._log is not None:
-            self._log.close()
-            self._log = None
 
     # -- the access log (only with access_log=True) ---------------------------------------------------
     def log_size(self) -> int:
@@ -406,7 +425,7 @@ def nginx_conf(directory: Path, port: int, root: Path, *, workers: int = 1, http
     )
 
 
-class SendfileBaseline(Server):
+class SendfileBaseline(ProcessServer):
     """Serves the files under `root` as `/<relative path>` with sendfile(2): the fastest a GET can be here."""
 
     def __init__(self, root: Path, workdir: Path) -> None:
@@ -418,24 +437,21 @@ class SendfileBaseline(Server):
         self.log_path = workdir / "baseline.log"
         self.nginx = nginx_bin()
         self.kind = "nginx" if self.nginx else "python os.sendfile"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
 
     def config(self) -> str:
         return nginx_conf(self.dir, self.port, self.root)
 
     def start(self) -> SendfileBaseline:
-        self._log = open(self.log_path, "ab")
         if self.nginx:
             conf = self.dir / "nginx.conf"
             conf.write_text(self.config())
             cmd = [self.nginx, "-p", str(self.dir), "-e", str(self.dir / "error.log"), "-c", str(conf)]
         else:
             cmd = [sys.executable, "-m", "bench.sendfile_server", "--port", str(self.port), "--root", str(self.root)]
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        proc = self._spawn(cmd)
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
+            if proc.poll() is not None:
                 raise BenchError(
                     f"{self.label} ({self.kind}) exited: {_tail(self.log_path)} {_tail(self.dir / 'error.log')}"
                 )
@@ -447,19 +463,8 @@ class SendfileBaseline(Server):
         self.stop()
         raise BenchError(f"{self.label} ({self.kind}) did not start")
 
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc is not None else None
-
     def url_for(self, path: Path) -> str:
         return f"{self.url}/{path.relative_to(self.root)}"
-
-    def stop(self) -> None:
-        _terminate(self.proc)
-        self.proc = None
-        if self._log is not None:
-            self._log.close()
-            self._log = None
 
 
 @dataclass(frozen=True)
@@ -523,7 +528,7 @@ class NginxStatic(SendfileBaseline):
         return nginx_conf(self.dir, self.port, self.root, workers=self.workers, http=http, locations=locations)
 
 
-class BareAiohttp(Server):
+class BareAiohttp(ProcessServer):
     """bench/bare_server.py: a bare aiohttp app on uvloop answering Moorage's own `manifest` (also by `tag`) and
     `blob` from memory, with `processes` processes on one listening socket as Moorage's workers, no logging."""
 
@@ -539,26 +544,20 @@ class BareAiohttp(Server):
             self.args += [f"--{name}", str(workdir / name), f"--{name}-headers", str(workdir / f"{name}.headers.json")]
         self.port = free_port()
         self.log_path = workdir / "bare.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
 
     def start(self) -> BareAiohttp:
-        self._log = open(self.log_path, "ab")
-        offset = self._log.tell()
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         cmd = [sys.executable, "-m", "bench.bare_server", "--port", str(self.port)]
         cmd += ["--processes", str(self.processes), *self.args]
-        self.proc = subprocess.Popen(
+        proc = self._spawn(
             cmd,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
             cwd=REPO_ROOT,  # this tree's bench package, whatever the venv has installed
             start_new_session=True,  # its own process group: the supervisor and its workers
         )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:  # every worker serving, not only the first
-            if self.proc.poll() is not None:
-                raise BenchError(f"{self.label} exited with {self.proc.returncode}: {_tail(self.log_path)}")
+            if proc.poll() is not None:
+                raise BenchError(f"{self.label} exited with {proc.returncode}: {_tail(self.log_path)}")
             with open(self.log_path, "rb") as fh:
                 fh.seek(offset)
                 if fh.read().count(b" serving") >= self.processes:
@@ -566,22 +565,15 @@ class BareAiohttp(Server):
             time.sleep(0.05)
         else:
             raise BenchError(f"{self.label}: not every worker started in 30 s: {_tail(self.log_path)}")
-        _wait_http(self.url + self.check_path, self.proc, self.label, self.log_path, 15)
+        _wait_http(self.url + self.check_path, proc, self.label, self.log_path, 15)
         return self
 
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc is not None else None
-
     def stop(self) -> None:
-        if self.proc is not None:
-            _terminate(self.proc)
+        proc = self.proc
+        super().stop()
+        if proc is not None:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)  # a worker its supervisor left behind
-        self.proc = None
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+                os.killpg(proc.pid, signal.SIGKILL)  # a worker its supervisor left behind
 
 
 # -- the lab -------------------------------------------------------------------------------------------

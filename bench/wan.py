@@ -15,13 +15,11 @@ import argparse
 import asyncio
 import contextlib
 import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import IO
 
-from bench.servers import BenchError, Server, _terminate, free_port
+from bench.servers import BenchError, ProcessServer, Server, free_port
 
 READ = 1 << 18
 RTT_MS = 20.0  # the benchmark's far upstream: a registry in a nearby region (Docker Hub from CI: 10-100 ms)
@@ -83,7 +81,7 @@ async def serve(listen: int, host: str, port: int, rtt: float) -> None:
         await server.serve_forever()
 
 
-class WanLink(Server):
+class WanLink(ProcessServer):
     """The relay as a benchmark server: `url` reaches `target` (a server on loopback) `rtt_ms` away."""
 
     def __init__(self, label: str, root: Path, target: Server, rtt_ms: float) -> None:
@@ -93,19 +91,14 @@ class WanLink(Server):
         root.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.log_path = root / "wan.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
 
     def start(self) -> WanLink:
-        self._log = open(self.log_path, "ab")
         host, _, port = self.target.host.rpartition(":")
         args = ["--listen", str(self.port), "--to", f"{host}:{port}", "--rtt-ms", str(self.rtt_ms)]
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.wan", *args], stdout=self._log, stderr=subprocess.STDOUT
-        )
+        proc = self._spawn([sys.executable, "-m", "bench.wan", *args])
         deadline = time.monotonic() + 15
         while True:
-            if self.proc.poll() is not None:
+            if proc.poll() is not None:
                 raise BenchError(f"bench.wan exited: {self.log_tail()}")
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=1):
                 return self
@@ -113,17 +106,6 @@ class WanLink(Server):
                 self.stop()
                 raise BenchError("bench.wan did not listen in 15 s")
             time.sleep(0.05)
-
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc is not None else None
-
-    def stop(self) -> None:
-        _terminate(self.proc)
-        self.proc = None
-        if self._log is not None:
-            self._log.close()
-            self._log = None
 
 
 def main() -> None:
