@@ -9,18 +9,22 @@ In process: which requests the lane answers, and which it leaves to the full pat
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import requests
+from aiohttp.http import SERVER_SOFTWARE
 from aiohttp.test_utils import TestClient, TestServer, make_mocked_request
 
 from registry.app import FAST_LANE, PULL_FLUSH_INTERVAL, create_app
 from registry.config import load
 from registry.web.context import READER
+from registry.web.prepared import PreparedResponse, render_head
 from tests.helpers import wait_for
 from tests.oci import OCI_MANIFEST, Client, digest_of, make_image
 from tests.server import AUTH_OFF, MoorageServer, auth_config, ecr_client, login_password
@@ -104,6 +108,19 @@ def test_what_the_lane_leaves_to_the_full_path_is_answered_there(server: Moorage
         assert r.status_code == 401 and "WWW-Authenticate" in r.headers
 
 
+def _parsed(data: bytes) -> tuple[dict[str, str], bytes]:
+    """A response's bytes: its header fields (lower-case names) and body; the status line must say 200."""
+    head, _, body = data.partition(b"\r\n\r\n")
+    status, *lines = head.decode().split("\r\n")
+    assert status == "HTTP/1.1 200 OK"
+    fields = dict(line.split(": ", 1) for line in lines)
+    return {k.lower(): v for k, v in fields.items()}, body
+
+
+def _varying(resp: PreparedResponse) -> dict[str, str]:
+    return {k: v for k, v in _parsed(resp.data)[0].items() if k in VARYING}
+
+
 class _Broken:
     def cached_manifest(self, repository: str, reference: str) -> None:
         raise RuntimeError("a bug in the lane")
@@ -142,12 +159,16 @@ def test_the_lane_answers_only_from_memory(tmp_path: Path):
             for path in (tag_path, blob_path):
                 assert (await http.get(path)).status == 200  # the full path fills memory
             got = answer("GET", tag_path, Accept=OCI_MANIFEST)
-            assert got is not None and got.body == image.manifest
-            assert got.headers["Docker-Content-Digest"] == image.digest
-            assert got.headers["Docker-Distribution-API-Version"] == "registry/2.0"
-            assert answer("HEAD", digest_path) is not None
+            assert isinstance(got, PreparedResponse)  # (HTTP/1.1, keep-alive: the head kept as bytes)
+            fields, body = _parsed(got.data)
+            assert body == image.manifest
+            assert fields["docker-content-digest"] == image.digest
+            assert fields["docker-distribution-api-version"] == "registry/2.0"
+            assert fields["content-length"] == str(len(image.manifest))
+            head = answer("HEAD", digest_path)
+            assert isinstance(head, PreparedResponse) and _parsed(head.data) == ({**fields, **_varying(head)}, b"")
             blob = answer("GET", blob_path)
-            assert blob is not None and blob.body == image.blobs[-1]
+            assert isinstance(blob, PreparedResponse) and _parsed(blob.data)[1] == image.blobs[-1]
             assert answer("GET", blob_path, Range="bytes=0-9") is None
             assert answer("HEAD", blob_path) is None  # (a blob's HEAD checks the stored bytes: the full path)
             assert answer("GET", tag_path, Accept=DOCKER_LIST) is None
@@ -257,3 +278,88 @@ def test_a_replica_answers_from_memory_while_another_stores_its_pull_times(
     r = cb.get(path, headers=accept)
     assert r.status_code == 200 and r.content == second.manifest, "a push through one replica is read through the other"
     assert answered_by_the_lane(b, cb)
+
+
+def _read_response(sock: socket.socket, buf: bytearray, head_only: bool) -> tuple[str, dict[str, str], bytes]:
+    """One response off `sock` (what is read past it stays in `buf`): status line, fields, body."""
+    while b"\r\n\r\n" not in buf:
+        chunk = sock.recv(65536)
+        assert chunk, f"the connection closed mid-head: {bytes(buf)!r}"
+        buf += chunk
+    end = buf.index(b"\r\n\r\n")
+    status, *lines = buf[:end].decode().split("\r\n")
+    del buf[: end + 4]
+    fields = {k.lower(): v for k, v in (line.split(": ", 1) for line in lines)}
+    length = 0 if head_only else int(fields["content-length"])
+    while len(buf) < length:
+        chunk = sock.recv(65536)
+        assert chunk, "the connection closed mid-body"
+        buf += chunk
+    body = bytes(buf[:length])
+    del buf[:length]
+    return status, fields, body
+
+
+def test_the_bytes_on_the_wire_frame_and_close_as_the_full_path(server: MoorageServer, client: Client):
+    """The lane writes a kept head's bytes on HTTP/1.1 keep-alive connections: pipelined requests get their
+    answers in order and exactly framed (a HEAD sends no body), with the full path's fields. HTTP/1.0 and
+    `Connection: close` get the full path's connection handling: the lane's answer closes the connection."""
+    repo = "fastlane/wire"
+    image = make_image(n_layers=1, layer_size=4000)
+    client.push_image(repo, "v1", image)
+    layer = image.blobs[-1]
+    manifest_path, blob_path = f"/v2/{repo}/manifests/v1", f"/v2/{repo}/blobs/{digest_of(layer)}"
+    client.get(manifest_path)
+    client.get(blob_path)  # memory filled (by the full path)
+    host, port = server.url.removeprefix("http://").split(":")
+    auth = ""
+    if server.credentials:
+        auth = "Authorization: Basic " + base64.b64encode(":".join(server.credentials).encode()).decode() + "\r\n"
+
+    def request(method: str, path: str, version: str = "1.1", extra: str = "") -> bytes:
+        return f"{method} {path} HTTP/{version}\r\nHost: {host}\r\nAccept: {OCI_MANIFEST}\r\n{auth}{extra}\r\n".encode()
+
+    asked = [
+        ("GET", manifest_path, image.manifest),
+        ("HEAD", manifest_path, b""),
+        ("GET", blob_path, layer),
+        ("GET", manifest_path + "?full=1", image.manifest),
+        ("HEAD", manifest_path + "?full=1", b""),
+        ("GET", blob_path + "?full=1", layer),
+    ]
+    before = lane_count(server)
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(b"".join(request(method, path) for method, path, _ in asked))  # all at once: pipelined
+        buf = bytearray()
+        answers = [_read_response(sock, buf, method == "HEAD") for method, _, _ in asked]
+        assert not buf, "nothing past the last answer"
+    assert lane_count(server) == before + 3
+    for (method, path, body), (status, fields, got) in zip(asked, answers, strict=True):
+        assert (status, got) == ("HTTP/1.1 200 OK", body), (method, path)
+        assert "connection" not in fields
+    for lane, full in zip(answers[:3], answers[3:], strict=True):
+        assert {k: v for k, v in lane[1].items() if k not in VARYING} == {
+            k: v for k, v in full[1].items() if k not in VARYING
+        }
+    for version, extra, status in (("1.0", "", "HTTP/1.0 200 OK"), ("1.1", "Connection: close\r\n", "HTTP/1.1 200 OK")):
+        before = lane_count(server)
+        with socket.create_connection((host, int(port)), timeout=30) as sock:
+            sock.sendall(request("GET", manifest_path, version, extra))
+            buf = bytearray()
+            got_status, fields, body = _read_response(sock, buf, False)
+            assert (got_status, body) == (status, image.manifest)
+            assert fields.get("connection", "close").lower() == "close", fields
+            assert sock.recv(1) == b"", "the server closed the connection"
+        assert lane_count(server) == before + 1, "the lane answered it"
+
+
+def test_a_kept_head_is_aiohttps_head_or_none():
+    """render_head: the status line, the fields as given, Content-Length and aiohttp's Server field; a field that
+    aiohttp would refuse (a control character: a header injection) renders nothing, so aiohttp answers."""
+    head = render_head({"Content-Type": "application/json", "ETag": '"x"'}, 12)
+    assert head == (
+        b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nETag: "x"\r\nContent-Length: 12\r\n'
+        + f"Server: {SERVER_SOFTWARE}\r\n".encode()
+    )
+    assert render_head({"Content-Type": "a\r\nSet-Cookie: x=1"}, 1) is None
+    assert render_head({"X\nY": "z"}, 1) is None

@@ -50,6 +50,7 @@ from registry.web.oci_routes import (
     dispatch,
     manifest_headers,
 )
+from registry.web.prepared import Heads, fits, respond
 from storage.coordination import ChangeFeed
 from storage.records import RepositoryRecord
 
@@ -69,6 +70,7 @@ class FastLane:
         "answered",
         "changes",
         "decisions",
+        "heads",
         "images",
         "in_flight",
         "match_info",
@@ -95,6 +97,7 @@ class FastLane:
         self.settings, self.changes, self.in_flight, self.record = settings, changes, in_flight, record
         self.slow: ServerHandler | None = None
         self.decisions = LRUCache(DECISIONS)  # see _authorized
+        self.heads = Heads()  # rendered response heads (registry/web/prepared)
         self.answered = 0  # requests the lane answered (metrics: moorage_http_fast_lane_requests)
         self.match_info: UrlMappingMatchInfo | None = None
 
@@ -128,7 +131,7 @@ class FastLane:
         assert self.slow is not None
         return await self.slow(request)
 
-    def answer(self, request: web.Request) -> web.Response | None:
+    def answer(self, request: web.Request) -> web.StreamResponse | None:
         """The response, when memory holds it and it is a success; None: the full path answers."""
         start = time.perf_counter()
         changes = self.changes
@@ -163,17 +166,20 @@ class FastLane:
             if not allowed:
                 return None
         rid = request_id(request)
+        draining = self.in_flight.draining
+        prepared = not draining and fits(request)
         if route is _MANIFEST_ROUTE:
-            resp = self._manifest(request, name, last, principal, rid)
+            answer = self._manifest(request, name, last, principal, rid, prepared)
         else:
-            resp = self._blob(name, last, rid)
-        if resp is None:
+            answer = self._blob(name, last, rid, prepared)
+        if answer is None:
             return None
-        if self.in_flight.draining:
+        resp, size = answer
+        if draining:
             resp.force_close()
         self.answered += 1
         seconds = time.perf_counter() - start
-        self.record(request, rid, route, 200, seconds, 0, resp.content_length or 0, principal, name, action[0])
+        self.record(request, rid, route, 200, seconds, 0, size, principal, name, action[0])
         return resp
 
     def _authorized(
@@ -208,8 +214,9 @@ class FastLane:
         return True, principal
 
     def _manifest(
-        self, request: web.Request, name: str, reference: str, principal: Principal | None, rid: str
-    ) -> web.Response | None:
+        self, request: web.Request, name: str, reference: str, principal: Principal | None, rid: str, prepared: bool
+    ) -> tuple[web.StreamResponse, int] | None:
+        """The answer and its body's size."""
         images = self.images
         record = self.reader.cached_manifest(name, reference)
         if record is None or record.archived or images.pull_checks:
@@ -219,9 +226,15 @@ class FastLane:
         self.reader.count_hit(name, "manifest")
         if request.method == "GET":
             images.note_pull(name, record.digest, principal.arn if principal is not None else None)
-        return web.Response(body=record.body, headers=_stamped(manifest_headers(record), rid))
+        if prepared:
+            body = record.body
+            key = ("m", record.digest, record.media_type)
+            head = self.heads.get(key) or self.heads.render(key, _stamped(manifest_headers(record)), len(body))
+            if head is not None:
+                return respond(head, rid, body if request.method == "GET" else None), len(body)
+        return web.Response(body=record.body, headers=_stamped(manifest_headers(record), rid)), len(record.body)
 
-    def _blob(self, name: str, digest: str, rid: str) -> web.Response | None:
+    def _blob(self, name: str, digest: str, rid: str, prepared: bool) -> tuple[web.StreamResponse, int] | None:
         size = self.reader.cached_blob(name, digest)
         if size is None or size > SMALL_BLOB:
             return None
@@ -229,11 +242,18 @@ class FastLane:
         if data is None or len(data) != size:
             return None
         self.reader.count_hit(name, "blob")
-        return web.Response(body=data, headers=_stamped(blob_headers(digest), rid))
+        if prepared:
+            key = ("b", digest)
+            head = self.heads.get(key) or self.heads.render(key, _stamped(blob_headers(digest)), size)
+            if head is not None:
+                return respond(head, rid, data), size
+        return web.Response(body=data, headers=_stamped(blob_headers(digest), rid)), size
 
 
-def _stamped(headers: dict[str, str], rid: str) -> dict[str, str]:
-    """What `middleware.stamp` adds to a /v2 response on the full path, added before the response is built."""
+def _stamped(headers: dict[str, str], rid: str | None = None) -> dict[str, str]:
+    """What `middleware.stamp` adds to a /v2 response on the full path, added before the response is built (the
+    request id: unless the head is kept for other requests)."""
     headers[API_VERSION_HEADER] = "registry/2.0"
-    headers["X-Request-Id"] = rid
+    if rid is not None:
+        headers["X-Request-Id"] = rid
     return headers
