@@ -172,14 +172,45 @@ def _json_string(value: str | None) -> str:
     return "null" if value is None else _escape(value)
 
 
+TEMPLATES = 4096  # access-log line templates kept (see AccessLog)
+
+
+def _template(
+    method: str,
+    path: str,
+    route: str | None,
+    status: int,
+    principal: str | None,
+    repository: str | None,
+    action: str | None,
+    remote: str | None,
+    user_agent: str,
+    worker: int | None,
+) -> tuple[str, str]:
+    """An access-log line's fixed members: those before `request_id`, and those after `duration_ms` to the end."""
+    esc = _escape
+    return (
+        f'"msg": {esc(f"{method} {path} {status}")}, "method": {esc(method)}, "path": {esc(path)}, '
+        f'"route": {_json_string(route)}, "status": {int(status)}, ',
+        f', "principal": {_json_string(principal)}, "repository": {_json_string(repository)}, '
+        f'"action": {_json_string(action)}, "remote": {_json_string(remote)}, "user_agent": {esc(user_agent)}'
+        + (f', "worker": {int(worker)}}}' if worker is not None else "}"),
+    )
+
+
 class AccessLog:
-    """One line per request, rendered on the loop and written by the writer thread. The JSON line is one
-    f-string (the strings escaped by the json module's C function): a dict and the generic encoder cost a small
-    request twice as much."""
+    """One line per request, rendered on the loop and written by the writer thread.
+
+    The JSON line is one f-string (the strings escaped by the json module's C function): a dict and the generic
+    encoder cost a small request twice as much. Most of a line repeats from one request to the next (the method,
+    path, route, status, principal, repository, action, client address and user agent of a client pulling the
+    same manifest), so those parts are rendered once and kept by what they say (TEMPLATES of them; all dropped
+    when full); only the time, request id, byte counts and duration are rendered per line."""
 
     def __init__(self, writer: LineWriter, use_json: bool) -> None:
         self.writer = writer
         self.use_json = use_json
+        self._templates: dict[tuple[Any, ...], tuple[str, str]] = {}
 
     def request(
         self,
@@ -220,15 +251,17 @@ class AccessLog:
                 },
             )
             return
-        esc = _escape
+        key = (method, path, route, status, principal, repository, action, remote, user_agent, worker)
+        parts = self._templates.get(key)
+        if parts is None:
+            parts = _template(*key)
+            if len(self._templates) >= TEMPLATES:
+                self._templates.clear()
+            self._templates[key] = parts
         self.writer.write(
-            f'{{"ts": "{_timestamp(now)}", "level": "info", "logger": "moorage.access", '
-            f'"msg": {esc(f"{method} {path} {status}")}, "request_id": {esc(request_id)}, "method": {esc(method)}, '
-            f'"path": {esc(path)}, "route": {_json_string(route)}, "status": {int(status)}, '
-            f'"bytes_in": {int(bytes_in)}, "bytes_out": {int(bytes_out)}, "duration_ms": {round(seconds * 1000, 3)!r}, '
-            f'"principal": {_json_string(principal)}, "repository": {_json_string(repository)}, '
-            f'"action": {_json_string(action)}, "remote": {_json_string(remote)}, "user_agent": {esc(user_agent)}'
-            + (f', "worker": {int(worker)}}}' if worker is not None else "}")
+            f'{{"ts": "{_timestamp(now)}", "level": "info", "logger": "moorage.access", {parts[0]}'
+            f'"request_id": {_escape(request_id)}, "bytes_in": {int(bytes_in)}, "bytes_out": {int(bytes_out)}, '
+            f'"duration_ms": {seconds * 1000:.3f}{parts[1]}'
         )
 
     def __call__(self, message: str, fields: dict[str, Any]) -> None:
