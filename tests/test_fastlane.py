@@ -23,6 +23,7 @@ from aiohttp.test_utils import TestClient, TestServer, make_mocked_request
 
 from registry.app import FAST_LANE, PULL_FLUSH_INTERVAL, create_app
 from registry.config import load
+from registry.web import prepared
 from registry.web.context import READER
 from registry.web.prepared import PreparedResponse, render_head
 from tests.helpers import wait_for
@@ -363,3 +364,12 @@ def test_a_kept_head_is_aiohttps_head_or_none():
     )
     assert render_head({"Content-Type": "a\r\nSet-Cookie: x=1"}, 1) is None
     assert render_head({"X\nY": "z"}, 1) is None
+
+
+def test_kept_heads_are_bounded(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(prepared, "HEADS", 2)
+    heads = prepared.Heads()
+    for i in range(5):
+        assert heads.render(("b", str(i)), {"ETag": str(i)}, i) == render_head({"ETag": str(i)}, i)
+        assert heads.get(("b", str(i))) is not None
+    assert len(heads._heads) <= 2

@@ -21,8 +21,6 @@ from email.utils import formatdate
 from aiohttp import web
 from aiohttp.http import SERVER_SOFTWARE, HttpVersion11
 
-from registry.cache import LRUCache
-
 HEADS = 4096  # answers whose head is kept
 _FORBIDDEN = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # what aiohttp refuses in a header field's name or value
 _SERVER = f"Server: {SERVER_SOFTWARE}\r\n".encode()
@@ -51,21 +49,22 @@ def render_head(fields: dict[str, str], length: int) -> bytes | None:
 
 
 class Heads:
-    """Rendered heads by key (what the head says: a digest and media type), least recently used dropped."""
+    """Rendered heads by key (what the head says: a digest and media type); all dropped when HEADS are kept (a
+    plain dict: no reordering per hit, and a dropped head costs one rendering)."""
 
-    __slots__ = ("_heads",)
+    __slots__ = ("_heads", "get")
 
-    def __init__(self, size: int = HEADS) -> None:
-        self._heads = LRUCache(size)
-
-    def get(self, key: tuple[str, ...]) -> bytes | None:
-        return self._heads.get(key)
+    def __init__(self) -> None:
+        self._heads: dict[tuple[str, ...], bytes] = {}
+        self.get = self._heads.get
 
     def render(self, key: tuple[str, ...], fields: dict[str, str], length: int) -> bytes | None:
         """The head of `fields` and `length`, kept under `key`; None when aiohttp would refuse a field."""
         head = render_head(fields, length)
         if head is not None:
-            self._heads.put(key, head)
+            if len(self._heads) >= HEADS:
+                self._heads.clear()
+            self._heads[key] = head
         return head
 
 
