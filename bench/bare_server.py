@@ -44,18 +44,20 @@ PR_SET_PDEATHSIG = 1
 class Answer:
     body: bytes
     headers: dict[str, str]
+    digest: str  # computed once: hashing the body per request would charge the reference line for it
 
-    @property
-    def digest(self) -> str:
-        return "sha256:" + hashlib.sha256(self.body).hexdigest()
+
+def answer(body: bytes, headers: dict[str, str]) -> Answer:
+    return Answer(body, headers, "sha256:" + hashlib.sha256(body).hexdigest())
 
 
 def load(body: Path, headers: Path) -> Answer:
-    return Answer(body.read_bytes(), {str(k): str(v) for k, v in json.loads(headers.read_text()).items()})
+    return answer(body.read_bytes(), {str(k): str(v) for k, v in json.loads(headers.read_text()).items()})
 
 
 def make_app(manifest: Answer, blob: Answer, tag: str) -> web.Application:
     references = {tag, manifest.digest}
+    blob_digest = blob.digest
 
     async def get_manifest(request: web.Request) -> web.Response:
         if request.match_info["reference"] not in references:
@@ -63,7 +65,7 @@ def make_app(manifest: Answer, blob: Answer, tag: str) -> web.Application:
         return web.Response(body=manifest.body, headers=manifest.headers)
 
     async def get_blob(request: web.Request) -> web.Response:
-        if request.match_info["digest"] != blob.digest:
+        if request.match_info["digest"] != blob_digest:
             raise web.HTTPNotFound()
         return web.Response(body=blob.body, headers=blob.headers)
 
