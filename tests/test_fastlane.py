@@ -28,7 +28,7 @@ from registry.web.context import READER
 from registry.web.prepared import PreparedResponse, render_head
 from tests.helpers import wait_for
 from tests.oci import OCI_MANIFEST, Client, digest_of, make_image
-from tests.server import AUTH_OFF, MoorageServer, auth_config, ecr_client, login_password
+from tests.server import AUTH_OFF, MoorageServer, auth_config, ecr_client, login_password, principal_toml
 from tests.shared_storage import Target
 
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
@@ -239,6 +239,56 @@ def test_a_remembered_access_decision_yields_to_every_change(make_server):
     ecr.delete_registry_policy()
     assert [c.get(path).status_code for _ in range(3)] == [200] * 3
     wait_for(lambda: c.get(path).status_code == 403, 10, "the token's expiry obeyed")
+
+
+def test_one_connection_gets_each_header_repository_and_action_decided_on_its_own(make_server):
+    """The lane keeps each connection's last decision beside the connection. Over ONE keep-alive connection, a
+    request with another Authorization header, another repository or another action (a blob's pull) is decided
+    on its own: a reader allowed one repository's manifests gets nothing else, whatever was allowed before."""
+    reader_key, reader_secret = "AKIAMOORAGEREADER001", "reader-secret-0123456789"
+    only = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Effect": "Allow", "Action": "ecr:GetAuthorizationToken", "Resource": "*"},
+            {"Effect": "Allow", "Action": "ecr:BatchGetImage", "Resource": "arn:aws:ecr:*:*:repository/lane/open"},
+        ],
+    }
+    srv = make_server(auth_config(principal_toml("reader", reader_key, reader_secret, json.dumps(only))))
+    admin = Client(srv.url, ("AWS", login_password(srv)))
+    image = make_image(n_layers=1, layer_size=300)
+    for repo in ("lane/open", "lane/shut"):
+        admin.push_image(repo, "v1", image)
+        admin.get(f"/v2/{repo}/manifests/v1")  # memory filled (by the full path)
+        admin.get(f"/v2/{repo}/blobs/{digest_of(image.blobs[-1])}")
+
+    def basic(password: str) -> str:
+        return "Basic " + base64.b64encode(f"AWS:{password}".encode()).decode()
+
+    headers = {"admin": basic(login_password(srv)), "reader": basic(login_password(srv, reader_key, reader_secret))}
+    host, port = srv.url.removeprefix("http://").split(":")
+    asked = [  # (who, what, repository, status)
+        ("admin", "manifests/v1", "lane/shut", 200),
+        ("admin", "manifests/v1", "lane/shut", 200),
+        ("reader", "manifests/v1", "lane/shut", 403),  # another header, right after the admin's allowed pull
+        ("reader", "manifests/v1", "lane/open", 200),
+        ("reader", "manifests/v1", "lane/open", 200),
+        ("reader", "manifests/v1", "lane/shut", 403),  # another repository
+        ("reader", f"blobs/{digest_of(image.blobs[-1])}", "lane/open", 403),  # another action
+        (None, "manifests/v1", "lane/open", 401),  # no header at all
+        ("admin", "manifests/v1", "lane/open", 200),
+        ("reader", "manifests/v1", "lane/open", 200),
+    ]
+    before = lane_count(srv)
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        buf = bytearray()
+        for who, what, repo, status in asked:
+            auth = f"Authorization: {headers[who]}\r\n" if who else ""
+            sock.sendall(
+                f"GET /v2/{repo}/{what} HTTP/1.1\r\nHost: {host}\r\nAccept: {OCI_MANIFEST}\r\n{auth}\r\n".encode()
+            )
+            got, _, _ = _read_response(sock, buf, False)
+            assert got.split(" ")[1] == str(status), (who, what, repo, got)
+    assert lane_count(srv) == before + 6, "the allowed pulls were the lane's"
 
 
 def test_a_replica_answers_from_memory_while_another_stores_its_pull_times(

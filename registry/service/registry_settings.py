@@ -38,6 +38,7 @@ class RegistrySettings:
         self.changes = changes
         self.clock = clock
         self._settings: dict[str, tuple[str, float]] = {}
+        self._policy: tuple[str | None, str] = (None, _DEFAULT_SCOPE)  # registry_policy(), kept: see _changed
         self._exclusions: dict[str, float] = {}
         self._epoch: int | None = None  # None: never read
         self._reading: tuple[int, asyncio.Future[None]] | None = None  # the read under way, for that epoch
@@ -65,6 +66,7 @@ class RegistrySettings:
         exclusions = await self.meta.pull_time_exclusions()
         if self._epoch is None or epoch > self._epoch:  # not over a read begun later and done first
             self._settings, self._exclusions, self._epoch = settings, dict(exclusions), epoch
+            self._changed()
 
     def _read_done(self, reading: tuple[int, asyncio.Future[None]]) -> None:
         if self._reading is reading:
@@ -93,10 +95,14 @@ class RegistrySettings:
         return self.get(ACCOUNT + name) or default
 
     def registry_policy(self) -> tuple[str | None, str]:
-        """(the registry policy's text, None without one; the scope it governs). Asked by every access check."""
+        """(the registry policy's text, None without one; the scope it governs). Asked by every access check: the
+        same tuple until a setting changes, so a remembered decision checks it with `is`."""
+        return self._policy
+
+    def _changed(self) -> None:
         policy = self._settings.get(POLICY)
         scope = self._settings.get(ACCOUNT + REGISTRY_POLICY_SCOPE)
-        return (policy[0] if policy else None), (scope[0] if scope else _DEFAULT_SCOPE)
+        self._policy = (policy[0] if policy else None), (scope[0] if scope else _DEFAULT_SCOPE)
 
     def blob_mounting(self) -> bool:
         return self.account_setting(BLOB_MOUNTING) == "ENABLED"
@@ -112,10 +118,12 @@ class RegistrySettings:
         now = self.clock()
         await self.meta.put_registry_setting(name, value, now)
         self._settings[name] = (value, now)
+        self._changed()
 
     async def delete(self, name: str) -> str | None:
         old = await self.meta.delete_registry_setting(name)
         self._settings.pop(name, None)
+        self._changed()
         return old
 
     async def exclude(self, principal_arn: str) -> float | None:

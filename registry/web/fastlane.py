@@ -28,7 +28,7 @@ from multidict import CIMultiDictProxy
 from registry import oci
 from registry.auth.access import AccessControl
 from registry.auth.principals import Principal
-from registry.cache import BytesLRU, LRUCache
+from registry.cache import BytesLRU
 from registry.errors import RegistryError
 from registry.proxy.pullthrough import PullThrough
 from registry.service.images import ImageService
@@ -56,7 +56,10 @@ from storage.records import RepositoryRecord
 
 log = logging.getLogger("moorage.http")
 ServerHandler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+# (principal, when the token expires, the principals' directory, the repository record, the registry policy)
+Decision = tuple[Principal | None, float, object, RepositoryRecord, tuple[str | None, str]]
 DECISIONS = 4096  # access decisions remembered (Authorization header, repository, action, connection facts)
+CONNECTIONS = 1024  # connections whose last decision is remembered (see _authorized)
 _READS = frozenset(("GET", "HEAD"))
 _MANIFEST_ROUTE = ROUTE_NAMES[ROUTES[0][0]]
 _BLOB_ROUTE = next(ROUTE_NAMES[pattern] for pattern, methods in ROUTES if "{digest}" in ROUTE_NAMES[pattern])
@@ -69,6 +72,7 @@ class FastLane:
         "access",
         "answered",
         "changes",
+        "connections",
         "decisions",
         "heads",
         "images",
@@ -96,7 +100,8 @@ class FastLane:
         self.access, self.images, self.reader, self.small_blobs = access, images, reader, small_blobs
         self.settings, self.changes, self.in_flight, self.record = settings, changes, in_flight, record
         self.slow: ServerHandler | None = None
-        self.decisions = LRUCache(DECISIONS)  # see _authorized
+        self.decisions: dict[tuple[object, ...], Decision] = {}  # see _authorized
+        self.connections: dict[object, tuple[str | None, str, str, Decision]] = {}
         self.heads = Heads()  # rendered response heads (registry/web/prepared)
         self.answered = 0  # requests the lane answered (metrics: moorage_http_fast_lane_requests)
         self.match_info: UrlMappingMatchInfo | None = None
@@ -188,19 +193,32 @@ class FastLane:
         """Whether the request may `action` on the repository, and its principal. A decision is remembered per
         Authorization header, repository, action and connection facts (the condition keys), and reused while
         everything it was made from stands: the token unexpired, the same principals, the same repository
-        record (its policy), the same registry policy. Refusals are not remembered (the full path renders them)."""
+        record (its policy), the same registry policy. Refusals are not remembered (the full path renders them).
+
+        Each connection's last decision is also kept by the connection (its protocol object, whose address and
+        TLS never change): a client pulling over keep-alive sends the same header for the same repository again,
+        and comparing it with the last one costs less than hashing a kilobyte of header into the key."""
         access = self.access
-        key = (headers.get("Authorization"), name, action, request.remote, request.secure)
+        authorization = headers.get("Authorization")
+        protocol = request._protocol  # (the attribute behind request.protocol, a property)
+        last = self.connections.get(protocol)
+        if last is not None and last[0] == authorization and last[1] == name and last[2] == action:
+            hit: Decision | None = last[3]
+            key = None
+        else:
+            key = (authorization, name, action, request.remote, request.secure)
+            hit = self.decisions.get(key)
         registry_policy = access.registry_policy()
-        hit = self.decisions.get(key)
         if hit is not None:
             principal, expires_at, directory, record, policy = hit
             if (
                 access.clock() < expires_at
                 and directory is access.directory
                 and record is repository
-                and policy == registry_policy
+                and policy is registry_policy
             ):
+                if key is not None:
+                    self._remember(protocol, authorization, name, action, hit)
                 return True, principal
         request._match_info = self.match_info  # (the helpers shared with the full path read request.app)
         try:
@@ -210,8 +228,19 @@ class FastLane:
         if not access.allowed(principal, (action,), name, repository.policy, condition_keys(request, principal)):
             return False, None
         expires_at = token_expires if token_expires is not None else math.inf
-        self.decisions.put(key, (principal, expires_at, access.directory, repository, registry_policy))
+        decision = (principal, expires_at, access.directory, repository, registry_policy)
+        decisions = self.decisions
+        if len(decisions) >= DECISIONS:
+            decisions.clear()
+        decisions[(authorization, name, action, request.remote, request.secure)] = decision
+        self._remember(protocol, authorization, name, action, decision)
         return True, principal
+
+    def _remember(self, protocol: object, authorization: str | None, name: str, action: str, hit: Decision) -> None:
+        connections = self.connections
+        if len(connections) >= CONNECTIONS:  # (closed connections' entries go with the rest)
+            connections.clear()
+        connections[protocol] = (authorization, name, action, hit)
 
     def _manifest(
         self, request: web.Request, name: str, reference: str, principal: Principal | None, rid: str, prepared: bool
