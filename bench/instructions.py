@@ -16,9 +16,10 @@ machine's load, so there is nothing to interleave.
 Instrumentation is off while the interpreter starts and the server is seeded (a skopeo push) and warmed (a few
 hundred GETs of each route: Python's specializing interpreter, Moorage's caches and prepared heads settle). Then:
 
-1. the idle rate: `callgrind_control -i on`, `-z`, `instr_idle` seconds without a request, `-d`: the server's Ir
+1. the idle rate: `SETTLE_SECONDS` for the warm-up's tail to pass (the teardown of its connections, a pull-time
+   flush), then `callgrind_control -i on`, `-z`, `instr_idle` seconds without a request, `-d`: the server's Ir
    per second of wall time with nothing to do (Moorage's metrics sync every second, its pull-time flush every
-   5 s, its log writer's wake-ups; about 0 for the bare app);
+   5 s, its log writer's wake-ups: ~0.2M a second; about 0 for the bare app);
 2. `runs` windows per route, each: 16 (`connections`) keep-alive connections opened and one GET sent on each
    (so the server has accepted them and set them up: connecting is not a GET's cost, and wrk's connections too
    live for a whole run), then `-i on`, `-z`, exactly N (`instr_requests`) GETs, `-d`, `-i off`, then the
@@ -31,18 +32,20 @@ client's GETs (its User-Agent) of the path, so the log writer thread's work for 
 
 Why the idle rate is taken off rather than windows of N and 2N differenced: timer-driven work costs per second,
 not per request. At full speed it is spread over thousands of requests a second, under callgrind (~50x slower)
-over a few hundred, which would charge Moorage for it 10-50 times over; a window of 2N lasts twice as long as one
+over a few hundred, which would charge Moorage for it many times over; a window of 2N lasts twice as long as one
 of N, so differencing would not cancel it. What remains is per-request work that is batched in time: the log
 writer wakes every 20 ms while lines come and writes them in one go; under callgrind fewer lines share a wake-up
-than at full speed, so Moorage's count is a little high (about 1%: it errs against Moorage). Trials: windows of
-300, 600 and 1,200 GETs gave 169.0k, 168.6k and 168.5k per manifest GET after the idle rate was taken off
-(176.5k, 172.3k and 170.5k with the connections opened inside the window and no idle correction).
+than at full speed, so Moorage's count is a little high (it errs against Moorage). Trials on one server, manifest
+GET: windows of 300, 600 and 1,200 GETs gave 171.3k, 171.6k and 172.1k per GET (172.2k, 172.3k and 172.7k before
+the idle cost was taken off); with the connections opened inside the window and not primed, 179.5k, 174.4k and
+171.1k (their accept and setup, spread over fewer GETs); with the idle rate measured right after the warm-up, whose
+first second costs ~1.4M instructions, the idle correction took off ~2.3k a GET instead of ~0.7k.
 
 What it does not count: the kernel's work (system calls, the TCP stack over loopback, copies): callgrind counts
-the instructions the process executes in user space. Every GET costs the kernel about the same on any of the
-three servers, so the shares here are stricter than in req/s or CPU time: a user-space cost (auth's token check,
-Moorage's routing and access log) is not diluted by the kernel's share of each request. The auth target is
-therefore harder to meet here than with wrk.
+the instructions the process executes in user space. The kernel's part of a GET (reading the request, writing the
+answer, TCP) is much the same on the three servers, and in req/s or CPU time it dilutes every difference between
+them; here nothing dilutes a user-space cost such as auth's token check or Moorage's routing and access log. So
+the shares here are stricter than with wrk: the auth target (≥ 90%) especially is harder to meet here.
 
 Results: a table (the median of the `runs` windows per server and route; bare ÷ Moorage against the issue's
 ≥ 70%, auth off ÷ on against its ≥ 90%: fewer instructions is faster, so these are the speeds' shares), and every
@@ -74,6 +77,9 @@ ROUTES = ("manifest", "small-blob")
 VALGRIND = shutil.which("valgrind") or "valgrind"
 USER_AGENT = "moorage-bench-instructions"  # every GET's, so Moorage's access log lines of ours can be counted
 CALLGRIND_CONTROL = shutil.which("callgrind_control") or "callgrind_control"
+# Seconds between the warm-up and the idle measurement: right after the warm-up, the server still tears down its
+# connections and flushes its pull times (a first idle second costs it ~1.4M instructions, later ones ~0.2M).
+SETTLE_SECONDS = 2.0
 START_TIMEOUT = 300.0  # seconds for a server under valgrind to answer (Moorage's start takes a few seconds here)
 
 
@@ -501,7 +507,7 @@ def measure(
     """Warm each route, watch the server idle, then `runs` windows of `requests` GETs per route, on connections
     opened before each window and closed after it: the windows per route, and the idle rate (Ir per second)."""
     headers = {"User-Agent": USER_AGENT, **server.headers}
-    sent = {r.key: 0 for r in routes}
+    sent = {r.key: access_lines(server, r.path) or 0 for r in routes}  # (an earlier measure's, all waited for)
 
     def gets(r: Route, count: int) -> Driven:
         driven = client.get(r.path, {**r.headers, **headers}, count, body_length=r.body)
@@ -512,6 +518,7 @@ def measure(
     with Client(server.host, connections) as client:
         for r in routes:
             gets(r, warm)
+    time.sleep(SETTLE_SECONDS)  # the warm-up's tail (its connections' teardown, the next pull-time flush) not idle
     cg.on()
     t0 = time.monotonic()
     time.sleep(idle_seconds)

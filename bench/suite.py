@@ -90,7 +90,7 @@ class Plan:
     # seconds each server is watched idle
     instr_requests: int = 2000
     instr_warm: int = 300
-    instr_idle: float = 5.0
+    instr_idle: float = 10.0
 
     @classmethod
     def full(cls, runs: int) -> Plan:
