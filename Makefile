@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 LISTEN ?= 127.0.0.1:5000
 DATA   ?= ./data
 # Debian packages the real-client tests drive (installed only when running as root and missing).
-TEST_APT_PACKAGES := skopeo docker-registry docker.io debootstrap podman amazon-ecr-credential-helper curl iproute2 postgresql nginx-light chromium chromium-driver
+TEST_APT_PACKAGES := skopeo docker-registry docker.io debootstrap podman amazon-ecr-credential-helper curl iproute2 postgresql nginx-light chromium chromium-driver valgrind
 PYTEST_ARGS ?=
 
 .PHONY: install install-test system-deps run test lint bench clean

@@ -18,25 +18,28 @@ import time
 import traceback
 from pathlib import Path
 
-from bench import backends, fleet, pullthrough, render, report, scale, suite
+from bench import backends, fleet, instructions, pullthrough, render, report, scale, suite
 from bench.servers import BenchError, nginx_bin
 
 BENCHMARKS = {
     **suite.BENCHMARKS,
     **pullthrough.BENCHMARKS,
     **backends.BENCHMARKS,
+    **instructions.BENCHMARKS,
     **scale.BENCHMARKS,
     **fleet.BENCHMARKS,
 }
 GROUPS = {
     # both storage backends' numbers in one run
-    "headline": [*suite.BENCHMARKS, *pullthrough.BENCHMARKS, *backends.BENCHMARKS],
+    "headline": [*suite.BENCHMARKS, *pullthrough.BENCHMARKS, *backends.BENCHMARKS, *instructions.BENCHMARKS],
     "backends": list(backends.BENCHMARKS),
     "scale": list(scale.BENCHMARKS),
     "cold-start": list(fleet.BENCHMARKS),
 }
 DEFAULT_OUT = Path(__file__).resolve().parent / "RESULTS.md"
 REQUIRED = {"wrk": "wrk", "skopeo": "skopeo", "docker-registry": "docker-registry"}
+# Tools only some benchmarks need (tool: package), required when one of them is selected.
+REQUIRED_BY = {"instructions": {"valgrind": "valgrind", "callgrind_control": "valgrind"}}
 OPTIONAL = {
     "nginx": "nginx-light"
 }  # package of each tool  # the sendfile baseline; without it a Python os.sendfile server stands in
@@ -72,9 +75,18 @@ def selected(only: str) -> list[str]:
     return [n for n in BENCHMARKS if n in names]  # in the usual order
 
 
-def ensure_tools(install: bool) -> None:
+def required_tools(names: list[str]) -> dict[str, str]:
+    """The tools the `names` benchmarks need, each with its Debian package."""
+    tools = dict(REQUIRED)
+    for name in names:
+        tools.update(REQUIRED_BY.get(name, {}))
+    return tools
+
+
+def ensure_tools(install: bool, names: list[str]) -> None:
     """Missing tools are installed from Debian when running as root (as `make test` does), else reported."""
-    missing = sorted(pkg for tool, pkg in REQUIRED.items() if shutil.which(tool) is None)
+    required = required_tools(names)
+    missing = sorted({pkg for tool, pkg in required.items() if shutil.which(tool) is None})
     if nginx_bin() is None:
         missing += OPTIONAL.values()
     if missing and install and os.geteuid() == 0 and shutil.which("apt-get"):
@@ -88,9 +100,10 @@ def ensure_tools(install: bool) -> None:
             timeout=900,
             stdout=subprocess.DEVNULL,
         )
-    still = [tool for tool in REQUIRED if shutil.which(tool) is None]
+    still = [tool for tool in required if shutil.which(tool) is None]
     if still:
-        sys.exit(f"bench: {', '.join(still)} missing: apt-get install {' '.join(REQUIRED[t] for t in still)}")
+        packages = sorted({required[t] for t in still})
+        sys.exit(f"bench: {', '.join(still)} missing: apt-get install {' '.join(packages)}")
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:
@@ -102,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     names = selected(args.only)
     runs = args.runs or (1 if args.quick else 3)
     plan = suite.Plan.quick(runs) if args.quick else suite.Plan.full(runs)
-    ensure_tools(install=not args.no_install)
+    ensure_tools(install=not args.no_install, names=names)
     nginx = nginx_bin()
     baseline = f"nginx, one process ({report.command_output(nginx, '-v')})" if nginx else "python os.sendfile server"
     results = report.Results(runs=runs, quick=args.quick)

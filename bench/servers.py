@@ -151,11 +151,24 @@ class ProcessServer(Server):
 
 
 class Moorage(Server):
-    def __init__(self, label: str, root: Path, *, auth: bool = False, extra_config: str = "") -> None:
+    def __init__(
+        self,
+        label: str,
+        root: Path,
+        *,
+        auth: bool = False,
+        extra_config: str = "",
+        workers: int = 0,  # the default: one worker per CPU, up to 4
+        wrap: list[str] | None = None,
+        start_timeout: float = 30,
+    ) -> None:
+        """`wrap`: a command the server's interpreter runs under (valgrind: bench/instructions.py), which may make
+        it start slowly (`start_timeout`)."""
         self.label = label
         self.auth = auth
         config = (auth_config() if auth else AUTH_OFF) + extra_config
-        self.srv = MoorageServer(root / "data", config, workers=0)  # the default: one worker per CPU, up to 4
+        self.srv = MoorageServer(root / "data", config, workers=workers, wrap=wrap)
+        self.start_timeout = start_timeout
         self.port = self.srv.port
         self.log_path = self.srv.log_path
         self.token: str | None = None
@@ -166,13 +179,13 @@ class Moorage(Server):
 
     def start(self) -> Moorage:
         try:
-            self.srv.start(timeout=30)
+            self.srv.start(timeout=self.start_timeout)
         except RuntimeError as e:
             raise BenchError(str(e)[-2000:]) from None
         if self.auth:
             self.token = login_password(self.srv)
         # MoorageServer.start() only waits for the port: a server that fails every request must stop us here.
-        r = requests.get(self.url + "/v2/", headers=self.headers, timeout=10)
+        r = requests.get(self.url + "/v2/", headers=self.headers, timeout=max(10, self.start_timeout / 3))
         if r.status_code != 200:
             raise BenchError(f"{self.label}: GET /v2/ answered {r.status_code}: {self.log_tail()[-1500:]}")
         return self
@@ -532,9 +545,23 @@ class BareAiohttp(ProcessServer):
     """bench/bare_server.py: a bare aiohttp app on uvloop answering Moorage's own `manifest` (also by `tag`) and
     `blob` from memory, with `processes` processes on one listening socket as Moorage's workers, no logging."""
 
-    def __init__(self, label: str, workdir: Path, manifest: Served, blob: Served, tag: str, processes: int) -> None:
+    def __init__(
+        self,
+        label: str,
+        workdir: Path,
+        manifest: Served,
+        blob: Served,
+        tag: str,
+        processes: int,
+        *,
+        wrap: list[str] | None = None,
+        start_timeout: float = 30,
+    ) -> None:
+        """`wrap`: a command the interpreter runs under (valgrind), which may make it start slowly."""
         self.label = label
         self.processes = processes
+        self.wrap = list(wrap or [])
+        self.start_timeout = start_timeout
         self.check_path = manifest.path
         workdir.mkdir(parents=True, exist_ok=True)
         self.args = ["--tag", tag]
@@ -547,14 +574,14 @@ class BareAiohttp(ProcessServer):
 
     def start(self) -> BareAiohttp:
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        cmd = [sys.executable, "-m", "bench.bare_server", "--port", str(self.port)]
+        cmd = [*self.wrap, sys.executable, "-m", "bench.bare_server", "--port", str(self.port)]
         cmd += ["--processes", str(self.processes), *self.args]
         proc = self._spawn(
             cmd,
             cwd=REPO_ROOT,  # this tree's bench package, whatever the venv has installed
             start_new_session=True,  # its own process group: the supervisor and its workers
         )
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:  # every worker serving, not only the first
             if proc.poll() is not None:
                 raise BenchError(f"{self.label} exited with {proc.returncode}: {_tail(self.log_path)}")
@@ -564,8 +591,10 @@ class BareAiohttp(ProcessServer):
                     break
             time.sleep(0.05)
         else:
-            raise BenchError(f"{self.label}: not every worker started in 30 s: {_tail(self.log_path)}")
-        _wait_http(self.url + self.check_path, proc, self.label, self.log_path, 15)
+            raise BenchError(
+                f"{self.label}: not every worker started in {self.start_timeout:g} s: {_tail(self.log_path)}"
+            )
+        _wait_http(self.url + self.check_path, proc, self.label, self.log_path, max(15, self.start_timeout / 2))
         return self
 
     def stop(self) -> None:

@@ -86,6 +86,11 @@ class Plan:
     seed_budget: float  # seconds for one seeding step, per server
     fleet_layer: int = 4 * 1024 * 1024  # the fleet benchmark: 5 images of 4 layers this size
     fleet_clients: tuple[int, ...] = (20, 50)
+    # bench/instructions.py: GETs per counted window (per server and route, `runs` windows), warm-up GETs per route,
+    # seconds each server is watched idle
+    instr_requests: int = 2000
+    instr_warm: int = 300
+    instr_idle: float = 10.0
 
     @classmethod
     def full(cls, runs: int) -> Plan:
@@ -131,6 +136,9 @@ class Plan:
             seed_budget=120,
             fleet_layer=256 * 1024,
             fleet_clients=(20,),
+            instr_requests=300,
+            instr_warm=100,
+            instr_idle=2.0,
         )
 
 

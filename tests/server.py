@@ -57,8 +57,11 @@ class MoorageServer:
         port: int | None = None,
         workers: int | None = None,
         tls_ca: Path | None = None,
+        wrap: list[str] | None = None,
     ) -> None:
+        """`wrap`: a command the server runs under (valgrind and its options, say), before the interpreter."""
         self.data_dir = Path(data_dir)
+        self.wrap = list(wrap or [])
         # A config serving TLS names the CA that signed its certificate: the URL is https, verified with it.
         self.tls_ca = tls_ca
         # One process unless a test asks for more (test_workers.py) or TEST_WORKERS says so for the whole
@@ -92,6 +95,7 @@ class MoorageServer:
         self.instance_id = uuid.uuid4().hex
         self.proc = subprocess.Popen(
             [
+                *self.wrap,
                 sys.executable,
                 "-m",
                 "registry",
