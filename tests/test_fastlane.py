@@ -127,8 +127,6 @@ class _Broken:
         raise RuntimeError("a bug in the lane")
 
 
-# (The request's storage uses string keys; aiohttp warns about them, which pytest makes an error here.)
-@pytest.mark.filterwarnings("ignore::aiohttp.web_exceptions.NotAppKeyWarning")
 def test_the_lane_answers_only_from_memory(tmp_path: Path):
     """In process: the lane's own decisions (None: the full path answers)."""
     config_file = tmp_path / "moorage.toml"

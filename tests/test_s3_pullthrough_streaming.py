@@ -287,7 +287,6 @@ def test_a_pull_through_download_streams_to_the_bucket_and_a_failed_one_leaves_n
     assert _bucket_state(target) == ([], {key: len(layer)})
 
 
-@pytest.mark.filterwarnings("ignore::aiohttp.web_exceptions.NotAppKeyWarning")  # (as test_fastlane.py)
 def test_a_cold_blob_costs_two_looks_and_one_put_in_the_bucket(
     tmp_path: Path, make_target: Callable[[str], Target], stalling_upstream: MisbehavingUpstream
 ):

@@ -29,7 +29,7 @@ from registry.web.middleware import PRINCIPAL
 _HASH_OFF_LOOP = 256 * 1024
 TOKEN_PATH = "/v2/token"
 # Request key: the request carried a valid registry token, anonymous or not (what `GET /v2/` asks for).
-AUTHENTICATED = "moorage.authenticated"
+AUTHENTICATED = web.RequestKey("moorage.authenticated", bool)
 
 
 def registry_host(request: web.Request) -> str:

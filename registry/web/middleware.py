@@ -27,12 +27,14 @@ access_log = logging.getLogger("moorage.access")
 API_VERSION_HEADER = "Docker-Distribution-API-Version"
 ECR_TARGET_HEADER = "X-Amz-Target"
 # What handlers record about a request, for the access log and metrics.
-REQUEST_ID = "moorage.request_id"
-ROUTE = "moorage.route"
-REPOSITORY = "moorage.repository"
-ACTION = "moorage.action"
-PRINCIPAL = "moorage.principal"
-STREAMING = "moorage.streaming"  # the SendfileResponse being sent (its byte count survives a cut transfer)
+# What a request carries for its access log line (typed keys of the request's storage):
+REQUEST_ID = web.RequestKey("moorage.request_id", str)
+ROUTE = web.RequestKey("moorage.route", str)
+REPOSITORY = web.RequestKey[str | None]("moorage.repository")
+ACTION = web.RequestKey("moorage.action", str)
+PRINCIPAL = web.RequestKey[Principal | None]("moorage.principal")
+# the SendfileResponse being sent (its byte count survives a cut transfer)
+STREAMING = web.RequestKey("moorage.streaming", SendfileResponse)
 _INCOMING_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 # Request ids: a random per-process prefix and a counter (unique, and far cheaper than uuid4 per request).
 _ID_PREFIX = uuid.uuid4().hex[:8]

@@ -40,9 +40,9 @@ from registry.web.middleware import PRINCIPAL
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 COOKIE = "moorage_console"
-VIEWER = "moorage.console.viewer"  # request key: the Viewer of a signed-in request
-_NEW_COOKIE = "moorage.console.new_cookie"  # request key: (value, max_age) to set on the response
-_CLEAR_COOKIE = "moorage.console.clear_cookie"
+VIEWER = web.RequestKey["Viewer"]("moorage.console.viewer")  # the Viewer of a signed-in request
+_NEW_COOKIE = web.RequestKey[tuple[str, float]]("moorage.console.new_cookie")  # (value, max_age) for the response
+_CLEAR_COOKIE = web.RequestKey("moorage.console.clear_cookie", bool)
 SIGN_IN = "/console/sign-in"
 HOME = "/console/repositories"
 FAILED = "Sign-in failed: those credentials are not valid."  # never which half was wrong
