@@ -302,6 +302,7 @@ def create_app(config: Config, worker: int | None = None) -> web.Application:
                 in_flight,
                 changes=services.stores.changes,
                 before=_fresh_settings(services.settings),
+                body_timeout=config.server.body_timeout,
             ),
         ],
         client_max_size=1024**2,

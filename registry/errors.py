@@ -160,6 +160,14 @@ class StorageFull(RegistryError):
     default_message = "storage is full: the registry has no space left and nothing was stored; retry later"
 
 
+class BodyTimeout(RegistryError):
+    """The request body stopped arriving (`[server] body_timeout`, registry/web/bodies.py): 408, and the connection
+    is closed after the answer (the rest of the body is never read)."""
+
+    status, oci_code, ecr_code = 408, "REQUEST_TIMEOUT", "RequestTimeoutException"
+    default_message = "the request body stopped arriving"
+
+
 class StorageUnavailable(RegistryError):
     """The storage backend (object storage, a database) cannot be reached right now: nothing was done that the
     client must know of. 503 on /v2 (with Retry-After), ServerException on the ECR API."""

@@ -1,10 +1,13 @@
-"""Connection hygiene over real sockets: slow request heads are cut (`[server] header_timeout`), idle keep-alive
-connections are closed (`keepalive_timeout`), and `max_connections` keeps `/healthz` answered while many idle
-and slow connections are open. Timeouts are configured short (1-2 s) and socket counts bounded (200)."""
+"""Connection hygiene over real sockets: slow request heads are cut (`[server] header_timeout`), bodies that stop
+arriving are answered 408 (`body_timeout`), idle keep-alive connections are closed (`keepalive_timeout`), and
+`max_connections` keeps `/healthz` answered while many idle and slow connections are open. Timeouts are
+configured short (1-2 s) and socket counts bounded (200)."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import select
 import socket
 import time
@@ -124,9 +127,12 @@ def test_a_connection_that_sends_nothing_is_closed_after_header_timeout(make_ser
 
 
 def test_heads_in_time_and_slow_bodies_are_not_cut(make_server) -> None:
-    """Only the head is timed: a head in pieces within the deadline is served, and an upload body trickled in
-    for longer than header_timeout completes."""
-    srv = make_server(_config(header_timeout=_seconds(TIMEOUT), keepalive_timeout=_seconds(LONG)), workers=1)
+    """A head in pieces within the deadline is served, and an upload body trickled in for longer than
+    header_timeout and body_timeout completes: a body is cut only when its bytes stop, not for being slow."""
+    srv = make_server(
+        _config(header_timeout=_seconds(TIMEOUT), body_timeout=_seconds(TIMEOUT), keepalive_timeout=_seconds(LONG)),
+        workers=1,
+    )
     with _connect(srv) as s:
         for piece in (b"GET /healthz HTTP/1.1\r\n", b"Host: x\r\n", b"\r\n"):
             s.sendall(piece)
@@ -142,11 +148,63 @@ def test_heads_in_time_and_slow_bodies_are_not_cut(make_server) -> None:
             f"PATCH {location} HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n"
             f"Content-Length: {len(body)}\r\n\r\n".encode()
         )
-        for i in range(0, len(body), 5):  # 2.5 s of body, over twice header_timeout
+        for i in range(0, len(body), 5):  # 2.5 s of body, over twice header_timeout and body_timeout
             s.sendall(body[i : i + 5])
             time.sleep(0.5)
         s.settimeout(5)
         assert _read_response(s).startswith(b"HTTP/1.1 202")
+
+
+def test_a_body_that_stops_arriving_is_answered_408_and_what_came_is_kept(make_server) -> None:
+    """An upload chunk that stops part way (and one whose body never starts) is answered 408 in OCI's shape after
+    body_timeout, and the connection is closed; the bytes that came are the upload's, which resumes and finishes
+    with the right digest. An ECR API call whose body stalls gets ECR's error shape."""
+    srv = make_server(
+        _config(header_timeout=_seconds(LONG), body_timeout=_seconds(TIMEOUT), keepalive_timeout=_seconds(LONG)),
+        workers=1,
+    )
+    blob = bytes(range(256)) * 4
+    location = requests.post(f"{srv.url}/v2/stalled/body/blobs/uploads/", timeout=5).headers["Location"]
+    for sent in (blob[:100], b""):
+        with _connect(srv) as s:
+            s.sendall(
+                f"PATCH {location} HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n"
+                f"Content-Length: {len(blob) - 100 if not sent else len(blob)}\r\n\r\n".encode()
+                + sent
+            )
+            closed = _wait_closed(s, TIMEOUT * 1.25 + SLACK)
+        assert closed is not None, "the stalled upload was neither answered nor closed"
+        answer, seconds = closed
+        assert seconds >= TIMEOUT - 0.3, f"cut after {seconds:.2f}s, before body_timeout"
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408"), answer
+        assert json.loads(body)["errors"][0]["code"] == "REQUEST_TIMEOUT", body
+        r = requests.get(srv.url + location, timeout=5)
+        assert r.status_code == 204 and r.headers["Range"] == "0-99", (r.status_code, r.headers)
+    r = requests.patch(
+        srv.url + location,
+        data=blob[100:],
+        headers={"Content-Type": "application/octet-stream", "Content-Range": f"100-{len(blob) - 1}"},
+        timeout=5,
+    )
+    assert r.status_code == 202, r.text
+    digest = "sha256:" + hashlib.sha256(blob).hexdigest()
+    r = requests.put(f"{srv.url}{r.headers['Location']}", params={"digest": digest}, timeout=5)
+    assert r.status_code == 201, r.text
+    assert requests.get(f"{srv.url}/v2/stalled/body/blobs/{digest}", timeout=5).content == blob
+
+    with _connect(srv) as s:
+        s.sendall(
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-amz-json-1.1\r\n"
+            b"X-Amz-Target: AmazonEC2ContainerRegistry_V20150921.DescribeRepositories\r\n"
+            b"Content-Length: 100\r\n\r\n{"
+        )
+        closed = _wait_closed(s, TIMEOUT * 1.25 + SLACK)
+    assert closed is not None, "the stalled API call was neither answered nor closed"
+    head, _, body = closed[0].partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400"), closed[0]
+    assert json.loads(body)["__type"] == "RequestTimeoutException", body
+    assert requests.get(f"{srv.url}/healthz", timeout=5).status_code == 200
 
 
 def test_an_idle_keepalive_connection_is_closed_after_keepalive_timeout(make_server) -> None:

@@ -74,6 +74,7 @@ class ServerConfig:
     workers: int = _key(0, "int", check_workers)
     event_loop: str = _key("uvloop", "str", check_event_loop)
     header_timeout: float = _key(10.0, "duration")
+    body_timeout: float = _key(60.0, "duration")  # registry/web/bodies.py
     keepalive_timeout: float = _key(75.0, "duration")
     max_connections: int = _key(1024, "int", check_max_connections)
     # TLS: a PEM certificate chain (the server's certificate first) and its PEM private key; both or neither.

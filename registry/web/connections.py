@@ -6,8 +6,8 @@ time (slowloris), or simply opens thousands of connections and sends nothing, ke
 
 - **Heads** (`header_timeout`): a new connection must deliver its first request head within `header_timeout`
   of being accepted, and a later request's head within `header_timeout` of its first byte. Past that the
-  connection is closed, with a `408 Request Timeout` when part of a head had arrived. Request bodies are not
-  timed (an upload may be slow); only the head, which is small.
+  connection is closed, with a `408 Request Timeout` when part of a head had arrived. Bodies have
+  a deadline of their own, on the wait for their next bytes (`body_timeout`, registry/web/bodies.py).
 - **Idle keep-alive** (`keepalive_timeout`): aiohttp's own timer, closing a connection that waits that long for
   its next request.
 - **Cap** (`max_connections`, per process): a connection accepted over the cap makes room by closing the

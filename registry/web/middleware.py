@@ -15,7 +15,8 @@ from aiohttp import web
 
 from registry import logs
 from registry.auth.principals import Principal
-from registry.errors import NotFound, RegistryError, StorageFull, StorageUnavailable, Unsupported
+from registry.errors import BodyTimeout, NotFound, RegistryError, StorageFull, StorageUnavailable, Unsupported
+from registry.web.bodies import BodyWatch
 from registry.web.sendfile import SendfileResponse
 from storage.coordination import ChangeFeed
 from storage.errors import StorageFull as OutOfSpace
@@ -82,7 +83,11 @@ async def error_middleware(
     except RegistryError as err:
         if err.status >= 500:
             log.error("%s %s failed: %s", request.method, request.path, err.message)
-        return render_error(request, err)
+        resp = render_error(request, err)
+        if isinstance(err, BodyTimeout):  # the rest of the body is never read: the connection can't be reused
+            log.info("%s %s: %s", request.method, request.path, err.message)
+            resp.force_close()
+        return resp
     except web.HTTPMethodNotAllowed as exc:
         return render_error(
             request,
@@ -247,11 +252,14 @@ def access_middleware(
     in_flight: InFlight,
     changes: ChangeFeed | None = None,
     before: Callable[[web.Request], Awaitable[None]] | None = None,
+    body_timeout: float = 0.0,
 ):
     """`record` every request (see Recorder). Before a response goes out, the change feed's `settle` waits until
     the other replicas can have heard of the writes made so far: a client that writes through one replica and
     reads through another at once reads its write. `before` runs ahead of the handler (the registry settings'
-    refresh), inside the same error handling: one middleware layer, not two."""
+    refresh), inside the same error handling: one middleware layer, not two. A request with a body has it
+    watched (registry/web/bodies.py): one that stops arriving for `body_timeout` seconds while the handler waits
+    for it is answered 408 (0, the default here: never)."""
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -259,6 +267,9 @@ def access_middleware(
         start = time.perf_counter()
         status, resp = 499, None
         in_flight.enter()
+        watch = None
+        if body_timeout and request.body_exists:
+            watch = BodyWatch(request.content, body_timeout, asyncio.get_running_loop())
         try:
             resp = await error_middleware(request, handler, before)  # one middleware layer, not three
             if changes is not None and not resp.prepared and changes.unsettled():
@@ -281,6 +292,8 @@ def access_middleware(
             status = 499  # the client went away (nginx's convention)
             raise
         finally:
+            if watch is not None:
+                watch.stop()
             in_flight.leave()
             bytes_in = getattr(request.content, "total_bytes", 0) if request.body_exists else 0
             bytes_out = _bytes_out(resp if resp is not None else request.get(STREAMING))
