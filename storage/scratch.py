@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hashlib
 import os
 import time
@@ -254,7 +255,19 @@ async def scratch_writer(
 def create_scratch(path: Path, sidecar: Path | None, size: int | None) -> int:
     """Create a writer's file. A shared one: this process holds the key's lock, so files there are a crashed
     process's leftovers: the old file goes first, then the sidecar names this process (and the size), then the
-    new file appears. A follower that reads a sidecar naming a live process can therefore only open this file."""
+    new file appears. A follower that reads a sidecar naming a live process can therefore only open this file.
+
+    A write whose size is known and larger than the filesystem's free space fails here, with ENOSPC, before a
+    byte is taken: a pull-through download is answered 507 before its response starts (not cut part way, after
+    the upstream sent what could never be kept), a monolithic upload before its body is read."""
+    if size is not None:
+        st = os.statvfs(path.parent)
+        if size > st.f_bavail * st.f_frsize:
+            raise OSError(
+                errno.ENOSPC,
+                f"{size} bytes do not fit in the {st.f_bavail * st.f_frsize} bytes free",
+                str(path.parent),
+            )
     if sidecar is None:
         return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
     path.unlink(missing_ok=True)

@@ -233,3 +233,43 @@ def test_min_free_space_takes_sizes_and_percentages() -> None:
     for bad in ("lots", "100%", "-1GiB", "1 parsec"):
         with pytest.raises(ConfigError, match=r"storage\.min_free_space"):
             load(None, {"storage": {"min_free_space": bad}})
+
+
+def test_a_pull_through_blob_that_cannot_fit_is_refused_before_its_answer_starts(small_disk: Path, make_server) -> None:
+    """A cache on a disk without room for a layer answers that layer's GET 507 at once (the blob's size is known
+    before a byte is taken: never a 200 cut part way after the upstream sent what could not be kept), says so in
+    its log without a traceback, keeps no scratch file, and serves the layer byte-exact once there is room."""
+    from tests.test_pull_through import cache_config, rule_toml
+
+    upstream = make_server(workers=1)
+    layer, config = random_blob(3 << 20), canonical({"architecture": "amd64", "os": "linux"})
+    for blob in (config, layer):
+        r = requests.post(
+            f"{upstream.url}/v2/lib/app/blobs/uploads/", params={"digest": digest_of(blob)}, data=blob, timeout=10
+        )
+        assert r.status_code == 201, r.text
+    manifest = _big_manifest(config, layer, 10)
+    r = requests.put(
+        f"{upstream.url}/v2/lib/app/manifests/v1", data=manifest, headers={"Content-Type": OCI_MANIFEST}, timeout=10
+    )
+    assert r.status_code == 201, r.text
+    cache = make_server(
+        cache_config(rule_toml("hub", upstream.url)) + '[storage]\nmin_free_space = "0"\n',
+        data_dir=small_disk,
+        workers=1,
+    )
+    filler = _fill(small_disk)
+    os.truncate(filler, filler.stat().st_size - (1 << 20))  # 1 MiB free: room for the manifest, not the layer
+    r = requests.get(f"{cache.url}/v2/hub/lib/app/manifests/v1", headers={"Accept": OCI_MANIFEST}, timeout=30)
+    assert r.status_code == 200 and r.content == manifest, (r.status_code, r.text[:300])
+
+    layer_url = f"{cache.url}/v2/hub/lib/app/blobs/{digest_of(layer)}"
+    r = requests.get(layer_url, timeout=30)
+    _storage_full(r)
+    assert not [p.name for p in (small_disk / "uploads").iterdir()], "a scratch file was left"
+    log = cache.log_containing("pull-through download of " + digest_of(layer) + " failed")
+    assert "Traceback" not in log, log[-3000:]
+
+    filler.unlink()
+    r = requests.get(layer_url, timeout=30)
+    assert r.status_code == 200 and r.content == layer

@@ -31,7 +31,7 @@ from registry.proxy import rules
 from registry.proxy.upstream import UpstreamError
 from registry.service.images import ImageService
 from storage.blobs import BlobWriter, SharedWrite
-from storage.errors import DigestMismatch
+from storage.errors import DigestMismatch, StorageFull
 from storage.metadata import MetadataStore
 from storage.records import PullThroughRule
 
@@ -203,7 +203,9 @@ class Download(Spool):
             await self._notify()  # the last byte goes out now (letting go of the lock is for other processes)
         except BaseException as e:
             self._fail(e)
-            if not isinstance(e, asyncio.CancelledError | UpstreamError):
+            if isinstance(e, StorageFull):  # the client is answered 507; the log says why, without a traceback
+                log.error("pull-through download of %s failed: %s", self.digest, e)
+            elif not isinstance(e, asyncio.CancelledError | UpstreamError):
                 log.exception("pull-through download of %s failed", self.digest)
             elif isinstance(e, UpstreamError):
                 owner.rule_metrics(self.rule).failed(e, owner.clock())
