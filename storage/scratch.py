@@ -259,7 +259,7 @@ def create_scratch(path: Path, sidecar: Path | None, size: int | None) -> int:
 
     A write whose size is known and larger than the filesystem's free space fails here, with ENOSPC, before a
     byte is taken: a pull-through download is answered 507 before its response starts (not cut part way, after
-    the upstream sent what could never be kept), a monolithic upload before its body is read."""
+    the upstream sent what could never be kept)."""
     if size is not None:
         st = os.statvfs(path.parent)
         if size > st.f_bavail * st.f_frsize:
