@@ -164,7 +164,7 @@ class BodyTimeout(RegistryError):
     """The request body stopped arriving (`[server] body_timeout`, registry/web/bodies.py): 408, and the connection
     is closed after the answer (the rest of the body is never read)."""
 
-    status, oci_code, ecr_code = 408, "REQUEST_TIMEOUT", "RequestTimeoutException"
+    status, oci_code, ecr_code = 408, "REQUEST_TIMEOUT", "InvalidParameterException"
     default_message = "the request body stopped arriving"
 
 
