@@ -68,7 +68,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.content import ACCEPT, Image, digest_of
-from bench.report import AUTH_COST, BARE, BARE_SHARE, MOORAGE, MOORAGE_AUTH, Table
+from bench.report import AUTH_COST, BARE, BARE_SHARE, MOORAGE, MOORAGE_AUTH, Table, _pct, _word
 from bench.servers import BareAiohttp, BenchError, Moorage, Served, Server, served
 from bench.suite import Bench
 
@@ -192,14 +192,6 @@ def verdicts(per_request: dict[str, dict[str, list[float]]]) -> dict[str, dict[s
 
 def _count(value: float | bool | None) -> str:
     return "—" if value is None or isinstance(value, bool) else f"{value:,.0f}"
-
-
-def _pct(value: float | bool | None) -> str:
-    return "—" if value is None or isinstance(value, bool) else f"{100 * value:.0f}%"
-
-
-def _word(ok: float | bool | None) -> str:
-    return "n/a" if ok is None else ("met" if ok else "**missed**")
 
 
 TITLES = {"manifest": "manifest GET by tag", "small-blob": "small blob GET"}

@@ -232,7 +232,9 @@ class FastLane:
         decisions = self.decisions
         if len(decisions) >= DECISIONS:
             decisions.clear()
-        decisions[(authorization, name, action, request.remote, request.secure)] = decision
+        if key is None:  # (the connection's last decision matched, but no longer stands)
+            key = (authorization, name, action, request.remote, request.secure)
+        decisions[key] = decision
         self._remember(protocol, authorization, name, action, decision)
         return True, principal
 

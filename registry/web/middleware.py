@@ -27,8 +27,7 @@ access_log = logging.getLogger("moorage.access")
 
 API_VERSION_HEADER = "Docker-Distribution-API-Version"
 ECR_TARGET_HEADER = "X-Amz-Target"
-# What handlers record about a request, for the access log and metrics.
-# What a request carries for its access log line (typed keys of the request's storage):
+# What handlers record about a request, for the access log and metrics (typed keys of the request's storage).
 REQUEST_ID = web.RequestKey("moorage.request_id", str)
 ROUTE = web.RequestKey("moorage.route", str)
 REPOSITORY = web.RequestKey[str | None]("moorage.repository")
